@@ -1,0 +1,1 @@
+//! NovaCron VMM library.
