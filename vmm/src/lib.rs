@@ -1,1 +1,16 @@
-//! NovaCron VMM library.
+//! NovaCron VMM library: one process runs one guest on /dev/kvm. Modules hold one concern
+//! each: `kvm` (VM, vCPU registers, CPUID, MSRs), `memory` and `layout`, `boot` (Linux boot
+//! protocol), `devices` (buses, serial, i8042, CMOS), `vcpu` and `control` (threads, pause,
+//! exit), `machine` (putting it together), `api` and `runtime` (control socket).
+
+pub mod api;
+pub mod boot;
+pub mod config;
+pub mod control;
+pub mod devices;
+pub mod kvm;
+pub mod layout;
+pub mod machine;
+pub mod memory;
+pub mod runtime;
+pub mod vcpu;

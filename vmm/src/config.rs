@@ -1,0 +1,188 @@
+//! The machine configuration a VMM is started with, and parsers for its command-line values.
+
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// Errors in user-supplied configuration values.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// A size such as `128M` that does not parse.
+    #[error("invalid size '{0}': expected a number with an optional K, M, G suffix (e.g. 128M)")]
+    BadSize(String),
+    /// A size outside what the VMM supports.
+    #[error("memory size {got} MiB out of range: must be between {min} MiB and {max} MiB")]
+    MemoryOutOfRange {
+        /// Requested MiB.
+        got: u64,
+        /// Minimum MiB.
+        min: u64,
+        /// Maximum MiB.
+        max: u64,
+    },
+    /// A vCPU count outside what the VMM supports.
+    #[error("vcpu count {0} out of range: must be between 1 and {1}")]
+    VcpusOutOfRange(u32, u32),
+    /// A serial target that does not parse.
+    #[error("invalid serial target '{0}': expected stdout, none or file:PATH")]
+    BadSerial(String),
+    /// A rate that does not parse.
+    #[error("invalid rate '{0}': expected e.g. 100mbit, 10MB, 1G or a number of bytes per second")]
+    BadRate(String),
+}
+
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialTarget {
+    /// The VMM's stdout; stdin feeds the guest when it is a terminal.
+    Stdout,
+    /// Appended to a file.
+    File(PathBuf),
+    /// Discarded.
+    None,
+}
+
+impl std::str::FromStr for SerialTarget {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "stdout" => Ok(SerialTarget::Stdout),
+            "none" | "null" => Ok(SerialTarget::None),
+            _ => match s.strip_prefix("file:") {
+                Some(p) if !p.is_empty() => Ok(SerialTarget::File(PathBuf::from(p))),
+                _ => Err(ConfigError::BadSerial(s.to_string())),
+            },
+        }
+    }
+}
+
+/// Smallest guest RAM accepted.
+pub const MIN_MEMORY_MIB: u64 = 16;
+/// Largest guest RAM accepted.
+pub const MAX_MEMORY_MIB: u64 = 1 << 20;
+/// Largest vCPU count accepted.
+pub const MAX_VCPUS: u32 = 254;
+
+/// Parses `128M`, `1G`, `65536K`, `4096` (bytes) into bytes.
+pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
+    let t = s.trim();
+    let bad = || ConfigError::BadSize(s.to_string());
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(bad()),
+            };
+            let head = t[..i].trim_end_matches(['i', 'I']);
+            (head, m)
+        }
+        _ => (t, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    n.checked_mul(mult).ok_or_else(bad)
+}
+
+/// Parses a guest memory size and checks it is in range.
+pub fn parse_memory(s: &str) -> Result<u64, ConfigError> {
+    let bytes = parse_size(s)?;
+    let mib = bytes >> 20;
+    if bytes % (1 << 20) != 0 || !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&mib) {
+        return Err(ConfigError::MemoryOutOfRange {
+            got: mib,
+            min: MIN_MEMORY_MIB,
+            max: MAX_MEMORY_MIB,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Parses a bandwidth: `100mbit`, `5Mbit`, `10MB`, `1G` (bytes), or plain bytes per second.
+pub fn parse_rate(s: &str) -> Result<u64, ConfigError> {
+    let lower = s.trim().to_ascii_lowercase();
+    let bad = || ConfigError::BadRate(s.to_string());
+    for (suffix, mult) in [("gbit", 1_000_000_000u64 / 8), ("mbit", 1_000_000 / 8), ("kbit", 1000 / 8)] {
+        if let Some(n) = lower.strip_suffix(suffix) {
+            let v: f64 = n.trim().parse().map_err(|_| bad())?;
+            if !(v.is_finite() && v > 0.0) {
+                return Err(bad());
+            }
+            return Ok((v * mult as f64) as u64);
+        }
+    }
+    let t = lower.trim_end_matches("/s").trim_end_matches('b');
+    parse_size(t).map_err(|_| bad()).and_then(|v| if v == 0 { Err(bad()) } else { Ok(v) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("128M").ok(), Some(128 << 20));
+        assert_eq!(parse_size("1G").ok(), Some(1 << 30));
+        assert_eq!(parse_size("2GiB").ok(), None);
+        assert_eq!(parse_size("2Gi").ok(), Some(2 << 30));
+        assert_eq!(parse_size("4096").ok(), Some(4096));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("-5M").is_err());
+        assert!(parse_size("99999999999999999999G").is_err());
+    }
+
+    #[test]
+    fn memory_range_is_checked() {
+        assert!(parse_memory("1M").is_err());
+        assert!(parse_memory("128M").is_ok());
+        assert!(parse_memory("1500K").is_err());
+    }
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!(parse_rate("100mbit").ok(), Some(12_500_000));
+        assert_eq!(parse_rate("10MB").ok(), Some(10 << 20));
+        assert_eq!(parse_rate("1000").ok(), Some(1000));
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("0").is_err());
+    }
+
+    #[test]
+    fn serial_targets_parse() {
+        assert_eq!("stdout".parse::<SerialTarget>().ok(), Some(SerialTarget::Stdout));
+        assert_eq!("none".parse::<SerialTarget>().ok(), Some(SerialTarget::None));
+        assert_eq!(
+            "file:/tmp/x".parse::<SerialTarget>().ok(),
+            Some(SerialTarget::File("/tmp/x".into()))
+        );
+        assert!("file:".parse::<SerialTarget>().is_err());
+        assert!("tcp".parse::<SerialTarget>().is_err());
+    }
+}
+
+/// Everything a VMM process is started with.
+#[derive(Debug, Clone)]
+pub struct MachineConfig {
+    /// Kernel image (ELF or bzImage); absent for restore and incoming migration.
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    /// Number of vCPUs.
+    pub vcpus: u8,
+    /// Serial console target.
+    pub serial: SerialTarget,
+}
+
+impl MachineConfig {
+    /// Checks ranges that clap cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.vcpus == 0 || u32::from(self.vcpus) > MAX_VCPUS {
+            return Err(ConfigError::VcpusOutOfRange(u32::from(self.vcpus), MAX_VCPUS));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,140 @@
+//! The KVM VM: creation with in-kernel irqchip and PIT, guest memory slots and the KVM side
+//! of dirty-page logging.
+
+use crate::layout;
+use crate::memory::{self, GuestMem, RegionInfo};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use thiserror::Error;
+
+/// Errors from setting up or driving the KVM VM.
+#[derive(Debug, Error)]
+pub enum VmError {
+    /// /dev/kvm could not be opened.
+    #[error("cannot open /dev/kvm: {0} (is KVM available, and may this user read and write /dev/kvm?)")]
+    OpenKvm(kvm_ioctls::Error),
+    /// The host kernel lacks a capability the VMM needs.
+    #[error("the host KVM lacks a required capability: {0}")]
+    MissingCap(&'static str),
+    /// A KVM ioctl failed.
+    #[error("KVM {what} failed: {source}")]
+    Ioctl {
+        /// Which operation.
+        what: &'static str,
+        /// The errno.
+        source: kvm_ioctls::Error,
+    },
+}
+
+fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Ioctl { what, source }
+}
+
+/// A created VM with its memory registered.
+pub struct KvmVm {
+    /// The /dev/kvm handle.
+    pub kvm: Kvm,
+    /// The VM fd.
+    pub fd: VmFd,
+    /// The RAM regions as registered with KVM.
+    pub regions: Vec<RegionInfo>,
+}
+
+/// Capabilities the VMM cannot run without.
+const REQUIRED_CAPS: &[(Cap, &str)] = &[
+    (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+    (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+    (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
+    (Cap::Pit2, "KVM_CAP_PIT2"),
+    (Cap::PitState2, "KVM_CAP_PIT_STATE2"),
+    (Cap::Irqfd, "KVM_CAP_IRQFD"),
+    (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
+    (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+    (Cap::AdjustClock, "KVM_CAP_ADJUST_CLOCK"),
+    (Cap::VcpuEvents, "KVM_CAP_VCPU_EVENTS"),
+    (Cap::Debugregs, "KVM_CAP_DEBUGREGS"),
+    (Cap::Xcrs, "KVM_CAP_XCRS"),
+    (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+];
+
+impl KvmVm {
+    /// Opens /dev/kvm, creates the VM with an in-kernel irqchip and PIT, and registers `mem`.
+    pub fn new(mem: &GuestMem) -> Result<Self, VmError> {
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        for (cap, name) in REQUIRED_CAPS {
+            if !kvm.check_extension(*cap) {
+                return Err(VmError::MissingCap(name));
+            }
+        }
+        let fd = kvm.create_vm().map_err(ioctl("create VM"))?;
+        fd.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
+            .map_err(ioctl("set TSS address"))?;
+        fd.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
+            .map_err(ioctl("set identity map address"))?;
+        fd.create_irq_chip().map_err(ioctl("create irqchip"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit).map_err(ioctl("create PIT"))?;
+        let vm = KvmVm {
+            kvm,
+            fd,
+            regions: memory::regions(mem),
+        };
+        vm.set_dirty_logging(false)?;
+        Ok(vm)
+    }
+
+    /// Registers (or re-registers) every RAM slot with KVM dirty logging on or off.
+    pub fn set_dirty_logging(&self, on: bool) -> Result<(), VmError> {
+        for r in &self.regions {
+            let region = kvm_userspace_memory_region {
+                slot: r.slot,
+                guest_phys_addr: r.guest_addr,
+                memory_size: r.size,
+                userspace_addr: r.host_addr,
+                flags: if on { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+            };
+            // SAFETY: the host range [host_addr, host_addr+size) is a live mapping owned by the
+            // GuestMem that outlives the VM (the VMM keeps both for the process lifetime), and
+            // slots do not overlap (they come from disjoint layout ranges).
+            unsafe { self.fd.set_user_memory_region(region) }.map_err(ioctl("set memory region"))?;
+        }
+        Ok(())
+    }
+
+    /// Fetches and clears KVM's dirty bitmap of every slot, as one bitmap over the VM-wide page
+    /// numbering (bit `n` of word `n / 64`).
+    pub fn take_dirty_log(&self, out: &mut [u64]) -> Result<(), VmError> {
+        for r in &self.regions {
+            let words = self.fd.get_dirty_log(r.slot, r.size as usize).map_err(ioctl("get dirty log"))?;
+            merge_bits(out, r.first_page, &words);
+        }
+        Ok(())
+    }
+}
+
+/// ORs `bits` (a bitmap starting at page 0 of a region) into `out` at page offset `first`.
+pub fn merge_bits(out: &mut [u64], first: u64, bits: &[u64]) {
+    if first % 64 == 0 {
+        let base = (first / 64) as usize;
+        for (i, w) in bits.iter().enumerate() {
+            if let Some(o) = out.get_mut(base + i) {
+                *o |= *w;
+            }
+        }
+        return;
+    }
+    for (i, &w) in bits.iter().enumerate() {
+        let mut w = w;
+        while w != 0 {
+            let b = w.trailing_zeros() as u64;
+            w &= w - 1;
+            let page = first + i as u64 * 64 + b;
+            if let Some(o) = out.get_mut((page / 64) as usize) {
+                *o |= 1 << (page % 64);
+            }
+        }
+    }
+}

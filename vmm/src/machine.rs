@@ -1,0 +1,211 @@
+//! A whole virtual machine: guest memory, the KVM VM, vCPUs and devices, put together from a
+//! [`MachineConfig`], booted or restored, and run on one thread per vCPU.
+
+use crate::boot::{self, BootError};
+use crate::config::{MachineConfig, SerialTarget};
+use crate::control::{self, ExitReason, RunControl};
+use crate::devices::cmos::Cmos;
+use crate::devices::i8042::I8042;
+use crate::devices::serial::{ConsoleOut, SerialDevice, SerialError};
+use crate::devices::{Bus, BusError};
+use crate::kvm::cpuid;
+use crate::kvm::regs;
+use crate::kvm::vm::{KvmVm, VmError};
+use crate::layout;
+use crate::memory::{self, GuestMem, MemoryError};
+use crate::vcpu::{self, Vcpu, VcpuEnv, VcpuError};
+use kvm_bindings::CpuId;
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+use thiserror::Error;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Errors building or starting a machine.
+#[derive(Debug, Error)]
+pub enum MachineError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// Guest memory.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// KVM VM setup.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// vCPU setup.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// Kernel loading.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// Serial console.
+    #[error(transparent)]
+    Serial(#[from] SerialError),
+    /// Device bus registration.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// No kernel given for a fresh boot.
+    #[error("--kernel is required unless --restore or --incoming is given")]
+    NoKernel,
+    /// Reading KVM's CPUID.
+    #[error("cannot read KVM's supported CPUID: {0}")]
+    Cpuid(kvm_ioctls::Error),
+    /// Registering an irqfd or creating an eventfd.
+    #[error("cannot wire interrupt for {what}: {source}")]
+    Irq {
+        /// Which device.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Installing the vCPU kick signal handler.
+    #[error("cannot install vCPU signal handler: {0}")]
+    Signal(vmm_sys_util::errno::Error),
+    /// Spawning a thread.
+    #[error("cannot spawn {what} thread: {source}")]
+    Thread {
+        /// Which thread.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// A running or runnable VM.
+pub struct Machine {
+    /// The configuration it was built from.
+    pub config: MachineConfig,
+    /// Guest RAM.
+    pub mem: GuestMem,
+    /// The KVM VM.
+    pub vm: KvmVm,
+    /// KVM's supported CPUID (before per-vCPU normalisation).
+    pub cpuid: CpuId,
+    /// vCPUs.
+    pub vcpus: Vec<Arc<Vcpu>>,
+    /// The serial console.
+    pub serial: Arc<Mutex<SerialDevice>>,
+    /// Buses and run control shared with the vCPU threads.
+    pub env: Arc<VcpuEnv>,
+    /// When the machine was created.
+    pub created: Instant,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Machine {
+    /// Builds memory, VM, vCPUs (with CPUID) and devices; loads nothing.
+    pub fn new(config: MachineConfig) -> Result<Arc<Self>, MachineError> {
+        let created = Instant::now();
+        config.validate()?;
+        let mem = memory::create(config.memory)?;
+        let vm = KvmVm::new(&mem)?;
+        let base = cpuid::supported(&vm.kvm).map_err(MachineError::Cpuid)?;
+        let vcpus = (0..config.vcpus)
+            .map(|i| Vcpu::new(&vm.fd, &base, i, config.vcpus).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let irq_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| MachineError::Irq { what: "serial", source })?;
+        vm.fd
+            .register_irqfd(&irq_evt, layout::SERIAL_IRQ)
+            .map_err(|e| MachineError::Irq {
+                what: "serial",
+                source: std::io::Error::from_raw_os_error(e.errno()),
+            })?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(irq_evt, ConsoleOut::open(&config.serial)?)));
+        let mut pio = Bus::new();
+        pio.insert(0x3f8, 8, serial.clone())?;
+        // Data port 0x60 is offset 0, command/status 0x64 offset 4 (0x61 is the PIT's, in KVM).
+        pio.insert(0x60, 5, Arc::new(Mutex::new(I8042::default())))?;
+        pio.insert(0x70, 2, Arc::new(Mutex::new(Cmos::default())))?;
+        let env = Arc::new(VcpuEnv {
+            pio,
+            mmio: Bus::new(),
+            control: Arc::new(RunControl::default()),
+        });
+        Ok(Arc::new(Machine {
+            config,
+            mem,
+            vm,
+            cpuid: base,
+            vcpus,
+            serial,
+            env,
+            created,
+            threads: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// Loads the kernel, initrd and command line and sets the vCPUs up for the 64-bit entry.
+    pub fn boot(&self) -> Result<(), MachineError> {
+        let kernel = self.config.kernel.as_ref().ok_or(MachineError::NoKernel)?;
+        let (loaded, hdr) = boot::load_kernel(&self.mem, kernel)?;
+        let cmdline = boot::make_cmdline(&self.config.cmdline)?;
+        let initrd = match &self.config.initrd {
+            Some(p) => Some(boot::load_initrd(&self.mem, p, loaded.end, boot::initrd_limit(hdr.as_ref()))?),
+            None => None,
+        };
+        boot::write_boot_params(&self.mem, self.config.memory, &cmdline, hdr, initrd)?;
+        regs::write_boot_tables(&self.mem).map_err(BootError::from)?;
+        for v in &self.vcpus {
+            v.setup_boot(loaded.entry)?;
+        }
+        Ok(())
+    }
+
+    /// Starts one thread per vCPU (and a stdin reader when the console is a terminal).
+    pub fn start(self: &Arc<Self>) -> Result<(), MachineError> {
+        control::install_kick_handler().map_err(MachineError::Signal)?;
+        let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        for v in &self.vcpus {
+            let v = v.clone();
+            let env = self.env.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("vcpu{}", v.id))
+                .stack_size(256 << 10)
+                .spawn(move || vcpu::run_loop(&v, &env))
+                .map_err(|source| MachineError::Thread { what: "vCPU", source })?;
+            threads.push(h);
+        }
+        // SAFETY: isatty only inspects the file descriptor.
+        if self.config.serial == SerialTarget::Stdout && unsafe { libc::isatty(0) } == 1 {
+            let serial = self.serial.clone();
+            std::thread::Builder::new()
+                .name("stdin".into())
+                .spawn(move || forward_stdin(serial))
+                .map_err(|source| MachineError::Thread { what: "stdin", source })?;
+        }
+        Ok(())
+    }
+
+    /// Run control (pause, resume, exit).
+    pub fn control(&self) -> &Arc<RunControl> {
+        &self.env.control
+    }
+
+    /// Blocks until the VM ends; flushes the console; returns why it ended.
+    pub fn wait(&self) -> ExitReason {
+        let reason = self.control().wait_exit();
+        self.serial.lock().unwrap_or_else(|p| p.into_inner()).flush();
+        reason
+    }
+}
+
+fn forward_stdin(serial: Arc<Mutex<SerialDevice>>) {
+    let mut buf = [0u8; 64];
+    let mut stdin = std::io::stdin();
+    while let Ok(n) = stdin.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        let mut pending = &buf[..n];
+        while !pending.is_empty() {
+            let took = serial.lock().unwrap_or_else(|p| p.into_inner()).enqueue_input(pending);
+            pending = &pending[took..];
+            if took == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    }
+}

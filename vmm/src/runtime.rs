@@ -1,0 +1,149 @@
+//! The VMM runtime behind the control API: answers `info`, `pause`, `resume`, `shutdown` (and,
+//! from the migration and snapshot modules, `snapshot` and `migrate`) for one machine.
+
+use crate::api::Handler;
+use crate::control::ExitReason;
+use crate::machine::Machine;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+/// Lifecycle state reported by `info`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Lifecycle {
+    /// vCPUs running.
+    Running = 0,
+    /// Paused by the API.
+    Paused = 1,
+    /// Waiting for an incoming migration.
+    Incoming = 2,
+    /// An outgoing migration is in progress.
+    Migrating = 3,
+}
+
+impl Lifecycle {
+    fn name(self) -> &'static str {
+        match self {
+            Lifecycle::Running => "running",
+            Lifecycle::Paused => "paused",
+            Lifecycle::Incoming => "incoming",
+            Lifecycle::Migrating => "migrating",
+        }
+    }
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Lifecycle::Paused,
+            2 => Lifecycle::Incoming,
+            3 => Lifecycle::Migrating,
+            _ => Lifecycle::Running,
+        }
+    }
+}
+
+/// The API handler for a machine.
+pub struct Runtime {
+    /// The machine, once it exists (absent while waiting for an incoming migration).
+    pub machine: std::sync::OnceLock<Arc<Machine>>,
+    state: AtomicU8,
+    started: std::time::Instant,
+    /// Set when the process should end after answering (shutdown).
+    shutdown: std::sync::atomic::AtomicBool,
+    /// Exit hook: ends the VM with a reason (used when no machine exists yet).
+    pub on_exit: Box<dyn Fn(ExitReason) + Send + Sync>,
+}
+
+impl Runtime {
+    /// A runtime in the given initial state.
+    pub fn new(state: Lifecycle, on_exit: Box<dyn Fn(ExitReason) + Send + Sync>) -> Arc<Self> {
+        Arc::new(Runtime {
+            machine: std::sync::OnceLock::new(),
+            state: AtomicU8::new(state as u8),
+            started: std::time::Instant::now(),
+            shutdown: std::sync::atomic::AtomicBool::new(false),
+            on_exit,
+        })
+    }
+
+    /// Current lifecycle state.
+    pub fn state(&self) -> Lifecycle {
+        Lifecycle::from_u8(self.state.load(Ordering::SeqCst))
+    }
+
+    /// Sets the lifecycle state.
+    pub fn set_state(&self, s: Lifecycle) {
+        self.state.store(s as u8, Ordering::SeqCst);
+    }
+
+    fn machine(&self) -> Result<&Arc<Machine>, String> {
+        self.machine
+            .get()
+            .ok_or_else(|| "no guest yet: this VMM is waiting for an incoming migration".to_string())
+    }
+
+    fn info(&self) -> Value {
+        let (vcpus, mib, kernel) = match self.machine.get() {
+            Some(m) => (
+                u32::from(m.config.vcpus),
+                m.config.memory >> 20,
+                m.config.kernel.as_ref().map(|k| k.display().to_string()).unwrap_or_default(),
+            ),
+            None => (0, 0, String::new()),
+        };
+        json!({
+            "state": self.state().name(),
+            "vcpus": vcpus,
+            "memory_mib": mib,
+            "pid": std::process::id(),
+            "uptime_ms": self.started.elapsed().as_millis() as u64,
+            "kernel": kernel,
+        })
+    }
+}
+
+impl Handler for Runtime {
+    fn handle(&self, cmd: &str, _req: &Value) -> Result<Value, String> {
+        match cmd {
+            "info" => Ok(self.info()),
+            "pause" => {
+                match self.state() {
+                    Lifecycle::Running => {}
+                    Lifecycle::Paused => return Ok(json!({})),
+                    s => return Err(format!("cannot pause while {}", s.name())),
+                }
+                self.machine()?.control().pause();
+                self.set_state(Lifecycle::Paused);
+                Ok(json!({}))
+            }
+            "resume" => {
+                match self.state() {
+                    Lifecycle::Paused => {}
+                    Lifecycle::Running => return Ok(json!({})),
+                    s => return Err(format!("cannot resume while {}", s.name())),
+                }
+                self.machine()?.control().resume();
+                self.set_state(Lifecycle::Running);
+                Ok(json!({}))
+            }
+            "shutdown" => {
+                if self.state() == Lifecycle::Migrating {
+                    return Err("cannot shut down during an outgoing migration".into());
+                }
+                self.shutdown.store(true, Ordering::SeqCst);
+                Ok(json!({}))
+            }
+            other => Err(format!(
+                "unknown command '{other}': expected info, pause, resume, shutdown, snapshot or migrate"
+            )),
+        }
+    }
+
+    fn after_response(&self, cmd: &str) {
+        if cmd == "shutdown" && self.shutdown.load(Ordering::SeqCst) {
+            match self.machine.get() {
+                Some(m) => m.control().request_exit(ExitReason::PowerOff),
+                None => (self.on_exit)(ExitReason::PowerOff),
+            }
+        }
+    }
+}
