@@ -148,6 +148,17 @@ mod tests {
     }
 
     #[test]
+    fn disks_and_nets_parse() {
+        let d: DiskConfig = "/tmp/a.img,ro".parse().expect("disk");
+        assert!(d.read_only);
+        assert!("/tmp/a,bogus".parse::<DiskConfig>().is_err());
+        let n: NetConfig = "tap=tap0,mac=52:54:00:12:34:56".parse().expect("net");
+        assert_eq!(n.mac, Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
+        assert!("tap=tap0,mac=52:54".parse::<NetConfig>().is_err());
+        assert!("mac=52:54:00:12:34:56".parse::<NetConfig>().is_err());
+    }
+
+    #[test]
     fn serial_targets_parse() {
         assert_eq!("stdout".parse::<SerialTarget>().ok(), Some(SerialTarget::Stdout));
         assert_eq!("none".parse::<SerialTarget>().ok(), Some(SerialTarget::None));
@@ -175,6 +186,86 @@ pub struct MachineConfig {
     pub vcpus: u8,
     /// Serial console target.
     pub serial: SerialTarget,
+    /// virtio-blk disks, in order.
+    pub disks: Vec<DiskConfig>,
+    /// virtio-net interfaces, in order.
+    pub nets: Vec<NetConfig>,
+}
+
+/// A virtio-blk disk: `PATH[,ro]`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DiskConfig {
+    /// Backing raw file.
+    pub path: PathBuf,
+    /// Refuse guest writes.
+    pub read_only: bool,
+}
+
+impl std::str::FromStr for DiskConfig {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.split(',');
+        let path = parts.next().filter(|p| !p.is_empty()).ok_or("disk needs a path: PATH[,ro]")?;
+        let mut read_only = false;
+        for opt in parts {
+            match opt {
+                "ro" | "readonly" => read_only = true,
+                "rw" => read_only = false,
+                other => return Err(format!("unknown disk option '{other}': expected ro or rw")),
+            }
+        }
+        Ok(DiskConfig {
+            path: PathBuf::from(path),
+            read_only,
+        })
+    }
+}
+
+/// A virtio-net interface on a tap device: `tap=NAME[,mac=MAC]`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NetConfig {
+    /// Tap device name (opened, or created if missing).
+    pub tap: String,
+    /// Guest MAC address.
+    pub mac: Option<[u8; 6]>,
+}
+
+impl std::str::FromStr for NetConfig {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut tap = None;
+        let mut mac = None;
+        for opt in s.split(',') {
+            match opt.split_once('=') {
+                Some(("tap", v)) if !v.is_empty() && v.len() < 16 => tap = Some(v.to_string()),
+                Some(("tap", v)) => return Err(format!("invalid tap name '{v}': 1 to 15 characters")),
+                Some(("mac", v)) => mac = Some(parse_mac(v)?),
+                _ => return Err(format!("unknown net option '{opt}': expected tap=NAME[,mac=MAC]")),
+            }
+        }
+        Ok(NetConfig {
+            tap: tap.ok_or("net needs tap=NAME")?,
+            mac,
+        })
+    }
+}
+
+/// Parses `52:54:00:12:34:56`.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("invalid MAC address '{s}': expected six hex bytes like 52:54:00:12:34:56");
+    let mut mac = [0u8; 6];
+    let mut n = 0;
+    for (i, part) in s.split(':').enumerate() {
+        if i >= 6 || part.len() != 2 {
+            return Err(bad());
+        }
+        mac[i] = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        n += 1;
+    }
+    if n != 6 {
+        return Err(bad());
+    }
+    Ok(mac)
 }
 
 impl MachineConfig {

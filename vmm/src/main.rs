@@ -2,7 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use novacron_vmm::api;
-use novacron_vmm::config::{parse_memory, MachineConfig, SerialTarget};
+use novacron_vmm::config::{parse_memory, DiskConfig, MachineConfig, NetConfig, SerialTarget};
 use novacron_vmm::control::ExitReason;
 use novacron_vmm::machine::Machine;
 use novacron_vmm::runtime::{Lifecycle, Runtime};
@@ -61,6 +61,12 @@ struct RunArgs {
     /// Control socket path.
     #[arg(long)]
     api_socket: Option<PathBuf>,
+    /// virtio-blk disk backed by a raw file: PATH[,ro] (repeatable).
+    #[arg(long = "disk")]
+    disks: Vec<DiskConfig>,
+    /// virtio-net interface on a tap device: tap=NAME[,mac=MAC] (repeatable).
+    #[arg(long = "net")]
+    nets: Vec<NetConfig>,
     /// Start with the vCPUs paused.
     #[arg(long)]
     paused: bool,
@@ -79,6 +85,8 @@ fn run(args: RunArgs) -> ExitCode {
         memory: args.memory,
         vcpus: args.vcpus,
         serial: args.serial,
+        disks: args.disks,
+        nets: args.nets,
     };
     let machine = match Machine::new(config) {
         Ok(m) => m,
