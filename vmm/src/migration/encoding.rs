@@ -12,10 +12,12 @@
 //! * [`Encoding::Raw`]: the body is stored uncompressed (fast LAN, CPU-bound links).
 //! * [`Encoding::Zstd`]: the whole body is one zstd frame (better ratio than per-page
 //!   compression: the window spans the batch).
-//! * [`Encoding::Delta`]: each page that the source-side [`SentPageCache`] holds is sent as
-//!   the XOR against that cached copy (= what the destination holds), written as
-//!   zero-run/literal pairs; pages without a cached copy, or whose delta is not smaller
-//!   than [`DELTA_LIMIT`], go raw; then the whole body is one zstd frame.
+//! * [`Encoding::Delta`]: each page that the source-side [`SentPageCache`] holds is XORed
+//!   with that cached copy (= what the destination holds); the XOR is written as
+//!   zero-run/literal pairs, zero runs being the unchanged bytes and literals carrying the
+//!   *new* bytes of the changed stretches (see "Delta literals" below). Pages without a
+//!   cached copy, or whose delta is longer than [`DELTA_LIMIT`], go raw; then the whole
+//!   body is one zstd frame.
 //!
 //! In every mode an all-zero page is sent as a [`PageKind::Zero`] marker (no payload), and,
 //! when [`EncoderConfig::dedup`] is on, a page whose exact content the destination already
@@ -41,13 +43,36 @@
 //!     then by kind:  Zero:  nothing
 //!                    Raw:   PAGE_SIZE bytes
 //!                    Delta: pairs (zero_run: varint, literal_len: varint, literal bytes)
-//!                           covering exactly PAGE_SIZE bytes; literal bytes are XORed into
-//!                           the destination's current page; at most PAGE_SIZE bytes long
+//!                           covering exactly PAGE_SIZE bytes: zero_run bytes keep the
+//!                           destination's current content, literal bytes replace it;
+//!                           the stream is at most PAGE_SIZE bytes long
 //!                    Dedup: src_index u64 — copy the destination's current page src_index
 //! ```
 //!
 //! Varints are unsigned LEB128, at most 5 bytes, value < 2^32. A pair `(0, 0)` is invalid.
 //!
+//! # Delta literals
+//!
+//! The runs come from the XOR with the destination's copy (a zero XOR byte is an unchanged
+//! byte; zero gaps shorter than 4 bytes stay inside the literal). The literals carry the new
+//! bytes rather than the XOR bytes: the XOR of two unrelated texts is close to noise, while
+//! the new bytes compress like the rest of the batch. Measured with zstd level 1 over 256
+//! pages in which a contiguous fraction was rewritten (`measure_delta_threshold`), bytes per
+//! page on the wire:
+//!
+//! ```text
+//!                 text pages (raw: 1390 B/page)    structured pages (raw: 2032 B/page)
+//! rewritten       XOR literals   new-byte literals  XOR literals   new-byte literals
+//!    5%              172              84               150              115
+//!   25%              840             370               735              551
+//!   50%             1663             718              1472             1105
+//!   90%             2980            1279              2638             1975
+//!  100%             3293            1411              2928             2189
+//! ```
+//!
+//! For the common case of a few words changed (counters, pointers) both forms are the same
+//! size. With new-byte literals a delta stays smaller than raw content up to ~90% rewritten,
+//! hence [`DELTA_LIMIT`] of 7/8 of a page.//!
 //! # Ordering contract
 //!
 //! Entries are applied in order, and `Delta`/`Dedup` entries refer to the destination's
@@ -116,9 +141,9 @@ pub const ENTRY_HEADER_LEN: usize = 13;
 pub const MAX_BATCH_PAGES: usize = 4096;
 
 /// The encoder uses a delta only if its zero-run/literal form is at most this many bytes;
-/// otherwise the page goes raw (inside the same zstd frame). Measured on text-like pages:
-/// beyond ~3/4 of a page changed, XOR literals compress worse than the new content itself.
-pub const DELTA_LIMIT: usize = 3 * PAGE_SIZE / 4;
+/// otherwise the page goes raw (inside the same zstd frame). A fully rewritten page costs
+/// ~1.7% more as a delta than raw; at 90% rewritten the delta is still ~8% smaller.
+pub const DELTA_LIMIT: usize = 7 * PAGE_SIZE / 8;
 
 /// Zero bytes inside changed data shorter than this stay in the literal: a new pair costs
 /// at least two varint bytes, and short zero gaps compress well inside the literal.
@@ -267,7 +292,8 @@ pub enum Encoding {
     Raw = 0,
     /// One zstd frame over the batch body.
     Zstd = 1,
-    /// XOR delta against the destination's copy, then one zstd frame over the body.
+    /// Delta against the destination's copy (zero runs / new-byte literals), then one zstd
+    /// frame over the body.
     Delta = 2,
 }
 
@@ -332,7 +358,7 @@ pub enum PageKind {
     Zero = 0,
     /// Full page content.
     Raw = 1,
-    /// Zero-run/literal XOR delta against the destination's current content.
+    /// Zero runs (keep the destination's current bytes) and literals (new bytes).
     Delta = 2,
     /// Copy of the destination's current content of another page.
     Dedup = 3,
@@ -845,7 +871,7 @@ impl BatchEncoder {
                         let start = buf.len();
                         put_entry(buf, index, PageKind::Delta, crc);
                         xor_pages(xor, data, base);
-                        if encode_xor(xor, buf, DELTA_LIMIT) {
+                        if encode_delta(xor, data, buf, DELTA_LIMIT) {
                             kind = PageKind::Delta;
                         } else {
                             buf.truncate(start);
@@ -1082,12 +1108,7 @@ impl BatchDecoder {
                         .get(start..end)
                         .ok_or(CodecError::Truncated("delta"))?;
                     walk_delta(stream, e.index, |offset, literal| {
-                        for (d, s) in scratch[offset..offset + literal.len()]
-                            .iter_mut()
-                            .zip(literal)
-                        {
-                            *d ^= *s;
-                        }
+                        scratch[offset..offset + literal.len()].copy_from_slice(literal);
                     })?;
                     scratch
                 }
@@ -1383,9 +1404,15 @@ fn literal_end(x: &[u8; PAGE_SIZE], mut pos: usize) -> usize {
     }
 }
 
-/// Appends the zero-run/literal form of `x` to `out`. Returns false as soon as it exceeds
-/// `limit` bytes (the caller truncates `out`).
-fn encode_xor(x: &[u8; PAGE_SIZE], out: &mut Vec<u8>, limit: usize) -> bool {
+/// Appends the delta of `new` against a base to `out`, given `x = new ^ base`: zero runs of
+/// `x`, and literals taken from `new`. Returns false as soon as it exceeds `limit` bytes
+/// (the caller truncates `out`).
+fn encode_delta(
+    x: &[u8; PAGE_SIZE],
+    new: &[u8; PAGE_SIZE],
+    out: &mut Vec<u8>,
+    limit: usize,
+) -> bool {
     let start = out.len();
     let mut pos = 0usize;
     while pos < PAGE_SIZE {
@@ -1401,7 +1428,7 @@ fn encode_xor(x: &[u8; PAGE_SIZE], out: &mut Vec<u8>, limit: usize) -> bool {
         pos = literal_end(x, pos);
         put_varint(out, zeros);
         put_varint(out, (pos - lit_start) as u32);
-        out.extend_from_slice(&x[lit_start..pos]);
+        out.extend_from_slice(&new[lit_start..pos]);
         if out.len() - start > limit {
             return false;
         }
@@ -2352,7 +2379,8 @@ mod tests {
             match dec.decode(&batch, &mut store) {
                 Ok(_) => ok += 1,
                 Err(e) => {
-                    let key = format!("{e}").split(':').next().unwrap_or("").to_string();
+                    let dbg = format!("{e:?}");
+                    let key = dbg.split([' ', '(', '{']).next().unwrap_or("").to_string();
                     *errs.entry(key).or_default() += 1;
                 }
             }
@@ -2368,8 +2396,9 @@ mod tests {
         // The unmutated batches decode; sanity-check the fuzzer reaches deep errors.
         println!("fuzz: {ok} ok of {cases}; errors: {errs:?}");
         assert!(ok > 0);
-        assert!(errs.keys().any(|k| k.starts_with("crc32 mismatch")));
-        assert!(errs.keys().any(|k| k.starts_with("invalid delta") || k.starts_with("bad varint")));
+        for deep in ["CrcMismatch", "BadDelta", "BadVarint", "PageOutOfRange", "Decompress"] {
+            assert!(errs.contains_key(deep), "fuzzer never reached {deep}");
+        }
     }
 
     #[test]
@@ -2390,5 +2419,143 @@ mod tests {
             assert!(dec.decode(&b, &mut dest).is_err());
         }
         assert!(dest.iter().all(|p| p == &[0u8; PAGE_SIZE]));
+    }
+
+    // ---- measurement ---------------------------------------------------------------------
+
+    fn mbps(bytes: u64, ns: u64) -> f64 {
+        if ns == 0 {
+            0.0
+        } else {
+            bytes as f64 / 1e6 / (ns as f64 / 1e9)
+        }
+    }
+
+    /// Throughput and ratio on the test data; numbers go in the module documentation.
+    /// Run with `cargo test --release -- --ignored --nocapture measure`.
+    #[test]
+    #[ignore]
+    fn measure_throughput() {
+        let batch = 256;
+        println!("batch = {batch} pages; MB/s of page data per CPU second; ratio = page bytes / wire bytes");
+        println!(
+            "{:<22} {:>7} {:>9} {:>9} | {:>7} {:>9} {:>9} {:>6}",
+            "mode", "p1 ratio", "p1 enc", "p1 dec", "p2 ratio", "p2 enc", "p2 dec", "hit%"
+        );
+        let configs: Vec<(&str, Encoding, i32, usize)> = vec![
+            ("raw (no cache)", Encoding::Raw, 1, 0),
+            ("raw", Encoding::Raw, 1, 256 << 20),
+            ("zstd level 1", Encoding::Zstd, 1, 256 << 20),
+            ("zstd level 3", Encoding::Zstd, 3, 256 << 20),
+            ("delta level 1", Encoding::Delta, 1, 256 << 20),
+            ("delta level 3", Encoding::Delta, 3, 256 << 20),
+        ];
+        for (name, encoding, level, cache) in configs {
+            let mut rng = Rng::new(2025);
+            let mut mem = guest_image(&mut rng, 16384);
+            let mut dest = vec![[0u8; PAGE_SIZE]; mem.len()];
+            let mut enc = BatchEncoder::new(EncoderConfig {
+                cache_bytes: cache,
+                zstd_level: level,
+                dedup: true,
+                shard: ShardSpec::SINGLE,
+            })
+            .unwrap();
+            let mut dec = BatchDecoder::new().unwrap();
+            // Pass 1: all pages, as if the caller did not elide zeros (shows zero markers).
+            let all: Vec<u64> = (0..mem.len() as u64).collect();
+            let (e1, d1) = send(&mut enc, &mut dec, encoding, &mem, &all, &mut dest, batch);
+            let dirty = dirty_pass(&mut rng, &mut mem, 4096);
+            let (e2, d2) = send(&mut enc, &mut dec, encoding, &mem, &dirty, &mut dest, batch);
+            assert!(dest == mem);
+            let (t1, t2) = (e1.total(), e2.total());
+            println!(
+                "{:<22} {:>7.2}x {:>9.0} {:>9.0} | {:>7.2}x {:>9.0} {:>9.0} {:>6.1}",
+                name,
+                t1.ratio(),
+                mbps(t1.raw_bytes, e1.cpu_ns),
+                mbps(t1.raw_bytes, d1.cpu_ns),
+                t2.ratio(),
+                mbps(t2.raw_bytes, e2.cpu_ns),
+                mbps(t2.raw_bytes, d2.cpu_ns),
+                100.0 * e2.cache_hit_rate().unwrap_or(0.0),
+            );
+            println!("    pass2 kinds: {:?}", e2.kinds);
+        }
+        // Per page class, zstd over whole batches of one class.
+        println!("{:<10} {:>8} {:>9} {:>8} {:>9}", "class", "z1 ratio", "z1 enc", "z3 ratio", "z3 enc");
+        let makers: [(&str, fn(&mut Rng) -> Page); 3] =
+            [("text", text_page), ("struct", struct_page), ("random", random_page)];
+        for (name, make) in makers {
+            let mut rng = Rng::new(5);
+            let mem: Vec<Page> = (0..4096).map(|_| make(&mut rng)).collect();
+            let all: Vec<u64> = (0..mem.len() as u64).collect();
+            let mut row = format!("{name:<10}");
+            for level in [1, 3] {
+                let mut enc = BatchEncoder::new(EncoderConfig {
+                    cache_bytes: 0,
+                    zstd_level: level,
+                    dedup: false,
+                    shard: ShardSpec::SINGLE,
+                })
+                .unwrap();
+                let mut dec = BatchDecoder::new().unwrap();
+                let mut dest = vec![[0u8; PAGE_SIZE]; mem.len()];
+                let (e, _) = send(&mut enc, &mut dec, Encoding::Zstd, &mem, &all, &mut dest, batch);
+                row.push_str(&format!(
+                    " {:>7.2}x {:>9.0}",
+                    e.total().ratio(),
+                    mbps(e.total().raw_bytes, e.cpu_ns)
+                ));
+            }
+            println!("{row}");
+        }
+    }
+
+    /// Where deltas stop paying off against raw content in the same zstd frame, with XOR
+    /// literals and with new-byte literals; used to pick the literal form and `DELTA_LIMIT`.
+    /// Run like `measure_throughput`.
+    #[test]
+    #[ignore]
+    fn measure_delta_threshold() {
+        println!(
+            "{:<8} {:>6} {:>10} {:>10} {:>10} {:>10}  (bytes/page after zstd -1)",
+            "class", "frac", "delta len", "raw", "xor lits", "new lits"
+        );
+        let makers: [(&str, fn(&mut Rng) -> Page); 2] = [("text", text_page), ("struct", struct_page)];
+        for (name, make) in makers {
+            for frac in [0.05, 0.1, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0] {
+                let mut rng = Rng::new(3);
+                let mut raw = Vec::new();
+                let mut delta = Vec::new();
+                let mut lens = 0usize;
+                let mut xor_lits = Vec::new();
+                for _ in 0..256 {
+                    let old = make(&mut rng);
+                    let fresh = make(&mut rng);
+                    let n = (PAGE_SIZE as f64 * frac) as usize;
+                    let start = rng.below((PAGE_SIZE - n + 1) as u64) as usize;
+                    let mut new = old;
+                    new[start..start + n].copy_from_slice(&fresh[start..start + n]);
+                    raw.extend_from_slice(&new);
+                    let mut x = [0u8; PAGE_SIZE];
+                    xor_pages(&mut x, &new, &old);
+                    let before = delta.len();
+                    encode_delta(&x, &new, &mut delta, usize::MAX);
+                    lens += delta.len() - before;
+                    encode_delta(&x, &x, &mut xor_lits, usize::MAX);
+                }
+                let zr = zstd::bulk::compress(&raw, 1).unwrap().len();
+                let zd = zstd::bulk::compress(&delta, 1).unwrap().len();
+                let zx = zstd::bulk::compress(&xor_lits, 1).unwrap().len();
+                println!(
+                    "{name:<8} {frac:>6.2} {:>10} {:>10} {:>10} {:>10}",
+                    lens / 256,
+                    zr / 256,
+                    zx / 256,
+                    zd / 256
+                );
+            }
+        }
     }
 }

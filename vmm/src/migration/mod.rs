@@ -1,0 +1,69 @@
+//! Live migration: the wire format (`protocol`), page batch encodings and the source's
+//! sent-page cache (`encoding`, `page_cache`), the source's precopy loop (`source`), the
+//! destination (`destination`), and the options and summary users see (`options`).
+
+pub mod destination;
+pub mod encoding;
+pub mod options;
+pub mod page_cache;
+pub mod protocol;
+pub mod source;
+
+use thiserror::Error;
+
+/// Errors of a migration, on either side.
+#[derive(Debug, Error)]
+pub enum MigrationError {
+    /// Bad options.
+    #[error("{0}")]
+    Options(String),
+    /// Could not reach the destination.
+    #[error("cannot connect to destination {addr}: {source}")]
+    Connect {
+        /// Address.
+        addr: String,
+        /// Error.
+        source: std::io::Error,
+    },
+    /// Could not listen for an incoming migration.
+    #[error("cannot listen for incoming migration on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: String,
+        /// Error.
+        source: std::io::Error,
+    },
+    /// Stream error.
+    #[error(transparent)]
+    Protocol(#[from] protocol::ProtocolError),
+    /// The destination refused the guest.
+    #[error("destination refused the migration: {0}")]
+    Refused(String),
+    /// The peer aborted.
+    #[error("peer aborted the migration: {0}")]
+    Aborted(String),
+    /// Page batch encoding or decoding failed.
+    #[error("page batch: {0}")]
+    Codec(#[from] encoding::CodecError),
+    /// State capture or restore failed.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    /// KVM (dirty log) failed.
+    #[error(transparent)]
+    Vm(#[from] crate::kvm::vm::VmError),
+    /// Guest memory access failed.
+    #[error("guest memory: {0}")]
+    Memory(#[from] vm_memory::GuestMemoryError),
+    /// Precopy did not converge within the timeout.
+    #[error("migration did not converge within {0} s (dirty rate exceeds the link); try --auto-converge, a larger --downtime-ms or a faster link")]
+    Timeout(u64),
+    /// Final memory differs between source and destination.
+    #[error("verification failed: {0}")]
+    Verify(String),
+    /// The connection failed.
+    #[error("migration connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// Starting the guest on the destination failed.
+    #[error("cannot start the guest: {0}")]
+    Start(String),
+}

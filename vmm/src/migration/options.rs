@@ -1,0 +1,166 @@
+//! Migration options as users give them (CLI / API) and the JSON summary `migrate` prints.
+
+use super::encoding::{CodecStats, Encoding};
+use super::MigrationError;
+use serde::{Deserialize, Serialize};
+use std::net::{SocketAddr, ToSocketAddrs};
+
+/// How pages are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Raw pages (zero pages still elided).
+    #[default]
+    None,
+    /// zstd over batches.
+    Zstd,
+    /// XOR delta against what the destination holds, then zstd.
+    Delta,
+    /// Chosen per round from measured bandwidth and encoder throughput.
+    Auto,
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" | "raw" => Ok(Compression::None),
+            "zstd" => Ok(Compression::Zstd),
+            "delta" | "xbzrle" => Ok(Compression::Delta),
+            "auto" => Ok(Compression::Auto),
+            other => Err(format!("unknown compression '{other}': expected none, zstd, delta or auto")),
+        }
+    }
+}
+
+impl Compression {
+    /// The fixed encoding, if not auto.
+    pub fn fixed(self) -> Option<Encoding> {
+        match self {
+            Compression::None => Some(Encoding::Raw),
+            Compression::Zstd => Some(Encoding::Zstd),
+            Compression::Delta => Some(Encoding::Delta),
+            Compression::Auto => None,
+        }
+    }
+}
+
+/// Options of one outgoing migration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MigrateOptions {
+    /// Destination, `tcp:HOST:PORT`.
+    pub to: String,
+    /// Downtime target: switch over once the final pass is estimated to take less.
+    #[serde(default = "default_downtime")]
+    pub downtime_ms: u64,
+    /// Bandwidth cap in bytes per second.
+    #[serde(default)]
+    pub bandwidth: Option<u64>,
+    /// Give up (or, with auto-converge, keep throttling) after this many seconds.
+    #[serde(default = "default_timeout")]
+    pub timeout_s: u64,
+    /// Throttle the vCPUs step by step when precopy does not converge.
+    #[serde(default)]
+    pub auto_converge: bool,
+    /// Page compression.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Compare per-page checksums of the final memory before the destination resumes.
+    #[serde(default)]
+    pub verify: bool,
+    /// Bytes of sent-page cache for delta encoding (0 = automatic).
+    #[serde(default)]
+    pub cache_bytes: u64,
+}
+
+fn default_downtime() -> u64 {
+    2
+}
+
+fn default_timeout() -> u64 {
+    300
+}
+
+impl Default for MigrateOptions {
+    fn default() -> Self {
+        MigrateOptions {
+            to: String::new(),
+            downtime_ms: default_downtime(),
+            bandwidth: None,
+            timeout_s: default_timeout(),
+            auto_converge: false,
+            compression: Compression::None,
+            verify: false,
+            cache_bytes: 0,
+        }
+    }
+}
+
+/// Resolves `tcp:HOST:PORT`.
+pub fn parse_tcp(s: &str) -> Result<SocketAddr, MigrationError> {
+    let rest = s
+        .strip_prefix("tcp:")
+        .ok_or_else(|| MigrationError::Options(format!("invalid address '{s}': expected tcp:HOST:PORT")))?;
+    rest.to_socket_addrs()
+        .map_err(|e| MigrationError::Options(format!("invalid address '{s}': {e}")))?
+        .next()
+        .ok_or_else(|| MigrationError::Options(format!("address '{s}' resolves to nothing")))
+}
+
+/// One precopy round in the summary.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RoundSummary {
+    /// Round number (0 = full pass; the last one is the final pass with vCPUs paused).
+    pub round: u32,
+    /// Encoding used.
+    pub encoding: Encoding,
+    /// Pages sent (including zero markers).
+    pub pages: u64,
+    /// Zero pages among them (or elided in round 0).
+    pub zero_pages: u64,
+    /// Bytes put on the wire.
+    pub bytes: u64,
+    /// Duration (ms).
+    pub ms: f64,
+    /// Pages found dirty when the round started.
+    pub dirty_pages: u64,
+    /// Dirty rate measured over the previous round (pages/s).
+    pub dirty_rate: f64,
+    /// vCPU throttle in effect (percent of time paused).
+    pub throttle_pct: u32,
+}
+
+/// What `migrate` prints.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MigrationSummary {
+    /// Success.
+    pub ok: bool,
+    /// Total time from start to destination confirmation (ms).
+    pub total_ms: f64,
+    /// Source-side downtime: vCPUs paused to destination confirmation (ms).
+    pub downtime_ms: f64,
+    /// Destination-side downtime: switchover received to vCPUs running (ms).
+    pub dest_downtime_ms: f64,
+    /// Number of rounds, final pass included.
+    pub rounds: u32,
+    /// Per-round details.
+    pub round_details: Vec<RoundSummary>,
+    /// Pages elided or sent as zero markers.
+    pub zero_pages: u64,
+    /// Total bytes on the wire (frames included).
+    pub wire_bytes: u64,
+    /// Guest RAM bytes.
+    pub memory_bytes: u64,
+    /// Highest throttle applied (percent).
+    pub throttle_pct: u32,
+    /// Whether the final memory was verified page by page.
+    pub verified: bool,
+    /// Encoder statistics: bytes saved per encoding, cache hit rate, CPU time.
+    pub codec: CodecStats,
+    /// Bytes saved per encoding (raw page bytes minus encoded bytes).
+    pub bytes_saved: std::collections::BTreeMap<String, i64>,
+    /// Delta cache hit rate (0..1), if delta was used.
+    pub cache_hit_rate: Option<f64>,
+    /// Encoder CPU time (ms).
+    pub encoder_cpu_ms: f64,
+}

@@ -1,0 +1,346 @@
+//! The migration wire format, all in one place.
+//!
+//! A migration is one TCP connection from the source VMM to the destination VMM carrying
+//! frames. Every frame is a 16-byte header followed by its payload:
+//!
+//! ```text
+//! offset size field
+//! 0      4    magic "NCMG"
+//! 4      1    frame type (FrameType)
+//! 5      1    flags (0)
+//! 6      2    reserved (0)
+//! 8      4    payload length, little endian (at most MAX_PAYLOAD)
+//! 12     4    crc32 of bytes 4..12 of the header followed by the payload
+//! ```
+//!
+//! Conversation (S = source, D = destination):
+//!
+//! ```text
+//! S->D Hello      JSON Hello: protocol version, memory size, vCPUs, CPUID features, devices,
+//!                 encodings the source can use
+//! D->S HelloAck   JSON HelloAck: accepted or refused (with the reason) and the encodings
+//!                 the destination decodes; no memory moves before an accept
+//! S->D Pages      one page batch (format in `encoding.rs`), any number of times
+//! S->D RoundEnd   JSON RoundEnd {round}: end of one precopy pass
+//! S->D Switchover empty: the source has paused its vCPUs (destination downtime starts)
+//! S->D Pages      the final pass
+//! S->D State      the VM state envelope (`state.rs`)
+//! S->D Verify     optional, repeated: (u64 page frame number, u32 crc32) records of every
+//!                 page the source holds non-zero; pages not listed must be zero
+//! S->D Complete   empty: resume now
+//! D->S Confirm    JSON Confirm: ok (destination running) or the reason it refused
+//! either Abort    JSON Abort {reason}: the sender gives up; the source resumes its guest
+//! ```
+//!
+//! The source exits only after a positive Confirm; before that, any failure leaves the
+//! source guest running. The destination never resumes a guest it did not fully receive.
+
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Write};
+use thiserror::Error;
+
+/// Protocol version spoken by this build.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Frame magic.
+pub const MAGIC: [u8; 4] = *b"NCMG";
+/// Header size.
+pub const HEADER_LEN: usize = 16;
+/// Largest payload accepted (a page batch is at most ~16 MiB).
+pub const MAX_PAYLOAD: usize = 64 << 20;
+
+/// Frame types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameType {
+    /// Source's handshake.
+    Hello = 1,
+    /// Destination's answer to Hello.
+    HelloAck = 2,
+    /// A page batch.
+    Pages = 3,
+    /// End of a precopy round.
+    RoundEnd = 4,
+    /// The source has paused.
+    Switchover = 5,
+    /// VM state.
+    State = 6,
+    /// Per-page checksums of the final memory.
+    Verify = 7,
+    /// Resume now.
+    Complete = 8,
+    /// Destination's final answer.
+    Confirm = 9,
+    /// Give up.
+    Abort = 10,
+}
+
+impl FrameType {
+    fn from_u8(v: u8) -> Option<Self> {
+        use FrameType::*;
+        Some(match v {
+            1 => Hello,
+            2 => HelloAck,
+            3 => Pages,
+            4 => RoundEnd,
+            5 => Switchover,
+            6 => State,
+            7 => Verify,
+            8 => Complete,
+            9 => Confirm,
+            10 => Abort,
+            _ => return None,
+        })
+    }
+}
+
+/// Errors on the migration stream.
+#[derive(Debug, Error)]
+pub enum ProtocolError {
+    /// The connection failed.
+    #[error("migration connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer closed the connection.
+    #[error("the peer closed the migration connection")]
+    Closed,
+    /// Bad magic: the peer is not a NovaCron VMM (or the stream is out of sync).
+    #[error("bad frame magic {0:02x?}: the peer is not a NovaCron migration stream")]
+    BadMagic([u8; 4]),
+    /// Unknown frame type.
+    #[error("unknown frame type {0}")]
+    UnknownType(u8),
+    /// Oversized frame.
+    #[error("frame of {0} bytes exceeds the {MAX_PAYLOAD}-byte limit")]
+    TooLarge(usize),
+    /// A frame failed its checksum.
+    #[error("frame {kind:?} failed its crc32 check (corrupted in transit)")]
+    BadCrc {
+        /// Frame type.
+        kind: FrameType,
+    },
+    /// A frame arrived where another was expected.
+    #[error("unexpected {got:?} frame while waiting for {want}")]
+    Unexpected {
+        /// What came.
+        got: FrameType,
+        /// What was expected.
+        want: &'static str,
+    },
+    /// A JSON payload did not parse.
+    #[error("malformed {kind:?} payload: {source}")]
+    Json {
+        /// Frame type.
+        kind: FrameType,
+        /// Parser error.
+        source: serde_json::Error,
+    },
+    /// A Verify payload is not a whole number of records.
+    #[error("malformed Verify payload of {0} bytes")]
+    BadVerify(usize),
+}
+
+/// One received frame.
+#[derive(Debug)]
+pub struct Frame {
+    /// Its type.
+    pub kind: FrameType,
+    /// Its payload.
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    /// Parses the payload as JSON.
+    pub fn json<T: for<'de> Deserialize<'de>>(&self) -> Result<T, ProtocolError> {
+        serde_json::from_slice(&self.payload).map_err(|source| ProtocolError::Json {
+            kind: self.kind,
+            source,
+        })
+    }
+}
+
+/// Writes one frame.
+pub fn write_frame<W: Write>(w: &mut W, kind: FrameType, payload: &[u8]) -> Result<(), ProtocolError> {
+    if payload.len() > MAX_PAYLOAD {
+        return Err(ProtocolError::TooLarge(payload.len()));
+    }
+    let mut h = [0u8; HEADER_LEN];
+    h[..4].copy_from_slice(&MAGIC);
+    h[4] = kind as u8;
+    h[8..12].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&h[4..12]);
+    crc.update(payload);
+    h[12..16].copy_from_slice(&crc.finalize().to_le_bytes());
+    w.write_all(&h)?;
+    w.write_all(payload)?;
+    Ok(())
+}
+
+/// Writes a frame with a JSON payload.
+pub fn write_json<W: Write, T: Serialize>(w: &mut W, kind: FrameType, v: &T) -> Result<(), ProtocolError> {
+    let body = serde_json::to_vec(v).map_err(|source| ProtocolError::Json { kind, source })?;
+    write_frame(w, kind, &body)
+}
+
+/// Reads one frame, checking magic, size and crc.
+pub fn read_frame<R: Read>(r: &mut R) -> Result<Frame, ProtocolError> {
+    let mut h = [0u8; HEADER_LEN];
+    if let Err(e) = r.read_exact(&mut h) {
+        return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            ProtocolError::Closed
+        } else {
+            ProtocolError::Io(e)
+        });
+    }
+    let magic = [h[0], h[1], h[2], h[3]];
+    if magic != MAGIC {
+        return Err(ProtocolError::BadMagic(magic));
+    }
+    let kind = FrameType::from_u8(h[4]).ok_or(ProtocolError::UnknownType(h[4]))?;
+    let len = u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize;
+    if len > MAX_PAYLOAD {
+        return Err(ProtocolError::TooLarge(len));
+    }
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            ProtocolError::Closed
+        } else {
+            ProtocolError::Io(e)
+        }
+    })?;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&h[4..12]);
+    crc.update(&payload);
+    if crc.finalize() != u32::from_le_bytes([h[12], h[13], h[14], h[15]]) {
+        return Err(ProtocolError::BadCrc { kind });
+    }
+    Ok(Frame { kind, payload })
+}
+
+/// The source's handshake.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    /// Protocol version.
+    pub version: u32,
+    /// Guest RAM bytes.
+    pub memory: u64,
+    /// vCPU count.
+    pub vcpus: u8,
+    /// CPUID feature words the guest may use: (leaf, index, [eax, ebx, ecx, edx]).
+    pub cpuid: Vec<(u32, u32, [u32; 4])>,
+    /// Number of virtio-blk disks.
+    pub disks: usize,
+    /// Number of virtio-net interfaces.
+    pub nets: usize,
+    /// Page encodings the source may use.
+    pub encodings: Vec<String>,
+}
+
+/// The destination's answer to Hello.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HelloAck {
+    /// Whether the destination accepts.
+    pub ok: bool,
+    /// Why not.
+    #[serde(default)]
+    pub error: String,
+    /// Encodings the destination decodes.
+    #[serde(default)]
+    pub encodings: Vec<String>,
+}
+
+/// End of a precopy round.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoundEnd {
+    /// Round number (0 = full pass).
+    pub round: u32,
+}
+
+/// The destination's final answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Confirm {
+    /// Whether the destination is running the guest.
+    pub ok: bool,
+    /// Why not.
+    #[serde(default)]
+    pub error: String,
+    /// Destination-side downtime: Switchover received to vCPUs running (ms).
+    #[serde(default)]
+    pub downtime_ms: f64,
+}
+
+/// Giving up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Abort {
+    /// Why.
+    pub reason: String,
+}
+
+/// Size of one Verify record.
+pub const VERIFY_RECORD: usize = 12;
+
+/// Encodes Verify records.
+pub fn encode_verify(records: &[(u64, u32)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(records.len() * VERIFY_RECORD);
+    for (pfn, crc) in records {
+        out.extend_from_slice(&pfn.to_le_bytes());
+        out.extend_from_slice(&crc.to_le_bytes());
+    }
+    out
+}
+
+/// Decodes Verify records.
+pub fn decode_verify(payload: &[u8]) -> Result<Vec<(u64, u32)>, ProtocolError> {
+    if payload.len() % VERIFY_RECORD != 0 {
+        return Err(ProtocolError::BadVerify(payload.len()));
+    }
+    Ok(payload
+        .chunks_exact(VERIFY_RECORD)
+        .map(|c| {
+            let mut pfn = [0u8; 8];
+            pfn.copy_from_slice(&c[..8]);
+            let mut crc = [0u8; 4];
+            crc.copy_from_slice(&c[8..]);
+            (u64::from_le_bytes(pfn), u32::from_le_bytes(crc))
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_round_trip_and_corruption() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, FrameType::Pages, b"hello pages").expect("write");
+        let f = read_frame(&mut &buf[..]).expect("read");
+        assert_eq!(f.kind, FrameType::Pages);
+        assert_eq!(f.payload, b"hello pages");
+        for i in 4..buf.len() {
+            let mut bad = buf.clone();
+            bad[i] ^= 0x40;
+            assert!(read_frame(&mut &bad[..]).is_err(), "flip at {i} went unnoticed");
+        }
+        let mut bad = buf.clone();
+        bad[0] = b'X';
+        assert!(matches!(read_frame(&mut &bad[..]), Err(ProtocolError::BadMagic(_))));
+        assert!(matches!(read_frame(&mut &buf[..10]), Err(ProtocolError::Closed)));
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_allocating() {
+        let mut h = vec![0u8; HEADER_LEN];
+        h[..4].copy_from_slice(&MAGIC);
+        h[4] = FrameType::Pages as u8;
+        h[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(read_frame(&mut &h[..]), Err(ProtocolError::TooLarge(_))));
+    }
+
+    #[test]
+    fn verify_records() {
+        let r = vec![(1u64, 2u32), (u64::MAX, 7)];
+        assert_eq!(decode_verify(&encode_verify(&r)).expect("decode"), r);
+        assert!(decode_verify(&[0u8; 13]).is_err());
+    }
+}
