@@ -17,7 +17,7 @@ fn main() {
     let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
     let elf = out.join("novacron-testguest.elf");
     let linker_script = src_dir.join("linker.ld");
-    let status = Command::new(&rustc)
+    let output = Command::new(&rustc)
         .arg("--edition=2021")
         .arg("--crate-type=bin")
         .arg("--crate-name=novacron_testguest")
@@ -25,6 +25,7 @@ fn main() {
         .args(["-C", "panic=abort"])
         .args(["-C", "opt-level=2"])
         .args(["-C", "debuginfo=0"])
+        .args(["-C", "strip=debuginfo"])
         .args(["-C", "relocation-model=static"])
         .args(["-C", "code-model=small"])
         .args(["-C", "target-cpu=x86-64"])
@@ -41,10 +42,16 @@ fn main() {
         .arg(src_dir.join("src/main.rs"))
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .status()
+        .output()
         .expect("failed to run rustc for the test guest");
-    if !status.success() {
+    let diagnostics = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        eprintln!("{diagnostics}");
         panic!("building the test guest failed");
+    }
+    // The guest's own warnings would otherwise be invisible: pass them on to cargo.
+    for line in diagnostics.lines().filter(|l| !l.trim().is_empty()) {
+        println!("cargo:warning=testguest: {line}");
     }
     println!("cargo:rustc-env=NOVACRON_TESTGUEST_ELF={}", elf.display());
 
