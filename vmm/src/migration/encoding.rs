@@ -54,25 +54,26 @@
 //! # Delta literals
 //!
 //! The runs come from the XOR with the destination's copy (a zero XOR byte is an unchanged
-//! byte; zero gaps shorter than 4 bytes stay inside the literal). The literals carry the new
-//! bytes rather than the XOR bytes: the XOR of two unrelated texts is close to noise, while
-//! the new bytes compress like the rest of the batch. Measured with zstd level 1 over 256
+//! byte; unchanged stretches shorter than 8 bytes stay inside the literal). The literals
+//! carry the new bytes rather than the XOR bytes: the XOR of two unrelated texts is close
+//! to noise, while the new bytes compress like the rest of the batch. Measured with zstd level 1 over 256
 //! pages in which a contiguous fraction was rewritten (`measure_delta_threshold`), bytes per
 //! page on the wire:
 //!
 //! ```text
 //!                 text pages (raw: 1390 B/page)    structured pages (raw: 2032 B/page)
 //! rewritten       XOR literals   new-byte literals  XOR literals   new-byte literals
-//!    5%              172              84               150              115
-//!   25%              840             370               735              551
-//!   50%             1663             718              1472             1105
-//!   90%             2980            1279              2638             1975
-//!  100%             3293            1411              2928             2189
+//!    5%              173              84               150              112
+//!   25%              839             367               729              532
+//!   50%             1660             713              1462             1064
+//!   90%             2970            1267              2619             1902
+//!  100%             3281            1397              2907             2108
 //! ```
 //!
 //! For the common case of a few words changed (counters, pointers) both forms are the same
 //! size. With new-byte literals a delta stays smaller than raw content up to ~90% rewritten,
-//! hence [`DELTA_LIMIT`] of 7/8 of a page.//!
+//! hence [`DELTA_LIMIT`] of 7/8 of a page.
+//!
 //! # Ordering contract
 //!
 //! Entries are applied in order, and `Delta`/`Dedup` entries refer to the destination's
@@ -84,7 +85,7 @@
 //! # Decoder robustness
 //!
 //! The decoder input is untrusted. Decoding never panics, allocates at most
-//! `max_body_len(MAX_BATCH_PAGES)` (≈ 16.1 MiB) for the decompressed body (a zstd frame that
+//! `max_body_len(MAX_BATCH_PAGES)` (≈ 16 MiB) for the decompressed body (a zstd frame that
 //! decompresses to more than the header declares is rejected, so a "zstd bomb" costs at
 //! most that), and validates the whole batch structure (lengths, kinds, varints, delta
 //! extents, page indices via [`PageStore::contains`]) before writing anything. Pages are then
@@ -100,17 +101,35 @@
 //! from [`EncoderConfig::sharded`], which owns its own cache slice: there is no lock or
 //! shared state on the hot path. Dedup only finds duplicates inside a shard.
 //!
-//! # Measured throughput (one core, `cargo test --release -- --ignored --nocapture measure`)
+//! # Measured throughput (`cargo test --release -- --ignored --nocapture measure_throughput`)
 //!
-//! Test data: a 64 MiB guest image of 16384 pages, 35% zero, 30% text-like, 25% structured
-//! (pointers and counters), 10% random, followed by a dirty pass over 4096 pages (70% with
-//! 1–16 bytes changed, 20% rewritten, 5% zeroed, 5% copies of other pages).
-//! Figures are MB/s of guest page data (4096 B per page, zero pages included) on this
-//! project's 2-core CI host class; "ratio" is page bytes / wire bytes.
+//! Test data: a 64 MiB guest image of 16384 pages (35% zero, 30% text/log lines, 25%
+//! structured: pointers, small integers, zeros; 10% random), all sent in pass 1 (zero
+//! pages as markers), then a dirty pass over 4096 pages (70% with 1–6 words changed, 20%
+//! rewritten, 5% zeroed, 5% copies of another page). Batches of 256 pages, dedup on, cache
+//! 256 MiB. MB/s is page data (4096 B per page) per CPU second of the encoding or decoding
+//! thread, best of two runs on a 2-core host that was busy with other builds (expect ±30%);
+//! ratio is page bytes / wire bytes.
 //!
 //! ```text
-//! (filled in from the measurement run; see MEASUREMENTS below)
+//!                        pass 1 (16384 pages)          pass 2 (4096 dirty pages)
+//! mode                 ratio  enc MB/s  dec MB/s    ratio  enc MB/s  dec MB/s  cache hits
+//! raw, cache disabled  1.52x    7100      7100      1.08x    5600      5400        -
+//! raw                  1.52x    1900      6300      1.12x    1900      4900        -
+//! zstd level -1        2.64x     390      1370      2.59x     390      1210        -
+//! zstd level 1         2.73x     340       960      2.67x     320       850        -
+//! zstd level 3         3.02x     230      1090      2.93x     225      1000        -
+//! delta level 1        2.73x     360      1000      8.14x     650      1980       65%
+//! delta level 3        3.02x     245      1180      8.76x     540      2280       65%
 //! ```
+//!
+//! Raw's 1.52x in pass 1 is the zero markers. Keeping the sent-page cache costs raw mode
+//! about 4x in CPU (page copies into fresh cache memory), still ~15 Gbit/s; disable it
+//! (`cache_bytes: 0`) only if the migration will never switch to `Delta`. The 35% of delta
+//! lookups that miss are dirty pages that were zero in pass 1 (zero pages are not cached:
+//! the destination's copy is known, and a mostly-zero page costs a few bytes raw). Per class, zstd level 1 / 3 over batches of one kind: text 2.91x / 3.21x
+//! at ~220 / ~175 MB/s, structured 2.01x / 2.18x at ~265 / ~160 MB/s, random 1.00x at
+//! 1400–2200 MB/s (zstd gives up quickly on incompressible input).
 //!
 //! [`SentPageCache`]: super::page_cache::SentPageCache
 
@@ -142,16 +161,19 @@ pub const MAX_BATCH_PAGES: usize = 4096;
 
 /// The encoder uses a delta only if its zero-run/literal form is at most this many bytes;
 /// otherwise the page goes raw (inside the same zstd frame). A fully rewritten page costs
-/// ~1.7% more as a delta than raw; at 90% rewritten the delta is still ~8% smaller.
+/// 1–4% more as a delta than raw; at 90% rewritten the delta is still 6–9% smaller.
 pub const DELTA_LIMIT: usize = 7 * PAGE_SIZE / 8;
 
-/// Zero bytes inside changed data shorter than this stay in the literal: a new pair costs
-/// at least two varint bytes, and short zero gaps compress well inside the literal.
-const MIN_ZERO_RUN: usize = 4;
+/// Unchanged stretches shorter than this stay inside the literal: a new pair costs at least
+/// two varint bytes and splits zstd's matches. Pass-2 ratio on the test data at level 1 for
+/// 1/2/4/8/16: 8.05/8.07/8.08/8.14/8.13x, so 8 (one machine word).
+const MIN_ZERO_RUN: usize = 8;
 
-/// Default zstd level. Level 1 vs 3 on the test data: level 3 is 1–4% smaller and about
-/// half as fast; migration is usually CPU- or link-bound at the same time, so 1 is the
-/// default and the caller may raise it for slow links.
+/// Default zstd level. On the test data (module documentation) level 3 sends 7–10% fewer
+/// bytes than level 1 for ~1.4x the encoder CPU (decoding costs the same). Level 1 is the
+/// default because encoding shares the host's cores with the running guest; on a link
+/// slower than ~300 Mbit/s level 3 costs under 20% of a core and is worth it
+/// ([`BatchEncoder::set_zstd_level`]).
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 
 /// Contiguous pages per shard granule: [`shard_of`] keeps runs of this many pages on one
@@ -185,7 +207,9 @@ pub enum CodecError {
     #[error("batch of {0} pages exceeds the maximum of {MAX_BATCH_PAGES}")]
     TooManyPages(usize),
     /// A page handed to a sharded encoder belongs to another shard.
-    #[error("page {page} belongs to shard {owner}, not to this encoder's shard {shard} of {count}")]
+    #[error(
+        "page {page} belongs to shard {owner}, not to this encoder's shard {shard} of {count}"
+    )]
     WrongShard {
         /// The page index.
         page: u64,
@@ -718,6 +742,16 @@ impl BatchEncoder {
         &self.totals
     }
 
+    /// Changes the zstd level for the following batches (e.g. when the measured link
+    /// bandwidth changes). Negative levels are zstd's fast modes.
+    pub fn set_zstd_level(&mut self, level: i32) -> Result<(), CodecError> {
+        self.compressor
+            .set_compression_level(level)
+            .map_err(CodecError::Compress)?;
+        self.config.zstd_level = level;
+        Ok(())
+    }
+
     /// Tells the encoder that the destination's copy of `page_index` changed without going
     /// through this encoder (e.g. a zero page the caller elided after it had been sent with
     /// content). Not needed for pages sent through the encoder.
@@ -815,7 +849,7 @@ impl BatchEncoder {
             }
         }
 
-        // All three fit in u32: pages <= MAX_BATCH_PAGES, body <= compress_bound(16.1 MiB).
+        // All three fit in u32: pages <= MAX_BATCH_PAGES, body <= compress_bound(~16 MiB).
         out[0..4].copy_from_slice(&BATCH_MAGIC);
         out[4] = BATCH_VERSION;
         out[5] = encoding.wire();
@@ -842,10 +876,7 @@ impl BatchEncoder {
         stats: &mut BatchStats,
     ) {
         let BatchEncoder {
-            config,
-            cache,
-            xor,
-            ..
+            config, cache, xor, ..
         } = self;
         buf.reserve(pages.len() * (ENTRY_HEADER_LEN + PAGE_SIZE));
         for &(index, data) in pages {
@@ -957,7 +988,9 @@ pub struct GuestMemoryPages<'a, M: ?Sized>(pub &'a M);
 
 impl<M: vm_memory::GuestMemory + ?Sized> GuestMemoryPages<'_, M> {
     fn addr(index: u64) -> Option<vm_memory::GuestAddress> {
-        index.checked_mul(PAGE_SIZE as u64).map(vm_memory::GuestAddress)
+        index
+            .checked_mul(PAGE_SIZE as u64)
+            .map(vm_memory::GuestAddress)
     }
 }
 
@@ -1104,9 +1137,7 @@ impl BatchDecoder {
                     if !memory.read_page(e.index, scratch) {
                         return Err(CodecError::PageAccess(e.index));
                     }
-                    let stream = body
-                        .get(start..end)
-                        .ok_or(CodecError::Truncated("delta"))?;
+                    let stream = body.get(start..end).ok_or(CodecError::Truncated("delta"))?;
                     walk_delta(stream, e.index, |offset, literal| {
                         scratch[offset..offset + literal.len()].copy_from_slice(literal);
                     })?;
@@ -1195,7 +1226,9 @@ fn parse_header(bytes: &[u8]) -> Result<Header, CodecError> {
         });
     }
     if raw_body_len < pages * ENTRY_HEADER_LEN {
-        return Err(CodecError::Malformed("declared body too short for its pages"));
+        return Err(CodecError::Malformed(
+            "declared body too short for its pages",
+        ));
     }
     let payload = bytes.len() - HEADER_LEN;
     if payload < body_len {
@@ -1368,7 +1401,7 @@ fn xor_pages(out: &mut [u8; PAGE_SIZE], a: &[u8; PAGE_SIZE], b: &[u8; PAGE_SIZE]
 
 /// Index of the first non-zero byte of `x` at or after `pos`, or `PAGE_SIZE`.
 fn skip_zeros(x: &[u8; PAGE_SIZE], mut pos: usize) -> usize {
-    while pos < PAGE_SIZE && pos % 8 != 0 {
+    while pos < PAGE_SIZE && pos & 7 != 0 {
         if x[pos] != 0 {
             return pos;
         }
@@ -1482,6 +1515,7 @@ mod tests {
     }
 
     type Page = [u8; PAGE_SIZE];
+    type PageMaker = fn(&mut Rng) -> Page;
 
     const SYLLABLES: [&str; 24] = [
         "ka", "ro", "ve", "lin", "tor", "mis", "pa", "den", "sul", "ox", "ri", "an", "cel", "ba",
@@ -1667,7 +1701,12 @@ mod tests {
         }
         assert!(Encoding::from_wire(3).is_none());
         assert!("lz4".parse::<Encoding>().is_err());
-        for k in [PageKind::Zero, PageKind::Raw, PageKind::Delta, PageKind::Dedup] {
+        for k in [
+            PageKind::Zero,
+            PageKind::Raw,
+            PageKind::Delta,
+            PageKind::Dedup,
+        ] {
             assert_eq!(PageKind::from_wire(k.wire()), Some(k));
         }
     }
@@ -1682,7 +1721,15 @@ mod tests {
                 let mut enc = encoder(8 << 20, dedup);
                 let mut dec = BatchDecoder::new().unwrap();
                 // Pass 1: the caller elides zero pages (fresh destination is zeroed).
-                send(&mut enc, &mut dec, encoding, &mem, &nonzero(&mem), &mut dest, 256);
+                send(
+                    &mut enc,
+                    &mut dec,
+                    encoding,
+                    &mem,
+                    &nonzero(&mem),
+                    &mut dest,
+                    256,
+                );
                 assert!(dest == mem, "{encoding} dedup={dedup}: pass 1 differs");
                 let mut totals = CodecStats::default();
                 for pass in 0..3 {
@@ -1752,7 +1799,11 @@ mod tests {
             let b = enc.encode(Encoding::Delta, &[(3, &page)]).unwrap();
             assert_eq!(b.stats.kinds.delta, 1);
             assert_eq!(b.stats.cache_hits, 1);
-            assert!(b.bytes.len() < 120, "delta batch of {} bytes", b.bytes.len());
+            assert!(
+                b.bytes.len() < 120,
+                "delta batch of {} bytes",
+                b.bytes.len()
+            );
             decode_batch(&b.bytes, &mut dest).unwrap();
             assert_eq!(dest[3], page);
             // Unchanged page re-sent (dirty but same content): a 3-byte delta.
@@ -1902,7 +1953,10 @@ mod tests {
         decode_batch(&good, &mut dest).unwrap();
         let check = |bytes: &[u8], dest: &mut Vec<Page>| decode_batch(bytes, dest).unwrap_err();
 
-        assert!(matches!(check(&good[..10], &mut dest), CodecError::Truncated(_)));
+        assert!(matches!(
+            check(&good[..10], &mut dest),
+            CodecError::Truncated(_)
+        ));
         assert!(matches!(
             check(&good[..good.len() - 1], &mut dest),
             CodecError::Truncated(_)
@@ -1915,10 +1969,16 @@ mod tests {
         assert!(matches!(check(&b, &mut dest), CodecError::BadMagic));
         let mut b = good.clone();
         b[4] = 2;
-        assert!(matches!(check(&b, &mut dest), CodecError::UnsupportedVersion(2)));
+        assert!(matches!(
+            check(&b, &mut dest),
+            CodecError::UnsupportedVersion(2)
+        ));
         let mut b = good.clone();
         b[5] = 7;
-        assert!(matches!(check(&b, &mut dest), CodecError::UnknownEncoding(7)));
+        assert!(matches!(
+            check(&b, &mut dest),
+            CodecError::UnknownEncoding(7)
+        ));
         let mut b = good.clone();
         b[6] = 1;
         assert!(matches!(check(&b, &mut dest), CodecError::Malformed(_)));
@@ -1927,7 +1987,10 @@ mod tests {
         assert!(matches!(check(&b, &mut dest), CodecError::TooManyPages(_)));
         let mut b = good.clone();
         b[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(check(&b, &mut dest), CodecError::BodyTooLarge { .. }));
+        assert!(matches!(
+            check(&b, &mut dest),
+            CodecError::BodyTooLarge { .. }
+        ));
         let mut b = good.clone();
         b[12..16].copy_from_slice(&(ENTRY_HEADER_LEN as u32 + 100).to_le_bytes());
         assert!(matches!(
@@ -1940,14 +2003,23 @@ mod tests {
         assert!(matches!(check(&b, &mut dest), CodecError::Truncated(_)));
         // Fewer pages than entries: trailing body bytes.
         let zero = [0u8; PAGE_SIZE];
-        let mut b = enc.encode(Encoding::Raw, &[(1, &zero), (2, &zero)]).unwrap().bytes;
+        let mut b = enc
+            .encode(Encoding::Raw, &[(1, &zero), (2, &zero)])
+            .unwrap()
+            .bytes;
         b[8..12].copy_from_slice(&1u32.to_le_bytes());
         assert!(matches!(check(&b, &mut dest), CodecError::Malformed(_)));
         // ... and a body larger than any batch of that many pages.
-        let raw = enc.encode(Encoding::Raw, &[(1, &page), (2, &page)]).unwrap().bytes;
+        let raw = enc
+            .encode(Encoding::Raw, &[(1, &page), (2, &page)])
+            .unwrap()
+            .bytes;
         let mut b = raw.clone();
         b[8..12].copy_from_slice(&1u32.to_le_bytes());
-        assert!(matches!(check(&b, &mut dest), CodecError::BodyTooLarge { .. }));
+        assert!(matches!(
+            check(&b, &mut dest),
+            CodecError::BodyTooLarge { .. }
+        ));
         let mut b = raw.clone();
         b[HEADER_LEN + 8] = 9;
         assert!(matches!(
@@ -2035,12 +2107,17 @@ mod tests {
         let mut enc = encoder(1 << 20, true);
         let page = [3u8; PAGE_SIZE];
         let mut dest = vec![[0u8; PAGE_SIZE]; 4];
-        let b = enc.encode(Encoding::Raw, &[(1, &page), (1 << 40, &page)]).unwrap();
+        let b = enc
+            .encode(Encoding::Raw, &[(1, &page), (1 << 40, &page)])
+            .unwrap();
         assert!(matches!(
             decode_batch(&b.bytes, &mut dest),
             Err(CodecError::PageOutOfRange(x)) if x == 1 << 40
         ));
-        assert_eq!(dest[1], [0u8; PAGE_SIZE], "first page written before validation");
+        assert_eq!(
+            dest[1], [0u8; PAGE_SIZE],
+            "first page written before validation"
+        );
         // Dedup reference whose source is out of range.
         let mut body = Vec::new();
         put_entry(&mut body, 2, PageKind::Dedup, 0);
@@ -2055,12 +2132,17 @@ mod tests {
     fn encoder_limits_and_empty_batches() {
         let mut enc = encoder(1 << 20, true);
         let page = [1u8; PAGE_SIZE];
-        let too_many: Vec<(u64, &Page)> = (0..MAX_BATCH_PAGES as u64 + 1).map(|i| (i, &page)).collect();
+        let too_many: Vec<(u64, &Page)> = (0..MAX_BATCH_PAGES as u64 + 1)
+            .map(|i| (i, &page))
+            .collect();
         assert!(matches!(
             enc.encode(Encoding::Raw, &too_many),
             Err(CodecError::TooManyPages(_))
         ));
-        assert!(enc.cache().is_empty(), "rejected batch must not touch the cache");
+        assert!(
+            enc.cache().is_empty(),
+            "rejected batch must not touch the cache"
+        );
         let mut dest = vec![[0u8; PAGE_SIZE]; 1];
         for e in Encoding::ALL {
             let b = enc.encode(e, &[]).unwrap();
@@ -2140,9 +2222,25 @@ mod tests {
         let mut dest = vec![[0u8; PAGE_SIZE]; mem.len()];
         let mut enc = encoder(1 << 20, true);
         let mut dec = BatchDecoder::new().unwrap();
-        send(&mut enc, &mut dec, Encoding::Zstd, &mem, &nonzero(&mem), &mut dest, 64);
+        send(
+            &mut enc,
+            &mut dec,
+            Encoding::Zstd,
+            &mem,
+            &nonzero(&mem),
+            &mut dest,
+            64,
+        );
         let dirty = dirty_pass(&mut rng, &mut mem, 64);
-        send(&mut enc, &mut dec, Encoding::Delta, &mem, &dirty, &mut dest, 64);
+        send(
+            &mut enc,
+            &mut dec,
+            Encoding::Delta,
+            &mem,
+            &dirty,
+            &mut dest,
+            64,
+        );
         let t = *enc.totals();
         assert!(t.zstd.batches > 0 && t.delta.batches > 0);
         assert!(t.bytes_saved() > 0);
@@ -2155,6 +2253,10 @@ mod tests {
         let mut m = t;
         m.merge(&t);
         assert_eq!(m.total().pages, 2 * t.total().pages);
+        enc.set_zstd_level(3).unwrap();
+        assert_eq!(enc.config().zstd_level, 3);
+        let b = enc.encode(Encoding::Zstd, &[(0, &mem[0])]).unwrap();
+        decode_batch(&b.bytes, &mut dest).unwrap();
         enc.reset();
         assert!(enc.cache().is_empty());
         assert_eq!(enc.totals().total().pages, 0);
@@ -2335,7 +2437,9 @@ mod tests {
             // `dest_init` (so deltas and dedups are valid before mutation).
             let encoding = Encoding::ALL[(case % 3) as usize];
             let mut enc = encoder(1 << 20, case % 2 == 0);
-            let all: Vec<(u64, &Page)> = (0..mem.len() as u64).map(|i| (i, &mem[i as usize])).collect();
+            let all: Vec<(u64, &Page)> = (0..mem.len() as u64)
+                .map(|i| (i, &mem[i as usize]))
+                .collect();
             enc.encode(Encoding::Raw, &all).unwrap();
             let snapshot = mem.clone();
             let count = 1 + rng.below(6) as usize;
@@ -2396,7 +2500,13 @@ mod tests {
         // The unmutated batches decode; sanity-check the fuzzer reaches deep errors.
         println!("fuzz: {ok} ok of {cases}; errors: {errs:?}");
         assert!(ok > 0);
-        for deep in ["CrcMismatch", "BadDelta", "BadVarint", "PageOutOfRange", "Decompress"] {
+        for deep in [
+            "CrcMismatch",
+            "BadDelta",
+            "BadVarint",
+            "PageOutOfRange",
+            "Decompress",
+        ] {
             assert!(errs.contains_key(deep), "fuzzer never reached {deep}");
         }
     }
@@ -2445,6 +2555,7 @@ mod tests {
         let configs: Vec<(&str, Encoding, i32, usize)> = vec![
             ("raw (no cache)", Encoding::Raw, 1, 0),
             ("raw", Encoding::Raw, 1, 256 << 20),
+            ("zstd level -1", Encoding::Zstd, -1, 256 << 20),
             ("zstd level 1", Encoding::Zstd, 1, 256 << 20),
             ("zstd level 3", Encoding::Zstd, 3, 256 << 20),
             ("delta level 1", Encoding::Delta, 1, 256 << 20),
@@ -2483,9 +2594,15 @@ mod tests {
             println!("    pass2 kinds: {:?}", e2.kinds);
         }
         // Per page class, zstd over whole batches of one class.
-        println!("{:<10} {:>8} {:>9} {:>8} {:>9}", "class", "z1 ratio", "z1 enc", "z3 ratio", "z3 enc");
-        let makers: [(&str, fn(&mut Rng) -> Page); 3] =
-            [("text", text_page), ("struct", struct_page), ("random", random_page)];
+        println!(
+            "{:<10} {:>8} {:>9} {:>8} {:>9}",
+            "class", "z1 ratio", "z1 enc", "z3 ratio", "z3 enc"
+        );
+        let makers: [(&str, PageMaker); 3] = [
+            ("text", text_page),
+            ("struct", struct_page),
+            ("random", random_page),
+        ];
         for (name, make) in makers {
             let mut rng = Rng::new(5);
             let mem: Vec<Page> = (0..4096).map(|_| make(&mut rng)).collect();
@@ -2501,7 +2618,15 @@ mod tests {
                 .unwrap();
                 let mut dec = BatchDecoder::new().unwrap();
                 let mut dest = vec![[0u8; PAGE_SIZE]; mem.len()];
-                let (e, _) = send(&mut enc, &mut dec, Encoding::Zstd, &mem, &all, &mut dest, batch);
+                let (e, _) = send(
+                    &mut enc,
+                    &mut dec,
+                    Encoding::Zstd,
+                    &mem,
+                    &all,
+                    &mut dest,
+                    batch,
+                );
                 row.push_str(&format!(
                     " {:>7.2}x {:>9.0}",
                     e.total().ratio(),
@@ -2522,7 +2647,7 @@ mod tests {
             "{:<8} {:>6} {:>10} {:>10} {:>10} {:>10}  (bytes/page after zstd -1)",
             "class", "frac", "delta len", "raw", "xor lits", "new lits"
         );
-        let makers: [(&str, fn(&mut Rng) -> Page); 2] = [("text", text_page), ("struct", struct_page)];
+        let makers: [(&str, PageMaker); 2] = [("text", text_page), ("struct", struct_page)];
         for (name, make) in makers {
             for frac in [0.05, 0.1, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0] {
                 let mut rng = Rng::new(3);

@@ -422,7 +422,8 @@ fn precopy(
     m.control().pause();
     let t_pause = Instant::now();
     protocol::write_frame(&mut s.out, FrameType::Switchover, &[])?;
-    dirty.clear();
+    // `dirty` still holds the pages collected when the loop decided to switch over: add what
+    // was written since, and send the union.
     tracker.collect_into(&mut dirty)?;
     let n = dirty.count();
     let enc = pick(link_rate);

@@ -1,0 +1,170 @@
+//! Live migration between two real VMM processes over loopback TCP, with the test guest's
+//! self-checking workloads, plus the fault cases: the destination dies, a byte is corrupted
+//! in transit, the destination is incompatible. In every failure the source keeps running.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+fn migrate(src: &Vmm, port: u16, extra: &[&str]) -> (bool, serde_json::Value, String) {
+    let to = format!("tcp:127.0.0.1:{port}");
+    let mut args = vec!["--to", to.as_str()];
+    args.extend_from_slice(extra);
+    let (ok, out, err) = src.client("migrate", &args);
+    let v = serde_json::from_str(&out).unwrap_or(serde_json::Value::Null);
+    (ok, v, err)
+}
+
+fn incoming(dir: &Scratch, name: &str, port: u16, memory: &str) -> Vmm {
+    let addr = format!("tcp:127.0.0.1:{port}");
+    Vmm::start(dir, name, &["--incoming", addr.as_str(), "--memory", memory])
+}
+
+/// Asserts the source guest is still alive and making progress after a failed migration.
+fn source_keeps_running(src: &mut Vmm) {
+    assert!(src.alive(), "source VMM died: {}", src.err());
+    let (ok, out, err) = src.client("info", &[]);
+    assert!(ok, "info: {err}");
+    assert!(out.contains("\"running\""), "source not running: {out}");
+    let len = src.log().len();
+    let log = src.wait_for("CHECK PASS", len, T);
+    assert!(!log.contains("CHECK FAIL"), "{log}");
+}
+
+#[test]
+fn ab_guest_migrates_and_keeps_passing() {
+    let dir = Scratch::new("mig-ab");
+    let mut src = Vmm::boot_guest(&dir, "src", "workload=ab mib=64", "256M");
+    src.wait_for("CHECK PASS", 0, T);
+    let port = free_port();
+    let mut dst = incoming(&dir, "dst", port, "256M");
+    let (ok, summary, err) = migrate(&src, port, &["--verify"]);
+    assert!(ok, "migration failed: {err}");
+    assert_eq!(summary["ok"], true, "{summary}");
+    assert_eq!(summary["verified"], true, "destination memory was not verified page by page");
+    assert!(summary["rounds"].as_u64().unwrap_or(0) >= 2, "{summary}");
+    assert!(summary["wire_bytes"].as_u64().unwrap_or(0) > 64 << 20, "{summary}");
+    assert_eq!(src.wait_exit(T), Some(0), "source should exit 0 after handing over: {}", src.err());
+    let src_ticks = last_ticks(&src.log());
+    // The destination continues the same guest: its tick counter carries on from the source's.
+    let log = dst.wait_for("CHECK PASS", 0, T);
+    let log = dst.wait_for("PROGRESS", log.len(), T);
+    assert!(!log.contains("CHECK FAIL"), "{log}");
+    assert!(!log.contains("READY"), "destination must not boot the guest again:\n{log}");
+    assert!(last_ticks(&log) > src_ticks, "ticks did not advance past the source's {src_ticks}:\n{log}");
+    let (_, out, _) = dst.client("info", &[]);
+    assert!(out.contains("\"running\""), "{out}");
+}
+
+#[test]
+fn rand_and_fill_guests_migrate() {
+    for (name, cmdline) in [
+        ("rand", "workload=rand mib=32 rate=50000 bytes=64"),
+        ("fill", "workload=fill mib=48 hot=8 rate=50000"),
+    ] {
+        let dir = Scratch::new(&format!("mig-{name}"));
+        let mut src = Vmm::boot_guest(&dir, "src", cmdline, "128M");
+        src.wait_for("CHECK PASS", 0, T);
+        let port = free_port();
+        let mut dst = incoming(&dir, "dst", port, "128M");
+        let (ok, summary, err) = migrate(&src, port, &["--verify", "--compression", "zstd"]);
+        assert!(ok, "{name}: migration failed: {err}");
+        assert_eq!(summary["verified"], true);
+        let log = dst.wait_for("CHECK PASS", 0, T);
+        let log = dst.wait_for("CHECK PASS", log.len(), T);
+        assert!(!log.contains("CHECK FAIL"), "{name}: {log}");
+    }
+}
+
+#[test]
+fn incompatible_destination_is_refused_before_memory_moves() {
+    let dir = Scratch::new("mig-incompat");
+    let mut src = Vmm::boot_guest(&dir, "src", "workload=ab mib=16", "128M");
+    src.wait_for("CHECK PASS", 0, T);
+    let port = free_port();
+    let mut dst = incoming(&dir, "dst", port, "256M");
+    let (ok, _, err) = migrate(&src, port, &[]);
+    assert!(!ok, "migration to a 256M destination should fail");
+    assert!(err.contains("memory size differs"), "error: {err}");
+    assert_ne!(dst.wait_exit(T), Some(0), "destination must not report success");
+    source_keeps_running(&mut src);
+}
+
+#[test]
+fn destination_killed_mid_transfer_leaves_source_running() {
+    let dir = Scratch::new("mig-kill");
+    let mut src = Vmm::boot_guest(&dir, "src", "workload=ab mib=128", "256M");
+    src.wait_for("CHECK PASS", 0, T);
+    let port = free_port();
+    let mut dst = incoming(&dir, "dst", port, "256M");
+    let sock = src.sock.clone();
+    // A slow stream (20 MB/s) so the kill lands mid-transfer.
+    let h = std::thread::spawn(move || {
+        std::process::Command::new(vmm())
+            .args(["migrate", "--api-socket"])
+            .arg(&sock)
+            .args(["--to", &format!("tcp:127.0.0.1:{port}"), "--bandwidth", "20MB"])
+            .output()
+            .expect("migrate")
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = dst.child.kill();
+    let out = h.join().expect("join");
+    assert!(!out.status.success(), "migration should fail when the destination dies");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("still running here"), "{err}");
+    source_keeps_running(&mut src);
+}
+
+/// A TCP relay that flips one byte of the forward stream at `offset`.
+fn corrupting_relay(to: u16, offset: u64) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind relay");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let Ok((mut a, _)) = l.accept() else { return };
+        let Ok(mut b) = TcpStream::connect(("127.0.0.1", to)) else { return };
+        let (mut a2, mut b2) = (a.try_clone().expect("clone"), b.try_clone().expect("clone"));
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut b2, &mut a2);
+        });
+        let mut buf = vec![0u8; 65536];
+        let mut pos = 0u64;
+        loop {
+            let n = match a.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if offset >= pos && offset < pos + n as u64 {
+                buf[(offset - pos) as usize] ^= 0x20;
+            }
+            pos += n as u64;
+            if b.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = b.shutdown(std::net::Shutdown::Both);
+    });
+    port
+}
+
+#[test]
+fn corrupted_byte_in_transit_is_caught_and_source_keeps_running() {
+    let dir = Scratch::new("mig-corrupt");
+    let mut src = Vmm::boot_guest(&dir, "src", "workload=ab mib=32", "128M");
+    src.wait_for("CHECK PASS", 0, T);
+    let port = free_port();
+    let mut dst = incoming(&dir, "dst", port, "128M");
+    // Past the handshake, inside the first page batch.
+    let relay = corrupting_relay(port, 100_000);
+    let (ok, _, err) = migrate(&src, relay, &[]);
+    assert!(!ok, "a corrupted stream must not migrate");
+    assert!(err.contains("crc32") || err.contains("aborted") || err.contains("closed"), "error: {err}");
+    let code = dst.wait_exit(T);
+    assert_ne!(code, Some(0), "destination must not resume a corrupted guest");
+    assert!(dst.err().contains("crc32"), "destination should name the crc failure: {}", dst.err());
+    source_keeps_running(&mut src);
+}
