@@ -21,7 +21,15 @@ fn migrate(src: &Vmm, port: u16, extra: &[&str]) -> (bool, serde_json::Value, St
 
 fn incoming(dir: &Scratch, name: &str, port: u16, memory: &str) -> Vmm {
     let addr = format!("tcp:127.0.0.1:{port}");
-    Vmm::start(dir, name, &["--incoming", addr.as_str(), "--memory", memory])
+    let mut v = Vmm::start(dir, name, &["--incoming", addr.as_str(), "--memory", memory]);
+    // Wait until it listens, so a relay in front of it can connect.
+    let deadline = std::time::Instant::now() + T;
+    while !v.err().contains("waiting for incoming migration") {
+        assert!(v.alive(), "destination exited: {}", v.err());
+        assert!(std::time::Instant::now() < deadline, "destination never listened");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    v
 }
 
 /// Asserts the source guest is still alive and making progress after a failed migration.
@@ -63,15 +71,15 @@ fn ab_guest_migrates_and_keeps_passing() {
 #[test]
 fn rand_and_fill_guests_migrate() {
     for (name, cmdline) in [
-        ("rand", "workload=rand mib=32 rate=50000 bytes=64"),
-        ("fill", "workload=fill mib=48 hot=8 rate=50000"),
+        ("rand", "workload=rand mib=32 rate=5000 bytes=64"),
+        ("fill", "workload=fill mib=48 hot=8 rate=5000"),
     ] {
         let dir = Scratch::new(&format!("mig-{name}"));
         let mut src = Vmm::boot_guest(&dir, "src", cmdline, "128M");
         src.wait_for("CHECK PASS", 0, T);
         let port = free_port();
         let mut dst = incoming(&dir, "dst", port, "128M");
-        let (ok, summary, err) = migrate(&src, port, &["--verify", "--compression", "zstd"]);
+        let (ok, summary, err) = migrate(&src, port, &["--verify", "--compression", "zstd", "--downtime-ms", "30"]);
         assert!(ok, "{name}: migration failed: {err}");
         assert_eq!(summary["verified"], true);
         let log = dst.wait_for("CHECK PASS", 0, T);

@@ -99,17 +99,36 @@ pub fn touched_pages(m: &Machine) -> PageBitmap {
     bm
 }
 
+/// ORs into `out` the pages written since the logs were last read (KVM's log, which must be
+/// enabled, and the vm-memory bitmap), clearing both.
+pub fn collect(m: &Machine, out: &mut PageBitmap) -> Result<(), VmError> {
+    for (slot, r) in m.mem.iter().enumerate() {
+        let first = r.start_addr().0 / PAGE_SIZE;
+        let kvm = m
+            .vm
+            .fd
+            .get_dirty_log(slot as u32, r.len() as usize)
+            .map_err(|source| VmError::Ioctl {
+                what: "get dirty log",
+                source,
+            })?;
+        merge_bits(&mut out.words, first, &kvm);
+        let vmm_writes = std::ops::Deref::deref(r).bitmap().get_and_reset();
+        merge_bits(&mut out.words, first, &vmm_writes);
+    }
+    Ok(())
+}
+
 /// Tracks pages written since the last collection.
 pub struct DirtyTracker<'a> {
     m: &'a Machine,
-    scratch: Vec<u64>,
 }
 
 impl<'a> DirtyTracker<'a> {
     /// Turns KVM dirty logging on and clears both logs; writes from now on are tracked.
     pub fn start(m: &'a Machine) -> Result<Self, VmError> {
         m.vm.set_dirty_logging(true)?;
-        let mut t = DirtyTracker { m, scratch: Vec::new() };
+        let mut t = DirtyTracker { m };
         let mut discard = PageBitmap::new(frame_count(m));
         t.collect_into(&mut discard)?;
         Ok(t)
@@ -117,22 +136,7 @@ impl<'a> DirtyTracker<'a> {
 
     /// ORs the pages written since the previous call into `out` and clears the logs.
     pub fn collect_into(&mut self, out: &mut PageBitmap) -> Result<(), VmError> {
-        for (slot, r) in self.m.mem.iter().enumerate() {
-            let first = r.start_addr().0 / PAGE_SIZE;
-            let kvm = self
-                .m
-                .vm
-                .fd
-                .get_dirty_log(slot as u32, r.len() as usize)
-                .map_err(|source| VmError::Ioctl {
-                    what: "get dirty log",
-                    source,
-                })?;
-            merge_bits(&mut out.words, first, &kvm);
-            self.scratch = std::ops::Deref::deref(r).bitmap().get_and_reset();
-            merge_bits(&mut out.words, first, &self.scratch);
-        }
-        Ok(())
+        collect(self.m, out)
     }
 
     /// Turns KVM dirty logging off.

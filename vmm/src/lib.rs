@@ -3,6 +3,7 @@
 //! protocol), `devices` (buses, serial, i8042, CMOS), `vcpu` and `control` (threads, pause,
 //! exit), `machine` (putting it together), `api` and `runtime` (control socket).
 
+pub mod acpi;
 pub mod api;
 pub mod boot;
 pub mod config;
@@ -15,5 +16,6 @@ pub mod machine;
 pub mod memory;
 pub mod migration;
 pub mod runtime;
+pub mod snapshot;
 pub mod state;
 pub mod vcpu;

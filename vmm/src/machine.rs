@@ -1,12 +1,14 @@
 //! A whole virtual machine: guest memory, the KVM VM, vCPUs and devices, put together from a
 //! [`MachineConfig`], booted or restored, and run on one thread per vCPU.
 
+use crate::acpi::{self, AcpiError};
 use crate::boot::{self, BootError};
 use crate::config::{MachineConfig, SerialTarget};
 use crate::control::{self, ExitReason, RunControl};
 use crate::devices::cmos::Cmos;
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{ConsoleOut, SerialDevice, SerialError};
+use crate::devices::virtio::{DeviceManager, DevicesState, ManagerError};
 use crate::devices::{Bus, BusError};
 use crate::kvm::cpuid;
 use crate::kvm::regs;
@@ -46,6 +48,12 @@ pub enum MachineError {
     /// Device bus registration.
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// virtio devices.
+    #[error(transparent)]
+    Devices(#[from] ManagerError),
+    /// ACPI tables.
+    #[error(transparent)]
+    Acpi(#[from] AcpiError),
     /// No kernel given for a fresh boot.
     #[error("--kernel is required unless --restore or --incoming is given")]
     NoKernel,
@@ -89,6 +97,8 @@ pub struct Machine {
     pub serial: Arc<Mutex<SerialDevice>>,
     /// Buses and run control shared with the vCPU threads.
     pub env: Arc<VcpuEnv>,
+    /// The virtio devices and their device thread.
+    pub devices: DeviceManager,
     /// When the machine was created.
     pub created: Instant,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -119,9 +129,13 @@ impl Machine {
         // Data port 0x60 is offset 0, command/status 0x64 offset 4 (0x61 is the PIT's, in KVM).
         pio.insert(0x60, 5, Arc::new(Mutex::new(I8042::default())))?;
         pio.insert(0x70, 2, Arc::new(Mutex::new(Cmos::default())))?;
+        let devices = DeviceManager::new(&vm.fd, &mem, &config.disks, &config.nets)?;
+        let mut mmio = Bus::new();
+        devices.register(&mut mmio)?;
+        mmio.insert(acpi::pm::PM_START, acpi::pm::PM_SIZE, Arc::new(Mutex::new(acpi::pm::AcpiPm)))?;
         let env = Arc::new(VcpuEnv {
             pio,
-            mmio: Bus::new(),
+            mmio,
             control: Arc::new(RunControl::default()),
         });
         Ok(Arc::new(Machine {
@@ -132,6 +146,7 @@ impl Machine {
             vcpus,
             serial,
             env,
+            devices,
             created,
             threads: Mutex::new(Vec::new()),
         }))
@@ -148,6 +163,7 @@ impl Machine {
         };
         boot::write_boot_params(&self.mem, self.config.memory, &cmdline, hdr, initrd)?;
         regs::write_boot_tables(&self.mem).map_err(BootError::from)?;
+        acpi::write_tables(&self.mem, self.config.vcpus, self.devices.devices())?;
         for v in &self.vcpus {
             v.setup_boot(loaded.entry)?;
         }
@@ -157,6 +173,9 @@ impl Machine {
     /// Starts one thread per vCPU (and a stdin reader when the console is a terminal).
     pub fn start(self: &Arc<Self>) -> Result<(), MachineError> {
         control::install_kick_handler().map_err(MachineError::Signal)?;
+        if let Some(v) = self.vcpus.first() {
+            crate::state::prepare(&self.vm.kvm, v);
+        }
         let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
         for v in &self.vcpus {
             let v = v.clone();
@@ -188,14 +207,33 @@ impl Machine {
         Ok(())
     }
 
-    /// State of the virtio devices, for snapshots and migration.
+    /// State of the virtio devices, for snapshots and migration (call with the vCPUs and the
+    /// devices paused: see [`Machine::pause_all`]).
     pub fn save_devices(&self) -> serde_json::Value {
-        serde_json::Value::Null
+        serde_json::to_value(self.devices.save_state()).unwrap_or(serde_json::Value::Null)
     }
 
     /// Restores the virtio devices from [`Machine::save_devices`] output.
-    pub fn restore_devices(&self, _state: &serde_json::Value) -> Result<(), String> {
-        Ok(())
+    pub fn restore_devices(&self, state: &serde_json::Value) -> Result<(), String> {
+        if state.is_null() {
+            return Ok(());
+        }
+        let st: DevicesState =
+            serde_json::from_value(state.clone()).map_err(|e| format!("invalid virtio device state: {e}"))?;
+        self.devices.restore_state(&st).map_err(|e| e.to_string())
+    }
+
+    /// Pauses the vCPUs, then the virtio device thread: from return until
+    /// [`Machine::resume_all`] nothing writes guest memory.
+    pub fn pause_all(&self) {
+        self.control().pause();
+        self.devices.pause();
+    }
+
+    /// Undoes [`Machine::pause_all`].
+    pub fn resume_all(&self) {
+        self.devices.resume();
+        self.control().resume();
     }
 
     /// Run control (pause, resume, exit).

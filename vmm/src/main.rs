@@ -30,8 +30,23 @@ enum Command {
     Resume(SocketArg),
     /// Stop the VM (the VMM exits with status 0).
     Shutdown(SocketArg),
+    /// Write a snapshot (state + sparse memory) to a directory.
+    Snapshot(SnapshotArgs),
     /// Live-migrate the VM to a destination started with --incoming; prints a JSON summary.
     Migrate(MigrateArgs),
+}
+
+#[derive(Args)]
+struct SnapshotArgs {
+    /// The VMM's control socket.
+    #[arg(long)]
+    api_socket: PathBuf,
+    /// Directory to write.
+    #[arg(long)]
+    to: PathBuf,
+    /// Only pages dirtied since the previous snapshot of this VMM.
+    #[arg(long)]
+    diff: bool,
 }
 
 #[derive(Args)]
@@ -101,6 +116,9 @@ struct RunArgs {
     /// virtio-net interface on a tap device: tap=NAME[,mac=MAC] (repeatable).
     #[arg(long = "net")]
     nets: Vec<NetConfig>,
+    /// Restore a snapshot directory (written by `snapshot`) instead of booting.
+    #[arg(long, conflicts_with_all = ["kernel", "incoming"])]
+    restore: Option<PathBuf>,
     /// Wait for an incoming migration on tcp:HOST:PORT instead of booting.
     #[arg(long, conflicts_with = "kernel")]
     incoming: Option<String>,
@@ -114,7 +132,17 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(1)
 }
 
-fn run(args: RunArgs) -> ExitCode {
+fn run(mut args: RunArgs) -> ExitCode {
+    if let Some(dir) = &args.restore {
+        match novacron_vmm::snapshot::read_meta(dir) {
+            Ok(meta) => {
+                args.memory = meta.memory;
+                args.vcpus = meta.vcpus;
+                args.cmdline = meta.cmdline;
+            }
+            Err(e) => return fail(e),
+        }
+    }
     let config = MachineConfig {
         kernel: args.kernel,
         initrd: args.initrd,
@@ -162,7 +190,15 @@ fn run(args: RunArgs) -> ExitCode {
             rt.set_state(if args.paused { Lifecycle::Paused } else { Lifecycle::Running });
         }
         None => {
-            if let Err(e) = machine.boot() {
+            let loaded = match &args.restore {
+                Some(dir) => {
+                    let m2 = machine.clone();
+                    novacron_vmm::snapshot::restore(&machine, dir, &move |v| m2.restore_devices(v))
+                        .map_err(|e| format!("cannot restore {}: {e}", dir.display()))
+                }
+                None => machine.boot().map_err(|e| e.to_string()),
+            };
+            if let Err(e) = loaded {
                 return fail(e);
             }
             if let Err(e) = machine.start() {
@@ -235,5 +271,15 @@ fn main() -> ExitCode {
         Command::Resume(s) => client(&s, "resume"),
         Command::Shutdown(s) => client(&s, "shutdown"),
         Command::Migrate(a) => migrate(a),
+        Command::Snapshot(a) => {
+            let req = json!({"cmd": "snapshot", "to": a.to, "diff": a.diff});
+            match api::call(&a.api_socket, &req) {
+                Ok(v) => {
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
     }
 }

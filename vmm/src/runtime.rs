@@ -52,6 +52,8 @@ pub struct Runtime {
     shutdown: std::sync::atomic::AtomicBool,
     /// Set when an outgoing migration completed: the process ends after answering.
     migrated: std::sync::atomic::AtomicBool,
+    /// Base of the next diff snapshot.
+    diff_base: std::sync::Mutex<crate::snapshot::DiffBase>,
     /// Exit hook: ends the VM with a reason (used when no machine exists yet).
     pub on_exit: Box<dyn Fn(ExitReason) + Send + Sync>,
 }
@@ -65,6 +67,7 @@ impl Runtime {
             started: std::time::Instant::now(),
             shutdown: std::sync::atomic::AtomicBool::new(false),
             migrated: std::sync::atomic::AtomicBool::new(false),
+            diff_base: std::sync::Mutex::new(crate::snapshot::DiffBase::default()),
             on_exit,
         })
     }
@@ -83,6 +86,31 @@ impl Runtime {
         self.machine
             .get()
             .ok_or_else(|| "no guest yet: this VMM is waiting for an incoming migration".to_string())
+    }
+
+    fn snapshot(&self, req: &Value) -> Result<Value, String> {
+        let to = req
+            .get("to")
+            .and_then(Value::as_str)
+            .ok_or("snapshot needs \"to\": a directory")?;
+        let diff = req.get("diff").and_then(Value::as_bool).unwrap_or(false);
+        let m = self.machine()?.clone();
+        let was_running = match self.state() {
+            Lifecycle::Running => true,
+            Lifecycle::Paused => false,
+            s => return Err(format!("cannot snapshot while {}", s.name())),
+        };
+        if was_running {
+            m.control().pause();
+        }
+        let mut base = self.diff_base.lock().unwrap_or_else(|p| p.into_inner());
+        let r = crate::snapshot::write(&m, std::path::Path::new(to), diff, &mut base, m.save_devices());
+        drop(base);
+        if was_running {
+            m.control().resume();
+        }
+        let info = r.map_err(|e| format!("snapshot failed: {e}"))?;
+        serde_json::to_value(info).map_err(|e| e.to_string())
     }
 
     fn migrate(&self, req: &Value) -> Result<Value, String> {
@@ -162,7 +190,12 @@ impl Handler for Runtime {
                 self.shutdown.store(true, Ordering::SeqCst);
                 Ok(json!({}))
             }
-            "migrate" => self.migrate(req),
+            "migrate" => {
+                // Migration restarts dirty tracking: the next diff snapshot needs a new base.
+                self.diff_base.lock().unwrap_or_else(|p| p.into_inner()).last = None;
+                self.migrate(req)
+            }
+            "snapshot" => self.snapshot(req),
             other => Err(format!(
                 "unknown command '{other}': expected info, pause, resume, shutdown, snapshot or migrate"
             )),

@@ -189,6 +189,13 @@ fn readable_msrs(kvm: &Kvm, fd: &VcpuFd) -> &'static [u32] {
     })
 }
 
+/// Probes the MSR list ahead of time (call before the vCPUs run) so a later save, inside
+/// migration downtime, does not.
+pub fn prepare(kvm: &Kvm, vcpu: &Vcpu) {
+    let fd = vcpu.fd.lock().unwrap_or_else(|p| p.into_inner());
+    let _ = readable_msrs(kvm, &fd);
+}
+
 /// Captures a (paused) vCPU's state.
 pub fn save_vcpu(kvm: &Kvm, vcpu: &Vcpu) -> Result<VcpuState, StateError> {
     let fd = vcpu.fd.lock().unwrap_or_else(|p| p.into_inner());

@@ -1,7 +1,7 @@
 //! The migration wire format, all in one place.
 //!
 //! A migration is one TCP connection from the source VMM to the destination VMM carrying
-//! frames. Every frame is a 16-byte header followed by its payload:
+//! frames. Every frame is a 20-byte header followed by its payload:
 //!
 //! ```text
 //! offset size field
@@ -10,7 +10,8 @@
 //! 5      1    flags (0)
 //! 6      2    reserved (0)
 //! 8      4    payload length, little endian (at most MAX_PAYLOAD)
-//! 12     4    crc32 of bytes 4..12 of the header followed by the payload
+//! 12     4    crc32 of the payload
+//! 16     4    crc32 of header bytes 0..16 (a corrupted length is caught before it is used)
 //! ```
 //!
 //! Conversation (S = source, D = destination):
@@ -44,7 +45,7 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Frame magic.
 pub const MAGIC: [u8; 4] = *b"NCMG";
 /// Header size.
-pub const HEADER_LEN: usize = 16;
+pub const HEADER_LEN: usize = 20;
 /// Largest payload accepted (a page batch is at most ~16 MiB).
 pub const MAX_PAYLOAD: usize = 64 << 20;
 
@@ -111,6 +112,9 @@ pub enum ProtocolError {
     /// Oversized frame.
     #[error("frame of {0} bytes exceeds the {MAX_PAYLOAD}-byte limit")]
     TooLarge(usize),
+    /// A frame header failed its checksum.
+    #[error("frame header failed its crc32 check (corrupted in transit)")]
+    BadHeaderCrc,
     /// A frame failed its checksum.
     #[error("frame {kind:?} failed its crc32 check (corrupted in transit)")]
     BadCrc {
@@ -166,10 +170,9 @@ pub fn write_frame<W: Write>(w: &mut W, kind: FrameType, payload: &[u8]) -> Resu
     h[..4].copy_from_slice(&MAGIC);
     h[4] = kind as u8;
     h[8..12].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&h[4..12]);
-    crc.update(payload);
-    h[12..16].copy_from_slice(&crc.finalize().to_le_bytes());
+    h[12..16].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    let hcrc = crc32fast::hash(&h[..16]);
+    h[16..20].copy_from_slice(&hcrc.to_le_bytes());
     w.write_all(&h)?;
     w.write_all(payload)?;
     Ok(())
@@ -195,6 +198,9 @@ pub fn read_frame<R: Read>(r: &mut R) -> Result<Frame, ProtocolError> {
     if magic != MAGIC {
         return Err(ProtocolError::BadMagic(magic));
     }
+    if crc32fast::hash(&h[..16]) != u32::from_le_bytes([h[16], h[17], h[18], h[19]]) {
+        return Err(ProtocolError::BadHeaderCrc);
+    }
     let kind = FrameType::from_u8(h[4]).ok_or(ProtocolError::UnknownType(h[4]))?;
     let len = u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize;
     if len > MAX_PAYLOAD {
@@ -208,10 +214,7 @@ pub fn read_frame<R: Read>(r: &mut R) -> Result<Frame, ProtocolError> {
             ProtocolError::Io(e)
         }
     })?;
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&h[4..12]);
-    crc.update(&payload);
-    if crc.finalize() != u32::from_le_bytes([h[12], h[13], h[14], h[15]]) {
+    if crc32fast::hash(&payload) != u32::from_le_bytes([h[12], h[13], h[14], h[15]]) {
         return Err(ProtocolError::BadCrc { kind });
     }
     Ok(Frame { kind, payload })
@@ -334,6 +337,8 @@ mod tests {
         h[..4].copy_from_slice(&MAGIC);
         h[4] = FrameType::Pages as u8;
         h[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        let c = crc32fast::hash(&h[..16]);
+        h[16..20].copy_from_slice(&c.to_le_bytes());
         assert!(matches!(read_frame(&mut &h[..]), Err(ProtocolError::TooLarge(_))));
     }
 

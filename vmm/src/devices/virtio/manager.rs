@@ -1,0 +1,457 @@
+//! The virtio device manager: builds the virtio-mmio devices of a machine (disks first, then
+//! network interfaces, each in command-line order), wires them to KVM (one ioeventfd per
+//! queue, one irqfd per device) and runs them on a single device thread that waits on every
+//! queue eventfd and backend fd with epoll. vCPU threads only touch transport registers.
+//!
+//! Device `i` has its register window at `VIRTIO_MMIO_START + i * VIRTIO_MMIO_SIZE` and GSI
+//! [`virtio_irq`]`(i)` (5, 6, 7, then 9 upwards: 8 is left to the RTC).
+//!
+//! # State, pause and resume (for snapshots and migration)
+//!
+//! - [`DeviceManager::pause`] returns once the device thread is parked: from then until
+//!   [`DeviceManager::resume`], no device reads or writes guest memory or completes a request.
+//!   Notifications and tap frames arriving meanwhile are kept (eventfd counters, the tap's
+//!   queue) and handled after `resume`. Requests run synchronously, so none is in flight
+//!   while paused. Pausing twice is harmless; `resume` undoes any number of `pause` calls.
+//! - [`DeviceManager::save_state`] returns a [`DevicesState`] (serde): per device its transport
+//!   registers (feature selectors and accepted features, status, interrupt status, queue
+//!   select, config generation), every queue's size, ready bit, ring addresses and
+//!   `next_avail`/`next_used`, and the configuration space. Call it while paused (vCPUs and
+//!   devices), so the queues and guest memory agree.
+//! - [`DeviceManager::restore_state`] loads such a state into a manager built from the same
+//!   `--disk`/`--net` options (checked: device count and types, queue counts). Once the
+//!   device thread runs again, every ready queue is re-examined (notifications that were in
+//!   flight when the state was saved are not lost) and a pending interrupt is raised again.
+
+use super::block::{Block, BlockError};
+use super::mmio::{MmioTransport, TransportError};
+use super::net::{default_mac, Net};
+use super::tap::{Tap, TapError};
+use super::VirtioDevice;
+use crate::config::{DiskConfig, NetConfig};
+use crate::devices::bus::{Bus, BusError};
+use crate::layout::{VIRTIO_IRQ_BASE, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
+use crate::memory::GuestMem;
+use kvm_ioctls::{IoEventAddress, VmFd};
+use serde::{Deserialize, Serialize};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use thiserror::Error;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+pub use super::mmio::{QueueRegs, TransportState};
+
+/// Highest GSI of the in-kernel IOAPIC.
+const MAX_GSI: u32 = 23;
+/// The RTC's IRQ, never given to a virtio device.
+const RTC_IRQ: u32 = 8;
+
+/// GSI of virtio device `index`, or `None` when the IOAPIC has no pin left.
+pub fn virtio_irq(index: usize) -> Option<u32> {
+    let mut irq = VIRTIO_IRQ_BASE;
+    let mut left = index;
+    loop {
+        if irq > MAX_GSI {
+            return None;
+        }
+        if irq != RTC_IRQ {
+            if left == 0 {
+                return Some(irq);
+            }
+            left -= 1;
+        }
+        irq += 1;
+    }
+}
+
+/// Errors creating, wiring or restoring the devices.
+#[derive(Debug, Error)]
+pub enum ManagerError {
+    /// A disk image could not be opened.
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    /// A tap device could not be opened.
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    /// A transport could not be created or restored.
+    #[error("virtio device {index}: {source}")]
+    Transport {
+        /// Device index.
+        index: usize,
+        /// The error.
+        source: TransportError,
+    },
+    /// More devices than interrupt pins.
+    #[error("too many virtio devices ({0}): at most {1} are supported")]
+    TooMany(usize, usize),
+    /// KVM refused an ioeventfd or irqfd.
+    #[error("cannot register {what} for virtio device {index} with KVM: {source}")]
+    Kvm {
+        /// ioeventfd or irqfd.
+        what: &'static str,
+        /// Device index.
+        index: usize,
+        /// The error.
+        source: kvm_ioctls::Error,
+    },
+    /// epoll or eventfd setup failed.
+    #[error("cannot set up the device thread's event loop: {0}")]
+    Epoll(std::io::Error),
+    /// The device thread could not be started.
+    #[error("cannot start the device thread: {0}")]
+    Thread(std::io::Error),
+    /// Saved state does not match the configured devices.
+    #[error("saved device state has {saved} devices, this VM has {actual} (the --disk/--net options must match)")]
+    DeviceCount {
+        /// Devices in the state.
+        saved: usize,
+        /// Devices configured.
+        actual: usize,
+    },
+}
+
+/// Where a device lives, for the bus and the ACPI tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Base of the register window.
+    pub base: u64,
+    /// Size of the register window.
+    pub size: u64,
+    /// GSI.
+    pub irq: u32,
+    /// virtio device ID.
+    pub device_type: u32,
+}
+
+/// Saved state of all virtio devices, in device order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevicesState {
+    /// One entry per device.
+    pub devices: Vec<TransportState>,
+}
+
+#[derive(Debug, Default)]
+struct Ctl {
+    pause_requested: bool,
+    paused: bool,
+    stop: bool,
+    running: bool,
+    kick_all: bool,
+}
+
+struct Shared {
+    wake: EventFd,
+    ctl: Mutex<Ctl>,
+    cond: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Ctl> {
+        self.ctl.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The machine's virtio devices and their device thread.
+pub struct DeviceManager {
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
+    infos: Vec<DeviceInfo>,
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+const TOKEN_WAKE: u64 = 0;
+const KIND_QUEUE: u64 = 1 << 40;
+const KIND_BACKEND: u64 = 2 << 40;
+
+fn lock(t: &Mutex<MmioTransport>) -> MutexGuard<'_, MmioTransport> {
+    t.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl DeviceManager {
+    /// Opens the disks and taps, creates one device per `--disk` then per `--net`, registers
+    /// their ioeventfds and irqfds with `vm` and starts the device thread.
+    pub fn new(vm: &VmFd, mem: &GuestMem, disks: &[DiskConfig], nets: &[NetConfig]) -> Result<Self, ManagerError> {
+        let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+        for d in disks {
+            devices.push(Box::new(Block::open(&d.path, d.read_only)?));
+        }
+        for (i, n) in nets.iter().enumerate() {
+            let tap = Tap::open(&n.tap)?;
+            let mac = n.mac.unwrap_or_else(|| default_mac(&n.tap, i));
+            devices.push(Box::new(Net::new(tap, mac)));
+        }
+        Self::with_devices(devices, mem, Some(vm))
+    }
+
+    /// A manager for already built devices; with `vm`, their notifications and interrupts are
+    /// wired to KVM (without, e.g. in tests, they are plain eventfds).
+    pub fn with_devices(
+        devices: Vec<Box<dyn VirtioDevice>>,
+        mem: &GuestMem,
+        vm: Option<&VmFd>,
+    ) -> Result<Self, ManagerError> {
+        let max = (0..).take_while(|&i| virtio_irq(i).is_some()).count();
+        if devices.len() > max {
+            return Err(ManagerError::TooMany(devices.len(), max));
+        }
+        let mut transports = Vec::new();
+        let mut infos = Vec::new();
+        for (index, dev) in devices.into_iter().enumerate() {
+            let device_type = dev.device_type();
+            let t = MmioTransport::new(dev, mem.clone()).map_err(|source| ManagerError::Transport { index, source })?;
+            let base = VIRTIO_MMIO_START + index as u64 * VIRTIO_MMIO_SIZE;
+            let irq = virtio_irq(index).ok_or(ManagerError::TooMany(index + 1, max))?;
+            if let Some(vm) = vm {
+                for (q, evt) in t.queue_evts().iter().enumerate() {
+                    let addr = IoEventAddress::Mmio(base + super::mmio::reg::QUEUE_NOTIFY);
+                    vm.register_ioevent(evt, &addr, q as u32).map_err(|source| ManagerError::Kvm {
+                        what: "ioeventfd",
+                        index,
+                        source,
+                    })?;
+                }
+                vm.register_irqfd(t.irq_evt(), irq).map_err(|source| ManagerError::Kvm {
+                    what: "irqfd",
+                    index,
+                    source,
+                })?;
+            }
+            transports.push(Arc::new(Mutex::new(t)));
+            infos.push(DeviceInfo {
+                base,
+                size: VIRTIO_MMIO_SIZE,
+                irq,
+                device_type,
+            });
+        }
+        let shared = Arc::new(Shared {
+            wake: EventFd::new(libc::EFD_NONBLOCK).map_err(ManagerError::Epoll)?,
+            ctl: Mutex::new(Ctl::default()),
+            cond: Condvar::new(),
+        });
+        let epoll = build_epoll(&shared, &transports)?;
+        let m = DeviceManager {
+            transports,
+            infos,
+            shared,
+            thread: Mutex::new(None),
+        };
+        m.spawn(epoll)?;
+        Ok(m)
+    }
+
+    fn spawn(&self, epoll: Epoll) -> Result<(), ManagerError> {
+        let shared = self.shared.clone();
+        let transports = self.transports.clone();
+        shared.lock().running = true;
+        let h = std::thread::Builder::new()
+            .name("virtio".into())
+            .stack_size(256 << 10)
+            .spawn(move || {
+                device_loop(&shared, &transports, &epoll);
+                let mut c = shared.lock();
+                c.running = false;
+                c.paused = false;
+                shared.cond.notify_all();
+            })
+            .map_err(|e| {
+                self.shared.lock().running = false;
+                ManagerError::Thread(e)
+            })?;
+        *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(h);
+        Ok(())
+    }
+
+    /// Puts every device's register window on the MMIO bus.
+    pub fn register(&self, bus: &mut Bus) -> Result<(), BusError> {
+        for (t, info) in self.transports.iter().zip(&self.infos) {
+            bus.insert(info.base, info.size, t.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Where each device lives (for the ACPI DSDT).
+    pub fn devices(&self) -> &[DeviceInfo] {
+        &self.infos
+    }
+
+    /// The transports (for tests and benchmarks).
+    pub fn transports(&self) -> &[Arc<Mutex<MmioTransport>>] {
+        &self.transports
+    }
+
+    /// Parks the device thread; see the module documentation.
+    pub fn pause(&self) {
+        let mut c = self.shared.lock();
+        if !c.running {
+            return;
+        }
+        c.pause_requested = true;
+        let _ = self.shared.wake.write(1);
+        while c.running && !c.paused {
+            c = self.shared.cond.wait(c).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Lets the device thread run again.
+    pub fn resume(&self) {
+        let mut c = self.shared.lock();
+        c.pause_requested = false;
+        self.shared.cond.notify_all();
+        let _ = self.shared.wake.write(1);
+    }
+
+    /// Whether the device thread is parked.
+    pub fn is_paused(&self) -> bool {
+        let c = self.shared.lock();
+        c.paused || !c.running
+    }
+
+    /// Saves every device; call while paused.
+    pub fn save_state(&self) -> DevicesState {
+        DevicesState {
+            devices: self.transports.iter().map(|t| lock(t).save()).collect(),
+        }
+    }
+
+    /// Loads `st` into the devices (see the module documentation).
+    pub fn restore_state(&self, st: &DevicesState) -> Result<(), ManagerError> {
+        if st.devices.len() != self.transports.len() {
+            return Err(ManagerError::DeviceCount {
+                saved: st.devices.len(),
+                actual: self.transports.len(),
+            });
+        }
+        let was_paused = self.shared.lock().pause_requested;
+        self.pause();
+        let mut result = Ok(());
+        for (index, (t, s)) in self.transports.iter().zip(&st.devices).enumerate() {
+            if let Err(source) = lock(t).restore(s) {
+                result = Err(ManagerError::Transport { index, source });
+                break;
+            }
+        }
+        self.shared.lock().kick_all = true;
+        if !was_paused {
+            self.resume();
+        }
+        result
+    }
+
+    fn stop(&self) {
+        {
+            let mut c = self.shared.lock();
+            c.stop = true;
+            self.shared.cond.notify_all();
+        }
+        let _ = self.shared.wake.write(1);
+        if let Some(h) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for DeviceManager {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn build_epoll(shared: &Shared, transports: &[Arc<Mutex<MmioTransport>>]) -> Result<Epoll, ManagerError> {
+    let epoll = Epoll::new().map_err(ManagerError::Epoll)?;
+    let add = |fd: i32, events: EventSet, token: u64| {
+        epoll
+            .ctl(ControlOperation::Add, fd, EpollEvent::new(events, token))
+            .map_err(ManagerError::Epoll)
+    };
+    add(shared.wake.as_raw_fd(), EventSet::IN, TOKEN_WAKE)?;
+    for (d, t) in transports.iter().enumerate() {
+        let t = lock(t);
+        for (q, evt) in t.queue_evts().iter().enumerate() {
+            add(evt.as_raw_fd(), EventSet::IN, KIND_QUEUE | ((d as u64) << 16) | q as u64)?;
+        }
+        if let Some(fd) = t.device().backend_fd() {
+            add(fd, EventSet::IN | EventSet::EDGE_TRIGGERED, KIND_BACKEND | d as u64)?;
+        }
+    }
+    Ok(epoll)
+}
+
+/// Body of the device thread.
+fn device_loop(shared: &Shared, transports: &[Arc<Mutex<MmioTransport>>], epoll: &Epoll) {
+    let mut events = vec![EpollEvent::default(); 64];
+    loop {
+        {
+            let mut c = shared.lock();
+            if c.pause_requested && !c.stop {
+                c.paused = true;
+                shared.cond.notify_all();
+                while c.pause_requested && !c.stop {
+                    c = shared.cond.wait(c).unwrap_or_else(|p| p.into_inner());
+                }
+                c.paused = false;
+            }
+            if c.stop {
+                return;
+            }
+            if std::mem::take(&mut c.kick_all) {
+                drop(c);
+                for t in transports {
+                    let t = lock(t);
+                    t.kick_queues();
+                    if t.interrupt_status() != 0 {
+                        let _ = t.irq_evt().write(1);
+                    }
+                }
+            }
+        }
+        let n = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::error!("virtio device thread: epoll failed: {e}");
+                return;
+            }
+        };
+        for ev in &events[..n] {
+            let token = ev.data();
+            match token & !0xff_ffff_ffff {
+                KIND_QUEUE => {
+                    let d = ((token >> 16) & 0xffff) as usize;
+                    let q = (token & 0xffff) as usize;
+                    if let Some(t) = transports.get(d) {
+                        let mut t = lock(t);
+                        if let Some(evt) = t.queue_evts().get(q) {
+                            let _ = evt.read();
+                        }
+                        t.process_queue(q);
+                    }
+                }
+                KIND_BACKEND => {
+                    if let Some(t) = transports.get((token & 0xffff) as usize) {
+                        lock(t).process_backend();
+                    }
+                }
+                _ => {
+                    let _ = shared.wake.read();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn irqs_skip_the_rtc_and_end_at_the_last_pin() {
+        assert_eq!(virtio_irq(0), Some(5));
+        assert_eq!(virtio_irq(2), Some(7));
+        assert_eq!(virtio_irq(3), Some(9));
+        assert_eq!(virtio_irq(17), Some(23));
+        assert_eq!(virtio_irq(18), None);
+    }
+}

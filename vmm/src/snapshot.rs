@@ -1,0 +1,297 @@
+//! Snapshots on disk and restoring them in a new process.
+//!
+//! A snapshot directory holds `meta.json` (kind, size, parent), `state.bin` (the VM state
+//! envelope from `state.rs`) and `memory.bin`, a sparse file indexed by guest-physical
+//! address: zero pages are holes. A diff snapshot holds only the pages dirtied since its
+//! parent snapshot (listed in `pages.bitmap`, so a page that became zero is restored as
+//! zero); restoring it applies the parent chain first.
+
+use crate::dirty::{self, PageBitmap};
+use crate::layout::PAGE_SIZE;
+use crate::machine::Machine;
+use crate::memory::is_zero_page;
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+use vm_memory::{Bytes, GuestAddress};
+
+/// Snapshot format version.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// Errors writing or reading snapshots.
+#[derive(Debug, Error)]
+pub enum SnapshotError {
+    /// A file could not be read or written.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// meta.json is malformed.
+    #[error("{path} is not a NovaCron snapshot: {reason}")]
+    BadMeta {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A diff snapshot without a full snapshot before it.
+    #[error("no base for a diff snapshot: take a full snapshot first (dirty tracking starts there)")]
+    NoBase,
+    /// State capture or restore failed.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    /// Dirty tracking failed.
+    #[error(transparent)]
+    Vm(#[from] crate::kvm::vm::VmError),
+    /// Guest memory access failed.
+    #[error("guest memory: {0}")]
+    Memory(#[from] vm_memory::GuestMemoryError),
+    /// Device restore failed.
+    #[error("devices: {0}")]
+    Devices(String),
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SnapshotError + 'a {
+    move |source| SnapshotError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// `meta.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    /// Format version.
+    pub version: u32,
+    /// "full" or "diff".
+    pub kind: String,
+    /// Guest RAM bytes.
+    pub memory: u64,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Parent snapshot directory (diff snapshots).
+    pub parent: Option<PathBuf>,
+    /// Pages written.
+    pub pages: u64,
+    /// Kernel command line of the original boot (informational).
+    pub cmdline: String,
+}
+
+/// What `snapshot` reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    /// Pages written to memory.bin.
+    pub pages: u64,
+    /// Bytes of page data written.
+    pub bytes: u64,
+    /// "full" or "diff".
+    pub kind: String,
+    /// Milliseconds the guest was paused.
+    pub paused_ms: f64,
+}
+
+/// The base a diff snapshot builds on: the previous snapshot's directory.
+#[derive(Default)]
+pub struct DiffBase {
+    /// Directory of the last snapshot while dirty logging has been on since.
+    pub last: Option<PathBuf>,
+}
+
+/// Writes a snapshot of `m` (which the caller has paused) to `dir`. With `diff`, only pages
+/// dirtied since the previous snapshot are written. Afterwards dirty logging stays on so the
+/// next diff snapshot can build on this one.
+pub fn write(
+    m: &Machine,
+    dir: &Path,
+    diff: bool,
+    base: &mut DiffBase,
+    devices: serde_json::Value,
+) -> Result<SnapshotInfo, SnapshotError> {
+    let t0 = std::time::Instant::now();
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    let frames = dirty::frame_count(m);
+    let (pages, parent) = if diff {
+        let parent = base.last.clone().ok_or(SnapshotError::NoBase)?;
+        let mut bm = PageBitmap::new(frames);
+        dirty::collect(m, &mut bm)?;
+        (bm, Some(parent))
+    } else {
+        (dirty::touched_pages(m), None)
+    };
+    let mem_path = dir.join("memory.bin");
+    let file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&mem_path)
+        .map_err(io("create", &mem_path))?;
+    file.set_len(frames * PAGE_SIZE).map_err(io("size", &mem_path))?;
+    let mut buf = [0u8; PAGE_SIZE as usize];
+    let (mut written, mut bytes) = (0u64, 0u64);
+    for pfn in pages.iter() {
+        m.mem.read_slice(&mut buf, GuestAddress(pfn * PAGE_SIZE))?;
+        if is_zero_page(&buf) {
+            continue;
+        }
+        file.write_all_at(&buf, pfn * PAGE_SIZE).map_err(io("write", &mem_path))?;
+        written += 1;
+        bytes += PAGE_SIZE;
+    }
+    file.sync_all().map_err(io("sync", &mem_path))?;
+    if diff {
+        let bm_path = dir.join("pages.bitmap");
+        let raw: Vec<u8> = pages.words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        std::fs::write(&bm_path, raw).map_err(io("write", &bm_path))?;
+    }
+    let state = crate::state::save(m, devices)?;
+    let state_path = dir.join("state.bin");
+    std::fs::write(&state_path, crate::state::encode(&state)?).map_err(io("write", &state_path))?;
+    let meta = SnapshotMeta {
+        version: SNAPSHOT_VERSION,
+        kind: if diff { "diff" } else { "full" }.into(),
+        memory: m.config.memory,
+        vcpus: m.config.vcpus,
+        parent,
+        pages: written,
+        cmdline: m.config.cmdline.clone(),
+    };
+    let meta_path = dir.join("meta.json");
+    let mut f = File::create(&meta_path).map_err(io("create", &meta_path))?;
+    f.write_all(&serde_json::to_vec_pretty(&meta).unwrap_or_default())
+        .and_then(|_| f.sync_all())
+        .map_err(io("write", &meta_path))?;
+    // Track dirty pages from here for the next diff snapshot.
+    if !diff {
+        m.vm.set_dirty_logging(true)?;
+        let mut discard = PageBitmap::new(frames);
+        dirty::collect(m, &mut discard)?;
+    }
+    base.last = Some(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()));
+    Ok(SnapshotInfo {
+        pages: written,
+        bytes,
+        kind: meta.kind,
+        paused_ms: t0.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+/// Reads `dir/meta.json`.
+pub fn read_meta(dir: &Path) -> Result<SnapshotMeta, SnapshotError> {
+    let p = dir.join("meta.json");
+    let raw = std::fs::read(&p).map_err(io("read", &p))?;
+    let meta: SnapshotMeta = serde_json::from_slice(&raw).map_err(|e| SnapshotError::BadMeta {
+        path: p.clone(),
+        reason: e.to_string(),
+    })?;
+    if meta.version > SNAPSHOT_VERSION {
+        return Err(SnapshotError::BadMeta {
+            path: p,
+            reason: format!("format version {} is newer than this VMM supports", meta.version),
+        });
+    }
+    Ok(meta)
+}
+
+/// The chain base..=dir of snapshot directories.
+fn chain(dir: &Path) -> Result<Vec<(PathBuf, SnapshotMeta)>, SnapshotError> {
+    let mut out = Vec::new();
+    let mut cur = Some(dir.to_path_buf());
+    while let Some(d) = cur {
+        if out.len() > 1000 {
+            return Err(SnapshotError::BadMeta {
+                path: d,
+                reason: "parent chain too long or cyclic".into(),
+            });
+        }
+        let meta = read_meta(&d)?;
+        cur = meta.parent.clone();
+        out.push((d, meta));
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// Copies the data extents of a sparse memory file into guest memory.
+fn load_full(m: &Machine, path: &Path) -> Result<(), SnapshotError> {
+    let mut f = File::open(path).map_err(io("open", path))?;
+    let len = f.metadata().map_err(io("stat", path))?.len();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off: i64 = 0;
+    while (off as u64) < len {
+        // SAFETY: lseek on an open fd we own; SEEK_DATA/SEEK_HOLE only move the offset.
+        let data = unsafe { libc::lseek(f.as_raw_fd(), off, libc::SEEK_DATA) };
+        if data < 0 {
+            break; // ENXIO: no more data.
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(f.as_raw_fd(), data, libc::SEEK_HOLE) };
+        let end = if hole < 0 { len as i64 } else { hole };
+        f.seek(SeekFrom::Start(data as u64)).map_err(io("seek", path))?;
+        let mut pos = data as u64;
+        while pos < end as u64 {
+            let n = ((end as u64 - pos) as usize).min(buf.len());
+            f.read_exact(&mut buf[..n]).map_err(io("read", path))?;
+            m.mem.write_slice(&buf[..n], GuestAddress(pos))?;
+            pos += n as u64;
+        }
+        off = end;
+    }
+    Ok(())
+}
+
+/// Applies a diff snapshot's listed pages.
+fn load_diff(m: &Machine, dir: &Path) -> Result<(), SnapshotError> {
+    let mem_path = dir.join("memory.bin");
+    let bm_path = dir.join("pages.bitmap");
+    let f = File::open(&mem_path).map_err(io("open", &mem_path))?;
+    let raw = std::fs::read(&bm_path).map_err(io("read", &bm_path))?;
+    let words: Vec<u64> = raw
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect();
+    let bm = PageBitmap { words };
+    let mut buf = [0u8; PAGE_SIZE as usize];
+    for pfn in bm.iter() {
+        f.read_exact_at(&mut buf, pfn * PAGE_SIZE).map_err(io("read", &mem_path))?;
+        m.mem.write_slice(&buf, GuestAddress(pfn * PAGE_SIZE))?;
+    }
+    Ok(())
+}
+
+/// Loads memory (following the diff chain) and state from `dir` into a freshly built,
+/// not yet started machine.
+pub fn restore(
+    m: &Machine,
+    dir: &Path,
+    restore_devices: &dyn Fn(&serde_json::Value) -> Result<(), String>,
+) -> Result<(), SnapshotError> {
+    for (i, (d, meta)) in chain(dir)?.iter().enumerate() {
+        if meta.memory != m.config.memory || meta.vcpus != m.config.vcpus {
+            return Err(SnapshotError::BadMeta {
+                path: d.clone(),
+                reason: "memory size or vCPU count differs within the snapshot chain".into(),
+            });
+        }
+        if i == 0 {
+            load_full(m, &d.join("memory.bin"))?;
+        } else {
+            load_diff(m, d)?;
+        }
+    }
+    let state_path = dir.join("state.bin");
+    let raw = std::fs::read(&state_path).map_err(io("read", &state_path))?;
+    let state = crate::state::decode(&raw)?;
+    crate::state::restore(m, &state)?;
+    restore_devices(&state.devices).map_err(SnapshotError::Devices)?;
+    Ok(())
+}
