@@ -170,7 +170,8 @@ fn corrupted_byte_in_transit_is_caught_and_source_keeps_running() {
     let relay = corrupting_relay(port, 100_000);
     let (ok, _, err) = migrate(&src, relay, &[]);
     assert!(!ok, "a corrupted stream must not migrate");
-    assert!(err.contains("crc32") || err.contains("aborted") || err.contains("closed"), "error: {err}");
+    // The source learns of it as an abort or a dropped connection; either way it keeps running.
+    assert!(err.contains("still running here"), "error: {err}");
     let code = dst.wait_exit(T);
     assert_ne!(code, Some(0), "destination must not resume a corrupted guest");
     assert!(dst.err().contains("crc32"), "destination should name the crc failure: {}", dst.err());

@@ -149,7 +149,11 @@ fn receive_stream(
                 decoder.decode(&f.payload, &mut GuestMemoryPages(&m.mem))?;
                 received.batches += 1;
             }
-            FrameType::RoundEnd => {}
+            FrameType::RoundEnd => {
+                let r: protocol::RoundEnd = f.json()?;
+                protocol::write_json(out, FrameType::RoundAck, &r)?;
+                out.flush().map_err(protocol::ProtocolError::Io)?;
+            }
             FrameType::Switchover => switchover = Some(Instant::now()),
             FrameType::State => {
                 let st = crate::state::decode(&f.payload)?;

@@ -23,6 +23,8 @@
 //!                 the destination decodes; no memory moves before an accept
 //! S->D Pages      one page batch (format in `encoding.rs`), any number of times
 //! S->D RoundEnd   JSON RoundEnd {round}: end of one precopy pass
+//! D->S RoundAck   JSON RoundEnd {round}: everything before it was applied (the source times
+//!                 its rounds by this, so socket buffers do not inflate the measured rate)
 //! S->D Switchover empty: the source has paused its vCPUs (destination downtime starts)
 //! S->D Pages      the final pass
 //! S->D State      the VM state envelope (`state.rs`)
@@ -73,6 +75,8 @@ pub enum FrameType {
     Confirm = 9,
     /// Give up.
     Abort = 10,
+    /// Destination applied a round.
+    RoundAck = 11,
 }
 
 impl FrameType {
@@ -89,6 +93,7 @@ impl FrameType {
             8 => Complete,
             9 => Confirm,
             10 => Abort,
+            11 => RoundAck,
             _ => return None,
         })
     }

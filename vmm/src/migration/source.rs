@@ -191,6 +191,20 @@ impl Sender<'_> {
         Ok(st)
     }
 
+    /// Ends a round and waits until the destination has applied it.
+    fn end_round(&mut self, round: u32) -> Result<(), MigrationError> {
+        protocol::write_json(&mut self.out, FrameType::RoundEnd, &RoundEnd { round })?;
+        let f = self.read_reply()?;
+        if f.kind != FrameType::RoundAck {
+            return Err(protocol::ProtocolError::Unexpected {
+                got: f.kind,
+                want: "RoundAck",
+            }
+            .into());
+        }
+        Ok(())
+    }
+
     fn read_reply(&mut self) -> Result<protocol::Frame, MigrationError> {
         self.out.flush()?;
         let f = protocol::read_frame(&mut self.input)?;
@@ -289,6 +303,16 @@ pub fn migrate(
     if !ack.ok {
         return Err(MigrationError::Refused(ack.error));
     }
+    let offered = |e: Encoding| ack.encodings.iter().any(|n| n == e.name());
+    match opts.compression.fixed() {
+        Some(e) if !offered(e) => {
+            return Err(MigrationError::Refused(format!("destination cannot decode {} pages", e.name())))
+        }
+        None if !(offered(Encoding::Raw) && offered(Encoding::Delta)) => {
+            return Err(MigrationError::Refused("destination cannot decode raw and delta pages".into()))
+        }
+        _ => {}
+    }
 
     let tracker = DirtyTracker::start(m)?;
     let throttle = if opts.auto_converge { Some(Throttle::new(m)) } else { None };
@@ -333,8 +357,7 @@ fn precopy(
     let mut round_start = Instant::now();
     let enc = pick(opts.bandwidth.map(|b| b as f64));
     let st = s.send_pass(&touched, enc, true)?;
-    protocol::write_json(&mut s.out, FrameType::RoundEnd, &RoundEnd { round: 0 })?;
-    s.out.flush()?;
+    s.end_round(0)?;
     let mut elapsed = round_start.elapsed().as_secs_f64();
     rounds.push(RoundSummary {
         round: 0,
@@ -393,8 +416,7 @@ fn precopy(
         round_start = Instant::now();
         let enc = pick(link_rate);
         let st = s.send_pass(&dirty, enc, false)?;
-        protocol::write_json(&mut s.out, FrameType::RoundEnd, &RoundEnd { round })?;
-        s.out.flush()?;
+        s.end_round(round)?;
         elapsed = round_start.elapsed().as_secs_f64();
         if elapsed > 0.0 && st.pages > 0 {
             link_rate = Some(st.bytes as f64 / elapsed);
