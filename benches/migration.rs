@@ -5,79 +5,7 @@
 //! Run: `cargo bench --bench migration` (env NOVACRON_BENCH_RUNS to change the run count)
 
 mod support;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for(log: &Path, needle: &str, timeout: Duration) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < timeout {
-        if std::fs::read_to_string(log).is_ok_and(|s| s.contains(needle)) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
-fn one(vmm: &Path, guest: &Path, dir: &Path, cmdline: &str, mem: &str, extra: &[&str]) -> Option<serde_json::Value> {
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).ok()?;
-    let (slog, ssock, dlog) = (dir.join("s.log"), dir.join("s.sock"), dir.join("d.log"));
-    let _src = Kill(
-        Command::new(vmm)
-            .args(["run", "--kernel"])
-            .arg(guest)
-            .args(["--cmdline", cmdline, "--memory", mem, "--serial"])
-            .arg(format!("file:{}", slog.display()))
-            .arg("--api-socket")
-            .arg(&ssock)
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?,
-    );
-    let needle = if cmdline.contains("idle") { "PROGRESS" } else { "CHECK PASS" };
-    if !wait_for(&slog, needle, Duration::from_secs(120)) {
-        return None;
-    }
-    // Let the workload reach its steady state.
-    std::thread::sleep(Duration::from_millis(500));
-    let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
-    let _dst = Kill(
-        Command::new(vmm)
-            .args(["run", "--incoming", &format!("tcp:127.0.0.1:{port}"), "--memory", mem, "--serial"])
-            .arg(format!("file:{}", dlog.display()))
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?,
-    );
-    let out = Command::new(vmm)
-        .args(["migrate", "--api-socket"])
-        .arg(&ssock)
-        .args(["--to", &format!("tcp:127.0.0.1:{port}")])
-        .args(extra)
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        eprintln!("migration failed: {}", String::from_utf8_lossy(&out.stderr));
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    // The destination's workload must still pass.
-    if !cmdline.contains("idle") && !wait_for(&dlog, "CHECK PASS", Duration::from_secs(60)) {
-        eprintln!("destination did not report CHECK PASS");
-        return None;
-    }
-    Some(v)
-}
+use std::path::PathBuf;
 
 fn main() {
     let bins = support::release_bins();
@@ -101,7 +29,7 @@ fn main() {
     for (name, cmdline, mem, extra) in &cases {
         let mut res = Vec::new();
         for _ in 0..runs {
-            if let Some(v) = one(&vmm, &guest, &dir, cmdline, mem, extra) {
+            if let Some(v) = support::migrate_once(&vmm, &guest, &dir, cmdline, mem, extra, None) {
                 res.push(v);
             }
         }

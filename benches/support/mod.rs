@@ -1,8 +1,10 @@
 //! Helpers shared by the benchmarks: building and locating release binaries, statistics.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// Builds the release binaries the benchmark drives and returns the release dir.
 pub fn release_bins() -> PathBuf {
@@ -10,7 +12,7 @@ pub fn release_bins() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let st = Command::new(cargo)
         .current_dir(&root)
-        .args(["build", "--release", "-p", "novacron-vmm", "-p", "novacron-images", "--bins"])
+        .args(["build", "--release", "-p", "novacron-vmm", "-p", "novacron-images", "-p", "novacron", "--bins"])
         .status()
         .expect("run cargo build");
     assert!(st.success(), "building release binaries failed");
@@ -49,4 +51,109 @@ pub fn have(prog: &str) -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
+}
+
+/// Kills a child process on drop.
+pub struct Kill(pub Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until `log` contains `needle`.
+pub fn wait_for(log: &Path, needle: &str, timeout: Duration) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < timeout {
+        if std::fs::read_to_string(log).is_ok_and(|s| s.contains(needle)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Starts the WAN relay in front of `to`; returns it and its port.
+pub fn relay(bins: &Path, to: u16, args: &[&str]) -> Option<(Kill, u16)> {
+    let mut c = Command::new(bins.join("novacron-wanrelay"))
+        .args(["--listen", "127.0.0.1:0", "--to", &format!("127.0.0.1:{to}")])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let mut line = String::new();
+    BufReader::new(c.stdout.take()?).read_line(&mut line).ok()?;
+    let port = line.trim().rsplit(':').next()?.parse().ok()?;
+    Some((Kill(c), port))
+}
+
+/// Boots the test guest with `cmdline`, waits for its workload, migrates it to a fresh
+/// destination (through the WAN relay with `relay_args` if given) and returns the summary.
+pub fn migrate_once(
+    vmm: &Path,
+    guest: &Path,
+    dir: &Path,
+    cmdline: &str,
+    mem: &str,
+    extra: &[&str],
+    relay_args: Option<&[&str]>,
+) -> Option<serde_json::Value> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).ok()?;
+    let (slog, ssock, dlog) = (dir.join("s.log"), dir.join("s.sock"), dir.join("d.log"));
+    let _src = Kill(
+        Command::new(vmm)
+            .args(["run", "--kernel"])
+            .arg(guest)
+            .args(["--cmdline", cmdline, "--memory", mem, "--serial"])
+            .arg(format!("file:{}", slog.display()))
+            .arg("--api-socket")
+            .arg(&ssock)
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?,
+    );
+    let needle = if cmdline.contains("idle") { "PROGRESS" } else { "CHECK PASS" };
+    if !wait_for(&slog, needle, Duration::from_secs(300)) {
+        return None;
+    }
+    // Let the workload reach its steady state.
+    std::thread::sleep(Duration::from_millis(500));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+    let _dst = Kill(
+        Command::new(vmm)
+            .args(["run", "--incoming", &format!("tcp:127.0.0.1:{port}"), "--memory", mem, "--serial"])
+            .arg(format!("file:{}", dlog.display()))
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?,
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    let bins = vmm.parent()?;
+    let (_relay, target) = match relay_args {
+        Some(a) => {
+            let (k, p) = relay(bins, port, a)?;
+            (Some(k), p)
+        }
+        None => (None, port),
+    };
+    let out = Command::new(vmm)
+        .args(["migrate", "--api-socket"])
+        .arg(&ssock)
+        .args(["--to", &format!("tcp:127.0.0.1:{target}")])
+        .args(extra)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!("migration failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    if !cmdline.contains("idle") && !wait_for(&dlog, "CHECK PASS", Duration::from_secs(60)) {
+        eprintln!("destination did not report CHECK PASS");
+        return None;
+    }
+    Some(v)
 }
