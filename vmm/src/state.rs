@@ -172,8 +172,7 @@ pub struct MachineState {
 
 /// MSRs KVM will actually return for this host, probed once.
 fn readable_msrs(kvm: &Kvm, fd: &VcpuFd) -> &'static [u32] {
-    static LIST: OnceLock<Vec<u32>> = OnceLock::new();
-    LIST.get_or_init(|| {
+    MSR_LIST.get_or_init(|| {
         let all = crate::kvm::msrs::saveable_list(kvm).unwrap_or_default();
         all.into_iter()
             .filter(|&index| {
@@ -189,12 +188,27 @@ fn readable_msrs(kvm: &Kvm, fd: &VcpuFd) -> &'static [u32] {
     })
 }
 
-/// Probes the MSR list ahead of time (call before the vCPUs run) so a later save, inside
-/// migration downtime, does not.
-pub fn prepare(kvm: &Kvm, vcpu: &Vcpu) {
-    let fd = vcpu.fd.lock().unwrap_or_else(|p| p.into_inner());
-    let _ = readable_msrs(kvm, &fd);
+/// Probes which MSRs KVM can save (once per process) so a later save, inside migration
+/// downtime, does not. Briefly pauses the vCPUs if they are running.
+pub fn prepare(m: &Machine) {
+    let Some(v) = m.vcpus.first() else { return };
+    if MSR_LIST.get().is_some() {
+        return;
+    }
+    let was_paused = m.control().is_paused();
+    if !was_paused {
+        m.control().pause();
+    }
+    {
+        let fd = v.fd.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = readable_msrs(&m.vm.kvm, &fd);
+    }
+    if !was_paused {
+        m.control().resume();
+    }
 }
+
+static MSR_LIST: OnceLock<Vec<u32>> = OnceLock::new();
 
 /// Captures a (paused) vCPU's state.
 pub fn save_vcpu(kvm: &Kvm, vcpu: &Vcpu) -> Result<VcpuState, StateError> {

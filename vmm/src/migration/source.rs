@@ -314,6 +314,7 @@ pub fn migrate(
         _ => {}
     }
 
+    crate::state::prepare(m);
     let tracker = DirtyTracker::start(m)?;
     let throttle = if opts.auto_converge { Some(Throttle::new(m)) } else { None };
     let result = precopy(&mut s, m, opts, tracker, throttle.as_ref(), t0, devices_state);
