@@ -11,15 +11,39 @@ fn main() {
     let bins = support::release_bins();
     let vmm = bins.join("novacron-vmm");
     let guest = bins.join("novacron-testguest.elf");
-    let runs: usize = std::env::var("NOVACRON_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let dir: PathBuf = std::env::temp_dir().join(format!("novacron-bench-mig-{}", std::process::id()));
+    let runs: usize = std::env::var("NOVACRON_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("novacron-bench-mig-{}", std::process::id()));
     let cases: Vec<(&str, &str, &str, Vec<&str>)> = vec![
         ("idle 1 GiB", "workload=idle", "1G", vec![]),
         ("ab 256 MiB in 1 GiB", "workload=ab mib=256", "1G", vec![]),
-        ("ab 256 MiB, auto-converge", "workload=ab mib=256", "1G", vec!["--auto-converge", "--timeout", "5"]),
-        ("rand 64 MiB @ 2k pages/s", "workload=rand mib=64 rate=2000", "512M", vec![]),
-        ("rand 64 MiB @ 20k pages/s", "workload=rand mib=64 rate=20000", "512M", vec![]),
-        ("rand 64 MiB @ 100k pages/s", "workload=rand mib=64 rate=100000", "512M", vec!["--auto-converge", "--timeout", "5"]),
+        (
+            "ab 256 MiB, auto-converge",
+            "workload=ab mib=256",
+            "1G",
+            vec!["--auto-converge", "--timeout", "5"],
+        ),
+        (
+            "rand 64 MiB @ 2k pages/s",
+            "workload=rand mib=64 rate=2000",
+            "512M",
+            vec![],
+        ),
+        (
+            "rand 64 MiB @ 20k pages/s",
+            "workload=rand mib=64 rate=20000",
+            "512M",
+            vec![],
+        ),
+        (
+            "rand 64 MiB @ 100k pages/s",
+            "workload=rand mib=64 rate=100000",
+            "512M",
+            vec!["--auto-converge", "--timeout", "5"],
+        ),
     ];
     println!("live migration over loopback, novacron-vmm -> novacron-vmm, median of {runs} runs");
     println!(
@@ -37,7 +61,11 @@ fn main() {
             println!("{name:<28} failed");
             continue;
         }
-        let f = |k: &str| res.iter().map(|v| v[k].as_f64().unwrap_or(f64::NAN)).collect::<Vec<_>>();
+        let f = |k: &str| {
+            res.iter()
+                .map(|v| v[k].as_f64().unwrap_or(f64::NAN))
+                .collect::<Vec<_>>()
+        };
         println!(
             "{:<28} {:>9.1} {:>10.2} {:>10.2} {:>7.0} {:>10.1} {:>8.0}%",
             name,

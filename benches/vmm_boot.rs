@@ -12,7 +12,11 @@ use std::time::{Duration, Instant};
 /// Spawns `cmd`, returns ms until a stdout line contains READY, and the child.
 fn time_to_ready(cmd: &mut Command) -> Option<(f64, std::process::Child)> {
     let t0 = Instant::now();
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().ok()?;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
     let out = child.stdout.take()?;
     let mut lines = BufReader::new(out).lines();
     let deadline = t0 + Duration::from_secs(60);
@@ -64,9 +68,14 @@ fn main() {
     let mut overhead = Vec::new();
     for _ in 0..runs {
         let mut cmd = Command::new(&vmm);
-        cmd.args(["run", "--kernel"])
-            .arg(&guest)
-            .args(["--cmdline", "workload=idle", "--memory", "128M", "--serial", "stdout"]);
+        cmd.args(["run", "--kernel"]).arg(&guest).args([
+            "--cmdline",
+            "workload=idle",
+            "--memory",
+            "128M",
+            "--serial",
+            "stdout",
+        ]);
         if let Some((ms, mut child)) = time_to_ready(&mut cmd) {
             times.push(ms);
             std::thread::sleep(Duration::from_millis(300));
@@ -77,7 +86,10 @@ fn main() {
             let _ = child.wait();
         }
     }
-    println!("boot: novacron-vmm start -> test guest READY (128 MiB), {} runs", times.len());
+    println!(
+        "boot: novacron-vmm start -> test guest READY (128 MiB), {} runs",
+        times.len()
+    );
     println!(
         "  median {:.1} ms   min {:.1} ms   p90 {:.1} ms   (target: 10 ms)",
         support::median(&times),
@@ -92,10 +104,19 @@ fn main() {
         let mut q = Vec::new();
         for _ in 0..3 {
             let mut cmd = Command::new("qemu-system-x86_64");
-            cmd.args(["-M", "pc", "-enable-kvm", "-m", "128", "-nodefaults", "-display", "none"])
-                .args(["-no-reboot", "-serial", "stdio", "-kernel"])
-                .arg(&guest)
-                .args(["-append", "workload=idle"]);
+            cmd.args([
+                "-M",
+                "pc",
+                "-enable-kvm",
+                "-m",
+                "128",
+                "-nodefaults",
+                "-display",
+                "none",
+            ])
+            .args(["-no-reboot", "-serial", "stdio", "-kernel"])
+            .arg(&guest)
+            .args(["-append", "workload=idle"]);
             if let Some((ms, mut child)) = time_to_ready(&mut cmd) {
                 q.push(ms);
                 let _ = child.kill();

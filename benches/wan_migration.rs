@@ -14,7 +14,10 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("novacron-bench-wan-{}", std::process::id()));
     let relay: &[&str] = &["--rate", "100mbit", "--rtt-ms", "50"];
     let workloads = [
-        ("fill 256 MiB, 64 MiB hot", "workload=fill mib=256 hot=64 rate=5000"),
+        (
+            "fill 256 MiB, 64 MiB hot",
+            "workload=fill mib=256 hot=64 rate=5000",
+        ),
         ("ab 128 MiB", "workload=ab mib=128"),
     ];
     println!("WAN migration: 100 Mbit/s, 50 ms RTT (novacron-wanrelay), 512 MiB guest, timeout {timeout} s");
@@ -25,7 +28,14 @@ fn main() {
     for (name, cmdline) in workloads {
         let mut none_bytes = None;
         for enc in ["none", "zstd", "delta", "auto"] {
-            let extra = ["--compression", enc, "--timeout", timeout.as_str(), "--downtime-ms", "2"];
+            let extra = [
+                "--compression",
+                enc,
+                "--timeout",
+                timeout.as_str(),
+                "--downtime-ms",
+                "2",
+            ];
             match support::migrate_once(&vmm, &guest, &dir, cmdline, "512M", &extra, Some(relay)) {
                 Some(v) => {
                     let wire = v["wire_bytes"].as_f64().unwrap_or(0.0);
@@ -40,7 +50,10 @@ fn main() {
                         v["total_ms"].as_f64().unwrap_or(0.0) / 1e3,
                         v["downtime_ms"].as_f64().unwrap_or(0.0),
                         v["rounds"],
-                        v["cache_hit_rate"].as_f64().map(|h| format!("{:.0}%", h * 100.0)).unwrap_or("-".into()),
+                        v["cache_hit_rate"]
+                            .as_f64()
+                            .map(|h| format!("{:.0}%", h * 100.0))
+                            .unwrap_or("-".into()),
                         v["encoder_cpu_ms"].as_f64().unwrap_or(0.0),
                         none_bytes
                             .filter(|_| enc != "none")

@@ -21,12 +21,19 @@ fn migrate(src: &Vmm, port: u16, extra: &[&str]) -> (bool, serde_json::Value, St
 
 fn incoming(dir: &Scratch, name: &str, port: u16, memory: &str) -> Vmm {
     let addr = format!("tcp:127.0.0.1:{port}");
-    let mut v = Vmm::start(dir, name, &["--incoming", addr.as_str(), "--memory", memory]);
+    let mut v = Vmm::start(
+        dir,
+        name,
+        &["--incoming", addr.as_str(), "--memory", memory],
+    );
     // Wait until it listens, so a relay in front of it can connect.
     let deadline = std::time::Instant::now() + T;
     while !v.err().contains("waiting for incoming migration") {
         assert!(v.alive(), "destination exited: {}", v.err());
-        assert!(std::time::Instant::now() < deadline, "destination never listened");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "destination never listened"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     v
@@ -53,17 +60,34 @@ fn ab_guest_migrates_and_keeps_passing() {
     let (ok, summary, err) = migrate(&src, port, &["--verify"]);
     assert!(ok, "migration failed: {err}");
     assert_eq!(summary["ok"], true, "{summary}");
-    assert_eq!(summary["verified"], true, "destination memory was not verified page by page");
+    assert_eq!(
+        summary["verified"], true,
+        "destination memory was not verified page by page"
+    );
     assert!(summary["rounds"].as_u64().unwrap_or(0) >= 2, "{summary}");
-    assert!(summary["wire_bytes"].as_u64().unwrap_or(0) > 64 << 20, "{summary}");
-    assert_eq!(src.wait_exit(T), Some(0), "source should exit 0 after handing over: {}", src.err());
+    assert!(
+        summary["wire_bytes"].as_u64().unwrap_or(0) > 64 << 20,
+        "{summary}"
+    );
+    assert_eq!(
+        src.wait_exit(T),
+        Some(0),
+        "source should exit 0 after handing over: {}",
+        src.err()
+    );
     let src_ticks = last_ticks(&src.log());
     // The destination continues the same guest: its tick counter carries on from the source's.
     let log = dst.wait_for("CHECK PASS", 0, T);
     let log = dst.wait_for("PROGRESS", log.len(), T);
     assert!(!log.contains("CHECK FAIL"), "{log}");
-    assert!(!log.contains("READY"), "destination must not boot the guest again:\n{log}");
-    assert!(last_ticks(&log) > src_ticks, "ticks did not advance past the source's {src_ticks}:\n{log}");
+    assert!(
+        !log.contains("READY"),
+        "destination must not boot the guest again:\n{log}"
+    );
+    assert!(
+        last_ticks(&log) > src_ticks,
+        "ticks did not advance past the source's {src_ticks}:\n{log}"
+    );
     let (_, out, _) = dst.client("info", &[]);
     assert!(out.contains("\"running\""), "{out}");
 }
@@ -79,7 +103,11 @@ fn rand_and_fill_guests_migrate() {
         src.wait_for("CHECK PASS", 0, T);
         let port = free_port();
         let mut dst = incoming(&dir, "dst", port, "128M");
-        let (ok, summary, err) = migrate(&src, port, &["--verify", "--compression", "zstd", "--downtime-ms", "30"]);
+        let (ok, summary, err) = migrate(
+            &src,
+            port,
+            &["--verify", "--compression", "zstd", "--downtime-ms", "30"],
+        );
         assert!(ok, "{name}: migration failed: {err}");
         assert_eq!(summary["verified"], true);
         let log = dst.wait_for("CHECK PASS", 0, T);
@@ -98,7 +126,11 @@ fn incompatible_destination_is_refused_before_memory_moves() {
     let (ok, _, err) = migrate(&src, port, &[]);
     assert!(!ok, "migration to a 256M destination should fail");
     assert!(err.contains("memory size differs"), "error: {err}");
-    assert_ne!(dst.wait_exit(T), Some(0), "destination must not report success");
+    assert_ne!(
+        dst.wait_exit(T),
+        Some(0),
+        "destination must not report success"
+    );
     source_keeps_running(&mut src);
 }
 
@@ -115,14 +147,22 @@ fn destination_killed_mid_transfer_leaves_source_running() {
         std::process::Command::new(vmm())
             .args(["migrate", "--api-socket"])
             .arg(&sock)
-            .args(["--to", &format!("tcp:127.0.0.1:{port}"), "--bandwidth", "20MB"])
+            .args([
+                "--to",
+                &format!("tcp:127.0.0.1:{port}"),
+                "--bandwidth",
+                "20MB",
+            ])
             .output()
             .expect("migrate")
     });
     std::thread::sleep(Duration::from_millis(1500));
     let _ = dst.child.kill();
     let out = h.join().expect("join");
-    assert!(!out.status.success(), "migration should fail when the destination dies");
+    assert!(
+        !out.status.success(),
+        "migration should fail when the destination dies"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("still running here"), "{err}");
     source_keeps_running(&mut src);
@@ -134,7 +174,9 @@ fn corrupting_relay(to: u16, offset: u64) -> u16 {
     let port = l.local_addr().expect("addr").port();
     std::thread::spawn(move || {
         let Ok((mut a, _)) = l.accept() else { return };
-        let Ok(mut b) = TcpStream::connect(("127.0.0.1", to)) else { return };
+        let Ok(mut b) = TcpStream::connect(("127.0.0.1", to)) else {
+            return;
+        };
         let (mut a2, mut b2) = (a.try_clone().expect("clone"), b.try_clone().expect("clone"));
         std::thread::spawn(move || {
             let _ = std::io::copy(&mut b2, &mut a2);
@@ -173,7 +215,15 @@ fn corrupted_byte_in_transit_is_caught_and_source_keeps_running() {
     // The source learns of it as an abort or a dropped connection; either way it keeps running.
     assert!(err.contains("still running here"), "error: {err}");
     let code = dst.wait_exit(T);
-    assert_ne!(code, Some(0), "destination must not resume a corrupted guest");
-    assert!(dst.err().contains("crc32"), "destination should name the crc failure: {}", dst.err());
+    assert_ne!(
+        code,
+        Some(0),
+        "destination must not resume a corrupted guest"
+    );
+    assert!(
+        dst.err().contains("crc32"),
+        "destination should name the crc failure: {}",
+        dst.err()
+    );
     source_keeps_running(&mut src);
 }

@@ -24,7 +24,10 @@ fn full_and_diff_snapshots_restore_a_running_ab_guest() {
     // The guest keeps running after a snapshot.
     let len = v.log().len();
     v.wait_for("CHECK PASS", len, T);
-    let (ok, out, err) = v.client("snapshot", &["--to", diff.to_str().expect("utf8"), "--diff"]);
+    let (ok, out, err) = v.client(
+        "snapshot",
+        &["--to", diff.to_str().expect("utf8"), "--diff"],
+    );
     assert!(ok, "diff snapshot: {err}");
     let dinfo: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(dinfo["kind"], "diff");
@@ -35,16 +38,29 @@ fn full_and_diff_snapshots_restore_a_running_ab_guest() {
     let blocks = std::fs::metadata(full.join("memory.bin"))
         .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
         .unwrap_or(u64::MAX);
-    assert!(blocks < 100 << 20, "memory.bin should be sparse, uses {blocks} bytes");
+    assert!(
+        blocks < 100 << 20,
+        "memory.bin should be sparse, uses {blocks} bytes"
+    );
 
     for (name, snap) in [("full", &full), ("diff", &diff)] {
-        let mut r = Vmm::start(&dir, &format!("restore-{name}"), &["--restore", snap.to_str().expect("utf8")]);
+        let mut r = Vmm::start(
+            &dir,
+            &format!("restore-{name}"),
+            &["--restore", snap.to_str().expect("utf8")],
+        );
         let log = r.wait_for("CHECK PASS", 0, T);
         let log = r.wait_for("PROGRESS", log.len(), T);
-        assert!(!log.contains("READY"), "{name}: restore must not reboot:\n{log}");
+        assert!(
+            !log.contains("READY"),
+            "{name}: restore must not reboot:\n{log}"
+        );
         assert!(!log.contains("CHECK FAIL"), "{name}: {log}");
         if name == "diff" {
-            assert!(last_ticks(&log) > snap_ticks, "{name}: ticks should continue past {snap_ticks}:\n{log}");
+            assert!(
+                last_ticks(&log) > snap_ticks,
+                "{name}: ticks should continue past {snap_ticks}:\n{log}"
+            );
         }
     }
 }

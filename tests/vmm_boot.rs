@@ -39,7 +39,11 @@ fn workload_passes(cmdline: &str, memory: &str, name: &str) {
     let dir = Scratch::new(name);
     let mut v = Vmm::boot_guest(&dir, name, cmdline, memory);
     v.wait_for("READY", 0, T);
-    let log = v.wait_for(&format!("CHECK PASS workload={name}"), 0, Duration::from_secs(60));
+    let log = v.wait_for(
+        &format!("CHECK PASS workload={name}"),
+        0,
+        Duration::from_secs(60),
+    );
     assert!(!log.contains("CHECK FAIL"), "self-check failed:\n{log}");
     let t1 = last_ticks(&log);
     // Progress continues and ticks advance.
@@ -93,16 +97,32 @@ fn guest_reset_and_triple_fault_have_distinct_statuses() {
     let mut r = Vmm::boot_guest(&dir, "reset", "workload=reset", "64M");
     assert_eq!(r.wait_exit(T), Some(10), "reset: {}\n{}", r.err(), r.log());
     let mut t = Vmm::boot_guest(&dir, "triple", "workload=triplefault", "64M");
-    assert_eq!(t.wait_exit(T), Some(11), "triple fault: {}\n{}", t.err(), t.log());
+    assert_eq!(
+        t.wait_exit(T),
+        Some(11),
+        "triple fault: {}\n{}",
+        t.err(),
+        t.log()
+    );
     assert!(t.err().contains("triple fault"), "stderr: {}", t.err());
 }
 
 fn run_fails(args: &[&str], expect: &str) {
-    let out = Command::new(vmm()).arg("run").args(args).output().expect("run vmm");
+    let out = Command::new(vmm())
+        .arg("run")
+        .args(args)
+        .output()
+        .expect("run vmm");
     assert!(!out.status.success(), "{args:?} should fail");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(expect), "{args:?}: stderr was {err:?}, expected {expect:?}");
-    assert!(err.trim().lines().count() <= 4, "error should be short: {err}");
+    assert!(
+        err.contains(expect),
+        "{args:?}: stderr was {err:?}, expected {expect:?}"
+    );
+    assert!(
+        err.trim().lines().count() <= 4,
+        "error should be short: {err}"
+    );
 }
 
 #[test]
@@ -111,12 +131,18 @@ fn bad_input_gets_one_clear_line() {
     let text = dir.path("notakernel");
     std::fs::write(&text, "just text\n").expect("write");
     let t = text.to_str().expect("utf8");
-    run_fails(&["--kernel", "/nonexistent/vmlinux"], "cannot read /nonexistent/vmlinux");
+    run_fails(
+        &["--kernel", "/nonexistent/vmlinux"],
+        "cannot read /nonexistent/vmlinux",
+    );
     run_fails(&["--kernel", t], "is not a kernel");
     run_fails(&["--kernel", t, "--memory", "12Q"], "invalid size");
     run_fails(&["--kernel", t, "--memory", "4T"], "out of range");
     run_fails(&["--kernel", t, "--vcpus", "0"], "vcpus");
-    run_fails(&["--kernel", t, "--serial", "tcp:1"], "invalid serial target");
+    run_fails(
+        &["--kernel", t, "--serial", "tcp:1"],
+        "invalid serial target",
+    );
     run_fails(&[], "--kernel is required");
 }
 
@@ -128,7 +154,12 @@ fn api_rejects_unknown_and_malformed_requests() {
     v.wait_for("READY", 0, T);
     let mut s = std::os::unix::net::UnixStream::connect(&v.sock).expect("connect");
     let mut r = BufReader::new(s.try_clone().expect("clone"));
-    for req in ["{\"cmd\":\"frobnicate\"}", "not json", "{\"nocmd\":1}", "{\"cmd\":\"migrate\",\"to\":\"udp:x\"}"] {
+    for req in [
+        "{\"cmd\":\"frobnicate\"}",
+        "not json",
+        "{\"nocmd\":1}",
+        "{\"cmd\":\"migrate\",\"to\":\"udp:x\"}",
+    ] {
         writeln!(s, "{req}").expect("write");
         let mut line = String::new();
         r.read_line(&mut line).expect("read");

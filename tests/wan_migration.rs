@@ -21,7 +21,12 @@ impl Drop for Relay {
 
 fn relay(to: u16, extra: &[&str]) -> Relay {
     let mut c = Command::new(env!("CARGO_BIN_EXE_novacron-wanrelay"))
-        .args(["--listen", "127.0.0.1:0", "--to", &format!("127.0.0.1:{to}")])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--to",
+            &format!("127.0.0.1:{to}"),
+        ])
         .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -29,7 +34,9 @@ fn relay(to: u16, extra: &[&str]) -> Relay {
         .expect("spawn relay");
     let out = c.stdout.take().expect("stdout");
     let mut line = String::new();
-    BufReader::new(out).read_line(&mut line).expect("relay line");
+    BufReader::new(out)
+        .read_line(&mut line)
+        .expect("relay line");
     let port = line
         .trim()
         .strip_prefix("LISTENING ")
@@ -41,18 +48,28 @@ fn relay(to: u16, extra: &[&str]) -> Relay {
 
 fn incoming(dir: &Scratch, name: &str, port: u16, memory: &str) -> Vmm {
     let addr = format!("tcp:127.0.0.1:{port}");
-    let mut v = Vmm::start(dir, name, &["--incoming", addr.as_str(), "--memory", memory]);
+    let mut v = Vmm::start(
+        dir,
+        name,
+        &["--incoming", addr.as_str(), "--memory", memory],
+    );
     let deadline = std::time::Instant::now() + T;
     while !v.err().contains("waiting for incoming migration") {
         assert!(v.alive(), "destination exited: {}", v.err());
-        assert!(std::time::Instant::now() < deadline, "destination never listened");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "destination never listened"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     v
 }
 
 fn migrate_through_relay(workload: &str, encoding: &str) -> serde_json::Value {
-    let tag = format!("wan-{}-{encoding}", workload.split_whitespace().next().unwrap_or("w"));
+    let tag = format!(
+        "wan-{}-{encoding}",
+        workload.split_whitespace().next().unwrap_or("w")
+    );
     let dir = Scratch::new(&tag);
     let mut src = Vmm::boot_guest(&dir, "src", workload, "64M");
     src.wait_for("CHECK PASS", 0, T);
@@ -62,7 +79,17 @@ fn migrate_through_relay(workload: &str, encoding: &str) -> serde_json::Value {
     let to = format!("tcp:127.0.0.1:{}", r.1);
     let (ok, out, err) = src.client(
         "migrate",
-        &["--to", &to, "--compression", encoding, "--verify", "--downtime-ms", "3000", "--timeout", "60"],
+        &[
+            "--to",
+            &to,
+            "--compression",
+            encoding,
+            "--verify",
+            "--downtime-ms",
+            "3000",
+            "--timeout",
+            "60",
+        ],
     );
     assert!(ok, "{tag}: migration failed: {err}");
     let summary: serde_json::Value = serde_json::from_str(&out).expect("summary JSON");
@@ -70,7 +97,12 @@ fn migrate_through_relay(workload: &str, encoding: &str) -> serde_json::Value {
     let log = dst.wait_for("CHECK PASS", 0, T);
     let log = dst.wait_for("CHECK PASS", log.len(), T);
     assert!(!log.contains("CHECK FAIL"), "{tag}: {log}");
-    assert_eq!(src.wait_exit(T), Some(0), "{tag}: source should hand over: {}", src.err());
+    assert_eq!(
+        src.wait_exit(T),
+        Some(0),
+        "{tag}: source should hand over: {}",
+        src.err()
+    );
     summary
 }
 
@@ -95,7 +127,10 @@ fn every_workload_migrates_with_delta_and_auto() {
         for e in ["delta", "auto"] {
             let s = migrate_through_relay(w, e);
             if e == "delta" {
-                assert!(s["codec"]["delta"]["batches"].as_u64().unwrap_or(0) > 0, "{s}");
+                assert!(
+                    s["codec"]["delta"]["batches"].as_u64().unwrap_or(0) > 0,
+                    "{s}"
+                );
             }
         }
     }
@@ -119,7 +154,17 @@ fn corrupted_delta_stream_is_caught_and_source_keeps_running() {
     src.wait_for("CHECK PASS", 0, T);
     let port = free_port();
     let mut dst = incoming(&dir, "dst", port, "64M");
-    let r = relay(port, &["--rate", "24mbit", "--rtt-ms", "20", "--flip-byte-at", "300000"]);
+    let r = relay(
+        port,
+        &[
+            "--rate",
+            "24mbit",
+            "--rtt-ms",
+            "20",
+            "--flip-byte-at",
+            "300000",
+        ],
+    );
     let to = format!("tcp:127.0.0.1:{}", r.1);
     let (ok, _, err) = src.client("migrate", &["--to", &to, "--compression", "delta"]);
     assert!(!ok, "corrupted stream must not migrate");

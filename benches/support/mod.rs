@@ -12,7 +12,17 @@ pub fn release_bins() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let st = Command::new(cargo)
         .current_dir(&root)
-        .args(["build", "--release", "-p", "novacron-vmm", "-p", "novacron-images", "-p", "novacron", "--bins"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "novacron-vmm",
+            "-p",
+            "novacron-images",
+            "-p",
+            "novacron",
+            "--bins",
+        ])
         .status()
         .expect("run cargo build");
     assert!(st.success(), "building release binaries failed");
@@ -77,7 +87,12 @@ pub fn wait_for(log: &Path, needle: &str, timeout: Duration) -> bool {
 /// Starts the WAN relay in front of `to`; returns it and its port.
 pub fn relay(bins: &Path, to: u16, args: &[&str]) -> Option<(Kill, u16)> {
     let mut c = Command::new(bins.join("novacron-wanrelay"))
-        .args(["--listen", "127.0.0.1:0", "--to", &format!("127.0.0.1:{to}")])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--to",
+            &format!("127.0.0.1:{to}"),
+        ])
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -115,16 +130,31 @@ pub fn migrate_once(
             .spawn()
             .ok()?,
     );
-    let needle = if cmdline.contains("idle") { "PROGRESS" } else { "CHECK PASS" };
+    let needle = if cmdline.contains("idle") {
+        "PROGRESS"
+    } else {
+        "CHECK PASS"
+    };
     if !wait_for(&slog, needle, Duration::from_secs(300)) {
         return None;
     }
     // Let the workload reach its steady state.
     std::thread::sleep(Duration::from_millis(500));
-    let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
     let _dst = Kill(
         Command::new(vmm)
-            .args(["run", "--incoming", &format!("tcp:127.0.0.1:{port}"), "--memory", mem, "--serial"])
+            .args([
+                "run",
+                "--incoming",
+                &format!("tcp:127.0.0.1:{port}"),
+                "--memory",
+                mem,
+                "--serial",
+            ])
             .arg(format!("file:{}", dlog.display()))
             .stderr(Stdio::null())
             .spawn()
@@ -147,7 +177,10 @@ pub fn migrate_once(
         .output()
         .ok()?;
     if !out.status.success() {
-        eprintln!("migration failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        eprintln!(
+            "migration failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
         return None;
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;

@@ -110,7 +110,14 @@ impl Vmm {
         Vmm::start(
             dir,
             name,
-            &["--kernel", g.to_str().expect("utf8 path"), "--cmdline", cmdline, "--memory", memory],
+            &[
+                "--kernel",
+                g.to_str().expect("utf8 path"),
+                "--cmdline",
+                cmdline,
+                "--memory",
+                memory,
+            ],
         )
     }
 
@@ -134,10 +141,16 @@ impl Vmm {
                 return log;
             }
             if let Ok(Some(st)) = self.child.try_wait() {
-                panic!("VMM exited ({st}) before '{needle}'\nstderr: {}\nserial:\n{log}", self.err());
+                panic!(
+                    "VMM exited ({st}) before '{needle}'\nstderr: {}\nserial:\n{log}",
+                    self.err()
+                );
             }
             if Instant::now() > deadline {
-                panic!("timed out waiting for '{needle}'\nstderr: {}\nserial:\n{log}", self.err());
+                panic!(
+                    "timed out waiting for '{needle}'\nstderr: {}\nserial:\n{log}",
+                    self.err()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -201,7 +214,10 @@ pub fn field_values(log: &str, prefix: &str, key: &str) -> Vec<u64> {
 
 /// The highest tick count reported so far.
 pub fn last_ticks(log: &str) -> u64 {
-    field_values(log, "PROGRESS", "ticks").into_iter().max().unwrap_or(0)
+    field_values(log, "PROGRESS", "ticks")
+        .into_iter()
+        .max()
+        .unwrap_or(0)
 }
 
 /// A free TCP port on 127.0.0.1.

@@ -20,7 +20,9 @@ pub enum ApiError {
         source: std::io::Error,
     },
     /// The client could not reach the VMM.
-    #[error("cannot connect to VMM API socket {path}: {source} (is the VMM running with --api-socket?)")]
+    #[error(
+        "cannot connect to VMM API socket {path}: {source} (is the VMM running with --api-socket?)"
+    )]
     Connect {
         /// Socket path.
         path: PathBuf,
@@ -53,7 +55,10 @@ pub fn serve(path: &Path, handler: Arc<dyn Handler>) -> Result<(), ApiError> {
         if UnixStream::connect(path).is_ok() {
             return Err(ApiError::Bind {
                 path: path.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::AddrInUse, "another VMM is serving this socket"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another VMM is serving this socket",
+                ),
             });
         }
         let _ = std::fs::remove_file(path);
@@ -80,17 +85,25 @@ pub fn serve(path: &Path, handler: Arc<dyn Handler>) -> Result<(), ApiError> {
 const MAX_REQUEST: usize = 64 << 10;
 
 fn serve_conn(conn: UnixStream, handler: Arc<dyn Handler>) {
-    let Ok(mut writer) = conn.try_clone() else { return };
+    let Ok(mut writer) = conn.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(conn);
     let mut line = String::new();
     loop {
         line.clear();
-        match Read::by_ref(&mut reader).take(MAX_REQUEST as u64 + 1).read_line(&mut line) {
+        match Read::by_ref(&mut reader)
+            .take(MAX_REQUEST as u64 + 1)
+            .read_line(&mut line)
+        {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
         let (resp, cmd) = if line.len() > MAX_REQUEST {
-            (json!({"ok": false, "error": "request too long"}), String::new())
+            (
+                json!({"ok": false, "error": "request too long"}),
+                String::new(),
+            )
         } else {
             match serde_json::from_str::<Value>(line.trim()) {
                 Ok(req) => match req.get("cmd").and_then(Value::as_str) {
@@ -98,14 +111,24 @@ fn serve_conn(conn: UnixStream, handler: Arc<dyn Handler>) {
                         Ok(data) => (json!({"ok": true, "data": data}), cmd.to_string()),
                         Err(e) => (json!({"ok": false, "error": e}), cmd.to_string()),
                     },
-                    None => (json!({"ok": false, "error": "request has no \"cmd\" string"}), String::new()),
+                    None => (
+                        json!({"ok": false, "error": "request has no \"cmd\" string"}),
+                        String::new(),
+                    ),
                 },
-                Err(e) => (json!({"ok": false, "error": format!("request is not JSON: {e}")}), String::new()),
+                Err(e) => (
+                    json!({"ok": false, "error": format!("request is not JSON: {e}")}),
+                    String::new(),
+                ),
             }
         };
         let mut out = resp.to_string();
         out.push('\n');
-        if writer.write_all(out.as_bytes()).and_then(|_| writer.flush()).is_err() {
+        if writer
+            .write_all(out.as_bytes())
+            .and_then(|_| writer.flush())
+            .is_err()
+        {
             return;
         }
         handler.after_response(&cmd);
@@ -123,11 +146,15 @@ pub fn call(path: &Path, req: &Value) -> Result<Value, ApiError> {
     conn.write_all(line.as_bytes())?;
     let mut resp = String::new();
     BufReader::new(conn).read_line(&mut resp)?;
-    let v: Value = serde_json::from_str(resp.trim()).map_err(|e| ApiError::BadResponse(format!("{e}: {resp:?}")))?;
+    let v: Value = serde_json::from_str(resp.trim())
+        .map_err(|e| ApiError::BadResponse(format!("{e}: {resp:?}")))?;
     match v.get("ok").and_then(Value::as_bool) {
         Some(true) => Ok(v.get("data").cloned().unwrap_or(Value::Null)),
         Some(false) => Err(ApiError::Refused(
-            v.get("error").and_then(Value::as_str).unwrap_or("unknown error").to_string(),
+            v.get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown error")
+                .to_string(),
         )),
         None => Err(ApiError::BadResponse(resp)),
     }

@@ -102,7 +102,11 @@ pub fn parse_memory(s: &str) -> Result<u64, ConfigError> {
 pub fn parse_rate(s: &str) -> Result<u64, ConfigError> {
     let lower = s.trim().to_ascii_lowercase();
     let bad = || ConfigError::BadRate(s.to_string());
-    for (suffix, mult) in [("gbit", 1_000_000_000u64 / 8), ("mbit", 1_000_000 / 8), ("kbit", 1000 / 8)] {
+    for (suffix, mult) in [
+        ("gbit", 1_000_000_000u64 / 8),
+        ("mbit", 1_000_000 / 8),
+        ("kbit", 1000 / 8),
+    ] {
         if let Some(n) = lower.strip_suffix(suffix) {
             let v: f64 = n.trim().parse().map_err(|_| bad())?;
             if !(v.is_finite() && v > 0.0) {
@@ -112,7 +116,9 @@ pub fn parse_rate(s: &str) -> Result<u64, ConfigError> {
         }
     }
     let t = lower.trim_end_matches("/s").trim_end_matches('b');
-    parse_size(t).map_err(|_| bad()).and_then(|v| if v == 0 { Err(bad()) } else { Ok(v) })
+    parse_size(t)
+        .map_err(|_| bad())
+        .and_then(|v| if v == 0 { Err(bad()) } else { Ok(v) })
 }
 
 #[cfg(test)]
@@ -160,8 +166,14 @@ mod tests {
 
     #[test]
     fn serial_targets_parse() {
-        assert_eq!("stdout".parse::<SerialTarget>().ok(), Some(SerialTarget::Stdout));
-        assert_eq!("none".parse::<SerialTarget>().ok(), Some(SerialTarget::None));
+        assert_eq!(
+            "stdout".parse::<SerialTarget>().ok(),
+            Some(SerialTarget::Stdout)
+        );
+        assert_eq!(
+            "none".parse::<SerialTarget>().ok(),
+            Some(SerialTarget::None)
+        );
         assert_eq!(
             "file:/tmp/x".parse::<SerialTarget>().ok(),
             Some(SerialTarget::File("/tmp/x".into()))
@@ -205,7 +217,10 @@ impl std::str::FromStr for DiskConfig {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut parts = s.split(',');
-        let path = parts.next().filter(|p| !p.is_empty()).ok_or("disk needs a path: PATH[,ro]")?;
+        let path = parts
+            .next()
+            .filter(|p| !p.is_empty())
+            .ok_or("disk needs a path: PATH[,ro]")?;
         let mut read_only = false;
         for opt in parts {
             match opt {
@@ -238,9 +253,15 @@ impl std::str::FromStr for NetConfig {
         for opt in s.split(',') {
             match opt.split_once('=') {
                 Some(("tap", v)) if !v.is_empty() && v.len() < 16 => tap = Some(v.to_string()),
-                Some(("tap", v)) => return Err(format!("invalid tap name '{v}': 1 to 15 characters")),
+                Some(("tap", v)) => {
+                    return Err(format!("invalid tap name '{v}': 1 to 15 characters"))
+                }
                 Some(("mac", v)) => mac = Some(parse_mac(v)?),
-                _ => return Err(format!("unknown net option '{opt}': expected tap=NAME[,mac=MAC]")),
+                _ => {
+                    return Err(format!(
+                        "unknown net option '{opt}': expected tap=NAME[,mac=MAC]"
+                    ))
+                }
             }
         }
         Ok(NetConfig {
@@ -252,7 +273,8 @@ impl std::str::FromStr for NetConfig {
 
 /// Parses `52:54:00:12:34:56`.
 pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let bad = || format!("invalid MAC address '{s}': expected six hex bytes like 52:54:00:12:34:56");
+    let bad =
+        || format!("invalid MAC address '{s}': expected six hex bytes like 52:54:00:12:34:56");
     let mut mac = [0u8; 6];
     let mut n = 0;
     for (i, part) in s.split(':').enumerate() {
@@ -272,7 +294,10 @@ impl MachineConfig {
     /// Checks ranges that clap cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.vcpus == 0 || u32::from(self.vcpus) > MAX_VCPUS {
-            return Err(ConfigError::VcpusOutOfRange(u32::from(self.vcpus), MAX_VCPUS));
+            return Err(ConfigError::VcpusOutOfRange(
+                u32::from(self.vcpus),
+                MAX_VCPUS,
+            ));
         }
         Ok(())
     }

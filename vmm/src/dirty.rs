@@ -37,7 +37,9 @@ impl PageBitmap {
 
     /// Whether page `n` is set.
     pub fn get(&self, n: u64) -> bool {
-        self.words.get((n / 64) as usize).is_some_and(|w| w & (1 << (n % 64)) != 0)
+        self.words
+            .get((n / 64) as usize)
+            .is_some_and(|w| w & (1 << (n % 64)) != 0)
     }
 
     /// Iterates over the set page numbers in ascending order.
@@ -104,14 +106,13 @@ pub fn touched_pages(m: &Machine) -> PageBitmap {
 pub fn collect(m: &Machine, out: &mut PageBitmap) -> Result<(), VmError> {
     for (slot, r) in m.mem.iter().enumerate() {
         let first = r.start_addr().0 / PAGE_SIZE;
-        let kvm = m
-            .vm
-            .fd
-            .get_dirty_log(slot as u32, r.len() as usize)
-            .map_err(|source| VmError::Ioctl {
-                what: "get dirty log",
-                source,
-            })?;
+        let kvm =
+            m.vm.fd
+                .get_dirty_log(slot as u32, r.len() as usize)
+                .map_err(|source| VmError::Ioctl {
+                    what: "get dirty log",
+                    source,
+                })?;
         merge_bits(&mut out.words, first, &kvm);
         let vmm_writes = std::ops::Deref::deref(r).bitmap().get_and_reset();
         merge_bits(&mut out.words, first, &vmm_writes);

@@ -116,14 +116,20 @@ impl Machine {
             .map(|i| Vcpu::new(&vm.fd, &base, i, config.vcpus).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
 
-        let irq_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| MachineError::Irq { what: "serial", source })?;
+        let irq_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| MachineError::Irq {
+            what: "serial",
+            source,
+        })?;
         vm.fd
             .register_irqfd(&irq_evt, layout::SERIAL_IRQ)
             .map_err(|e| MachineError::Irq {
                 what: "serial",
                 source: std::io::Error::from_raw_os_error(e.errno()),
             })?;
-        let serial = Arc::new(Mutex::new(SerialDevice::new(irq_evt, ConsoleOut::open(&config.serial)?)));
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            irq_evt,
+            ConsoleOut::open(&config.serial)?,
+        )));
         let mut pio = Bus::new();
         pio.insert(0x3f8, 8, serial.clone())?;
         // Data port 0x60 is offset 0, command/status 0x64 offset 4 (0x61 is the PIT's, in KVM).
@@ -132,7 +138,11 @@ impl Machine {
         let devices = DeviceManager::new(&vm.fd, &mem, &config.disks, &config.nets)?;
         let mut mmio = Bus::new();
         devices.register(&mut mmio)?;
-        mmio.insert(acpi::pm::PM_START, acpi::pm::PM_SIZE, Arc::new(Mutex::new(acpi::pm::AcpiPm)))?;
+        mmio.insert(
+            acpi::pm::PM_START,
+            acpi::pm::PM_SIZE,
+            Arc::new(Mutex::new(acpi::pm::AcpiPm)),
+        )?;
         let env = Arc::new(VcpuEnv {
             pio,
             mmio,
@@ -158,7 +168,12 @@ impl Machine {
         let (loaded, hdr) = boot::load_kernel(&self.mem, kernel)?;
         let cmdline = boot::make_cmdline(&self.config.cmdline)?;
         let initrd = match &self.config.initrd {
-            Some(p) => Some(boot::load_initrd(&self.mem, p, loaded.end, boot::initrd_limit(hdr.as_ref()))?),
+            Some(p) => Some(boot::load_initrd(
+                &self.mem,
+                p,
+                loaded.end,
+                boot::initrd_limit(hdr.as_ref()),
+            )?),
             None => None,
         };
         boot::write_boot_params(&self.mem, self.config.memory, &cmdline, hdr, initrd)?;
@@ -181,7 +196,10 @@ impl Machine {
                 .name(format!("vcpu{}", v.id))
                 .stack_size(256 << 10)
                 .spawn(move || vcpu::run_loop(&v, &env))
-                .map_err(|source| MachineError::Thread { what: "vCPU", source })?;
+                .map_err(|source| MachineError::Thread {
+                    what: "vCPU",
+                    source,
+                })?;
             threads.push(h);
         }
         // SAFETY: isatty only inspects the file descriptor.
@@ -190,15 +208,24 @@ impl Machine {
             std::thread::Builder::new()
                 .name("stdin".into())
                 .spawn(move || forward_stdin(serial))
-                .map_err(|source| MachineError::Thread { what: "stdin", source })?;
+                .map_err(|source| MachineError::Thread {
+                    what: "stdin",
+                    source,
+                })?;
         }
         Ok(())
     }
 
     /// Replaces the serial port's registers with saved ones (restore, incoming migration).
-    pub fn replace_serial_state(&self, st: &vm_superio::serial::SerialState) -> Result<(), MachineError> {
+    pub fn replace_serial_state(
+        &self,
+        st: &vm_superio::serial::SerialState,
+    ) -> Result<(), MachineError> {
         let mut serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
-        let irq = serial.irq_evt().map_err(|source| MachineError::Irq { what: "serial", source })?;
+        let irq = serial.irq_evt().map_err(|source| MachineError::Irq {
+            what: "serial",
+            source,
+        })?;
         let out = ConsoleOut::open(&self.config.serial)?;
         *serial = SerialDevice::from_state(st, irq, out)?;
         Ok(())
@@ -215,8 +242,8 @@ impl Machine {
         if state.is_null() {
             return Ok(());
         }
-        let st: DevicesState =
-            serde_json::from_value(state.clone()).map_err(|e| format!("invalid virtio device state: {e}"))?;
+        let st: DevicesState = serde_json::from_value(state.clone())
+            .map_err(|e| format!("invalid virtio device state: {e}"))?;
         self.devices.restore_state(&st).map_err(|e| e.to_string())
     }
 
@@ -241,7 +268,10 @@ impl Machine {
     /// Blocks until the VM ends; flushes the console; returns why it ended.
     pub fn wait(&self) -> ExitReason {
         let reason = self.control().wait_exit();
-        self.serial.lock().unwrap_or_else(|p| p.into_inner()).flush();
+        self.serial
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .flush();
         reason
     }
 }
@@ -255,7 +285,10 @@ fn forward_stdin(serial: Arc<Mutex<SerialDevice>>) {
         }
         let mut pending = &buf[..n];
         while !pending.is_empty() {
-            let took = serial.lock().unwrap_or_else(|p| p.into_inner()).enqueue_input(pending);
+            let took = serial
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .enqueue_input(pending);
             pending = &pending[took..];
             if took == 0 {
                 std::thread::sleep(std::time::Duration::from_millis(5));

@@ -2,17 +2,23 @@
 
 use clap::{Args, Parser, Subcommand};
 use novacron_vmm::api;
-use novacron_vmm::config::{parse_memory, parse_rate, parse_size, DiskConfig, MachineConfig, NetConfig, SerialTarget};
-use novacron_vmm::migration::options::Compression;
+use novacron_vmm::config::{
+    parse_memory, parse_rate, parse_size, DiskConfig, MachineConfig, NetConfig, SerialTarget,
+};
 use novacron_vmm::control::ExitReason;
 use novacron_vmm::machine::Machine;
+use novacron_vmm::migration::options::Compression;
 use novacron_vmm::runtime::{Lifecycle, Runtime};
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "novacron-vmm", version, about = "NovaCron VMM: runs one guest on KVM")]
+#[command(
+    name = "novacron-vmm",
+    version,
+    about = "NovaCron VMM: runs one guest on KVM"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Command,
@@ -187,7 +193,11 @@ fn run(mut args: RunArgs) -> ExitCode {
                 }
                 return fail(format!("incoming migration failed: {e}"));
             }
-            rt.set_state(if args.paused { Lifecycle::Paused } else { Lifecycle::Running });
+            rt.set_state(if args.paused {
+                Lifecycle::Paused
+            } else {
+                Lifecycle::Running
+            });
         }
         None => {
             let loaded = match &args.restore {

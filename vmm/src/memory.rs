@@ -107,9 +107,9 @@ pub fn total_size(mem: &GuestMem) -> u64 {
 /// Whether `gpa..gpa+len` lies inside guest RAM.
 pub fn contains(mem: &GuestMem, gpa: u64, len: u64) -> bool {
     len == 0
-        || gpa
-            .checked_add(len - 1)
-            .is_some_and(|last| mem.address_in_range(GuestAddress(gpa)) && mem.address_in_range(GuestAddress(last)))
+        || gpa.checked_add(len - 1).is_some_and(|last| {
+            mem.address_in_range(GuestAddress(gpa)) && mem.address_in_range(GuestAddress(last))
+        })
 }
 
 #[cfg(test)]
@@ -122,7 +122,10 @@ mod tests {
         let regs = regions(&mem);
         assert_eq!(regs.len(), 2);
         let low_pages = layout::MMIO_GAP_START / layout::PAGE_SIZE;
-        assert_eq!(page_gpa(&regs, low_pages), Some(GuestAddress(layout::MMIO_GAP_END)));
+        assert_eq!(
+            page_gpa(&regs, low_pages),
+            Some(GuestAddress(layout::MMIO_GAP_END))
+        );
         assert_eq!(page_gpa(&regs, 0), Some(GuestAddress(0)));
         assert_eq!(page_count(&mem), (4u64 << 30) / layout::PAGE_SIZE);
         assert!(page_gpa(&regs, page_count(&mem)).is_none());

@@ -83,9 +83,9 @@ impl Runtime {
     }
 
     fn machine(&self) -> Result<&Arc<Machine>, String> {
-        self.machine
-            .get()
-            .ok_or_else(|| "no guest yet: this VMM is waiting for an incoming migration".to_string())
+        self.machine.get().ok_or_else(|| {
+            "no guest yet: this VMM is waiting for an incoming migration".to_string()
+        })
     }
 
     fn snapshot(&self, req: &Value) -> Result<Value, String> {
@@ -104,7 +104,13 @@ impl Runtime {
             m.control().pause();
         }
         let mut base = self.diff_base.lock().unwrap_or_else(|p| p.into_inner());
-        let r = crate::snapshot::write(&m, std::path::Path::new(to), diff, &mut base, m.save_devices());
+        let r = crate::snapshot::write(
+            &m,
+            std::path::Path::new(to),
+            diff,
+            &mut base,
+            m.save_devices(),
+        );
         drop(base);
         if was_running {
             m.control().resume();
@@ -114,8 +120,8 @@ impl Runtime {
     }
 
     fn migrate(&self, req: &Value) -> Result<Value, String> {
-        let opts: MigrateOptions =
-            serde_json::from_value(req.clone()).map_err(|e| format!("invalid migrate request: {e}"))?;
+        let opts: MigrateOptions = serde_json::from_value(req.clone())
+            .map_err(|e| format!("invalid migrate request: {e}"))?;
         let m = self.machine()?.clone();
         let before = match self.state.compare_exchange(
             Lifecycle::Running as u8,
@@ -124,7 +130,12 @@ impl Runtime {
             Ordering::SeqCst,
         ) {
             Ok(_) => Lifecycle::Running,
-            Err(s) => return Err(format!("cannot migrate while {}", Lifecycle::from_u8(s).name())),
+            Err(s) => {
+                return Err(format!(
+                    "cannot migrate while {}",
+                    Lifecycle::from_u8(s).name()
+                ))
+            }
         };
         let dev = m.clone();
         match crate::migration::source::migrate(&m, &opts, &move || dev.save_devices()) {
@@ -144,7 +155,11 @@ impl Runtime {
             Some(m) => (
                 u32::from(m.config.vcpus),
                 m.config.memory >> 20,
-                m.config.kernel.as_ref().map(|k| k.display().to_string()).unwrap_or_default(),
+                m.config
+                    .kernel
+                    .as_ref()
+                    .map(|k| k.display().to_string())
+                    .unwrap_or_default(),
             ),
             None => (0, 0, String::new()),
         };

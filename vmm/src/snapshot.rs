@@ -44,7 +44,9 @@ pub enum SnapshotError {
         reason: String,
     },
     /// A diff snapshot without a full snapshot before it.
-    #[error("no base for a diff snapshot: take a full snapshot first (dirty tracking starts there)")]
+    #[error(
+        "no base for a diff snapshot: take a full snapshot first (dirty tracking starts there)"
+    )]
     NoBase,
     /// State capture or restore failed.
     #[error(transparent)]
@@ -135,7 +137,8 @@ pub fn write(
         .truncate(true)
         .open(&mem_path)
         .map_err(io("create", &mem_path))?;
-    file.set_len(frames * PAGE_SIZE).map_err(io("size", &mem_path))?;
+    file.set_len(frames * PAGE_SIZE)
+        .map_err(io("size", &mem_path))?;
     let mut buf = [0u8; PAGE_SIZE as usize];
     let (mut written, mut bytes) = (0u64, 0u64);
     for pfn in pages.iter() {
@@ -143,7 +146,8 @@ pub fn write(
         if is_zero_page(&buf) {
             continue;
         }
-        file.write_all_at(&buf, pfn * PAGE_SIZE).map_err(io("write", &mem_path))?;
+        file.write_all_at(&buf, pfn * PAGE_SIZE)
+            .map_err(io("write", &mem_path))?;
         written += 1;
         bytes += PAGE_SIZE;
     }
@@ -196,7 +200,10 @@ pub fn read_meta(dir: &Path) -> Result<SnapshotMeta, SnapshotError> {
     if meta.version > SNAPSHOT_VERSION {
         return Err(SnapshotError::BadMeta {
             path: p,
-            reason: format!("format version {} is newer than this VMM supports", meta.version),
+            reason: format!(
+                "format version {} is newer than this VMM supports",
+                meta.version
+            ),
         });
     }
     Ok(meta)
@@ -236,7 +243,8 @@ fn load_full(m: &Machine, path: &Path) -> Result<(), SnapshotError> {
         // SAFETY: as above.
         let hole = unsafe { libc::lseek(f.as_raw_fd(), data, libc::SEEK_HOLE) };
         let end = if hole < 0 { len as i64 } else { hole };
-        f.seek(SeekFrom::Start(data as u64)).map_err(io("seek", path))?;
+        f.seek(SeekFrom::Start(data as u64))
+            .map_err(io("seek", path))?;
         let mut pos = data as u64;
         while pos < end as u64 {
             let n = ((end as u64 - pos) as usize).min(buf.len());
@@ -262,7 +270,8 @@ fn load_diff(m: &Machine, dir: &Path) -> Result<(), SnapshotError> {
     let bm = PageBitmap { words };
     let mut buf = [0u8; PAGE_SIZE as usize];
     for pfn in bm.iter() {
-        f.read_exact_at(&mut buf, pfn * PAGE_SIZE).map_err(io("read", &mem_path))?;
+        f.read_exact_at(&mut buf, pfn * PAGE_SIZE)
+            .map_err(io("read", &mem_path))?;
         m.mem.write_slice(&buf, GuestAddress(pfn * PAGE_SIZE))?;
     }
     Ok(())

@@ -6,9 +6,9 @@
 use crate::machine::Machine;
 use crate::vcpu::Vcpu;
 use kvm_bindings::{
-    kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msr_entry,
-    kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs, KVM_IRQCHIP_IOAPIC,
-    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
+    kvm_msr_entry, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+    CpuId, Msrs, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
 };
 use kvm_ioctls::{Kvm, VcpuFd};
 use serde::{Deserialize, Serialize};
@@ -215,7 +215,9 @@ pub fn save_vcpu(kvm: &Kvm, vcpu: &Vcpu) -> Result<VcpuState, StateError> {
     let fd = vcpu.fd.lock().unwrap_or_else(|p| p.into_inner());
     let id = vcpu.id;
     let w = |what: &str| kvm_err(format!("vCPU {id}: get {what}"));
-    let cpuid = fd.get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES).map_err(w("CPUID"))?;
+    let cpuid = fd
+        .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(w("CPUID"))?;
     let mp_state = fd.get_mp_state().map_err(w("mp_state"))?;
     let regs = fd.get_regs().map_err(w("registers"))?;
     let sregs = fd.get_sregs().map_err(w("special registers"))?;
@@ -236,7 +238,10 @@ pub fn save_vcpu(kvm: &Kvm, vcpu: &Vcpu) -> Result<VcpuState, StateError> {
         let mut m = Msrs::from_entries(chunk).map_err(|_| StateError::Fam("MSR"))?;
         let n = fd.get_msrs(&mut m).map_err(w("MSRs"))?;
         if n != chunk.len() {
-            return Err(StateError::Mismatch(format!("vCPU {id}: KVM returned {n} of {} MSRs", chunk.len())));
+            return Err(StateError::Mismatch(format!(
+                "vCPU {id}: KVM returned {n} of {} MSRs",
+                chunk.len()
+            )));
         }
         msrs.extend_from_slice(m.as_slice());
     }
@@ -266,7 +271,9 @@ pub fn restore_vcpu(vcpu: &Vcpu, s: &VcpuState) -> Result<(), StateError> {
     if let Some(khz) = s.tsc_khz {
         if fd.get_tsc_khz().ok() != Some(khz) {
             if let Err(e) = fd.set_tsc_khz(khz) {
-                tracing::warn!("vCPU {id}: cannot scale TSC to {khz} kHz ({e}); guest time may drift");
+                tracing::warn!(
+                    "vCPU {id}: cannot scale TSC to {khz} kHz ({e}); guest time may drift"
+                );
             }
         }
     }
@@ -278,14 +285,17 @@ pub fn restore_vcpu(vcpu: &Vcpu, s: &VcpuState) -> Result<(), StateError> {
     // SAFETY: the kvm_xsave buffer is the legacy 4 KiB layout that KVM_GET_XSAVE produced.
     unsafe { fd.set_xsave(&s.xsave) }.map_err(w("xsave"))?;
     fd.set_xcrs(&s.xcrs).map_err(w("xcrs"))?;
-    fd.set_debug_regs(&s.debugregs).map_err(w("debug registers"))?;
+    fd.set_debug_regs(&s.debugregs)
+        .map_err(w("debug registers"))?;
     fd.set_lapic(&s.lapic).map_err(w("LAPIC"))?;
     for chunk in s.msrs.chunks(200) {
         let m = Msrs::from_entries(chunk).map_err(|_| StateError::Fam("MSR"))?;
         let n = fd.set_msrs(&m).map_err(w("MSRs"))?;
         if n != chunk.len() {
             let bad = chunk.get(n).map(|e| e.index).unwrap_or(0);
-            return Err(StateError::Mismatch(format!("vCPU {id}: KVM refused MSR {bad:#x}")));
+            return Err(StateError::Mismatch(format!(
+                "vCPU {id}: KVM refused MSR {bad:#x}"
+            )));
         }
     }
     fd.set_vcpu_events(&s.events).map_err(w("vCPU events"))?;
@@ -297,7 +307,8 @@ fn get_chip(vm: &kvm_ioctls::VmFd, chip_id: u32) -> Result<kvm_irqchip, StateErr
         chip_id,
         ..Default::default()
     };
-    vm.get_irqchip(&mut chip).map_err(kvm_err(format!("get irqchip {chip_id}")))?;
+    vm.get_irqchip(&mut chip)
+        .map_err(kvm_err(format!("get irqchip {chip_id}")))?;
     Ok(chip)
 }
 
@@ -343,7 +354,8 @@ pub fn restore(m: &Machine, s: &MachineState) -> Result<(), StateError> {
     clock.flags = 0;
     vm.set_clock(&clock).map_err(kvm_err("set clock"))?;
     for chip in [&s.vm.pic_master, &s.vm.pic_slave, &s.vm.ioapic] {
-        vm.set_irqchip(chip).map_err(kvm_err(format!("set irqchip {}", chip.chip_id)))?;
+        vm.set_irqchip(chip)
+            .map_err(kvm_err(format!("set irqchip {}", chip.chip_id)))?;
     }
     for (v, vs) in m.vcpus.iter().zip(&s.vcpus) {
         restore_vcpu(v, vs)?;
@@ -379,8 +391,16 @@ pub fn decode(bytes: &[u8]) -> Result<MachineState, StateError> {
     if version > STATE_VERSION {
         return Err(StateError::TooNew(version));
     }
-    let len = u64::from_le_bytes(word(12..20)?.try_into().map_err(|_| StateError::Truncated)?);
-    let expected = u32::from_le_bytes(word(20..24)?.try_into().map_err(|_| StateError::Truncated)?);
+    let len = u64::from_le_bytes(
+        word(12..20)?
+            .try_into()
+            .map_err(|_| StateError::Truncated)?,
+    );
+    let expected = u32::from_le_bytes(
+        word(20..24)?
+            .try_into()
+            .map_err(|_| StateError::Truncated)?,
+    );
     let body = usize::try_from(len)
         .ok()
         .and_then(|l| bytes.get(24..24usize.checked_add(l)?))
@@ -424,6 +444,9 @@ mod tests {
         newer[8..12].copy_from_slice(&(STATE_VERSION + 1).to_le_bytes());
         assert!(matches!(decode(&newer), Err(StateError::TooNew(_))));
         assert!(matches!(decode(&bytes[..30]), Err(StateError::Truncated)));
-        assert!(matches!(decode(b"garbage garbage garbage garbage"), Err(StateError::BadMagic)));
+        assert!(matches!(
+            decode(b"garbage garbage garbage garbage"),
+            Err(StateError::BadMagic)
+        ));
     }
 }

@@ -51,8 +51,12 @@ impl Vcpu {
     pub fn new(vm: &VmFd, base: &CpuId, id: u8, count: u8) -> Result<Self, VcpuError> {
         let e = |what| move |source| VcpuError::Ioctl { id, what, source };
         let fd = vm.create_vcpu(u64::from(id)).map_err(e("create vCPU"))?;
-        fd.set_cpuid2(&cpuid::for_vcpu(base, id, count)).map_err(e("set CPUID"))?;
-        Ok(Vcpu { id, fd: Mutex::new(fd) })
+        fd.set_cpuid2(&cpuid::for_vcpu(base, id, count))
+            .map_err(e("set CPUID"))?;
+        Ok(Vcpu {
+            id,
+            fd: Mutex::new(fd),
+        })
     }
 
     /// Sets registers, segments, FPU, MSRs and LAPIC for the 64-bit boot entry at `entry`.
@@ -72,11 +76,14 @@ impl Vcpu {
             });
         }
         let lapic = fd.get_lapic().map_err(e("get LAPIC"))?;
-        fd.set_lapic(&regs::boot_lapic(lapic)).map_err(e("set LAPIC"))?;
+        fd.set_lapic(&regs::boot_lapic(lapic))
+            .map_err(e("set LAPIC"))?;
         if id == 0 {
-            fd.set_regs(&regs::boot_regs(entry)).map_err(e("set registers"))?;
+            fd.set_regs(&regs::boot_regs(entry))
+                .map_err(e("set registers"))?;
             let sregs = fd.get_sregs().map_err(e("get special registers"))?;
-            fd.set_sregs(&regs::boot_sregs(sregs)).map_err(e("set special registers"))?;
+            fd.set_sregs(&regs::boot_sregs(sregs))
+                .map_err(e("set special registers"))?;
             fd.set_fpu(&regs::boot_fpu()).map_err(e("set FPU"))?;
         }
         Ok(())
@@ -152,16 +159,19 @@ pub fn run_loop(vcpu: &Vcpu, env: &VcpuEnv) {
                     other => Step::Fatal(format!("unhandled system event {other}")),
                 },
                 VcpuExit::InternalError => Step::Fatal("KVM_EXIT_INTERNAL_ERROR".into()),
-                VcpuExit::FailEntry(reason, cpu) => {
-                    Step::Fatal(format!("KVM_EXIT_FAIL_ENTRY reason {reason:#x} on host cpu {cpu}"))
-                }
+                VcpuExit::FailEntry(reason, cpu) => Step::Fatal(format!(
+                    "KVM_EXIT_FAIL_ENTRY reason {reason:#x} on host cpu {cpu}"
+                )),
                 other => Step::Fatal(format!("unhandled exit {other:?}")),
             },
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 fd.set_kvm_immediate_exit(0);
                 Step::Continue
             }
-            Err(e) => Step::Exit(ExitReason::Error(format!("vCPU {}: KVM_RUN failed: {e}", vcpu.id))),
+            Err(e) => Step::Exit(ExitReason::Error(format!(
+                "vCPU {}: KVM_RUN failed: {e}",
+                vcpu.id
+            ))),
         };
         match step {
             Step::Continue => {}
@@ -172,8 +182,10 @@ pub fn run_loop(vcpu: &Vcpu, env: &VcpuEnv) {
             Step::Fatal(what) => {
                 let regs = dump_registers(&fd);
                 drop(fd);
-                env.control
-                    .request_exit(ExitReason::InternalError(format!("vCPU {}: {what}; {regs}", vcpu.id)));
+                env.control.request_exit(ExitReason::InternalError(format!(
+                    "vCPU {}: {what}; {regs}",
+                    vcpu.id
+                )));
             }
         }
     }

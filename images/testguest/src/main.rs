@@ -7,14 +7,20 @@
 #![no_std]
 #![no_main]
 
+mod acpi;
 mod bootinfo;
 mod cmdline;
+mod devworkloads;
 mod entry;
 mod layout;
 mod mem;
 mod serial;
+mod smp;
 mod sys;
 mod tables;
+mod virtio;
+mod virtio_blk;
+mod virtio_net;
 mod workloads;
 
 use core::fmt::Write;
@@ -63,6 +69,8 @@ extern "C" fn guest_main(entry: u64, info: u64) -> ! {
         outln!("ERROR {error}");
         sys::idle_forever();
     }
+    // Device and SMP workloads (devworkloads.rs) return here only if not selected.
+    devworkloads::dispatch(boot.cmdline, &boot);
     let config = match parsed {
         Ok(config) => config,
         Err(e) => {

@@ -107,7 +107,10 @@ pub fn dsdt(vcpus: u8, devices: &[DeviceInfo]) -> Vec<u8> {
         vec![
             &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0501")),
             &aml::Name::new("_UID".into(), &0u32),
-            &aml::Name::new("_CRS".into(), &aml::ResourceTemplate::new(vec![&com1_io, &com1_irq])),
+            &aml::Name::new(
+                "_CRS".into(),
+                &aml::ResourceTemplate::new(vec![&com1_io, &com1_irq]),
+            ),
         ],
     ))));
     for (i, d) in devices.iter().enumerate() {
@@ -121,7 +124,10 @@ pub fn dsdt(vcpus: u8, devices: &[DeviceInfo]) -> Vec<u8> {
                 &aml::Name::new("_HID".into(), &"LNRO0005"),
                 &aml::Name::new("_UID".into(), &uid),
                 &aml::Name::new("_CCA".into(), &aml::ONE),
-                &aml::Name::new("_CRS".into(), &aml::ResourceTemplate::new(vec![&window, &irq])),
+                &aml::Name::new(
+                    "_CRS".into(),
+                    &aml::ResourceTemplate::new(vec![&window, &irq]),
+                ),
             ],
         ))));
     }
@@ -166,7 +172,15 @@ pub fn madt(vcpus: u8) -> Vec<u8> {
 
 /// The FADT (hardware-reduced) pointing at the DSDT.
 pub fn fadt(dsdt_addr: u64) -> Vec<u8> {
-    let reg = |addr: u64| GAS::new(AddressSpace::SystemMemory, 8, 0, AccessSize::ByteAccess, addr);
+    let reg = |addr: u64| {
+        GAS::new(
+            AddressSpace::SystemMemory,
+            8,
+            0,
+            AccessSize::ByteAccess,
+            addr,
+        )
+    };
     let mut b = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
         .dsdt_64(dsdt_addr)
         .flag(Flags::HwReducedAcpi)
@@ -188,7 +202,11 @@ fn align(v: u64) -> u64 {
 }
 
 /// Builds every table for `vcpus` CPUs and `devices`, and writes them into `mem`.
-pub fn write_tables(mem: &GuestMem, vcpus: u8, devices: &[DeviceInfo]) -> Result<AcpiLayout, AcpiError> {
+pub fn write_tables(
+    mem: &GuestMem,
+    vcpus: u8,
+    devices: &[DeviceInfo],
+) -> Result<AcpiLayout, AcpiError> {
     let rsdp_addr = RSDP_START;
     let xsdt_addr = align(rsdp_addr + Rsdp::len() as u64);
     let xsdt_len = 36 + 2 * 8;
@@ -284,7 +302,8 @@ mod tests {
         let l = write_tables(&mem, 254, &devs()).expect("write");
         assert!(l.end <= TABLES_END);
         let mut sig = [0u8; 8];
-        mem.read_slice(&mut sig, GuestAddress(RSDP_START)).expect("read");
+        mem.read_slice(&mut sig, GuestAddress(RSDP_START))
+            .expect("read");
         assert_eq!(&sig, b"RSD PTR ");
     }
 }

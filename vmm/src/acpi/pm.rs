@@ -57,10 +57,16 @@ mod tests {
     #[test]
     fn s5_powers_off_and_reset_resets() {
         let mut pm = AcpiPm;
-        assert_eq!(pm.write(SLEEP_CONTROL_OFFSET, &[(5 << 2) | SLP_EN]), Some(GuestEvent::PowerOff));
+        assert_eq!(
+            pm.write(SLEEP_CONTROL_OFFSET, &[(5 << 2) | SLP_EN]),
+            Some(GuestEvent::PowerOff)
+        );
         assert_eq!(pm.write(SLEEP_CONTROL_OFFSET, &[(3 << 2) | SLP_EN]), None);
         assert_eq!(pm.write(SLEEP_CONTROL_OFFSET, &[5 << 2]), None);
-        assert_eq!(pm.write(RESET_OFFSET, &[RESET_VALUE]), Some(GuestEvent::Reset));
+        assert_eq!(
+            pm.write(RESET_OFFSET, &[RESET_VALUE]),
+            Some(GuestEvent::Reset)
+        );
         assert_eq!(pm.write(RESET_OFFSET, &[0]), None);
     }
 }

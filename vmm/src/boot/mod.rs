@@ -1,7 +1,9 @@
 //! Loading a guest for the 64-bit Linux boot protocol: an ELF vmlinux (or the test guest) or a
 //! bzImage, an optional initrd, the command line, and the zero page with its e820 map.
 
-use crate::layout::{self, CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START, PAGE_SIZE, ZERO_PAGE_START};
+use crate::layout::{
+    self, CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START, PAGE_SIZE, ZERO_PAGE_START,
+};
 use crate::memory::GuestMem;
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
@@ -42,7 +44,9 @@ pub enum BootError {
     #[error("invalid kernel command line: {0}")]
     Cmdline(linux_loader::cmdline::Error),
     /// The initrd does not fit in guest RAM.
-    #[error("initrd of {size} bytes does not fit in guest memory below {limit:#x} above the kernel")]
+    #[error(
+        "initrd of {size} bytes does not fit in guest memory below {limit:#x} above the kernel"
+    )]
     InitrdTooBig {
         /// Initrd size.
         size: u64,
@@ -96,7 +100,11 @@ pub fn detect(path: &Path) -> Result<(File, KernelKind), BootError> {
     head.truncate(got);
     if head.starts_with(b"\x7fELF") {
         // ELFCLASS64, little endian, EM_X86_64.
-        if head.len() >= 20 && head[4] == 2 && head[5] == 1 && u16::from_le_bytes([head[18], head[19]]) == 62 {
+        if head.len() >= 20
+            && head[4] == 2
+            && head[5] == 1
+            && u16::from_le_bytes([head[18], head[19]]) == 62
+        {
             return Ok((f, KernelKind::Elf));
         }
         return Err(BootError::NotAKernel(path.to_path_buf()));
@@ -109,7 +117,10 @@ pub fn detect(path: &Path) -> Result<(File, KernelKind), BootError> {
 
 /// Loads the kernel at `path` into `mem`; returns the entry point and the bzImage setup
 /// header if there is one.
-pub fn load_kernel(mem: &GuestMem, path: &Path) -> Result<(LoadedKernel, Option<setup_header>), BootError> {
+pub fn load_kernel(
+    mem: &GuestMem,
+    path: &Path,
+) -> Result<(LoadedKernel, Option<setup_header>), BootError> {
     let (mut file, kind) = detect(path)?;
     let load_err = |source| BootError::Load {
         path: path.to_path_buf(),
@@ -117,11 +128,13 @@ pub fn load_kernel(mem: &GuestMem, path: &Path) -> Result<(LoadedKernel, Option<
     };
     let (entry, end, hdr) = match kind {
         KernelKind::Elf => {
-            let r = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(load_err)?;
+            let r = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
+                .map_err(load_err)?;
             (r.kernel_load.0, r.kernel_end, r.setup_header)
         }
         KernelKind::BzImage => {
-            let r = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(load_err)?;
+            let r = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
+                .map_err(load_err)?;
             // The 64-bit entry is 0x200 bytes into the protected-mode kernel.
             (r.kernel_load.0 + 0x200, r.kernel_end, r.setup_header)
         }
@@ -139,7 +152,12 @@ pub fn make_cmdline(s: &str) -> Result<Cmdline, BootError> {
 
 /// Loads the initrd at the highest page-aligned address that fits below `limit` and above
 /// `kernel_end`; returns (address, size).
-pub fn load_initrd(mem: &GuestMem, path: &Path, kernel_end: u64, limit: u64) -> Result<(u64, u64), BootError> {
+pub fn load_initrd(
+    mem: &GuestMem,
+    path: &Path,
+    kernel_end: u64,
+    limit: u64,
+) -> Result<(u64, u64), BootError> {
     let data = std::fs::read(path).map_err(read_err(path))?;
     let size = data.len() as u64;
     let low_end = mem.last_addr().0.min(layout::MMIO_GAP_START - 1) + 1;
@@ -162,11 +180,17 @@ pub fn write_boot_params(
     hdr: Option<setup_header>,
     initrd: Option<(u64, u64)>,
 ) -> Result<(), BootError> {
-    linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_START), cmdline).map_err(|e| BootError::Load {
-        path: PathBuf::from("<cmdline>"),
-        source: e,
+    linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_START), cmdline).map_err(|e| {
+        BootError::Load {
+            path: PathBuf::from("<cmdline>"),
+            source: e,
+        }
     })?;
-    let cmdline_len = cmdline.as_cstring().map_err(BootError::Cmdline)?.as_bytes_with_nul().len();
+    let cmdline_len = cmdline
+        .as_cstring()
+        .map_err(BootError::Cmdline)?
+        .as_bytes_with_nul()
+        .len();
     let mut params = boot_params::default();
     if let Some(h) = hdr {
         params.hdr = h;
@@ -213,7 +237,10 @@ mod tests {
         let p = dir.join("notakernel");
         std::fs::write(&p, b"hello, I am not a kernel\n").expect("write");
         assert!(matches!(detect(&p), Err(BootError::NotAKernel(_))));
-        assert!(matches!(detect(&dir.join("missing")), Err(BootError::Read { .. })));
+        assert!(matches!(
+            detect(&dir.join("missing")),
+            Err(BootError::Read { .. })
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

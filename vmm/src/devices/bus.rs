@@ -102,9 +102,11 @@ mod tests {
     #[test]
     fn dispatch_and_overlap() {
         let mut bus = Bus::new();
-        bus.insert(0x10, 8, Arc::new(Mutex::new(Echo(1)))).expect("insert");
+        bus.insert(0x10, 8, Arc::new(Mutex::new(Echo(1))))
+            .expect("insert");
         assert!(bus.insert(0x14, 8, Arc::new(Mutex::new(Echo(2)))).is_err());
-        bus.insert(0x18, 8, Arc::new(Mutex::new(Echo(7)))).expect("adjacent insert");
+        bus.insert(0x18, 8, Arc::new(Mutex::new(Echo(7))))
+            .expect("adjacent insert");
         let mut b = [0u8; 1];
         bus.read(0x12, &mut b);
         assert_eq!(b[0], 3);

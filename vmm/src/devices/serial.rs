@@ -60,7 +60,10 @@ impl ConsoleOut {
                     .create(true)
                     .append(true)
                     .open(p)
-                    .map_err(|source| SerialError::Open { path: p.clone(), source })?,
+                    .map_err(|source| SerialError::Open {
+                        path: p.clone(),
+                        source,
+                    })?,
             ),
         };
         Ok(ConsoleOut {
@@ -117,7 +120,11 @@ impl SerialDevice {
     }
 
     /// Restores a UART from saved register state.
-    pub fn from_state(state: &SerialState, irq: EventFd, out: ConsoleOut) -> Result<Self, SerialError> {
+    pub fn from_state(
+        state: &SerialState,
+        irq: EventFd,
+        out: ConsoleOut,
+    ) -> Result<Self, SerialError> {
         let uart = Serial::from_state(state, IrqTrigger(irq), NoEvents, out)
             .map_err(|e| SerialError::EventFd(io::Error::other(format!("{e:?}"))))?;
         Ok(SerialDevice { uart })

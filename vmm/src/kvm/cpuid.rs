@@ -95,11 +95,18 @@ pub fn feature_words(cpuid: &CpuId) -> Vec<(u32, u32, [u32; 4])> {
 }
 
 /// Lists the features present in `wanted` but absent from `offered`, as `leaf.index:reg bits`.
-pub fn missing_features(wanted: &[(u32, u32, [u32; 4])], offered: &[(u32, u32, [u32; 4])]) -> Vec<String> {
+pub fn missing_features(
+    wanted: &[(u32, u32, [u32; 4])],
+    offered: &[(u32, u32, [u32; 4])],
+) -> Vec<String> {
     let names = ["eax", "ebx", "ecx", "edx"];
     let mut missing = Vec::new();
     for (f, i, regs) in wanted {
-        let other = offered.iter().find(|(of, oi, _)| of == f && oi == i).map(|x| x.2).unwrap_or([0; 4]);
+        let other = offered
+            .iter()
+            .find(|(of, oi, _)| of == f && oi == i)
+            .map(|x| x.2)
+            .unwrap_or([0; 4]);
         // Leaf 0xd EAX/EBX are sizes, leaf 1 EAX is the signature: compare feature bits only.
         let compared: &[usize] = match f {
             1 => &[2, 3],

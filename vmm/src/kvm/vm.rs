@@ -3,7 +3,9 @@
 
 use crate::layout;
 use crate::memory::{self, GuestMem, RegionInfo};
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use thiserror::Error;
 
@@ -11,7 +13,9 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum VmError {
     /// /dev/kvm could not be opened.
-    #[error("cannot open /dev/kvm: {0} (is KVM available, and may this user read and write /dev/kvm?)")]
+    #[error(
+        "cannot open /dev/kvm: {0} (is KVM available, and may this user read and write /dev/kvm?)"
+    )]
     OpenKvm(kvm_ioctls::Error),
     /// The host kernel lacks a capability the VMM needs.
     #[error("the host KVM lacks a required capability: {0}")]
@@ -99,7 +103,8 @@ impl KvmVm {
             // SAFETY: the host range [host_addr, host_addr+size) is a live mapping owned by the
             // GuestMem that outlives the VM (the VMM keeps both for the process lifetime), and
             // slots do not overlap (they come from disjoint layout ranges).
-            unsafe { self.fd.set_user_memory_region(region) }.map_err(ioctl("set memory region"))?;
+            unsafe { self.fd.set_user_memory_region(region) }
+                .map_err(ioctl("set memory region"))?;
         }
         Ok(())
     }
@@ -108,7 +113,10 @@ impl KvmVm {
     /// numbering (bit `n` of word `n / 64`).
     pub fn take_dirty_log(&self, out: &mut [u64]) -> Result<(), VmError> {
         for r in &self.regions {
-            let words = self.fd.get_dirty_log(r.slot, r.size as usize).map_err(ioctl("get dirty log"))?;
+            let words = self
+                .fd
+                .get_dirty_log(r.slot, r.size as usize)
+                .map_err(ioctl("get dirty log"))?;
             merge_bits(out, r.first_page, &words);
         }
         Ok(())
@@ -117,7 +125,7 @@ impl KvmVm {
 
 /// ORs `bits` (a bitmap starting at page 0 of a region) into `out` at page offset `first`.
 pub fn merge_bits(out: &mut [u64], first: u64, bits: &[u64]) {
-    if first % 64 == 0 {
+    if first.is_multiple_of(64) {
         let base = (first / 64) as usize;
         for (i, w) in bits.iter().enumerate() {
             if let Some(o) = out.get_mut(base + i) {

@@ -42,7 +42,10 @@ pub fn check_hello(m: &Machine, h: &Hello) -> Result<(), String> {
         ));
     }
     if h.vcpus != m.config.vcpus {
-        return Err(format!("vCPU count differs: source {}, destination {}", h.vcpus, m.config.vcpus));
+        return Err(format!(
+            "vCPU count differs: source {}, destination {}",
+            h.vcpus, m.config.vcpus
+        ));
     }
     if h.disks != m.config.disks.len() || h.nets != m.config.nets.len() {
         return Err(format!(
@@ -55,7 +58,10 @@ pub fn check_hello(m: &Machine, h: &Hello) -> Result<(), String> {
     }
     let missing = cpuid::missing_features(&h.cpuid, &cpuid::feature_words(&m.cpuid));
     if !missing.is_empty() {
-        return Err(format!("destination CPU lacks features the guest may use: {}", missing.join(", ")));
+        return Err(format!(
+            "destination CPU lacks features the guest may use: {}",
+            missing.join(", ")
+        ));
     }
     Ok(())
 }
@@ -89,7 +95,13 @@ pub fn receive(
         Ok(r) => Ok(r),
         Err(e) => {
             if !matches!(e, MigrationError::Aborted(_) | MigrationError::Protocol(_)) {
-                let _ = protocol::write_json(&mut out, FrameType::Abort, &Abort { reason: e.to_string() });
+                let _ = protocol::write_json(
+                    &mut out,
+                    FrameType::Abort,
+                    &Abort {
+                        reason: e.to_string(),
+                    },
+                );
                 let _ = out.flush();
             }
             Err(e)
@@ -162,11 +174,14 @@ fn receive_stream(
                 have_state = true;
             }
             FrameType::Verify => {
-                let listed = verify.get_or_insert_with(|| dirty::PageBitmap::new(dirty::frame_count(m)));
+                let listed =
+                    verify.get_or_insert_with(|| dirty::PageBitmap::new(dirty::frame_count(m)));
                 for (pfn, crc) in protocol::decode_verify(&f.payload)? {
                     m.mem
                         .read_slice(&mut buf, GuestAddress(pfn.saturating_mul(PAGE_SIZE as u64)))
-                        .map_err(|_| MigrationError::Verify(format!("page {pfn:#x} is outside guest memory")))?;
+                        .map_err(|_| {
+                            MigrationError::Verify(format!("page {pfn:#x} is outside guest memory"))
+                        })?;
                     let got = crc32fast::hash(&buf);
                     if got != crc {
                         return Err(MigrationError::Verify(format!(
@@ -183,7 +198,8 @@ fn receive_stream(
                 if let Some(listed) = &verify {
                     // Every page the source did not list must be zero here.
                     for pfn in dirty::touched_pages(m).iter().filter(|p| !listed.get(*p)) {
-                        m.mem.read_slice(&mut buf, GuestAddress(pfn * PAGE_SIZE as u64))?;
+                        m.mem
+                            .read_slice(&mut buf, GuestAddress(pfn * PAGE_SIZE as u64))?;
                         if !is_zero_page(&buf) {
                             return Err(MigrationError::Verify(format!(
                                 "page {pfn:#x} is non-zero here but zero at the source"
@@ -192,9 +208,13 @@ fn receive_stream(
                     }
                 }
                 // Writes made while receiving are not guest activity.
-                vm_memory::GuestMemoryBackend::iter(&m.mem).for_each(|r| std::ops::Deref::deref(r).bitmap().reset());
-                m.start().map_err(|e| MigrationError::Start(e.to_string()))?;
-                received.downtime_ms = switchover.map(|t| t.elapsed().as_secs_f64() * 1e3).unwrap_or(0.0);
+                vm_memory::GuestMemoryBackend::iter(&m.mem)
+                    .for_each(|r| std::ops::Deref::deref(r).bitmap().reset());
+                m.start()
+                    .map_err(|e| MigrationError::Start(e.to_string()))?;
+                received.downtime_ms = switchover
+                    .map(|t| t.elapsed().as_secs_f64() * 1e3)
+                    .unwrap_or(0.0);
                 protocol::write_json(
                     out,
                     FrameType::Confirm,

@@ -28,7 +28,9 @@ impl std::str::FromStr for Compression {
             "zstd" => Ok(Compression::Zstd),
             "delta" | "xbzrle" => Ok(Compression::Delta),
             "auto" => Ok(Compression::Auto),
-            other => Err(format!("unknown compression '{other}': expected none, zstd, delta or auto")),
+            other => Err(format!(
+                "unknown compression '{other}': expected none, zstd, delta or auto"
+            )),
         }
     }
 }
@@ -98,9 +100,9 @@ impl Default for MigrateOptions {
 
 /// Resolves `tcp:HOST:PORT`.
 pub fn parse_tcp(s: &str) -> Result<SocketAddr, MigrationError> {
-    let rest = s
-        .strip_prefix("tcp:")
-        .ok_or_else(|| MigrationError::Options(format!("invalid address '{s}': expected tcp:HOST:PORT")))?;
+    let rest = s.strip_prefix("tcp:").ok_or_else(|| {
+        MigrationError::Options(format!("invalid address '{s}': expected tcp:HOST:PORT"))
+    })?;
     rest.to_socket_addrs()
         .map_err(|e| MigrationError::Options(format!("invalid address '{s}': {e}")))?
         .next()

@@ -167,7 +167,11 @@ impl Frame {
 }
 
 /// Writes one frame.
-pub fn write_frame<W: Write>(w: &mut W, kind: FrameType, payload: &[u8]) -> Result<(), ProtocolError> {
+pub fn write_frame<W: Write>(
+    w: &mut W,
+    kind: FrameType,
+    payload: &[u8],
+) -> Result<(), ProtocolError> {
     if payload.len() > MAX_PAYLOAD {
         return Err(ProtocolError::TooLarge(payload.len()));
     }
@@ -184,7 +188,11 @@ pub fn write_frame<W: Write>(w: &mut W, kind: FrameType, payload: &[u8]) -> Resu
 }
 
 /// Writes a frame with a JSON payload.
-pub fn write_json<W: Write, T: Serialize>(w: &mut W, kind: FrameType, v: &T) -> Result<(), ProtocolError> {
+pub fn write_json<W: Write, T: Serialize>(
+    w: &mut W,
+    kind: FrameType,
+    v: &T,
+) -> Result<(), ProtocolError> {
     let body = serde_json::to_vec(v).map_err(|source| ProtocolError::Json { kind, source })?;
     write_frame(w, kind, &body)
 }
@@ -299,7 +307,7 @@ pub fn encode_verify(records: &[(u64, u32)]) -> Vec<u8> {
 
 /// Decodes Verify records.
 pub fn decode_verify(payload: &[u8]) -> Result<Vec<(u64, u32)>, ProtocolError> {
-    if payload.len() % VERIFY_RECORD != 0 {
+    if !payload.len().is_multiple_of(VERIFY_RECORD) {
         return Err(ProtocolError::BadVerify(payload.len()));
     }
     Ok(payload
@@ -328,23 +336,35 @@ mod tests {
         for i in 4..buf.len() {
             let mut bad = buf.clone();
             bad[i] ^= 0x40;
-            assert!(read_frame(&mut &bad[..]).is_err(), "flip at {i} went unnoticed");
+            assert!(
+                read_frame(&mut &bad[..]).is_err(),
+                "flip at {i} went unnoticed"
+            );
         }
         let mut bad = buf.clone();
         bad[0] = b'X';
-        assert!(matches!(read_frame(&mut &bad[..]), Err(ProtocolError::BadMagic(_))));
-        assert!(matches!(read_frame(&mut &buf[..10]), Err(ProtocolError::Closed)));
+        assert!(matches!(
+            read_frame(&mut &bad[..]),
+            Err(ProtocolError::BadMagic(_))
+        ));
+        assert!(matches!(
+            read_frame(&mut &buf[..10]),
+            Err(ProtocolError::Closed)
+        ));
     }
 
     #[test]
     fn oversized_length_is_refused_before_allocating() {
-        let mut h = vec![0u8; HEADER_LEN];
+        let mut h = [0u8; HEADER_LEN];
         h[..4].copy_from_slice(&MAGIC);
         h[4] = FrameType::Pages as u8;
         h[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
         let c = crc32fast::hash(&h[..16]);
         h[16..20].copy_from_slice(&c.to_le_bytes());
-        assert!(matches!(read_frame(&mut &h[..]), Err(ProtocolError::TooLarge(_))));
+        assert!(matches!(
+            read_frame(&mut &h[..]),
+            Err(ProtocolError::TooLarge(_))
+        ));
     }
 
     #[test]

@@ -5,7 +5,9 @@
 
 use super::encoding::{BatchEncoder, EncoderConfig, Encoding, MAX_BATCH_PAGES, PAGE_SIZE};
 use super::options::{parse_tcp, MigrateOptions, MigrationSummary, RoundSummary};
-use super::protocol::{self, Abort, Confirm, FrameType, Hello, HelloAck, RoundEnd, PROTOCOL_VERSION};
+use super::protocol::{
+    self, Abort, Confirm, FrameType, Hello, HelloAck, RoundEnd, PROTOCOL_VERSION,
+};
 use super::MigrationError;
 use crate::dirty::{self, DirtyTracker, PageBitmap};
 use crate::kvm::cpuid;
@@ -51,7 +53,9 @@ impl<W: Write> Write for Paced<W> {
             let burst = (rate as f64 / 50.0).max(64.0 * 1024.0);
             loop {
                 let now = Instant::now();
-                self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * rate as f64).min(burst);
+                self.tokens = (self.tokens
+                    + now.duration_since(self.last).as_secs_f64() * rate as f64)
+                    .min(burst);
                 self.last = now;
                 if self.tokens >= n as f64 {
                     break;
@@ -149,8 +153,10 @@ impl Sender<'_> {
         if self.pfns.is_empty() {
             return Ok(());
         }
-        let pages: Vec<(u64, &[u8; PAGE_SIZE])> = self.pfns.iter().copied().zip(self.batch.iter()).collect();
-        self.encoder.encode_into(encoding, &pages, &mut self.frame)?;
+        let pages: Vec<(u64, &[u8; PAGE_SIZE])> =
+            self.pfns.iter().copied().zip(self.batch.iter()).collect();
+        self.encoder
+            .encode_into(encoding, &pages, &mut self.frame)?;
         protocol::write_frame(&mut self.out, FrameType::Pages, &self.frame)?;
         self.pfns.clear();
         Ok(())
@@ -158,7 +164,12 @@ impl Sender<'_> {
 
     /// Sends the pages set in `pages`; zero pages are skipped when `skip_zero` (the
     /// destination starts zeroed), else sent as zero markers.
-    fn send_pass(&mut self, pages: &PageBitmap, encoding: Encoding, skip_zero: bool) -> Result<PassStats, MigrationError> {
+    fn send_pass(
+        &mut self,
+        pages: &PageBitmap,
+        encoding: Encoding,
+        skip_zero: bool,
+    ) -> Result<PassStats, MigrationError> {
         let before = self.out.sent;
         let mut st = PassStats {
             pages: 0,
@@ -172,7 +183,9 @@ impl Sender<'_> {
         for pfn in pages.iter() {
             let slot = self.pfns.len();
             let buf = &mut self.batch[slot];
-            self.m.mem.read_slice(buf, GuestAddress(pfn * PAGE_SIZE as u64))?;
+            self.m
+                .mem
+                .read_slice(buf, GuestAddress(pfn * PAGE_SIZE as u64))?;
             if is_zero_page(buf) {
                 st.zero += 1;
                 if skip_zero {
@@ -223,7 +236,10 @@ fn connect(opts: &MigrateOptions) -> Result<TcpStream, MigrationError> {
     loop {
         match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
             Ok(s) => return Ok(s),
-            Err(e) if Instant::now() < deadline && e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Err(e)
+                if Instant::now() < deadline
+                    && e.kind() == std::io::ErrorKind::ConnectionRefused =>
+            {
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(source) => {
@@ -306,18 +322,35 @@ pub fn migrate(
     let offered = |e: Encoding| ack.encodings.iter().any(|n| n == e.name());
     match opts.compression.fixed() {
         Some(e) if !offered(e) => {
-            return Err(MigrationError::Refused(format!("destination cannot decode {} pages", e.name())))
+            return Err(MigrationError::Refused(format!(
+                "destination cannot decode {} pages",
+                e.name()
+            )))
         }
         None if !(offered(Encoding::Raw) && offered(Encoding::Delta)) => {
-            return Err(MigrationError::Refused("destination cannot decode raw and delta pages".into()))
+            return Err(MigrationError::Refused(
+                "destination cannot decode raw and delta pages".into(),
+            ))
         }
         _ => {}
     }
 
     crate::state::prepare(m);
     let tracker = DirtyTracker::start(m)?;
-    let throttle = if opts.auto_converge { Some(Throttle::new(m)) } else { None };
-    let result = precopy(&mut s, m, opts, tracker, throttle.as_ref(), t0, devices_state);
+    let throttle = if opts.auto_converge {
+        Some(Throttle::new(m))
+    } else {
+        None
+    };
+    let result = precopy(
+        &mut s,
+        m,
+        opts,
+        tracker,
+        throttle.as_ref(),
+        t0,
+        devices_state,
+    );
     let max_throttle = throttle.as_ref().map(|t| t.get()).unwrap_or(0);
     if let Some(t) = throttle {
         t.halt();
@@ -329,7 +362,13 @@ pub fn migrate(
         }
         Err(e) => {
             // Tell the destination (best effort) and keep the guest running here.
-            let _ = protocol::write_json(&mut s.out, FrameType::Abort, &Abort { reason: e.to_string() });
+            let _ = protocol::write_json(
+                &mut s.out,
+                FrameType::Abort,
+                &Abort {
+                    reason: e.to_string(),
+                },
+            );
             let _ = s.out.flush();
             m.vm.set_dirty_logging(false).ok();
             m.control().resume();
@@ -351,7 +390,11 @@ fn precopy(
     let mut dirty = PageBitmap::new(dirty::frame_count(m));
     let mut link_rate: Option<f64> = None; // bytes/s
     let mut page_rate: Option<f64> = None; // pages/s sent
-    let pick = |link: Option<f64>| opts.compression.fixed().unwrap_or_else(|| auto_encoding(link));
+    let pick = |link: Option<f64>| {
+        opts.compression
+            .fixed()
+            .unwrap_or_else(|| auto_encoding(link))
+    };
 
     // Round 0: every page the guest (or loader) ever touched; untouched memory is never read.
     let touched = dirty::touched_pages(m);
@@ -408,7 +451,11 @@ fn precopy(
         if let Some(t) = throttle {
             // Not converging: each round without progress throttles harder.
             if stuck > 0 || round > 4 {
-                let next = if t.get() == 0 { 20 } else { (t.get() + 10).min(99) };
+                let next = if t.get() == 0 {
+                    20
+                } else {
+                    (t.get() + 10).min(99)
+                };
                 t.set(next);
             }
         } else if stuck > STUCK_ROUNDS && t0.elapsed() > Duration::from_secs(opts.timeout_s) {
@@ -515,15 +562,24 @@ fn send_verify(s: &mut Sender<'_>, m: &Machine) -> Result<(), MigrationError> {
     let mut records = Vec::with_capacity(4096);
     let mut buf = [0u8; PAGE_SIZE];
     for pfn in touched.iter() {
-        m.mem.read_slice(&mut buf, GuestAddress(pfn * PAGE_SIZE as u64))?;
+        m.mem
+            .read_slice(&mut buf, GuestAddress(pfn * PAGE_SIZE as u64))?;
         if !is_zero_page(&buf) {
             records.push((pfn, crc32fast::hash(&buf)));
         }
         if records.len() == 1 << 20 {
-            protocol::write_frame(&mut s.out, FrameType::Verify, &protocol::encode_verify(&records))?;
+            protocol::write_frame(
+                &mut s.out,
+                FrameType::Verify,
+                &protocol::encode_verify(&records),
+            )?;
             records.clear();
         }
     }
-    protocol::write_frame(&mut s.out, FrameType::Verify, &protocol::encode_verify(&records))?;
+    protocol::write_frame(
+        &mut s.out,
+        FrameType::Verify,
+        &protocol::encode_verify(&records),
+    )?;
     Ok(())
 }

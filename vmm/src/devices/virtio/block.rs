@@ -99,8 +99,15 @@ impl Block {
             path: path.to_path_buf(),
             source,
         };
-        let file = OpenOptions::new().read(true).write(!read_only).open(path).map_err(err)?;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(err)?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let mut id = [0u8; ID_BYTES];
         let n = name.len().min(ID_BYTES);
         id[..n].copy_from_slice(&name.as_bytes()[..n]);
@@ -152,7 +159,7 @@ impl Block {
         match kind {
             VIRTIO_BLK_T_IN => {
                 let len = chain::total_len(data_out);
-                if len % SECTOR_SIZE != 0 || !self.in_bounds(sector, len) {
+                if !len.is_multiple_of(SECTOR_SIZE) || !self.in_bounds(sector, len) {
                     return (VIRTIO_BLK_S_IOERR, 0);
                 }
                 match chain::file_to_guest(mem, data_out, &mut self.file, sector * SECTOR_SIZE) {
@@ -172,7 +179,7 @@ impl Block {
                 }
                 let data = chain::skip(readable, HEADER_LEN);
                 let len = chain::total_len(&data);
-                if len % SECTOR_SIZE != 0 || !self.in_bounds(sector, len) {
+                if !len.is_multiple_of(SECTOR_SIZE) || !self.in_bounds(sector, len) {
                     return (VIRTIO_BLK_S_IOERR, 0);
                 }
                 match chain::guest_to_file(mem, &data, &mut self.file, sector * SECTOR_SIZE) {
@@ -217,7 +224,10 @@ impl Block {
                 // Report the error if the last writable byte is addressable.
                 if let Some(&(addr, len, _)) = descs.iter().rev().find(|d| d.2 && d.1 > 0) {
                     if let Some(status) = addr.0.checked_add(u64::from(len) - 1) {
-                        if mem.write_obj(VIRTIO_BLK_S_IOERR, GuestAddress(status)).is_ok() {
+                        if mem
+                            .write_obj(VIRTIO_BLK_S_IOERR, GuestAddress(status))
+                            .is_ok()
+                        {
                             return 1;
                         }
                     }
@@ -254,7 +264,8 @@ impl VirtioDevice for Block {
     }
 
     fn features(&self) -> u64 {
-        let mut f = VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_BLK_SIZE | VIRTIO_BLK_F_FLUSH;
+        let mut f =
+            VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_BLK_SIZE | VIRTIO_BLK_F_FLUSH;
         if self.read_only {
             f |= VIRTIO_BLK_F_RO;
         }
@@ -295,7 +306,10 @@ mod tests {
     use std::io::{Read, Seek, SeekFrom, Write};
 
     fn temp_disk(sectors: u64) -> (PathBuf, File) {
-        let p = std::env::temp_dir().join(format!("novacron-blk-unit-{}-{sectors}", std::process::id()));
+        let p = std::env::temp_dir().join(format!(
+            "novacron-blk-unit-{}-{sectors}",
+            std::process::id()
+        ));
         let mut f = OpenOptions::new()
             .read(true)
             .write(true)
@@ -303,7 +317,8 @@ mod tests {
             .truncate(true)
             .open(&p)
             .expect("create");
-        f.write_all(&vec![0u8; (sectors * SECTOR_SIZE) as usize]).expect("fill");
+        f.write_all(&vec![0u8; (sectors * SECTOR_SIZE) as usize])
+            .expect("fill");
         (p, f)
     }
 
@@ -321,14 +336,18 @@ mod tests {
         let mut blk = Block::from_file(f, false, *b"unit-test-disk\0\0\0\0\0\0").expect("blk");
         // Write sector 3.
         header(&mem, 0x100, VIRTIO_BLK_T_OUT, 3);
-        mem.write_slice(&[0xab; 512], GuestAddress(0x1000)).expect("data");
+        mem.write_slice(&[0xab; 512], GuestAddress(0x1000))
+            .expect("data");
         let descs = [
             (GuestAddress(0x100), 16, false),
             (GuestAddress(0x1000), 512, false),
             (GuestAddress(0x200), 1, true),
         ];
         assert_eq!(blk.handle(&mem, &descs), 1);
-        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x200)).ok(), Some(VIRTIO_BLK_S_OK));
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(0x200)).ok(),
+            Some(VIRTIO_BLK_S_OK)
+        );
         let mut disk = File::open(&path).expect("open");
         let mut buf = vec![0u8; 512];
         disk.seek(SeekFrom::Start(3 * 512)).expect("seek");
@@ -352,11 +371,26 @@ mod tests {
             (GuestAddress(0x200), 1, true),
         ];
         assert_eq!(blk.handle(&mem, &descs), 1);
-        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x200)).ok(), Some(VIRTIO_BLK_S_IOERR));
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(0x200)).ok(),
+            Some(VIRTIO_BLK_S_IOERR)
+        );
         // Flush, get-id, unsupported.
         header(&mem, 0x100, VIRTIO_BLK_T_FLUSH, 0);
-        assert_eq!(blk.handle(&mem, &[(GuestAddress(0x100), 16, false), (GuestAddress(0x200), 1, true)]), 1);
-        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x200)).ok(), Some(VIRTIO_BLK_S_OK));
+        assert_eq!(
+            blk.handle(
+                &mem,
+                &[
+                    (GuestAddress(0x100), 16, false),
+                    (GuestAddress(0x200), 1, true)
+                ]
+            ),
+            1
+        );
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(0x200)).ok(),
+            Some(VIRTIO_BLK_S_OK)
+        );
         header(&mem, 0x100, VIRTIO_BLK_T_GET_ID, 0);
         let descs = [
             (GuestAddress(0x100), 16, false),
@@ -368,8 +402,20 @@ mod tests {
         mem.read_slice(&mut id, GuestAddress(0x300)).expect("id");
         assert_eq!(&id, b"unit-test-disk");
         header(&mem, 0x100, 99, 0);
-        assert_eq!(blk.handle(&mem, &[(GuestAddress(0x100), 16, false), (GuestAddress(0x200), 1, true)]), 1);
-        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x200)).ok(), Some(VIRTIO_BLK_S_UNSUPP));
+        assert_eq!(
+            blk.handle(
+                &mem,
+                &[
+                    (GuestAddress(0x100), 16, false),
+                    (GuestAddress(0x200), 1, true)
+                ]
+            ),
+            1
+        );
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(0x200)).ok(),
+            Some(VIRTIO_BLK_S_UNSUPP)
+        );
         // Data outside guest memory: the status byte still reports the error.
         header(&mem, 0x100, VIRTIO_BLK_T_IN, 0);
         let descs = [
@@ -378,7 +424,10 @@ mod tests {
             (GuestAddress(0x200), 1, true),
         ];
         assert_eq!(blk.handle(&mem, &descs), 1);
-        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x200)).ok(), Some(VIRTIO_BLK_S_IOERR));
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(0x200)).ok(),
+            Some(VIRTIO_BLK_S_IOERR)
+        );
         let _ = std::fs::remove_file(&path);
     }
 
@@ -395,7 +444,10 @@ mod tests {
             (GuestAddress(0x200), 1, true),
         ];
         assert_eq!(blk.handle(&mem, &descs), 1);
-        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x200)).ok(), Some(VIRTIO_BLK_S_IOERR));
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(0x200)).ok(),
+            Some(VIRTIO_BLK_S_IOERR)
+        );
         let _ = std::fs::remove_file(&path);
     }
 }

@@ -89,7 +89,10 @@ where
 }
 
 /// Parses a `virtio-queue` descriptor chain (see [`parse`]).
-pub fn from_queue<M>(dc: virtio_queue::DescriptorChain<M>, mem: &GuestMem) -> Result<Chain, ChainError>
+pub fn from_queue<M>(
+    dc: virtio_queue::DescriptorChain<M>,
+    mem: &GuestMem,
+) -> Result<Chain, ChainError>
 where
     M: std::ops::Deref,
     M::Target: vm_memory::GuestMemory,
@@ -163,10 +166,12 @@ pub fn write_from(mem: &GuestMem, segs: &[Segment], data: &[u8]) -> Result<usize
 }
 
 /// Reads `total_len(segs)` bytes of `file` at `offset` straight into the guest buffers.
-pub fn file_to_guest<F: Read + Seek>(mem: &GuestMem, segs: &[Segment], file: &mut F, offset: u64) -> Result<(), ChainError>
-where
-    F: vm_memory::ReadVolatile,
-{
+pub fn file_to_guest<F: Read + Seek + vm_memory::ReadVolatile>(
+    mem: &GuestMem,
+    segs: &[Segment],
+    file: &mut F,
+    offset: u64,
+) -> Result<(), ChainError> {
     file.seek(SeekFrom::Start(offset))?;
     for s in segs {
         mem.read_exact_volatile_from(s.addr, file, s.len as usize)?;
@@ -175,10 +180,12 @@ where
 }
 
 /// Writes the guest buffers to `file` at `offset`.
-pub fn guest_to_file<F: Write + Seek>(mem: &GuestMem, segs: &[Segment], file: &mut F, offset: u64) -> Result<(), ChainError>
-where
-    F: vm_memory::WriteVolatile,
-{
+pub fn guest_to_file<F: Write + Seek + vm_memory::WriteVolatile>(
+    mem: &GuestMem,
+    segs: &[Segment],
+    file: &mut F,
+    offset: u64,
+) -> Result<(), ChainError> {
     file.seek(SeekFrom::Start(offset))?;
     for s in segs {
         mem.write_all_volatile_to(s.addr, file, s.len as usize)?;
@@ -191,14 +198,19 @@ mod tests {
     use super::*;
 
     fn mem() -> GuestMem {
-        GuestMem::from_ranges(&[(GuestAddress(0), 0x10000), (GuestAddress(0x20000), 0x10000)]).expect("mem")
+        GuestMem::from_ranges(&[(GuestAddress(0), 0x10000), (GuestAddress(0x20000), 0x10000)])
+            .expect("mem")
     }
 
     #[test]
     fn parse_checks_ranges_and_order() {
         let m = mem();
         let ok = parse(
-            [(GuestAddress(0x100), 16, false), (GuestAddress(0x200), 512, true), (GuestAddress(0x400), 1, true)],
+            [
+                (GuestAddress(0x100), 16, false),
+                (GuestAddress(0x200), 512, true),
+                (GuestAddress(0x400), 1, true),
+            ],
             &m,
         )
         .expect("valid chain");
@@ -212,7 +224,13 @@ mod tests {
         assert!(parse([(GuestAddress(0x1ff00), 0x200, false)], &m).is_err());
         assert!(parse([(GuestAddress(u64::MAX - 4), 16, false)], &m).is_err());
         assert!(matches!(
-            parse([(GuestAddress(0x100), 1, true), (GuestAddress(0x200), 1, false)], &m),
+            parse(
+                [
+                    (GuestAddress(0x100), 1, true),
+                    (GuestAddress(0x200), 1, false)
+                ],
+                &m
+            ),
             Err(ChainError::ReadAfterWrite)
         ));
     }
@@ -220,12 +238,30 @@ mod tests {
     #[test]
     fn skip_and_truncate() {
         let segs = [
-            Segment { addr: GuestAddress(0x100), len: 10 },
-            Segment { addr: GuestAddress(0x200), len: 10 },
+            Segment {
+                addr: GuestAddress(0x100),
+                len: 10,
+            },
+            Segment {
+                addr: GuestAddress(0x200),
+                len: 10,
+            },
         ];
-        assert_eq!(skip(&segs, 12), vec![Segment { addr: GuestAddress(0x202), len: 8 }]);
+        assert_eq!(
+            skip(&segs, 12),
+            vec![Segment {
+                addr: GuestAddress(0x202),
+                len: 8
+            }]
+        );
         assert_eq!(skip(&segs, 20), vec![]);
-        assert_eq!(truncate(&segs, 5), vec![Segment { addr: GuestAddress(0x100), len: 5 }]);
+        assert_eq!(
+            truncate(&segs, 5),
+            vec![Segment {
+                addr: GuestAddress(0x100),
+                len: 5
+            }]
+        );
         assert_eq!(total_len(&truncate(&segs, 15)), 15);
     }
 }

@@ -10,7 +10,8 @@
 //! writes guest memory. Used buffers raise the interrupt eventfd (an irqfd in KVM).
 
 use super::{
-    VirtioDevice, INT_VRING, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER_OK, STATUS_FEATURES_OK, VIRTIO_F_VERSION_1,
+    VirtioDevice, INT_VRING, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
+    VIRTIO_F_VERSION_1,
 };
 use crate::devices::bus::{BusDevice, GuestEvent};
 use crate::memory::GuestMem;
@@ -278,7 +279,9 @@ impl MmioTransport {
         if !self.activated || !self.queues.get(index).is_some_and(|q| q.ready()) {
             return false;
         }
-        let used = self.device.process_queue(index, &mut self.queues, &self.mem);
+        let used = self
+            .device
+            .process_queue(index, &mut self.queues, &self.mem);
         if used {
             self.signal_used();
         }
@@ -334,7 +337,9 @@ impl MmioTransport {
     }
 
     fn queues_valid(&self) -> bool {
-        self.queues.iter().all(|q| !q.ready() || q.is_valid(&self.mem))
+        self.queues
+            .iter()
+            .all(|q| !q.ready() || q.is_valid(&self.mem))
     }
 
     fn set_status(&mut self, value: u32) {
@@ -347,7 +352,9 @@ impl MmioTransport {
         let mut new = value | old;
         if new & !old & STATUS_FEATURES_OK != 0 {
             let offered = self.device.features();
-            if self.driver_features & !offered != 0 || self.driver_features & VIRTIO_F_VERSION_1 == 0 {
+            if self.driver_features & !offered != 0
+                || self.driver_features & VIRTIO_F_VERSION_1 == 0
+            {
                 new &= !STATUS_FEATURES_OK;
             }
         }
@@ -383,7 +390,11 @@ impl MmioTransport {
             interrupt_status: self.interrupt_status,
             config_generation: self.config_generation,
             activated: self.activated,
-            queues: self.queues.iter().map(|q| QueueRegs::from(q.state())).collect(),
+            queues: self
+                .queues
+                .iter()
+                .map(|q| QueueRegs::from(q.state()))
+                .collect(),
             config: self.device.config_bytes(),
         }
     }
@@ -408,7 +419,9 @@ impl MmioTransport {
         for (index, (regs, cur)) in st.queues.iter().zip(&self.queues).enumerate() {
             let mut state = QueueState::from(*regs);
             state.max_size = cur.max_size();
-            queues.push(Queue::try_from(state).map_err(|source| TransportError::Queue { index, source })?);
+            queues.push(
+                Queue::try_from(state).map_err(|source| TransportError::Queue { index, source })?,
+            );
         }
         self.queues = queues;
         self.device_features_sel = st.device_features_sel;
@@ -458,13 +471,16 @@ impl MmioTransport {
         let config_ok = self.queue_config_allowed();
         match offset {
             reg::DEVICE_FEATURES_SEL => self.device_features_sel = v,
-            reg::DRIVER_FEATURES => {
-                if self.status & STATUS_FEATURES_OK == 0 {
-                    match self.driver_features_sel {
-                        0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v),
-                        1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32),
-                        _ => {}
+            reg::DRIVER_FEATURES if self.status & STATUS_FEATURES_OK == 0 => {
+                match self.driver_features_sel {
+                    0 => {
+                        self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v)
                     }
+                    1 => {
+                        self.driver_features =
+                            (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
+                    }
+                    _ => {}
                 }
             }
             reg::DRIVER_FEATURES_SEL => self.driver_features_sel = v,
@@ -478,11 +494,9 @@ impl MmioTransport {
                     }
                 }
             }
-            reg::QUEUE_READY => {
-                if config_ok {
-                    if let Some(q) = self.selected_queue() {
-                        q.set_ready(v == 1);
-                    }
+            reg::QUEUE_READY if config_ok => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_ready(v == 1);
                 }
             }
             reg::QUEUE_NOTIFY => {
@@ -527,7 +541,7 @@ impl BusDevice for MmioTransport {
             self.device.read_config(offset - reg::CONFIG, data);
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             data.fill(0);
             return;
         }
@@ -539,10 +553,163 @@ impl BusDevice for MmioTransport {
             self.device.write_config(offset - reg::CONFIG, data);
             return None;
         }
-        if data.len() == 4 && offset % 4 == 0 {
+        if data.len() == 4 && offset.is_multiple_of(4) {
             let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
             self.write_reg(offset, v);
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::{STATUS_ACKNOWLEDGE, STATUS_DRIVER};
+    use vm_memory::{Bytes, GuestAddress};
+
+    /// A device with one queue that uses every buffer it is given.
+    struct Sink;
+
+    impl VirtioDevice for Sink {
+        fn device_type(&self) -> u32 {
+            42
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16]
+        }
+        fn features(&self) -> u64 {
+            VIRTIO_F_VERSION_1 | 1
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            super::super::read_config_bytes(&[1, 2, 3, 4], offset, data);
+        }
+        fn config_bytes(&self) -> Vec<u8> {
+            vec![1, 2, 3, 4]
+        }
+        fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMem) -> bool {
+            let q = &mut queues[index];
+            let mut used = false;
+            while let Some(c) = q.pop_descriptor_chain(mem) {
+                let head = c.head_index();
+                used |= q.add_used(mem, head, 0).is_ok();
+            }
+            used
+        }
+    }
+
+    fn w(t: &mut MmioTransport, off: u64, v: u32) {
+        t.write(off, &v.to_le_bytes());
+    }
+
+    fn r(t: &mut MmioTransport, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn setup(t: &mut MmioTransport, features_hi: u32) {
+        w(t, reg::STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        w(t, reg::DRIVER_FEATURES_SEL, 1);
+        w(t, reg::DRIVER_FEATURES, features_hi);
+        w(
+            t,
+            reg::STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
+        w(t, reg::QUEUE_SEL, 0);
+        w(t, reg::QUEUE_NUM, 8);
+        w(t, reg::QUEUE_DESC_LOW, 0x1000);
+        w(t, reg::QUEUE_AVAIL_LOW, 0x2000);
+        w(t, reg::QUEUE_USED_LOW, 0x3000);
+        w(t, reg::QUEUE_READY, 1);
+    }
+
+    #[test]
+    fn negotiation_activation_interrupts_and_state() {
+        let mem = GuestMem::from_ranges(&[(GuestAddress(0), 0x10000)]).expect("mem");
+        let mut t = MmioTransport::new(Box::new(Sink), mem.clone()).expect("transport");
+        assert_eq!(r(&mut t, reg::MAGIC), MMIO_MAGIC);
+        assert_eq!(r(&mut t, reg::VERSION), 2);
+        assert_eq!(r(&mut t, reg::DEVICE_ID), 42);
+        w(&mut t, reg::DEVICE_FEATURES_SEL, 1);
+        assert_eq!(r(&mut t, reg::DEVICE_FEATURES), 1);
+        let mut b = [0u8; 2];
+        t.read(reg::CONFIG + 1, &mut b);
+        assert_eq!(b, [2, 3]);
+
+        // Without VERSION_1 the device refuses FEATURES_OK.
+        setup(&mut t, 0);
+        assert_eq!(r(&mut t, reg::STATUS) & STATUS_FEATURES_OK, 0);
+        w(&mut t, reg::STATUS, 0);
+        assert_eq!(r(&mut t, reg::STATUS), 0);
+
+        setup(&mut t, 1);
+        assert_ne!(r(&mut t, reg::STATUS) & STATUS_FEATURES_OK, 0);
+        w(
+            &mut t,
+            reg::STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
+        assert!(t.is_activated());
+        // Queue configuration is frozen while running.
+        w(&mut t, reg::QUEUE_NUM, 4);
+        assert_eq!(t.save().queues[0].size, 8);
+
+        // One chain: descriptor 0, offered in the available ring.
+        mem.write_obj(0x4000u64, GuestAddress(0x1000))
+            .expect("desc");
+        mem.write_obj(16u32, GuestAddress(0x1008)).expect("len");
+        mem.write_obj(0u16, GuestAddress(0x2004)).expect("ring");
+        mem.write_obj(1u16, GuestAddress(0x2002)).expect("idx");
+        w(&mut t, reg::QUEUE_NOTIFY, 0);
+        assert_eq!(
+            t.queue_evts()[0].read().ok(),
+            Some(2),
+            "activation kick + notify"
+        );
+        assert!(t.process_queue(0));
+        assert_eq!(
+            mem.read_obj::<u16>(GuestAddress(0x3002)).ok(),
+            Some(1),
+            "used idx"
+        );
+        assert_eq!(r(&mut t, reg::INTERRUPT_STATUS), INT_VRING);
+        assert_eq!(t.irq_evt().read().ok(), Some(1));
+        w(&mut t, reg::INTERRUPT_ACK, INT_VRING);
+        assert_eq!(r(&mut t, reg::INTERRUPT_STATUS), 0);
+
+        // Save, restore into a fresh transport, and carry on where it left off.
+        let st = t.save();
+        assert_eq!(st.queues[0].next_avail, 1);
+        assert_eq!(st.queues[0].next_used, 1);
+        let mut t2 = MmioTransport::new(Box::new(Sink), mem.clone()).expect("transport");
+        t2.restore(&st).expect("restore");
+        assert_eq!(t2.save(), st);
+        mem.write_obj(0u16, GuestAddress(0x2006)).expect("ring");
+        mem.write_obj(2u16, GuestAddress(0x2002)).expect("idx");
+        assert!(t2.process_queue(0));
+        assert_eq!(mem.read_obj::<u16>(GuestAddress(0x3002)).ok(), Some(2));
+
+        // A mismatched state is refused.
+        let mut other = st.clone();
+        other.device_type = 7;
+        assert!(t2.restore(&other).is_err());
+        other = st;
+        other.queues.push(other.queues[0]);
+        assert!(t2.restore(&other).is_err());
+    }
+
+    #[test]
+    fn driver_ok_with_a_queue_outside_memory_needs_reset() {
+        let mem = GuestMem::from_ranges(&[(GuestAddress(0), 0x10000)]).expect("mem");
+        let mut t = MmioTransport::new(Box::new(Sink), mem).expect("transport");
+        setup(&mut t, 1);
+        w(&mut t, reg::QUEUE_READY, 0);
+        w(&mut t, reg::QUEUE_USED_LOW, 0xfff0);
+        w(&mut t, reg::QUEUE_READY, 1);
+        w(&mut t, reg::STATUS, 0xf);
+        assert!(!t.is_activated());
+        assert_ne!(r(&mut t, reg::STATUS) & STATUS_DEVICE_NEEDS_RESET, 0);
+        assert!(!t.process_queue(0));
     }
 }

@@ -80,7 +80,13 @@ impl Tap {
         req.flags = (libc::IFF_TAP | libc::IFF_NO_PI) as i16;
         // SAFETY: TUNSETIFF reads and writes a `struct ifreq`, which IfReq matches in size
         // (40 bytes) and layout for the fields the kernel uses here (name, flags).
-        let r = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF as _, &mut req as *mut IfReq) };
+        let r = unsafe {
+            libc::ioctl(
+                file.as_raw_fd(),
+                libc::TUNSETIFF as _,
+                &mut req as *mut IfReq,
+            )
+        };
         if r < 0 {
             return Err(TapError::SetIff {
                 name: name.to_string(),
@@ -178,7 +184,10 @@ mod tests {
     #[test]
     fn names_are_checked() {
         assert!(matches!(Tap::open(""), Err(TapError::BadName(_))));
-        assert!(matches!(Tap::open("a-name-far-too-long"), Err(TapError::BadName(_))));
+        assert!(matches!(
+            Tap::open("a-name-far-too-long"),
+            Err(TapError::BadName(_))
+        ));
         assert!(matches!(Tap::open("a/b"), Err(TapError::BadName(_))));
     }
 
