@@ -62,23 +62,19 @@ pub const MAX_MEMORY_MIB: u64 = 1 << 20;
 /// Largest vCPU count accepted.
 pub const MAX_VCPUS: u32 = 254;
 
-/// Parses `128M`, `1G`, `65536K`, `4096` (bytes) into bytes.
+/// Parses `128M`, `1G`, `2GiB`, `65536K`, `4096` (bytes) into bytes (binary units).
 pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
-    let t = s.trim();
     let bad = || ConfigError::BadSize(s.to_string());
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m: u64 = match c.to_ascii_uppercase() {
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => return Err(bad()),
-            };
-            let head = t[..i].trim_end_matches(['i', 'I']);
-            (head, m)
-        }
-        _ => (t, 1),
+    let t = s.trim();
+    let t = t.strip_suffix(['B', 'b']).unwrap_or(t);
+    let t = t.strip_suffix('i').unwrap_or(t);
+    let (num, mult) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        Some('T') => (&t[..t.len() - 1], 1 << 40),
+        Some(c) if c.is_ascii_digit() && t.len() == s.trim().len() => (t, 1),
+        _ => return Err(bad()),
     };
     let n: u64 = num.parse().map_err(|_| bad())?;
     n.checked_mul(mult).ok_or_else(bad)
@@ -129,7 +125,10 @@ mod tests {
     fn sizes_parse() {
         assert_eq!(parse_size("128M").ok(), Some(128 << 20));
         assert_eq!(parse_size("1G").ok(), Some(1 << 30));
-        assert_eq!(parse_size("2GiB").ok(), None);
+        assert_eq!(parse_size("2GiB").ok(), Some(2 << 30));
+        assert!(parse_size("2Q").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("12b").is_err());
         assert_eq!(parse_size("2Gi").ok(), Some(2 << 30));
         assert_eq!(parse_size("4096").ok(), Some(4096));
         assert!(parse_size("lots").is_err());
