@@ -1,1 +1,20 @@
-//! placeholder
+//! The NovaCron host agent: runs VMs as detached `novacron-vmm` processes (each watched by a
+//! small supervisor process), keeps their specs, disks and console logs in its data
+//! directory, re-adopts them after a restart, carries out live migrations with a peer agent,
+//! and registers and heartbeats with the controller.
+//!
+//! Modules: [`manager`] (VM lifecycle and migration), [`supervise`] (per-VM supervisor),
+//! [`vmm_client`] (the VMM control socket), [`procfs`] (process inspection), [`disks`],
+//! [`net`] (tap devices), [`host`] (inventory), [`api`] (gRPC service), [`registration`]
+//! (controller registration and heartbeats), [`server`] (serving).
+
+pub mod api;
+pub mod disks;
+pub mod host;
+pub mod manager;
+pub mod net;
+pub mod procfs;
+pub mod registration;
+pub mod server;
+pub mod supervise;
+pub mod vmm_client;

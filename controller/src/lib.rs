@@ -1,1 +1,25 @@
-//! placeholder
+//! The NovaCron controller: desired state of VMs and hosts in an embedded crash-safe store,
+//! a pure scheduler with atomic claims, the user-facing gRPC API, live-migration and drain
+//! orchestration, and a reconcile loop against what agents report. Also the library side of
+//! `novactl`, the command-line client.
+//!
+//! Modules: [`store`] (redb), [`scheduler`] (filters, scores, claims), [`state`] (in-memory
+//! view), [`controller`] (operations), [`migration`] (migrate, drain), [`reconcile`] (the
+//! loop), [`events`] (event log and watch), [`agent_client`] (agents' gRPC clients), [`api`]
+//! (gRPC services), [`auth`] (bearer token), [`server`] (serving), [`ctl`] (novactl).
+
+pub mod agent_client;
+pub mod api;
+pub mod auth;
+pub mod controller;
+pub mod ctl;
+pub mod events;
+pub mod migration;
+pub mod reconcile;
+pub mod scheduler;
+pub mod server;
+pub mod state;
+pub mod store;
+pub mod util;
+
+pub use controller::{Config, Controller, ControllerError};

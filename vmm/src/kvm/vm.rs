@@ -71,42 +71,38 @@ impl KvmVm {
             }
         }
         let fd = kvm.create_vm().map_err(ioctl("create VM"))?;
-        fd.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
-            .map_err(ioctl("set TSS address"))?;
-        fd.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
-            .map_err(ioctl("set identity map address"))?;
-        fd.create_irq_chip().map_err(ioctl("create irqchip"))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        fd.create_pit2(pit).map_err(ioctl("create PIT"))?;
-        let vm = KvmVm {
-            kvm,
-            fd,
-            regions: memory::regions(mem),
-        };
-        vm.set_dirty_logging(false)?;
+        let regions = memory::regions(mem);
+        // Creating the irqchip and registering memory each wait for an SRCU grace period in
+        // the kernel (milliseconds): do them concurrently. They take different KVM locks.
+        std::thread::scope(|scope| {
+            let slots = scope.spawn(|| set_memory_slots(&fd, &regions, false));
+            let chips = (|| {
+                fd.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
+                    .map_err(ioctl("set TSS address"))?;
+                fd.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
+                    .map_err(ioctl("set identity map address"))?;
+                fd.create_irq_chip().map_err(ioctl("create irqchip"))?;
+                let pit = kvm_pit_config {
+                    flags: KVM_PIT_SPEAKER_DUMMY,
+                    ..Default::default()
+                };
+                fd.create_pit2(pit).map_err(ioctl("create PIT"))
+            })();
+            let slots = slots.join().unwrap_or_else(|_| {
+                Err(VmError::Ioctl {
+                    what: "set memory region",
+                    source: kvm_ioctls::Error::new(libc::EIO),
+                })
+            });
+            chips.and(slots)
+        })?;
+        let vm = KvmVm { kvm, fd, regions };
         Ok(vm)
     }
 
     /// Registers (or re-registers) every RAM slot with KVM dirty logging on or off.
     pub fn set_dirty_logging(&self, on: bool) -> Result<(), VmError> {
-        for r in &self.regions {
-            let region = kvm_userspace_memory_region {
-                slot: r.slot,
-                guest_phys_addr: r.guest_addr,
-                memory_size: r.size,
-                userspace_addr: r.host_addr,
-                flags: if on { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
-            };
-            // SAFETY: the host range [host_addr, host_addr+size) is a live mapping owned by the
-            // GuestMem that outlives the VM (the VMM keeps both for the process lifetime), and
-            // slots do not overlap (they come from disjoint layout ranges).
-            unsafe { self.fd.set_user_memory_region(region) }
-                .map_err(ioctl("set memory region"))?;
-        }
-        Ok(())
+        set_memory_slots(&self.fd, &self.regions, on)
     }
 
     /// Fetches and clears KVM's dirty bitmap of every slot, as one bitmap over the VM-wide page
@@ -121,6 +117,24 @@ impl KvmVm {
         }
         Ok(())
     }
+}
+
+/// Registers `regions` as KVM memory slots, with dirty logging on or off.
+fn set_memory_slots(fd: &VmFd, regions: &[RegionInfo], dirty_log: bool) -> Result<(), VmError> {
+    for r in regions {
+        let region = kvm_userspace_memory_region {
+            slot: r.slot,
+            guest_phys_addr: r.guest_addr,
+            memory_size: r.size,
+            userspace_addr: r.host_addr,
+            flags: if dirty_log { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+        };
+        // SAFETY: the host range [host_addr, host_addr+size) is a live mapping owned by the
+        // GuestMem that outlives the VM (the VMM keeps both for the process lifetime), and
+        // slots do not overlap (they come from disjoint layout ranges).
+        unsafe { fd.set_user_memory_region(region) }.map_err(ioctl("set memory region"))?;
+    }
+    Ok(())
 }
 
 /// ORs `bits` (a bitmap starting at page 0 of a region) into `out` at page offset `first`.

@@ -1,0 +1,187 @@
+//! The agent's gRPC service (`novacron.agent.v1.Agent`): adapters from protobuf requests to
+//! [`Manager`] operations and from [`ManagerError`] to gRPC status codes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use novacron_proto::agent as apb;
+use novacron_proto::agent::agent_server::Agent;
+use tonic::{Request, Response, Status};
+
+use crate::manager::{Manager, ManagerError};
+use crate::vmm_client::MigrateArgs;
+
+impl From<ManagerError> for Status {
+    fn from(e: ManagerError) -> Self {
+        let msg = e.to_string();
+        match e {
+            ManagerError::InvalidArgument(_) => Status::invalid_argument(msg),
+            ManagerError::NotFound(_) => Status::not_found(msg),
+            ManagerError::AlreadyExists(_) => Status::already_exists(msg),
+            ManagerError::FailedPrecondition(_) | ManagerError::Disk(_) => {
+                Status::failed_precondition(msg)
+            }
+            ManagerError::Unavailable(_) | ManagerError::Vmm(_) => Status::unavailable(msg),
+            ManagerError::Aborted(_) => Status::aborted(msg),
+            ManagerError::Net(_) | ManagerError::Supervise(_) | ManagerError::Io { .. } => {
+                Status::internal(msg)
+            }
+        }
+    }
+}
+
+/// Host inventory the API reports.
+#[derive(Debug, Clone, Default)]
+pub struct HostInventory {
+    /// What `GetHostInfo` answers.
+    pub info: apb::HostInfo,
+}
+
+/// The agent service.
+#[derive(Debug, Clone)]
+pub struct AgentApi {
+    /// VMs.
+    pub manager: Arc<Manager>,
+    /// Inventory.
+    pub host: Arc<HostInventory>,
+}
+
+const MAX_PAGE: usize = 1000;
+
+#[tonic::async_trait]
+impl Agent for AgentApi {
+    async fn get_host_info(
+        &self,
+        _r: Request<apb::GetHostInfoRequest>,
+    ) -> Result<Response<apb::HostInfo>, Status> {
+        Ok(Response::new(self.host.info.clone()))
+    }
+
+    async fn create_vm(
+        &self,
+        r: Request<apb::CreateVmRequest>,
+    ) -> Result<Response<apb::VmStatus>, Status> {
+        let r = r.into_inner();
+        let c = r
+            .config
+            .ok_or_else(|| Status::invalid_argument("config is required"))?;
+        Ok(Response::new(self.manager.create(c, r.start).await?))
+    }
+
+    async fn start_vm(
+        &self,
+        r: Request<apb::VmRequest>,
+    ) -> Result<Response<apb::VmStatus>, Status> {
+        Ok(Response::new(
+            self.manager.start(&r.into_inner().vm_id).await?,
+        ))
+    }
+
+    async fn stop_vm(
+        &self,
+        r: Request<apb::StopVmRequest>,
+    ) -> Result<Response<apb::VmStatus>, Status> {
+        let r = r.into_inner();
+        let t = (r.timeout_ms > 0).then(|| Duration::from_millis(r.timeout_ms as u64));
+        Ok(Response::new(
+            self.manager.stop(&r.vm_id, t, r.force).await?,
+        ))
+    }
+
+    async fn reboot_vm(
+        &self,
+        r: Request<apb::VmRequest>,
+    ) -> Result<Response<apb::VmStatus>, Status> {
+        Ok(Response::new(
+            self.manager.reboot(&r.into_inner().vm_id).await?,
+        ))
+    }
+
+    async fn delete_vm(
+        &self,
+        r: Request<apb::VmRequest>,
+    ) -> Result<Response<apb::DeleteVmResponse>, Status> {
+        let id = r.into_inner().vm_id;
+        let existed = self.manager.delete(&id).await?;
+        Ok(Response::new(apb::DeleteVmResponse { vm_id: id, existed }))
+    }
+
+    async fn get_vm(&self, r: Request<apb::VmRequest>) -> Result<Response<apb::VmStatus>, Status> {
+        Ok(Response::new(
+            self.manager.get(&r.into_inner().vm_id).await?,
+        ))
+    }
+
+    async fn list_vms(
+        &self,
+        r: Request<apb::ListVmsRequest>,
+    ) -> Result<Response<apb::ListVmsResponse>, Status> {
+        let r = r.into_inner();
+        let size = if r.page_size == 0 {
+            MAX_PAGE
+        } else {
+            (r.page_size as usize).min(MAX_PAGE)
+        };
+        let all = self.manager.list();
+        let mut vms: Vec<apb::VmStatus> = all
+            .into_iter()
+            .filter(|v| r.page_token.is_empty() || v.vm_id > r.page_token)
+            .take(size + 1)
+            .collect();
+        let next = if vms.len() > size {
+            vms.truncate(size);
+            vms.last().map(|v| v.vm_id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(apb::ListVmsResponse {
+            vms,
+            next_page_token: next,
+        }))
+    }
+
+    async fn prepare_incoming(
+        &self,
+        r: Request<apb::PrepareIncomingRequest>,
+    ) -> Result<Response<apb::PrepareIncomingResponse>, Status> {
+        let r = r.into_inner();
+        let c = r
+            .config
+            .ok_or_else(|| Status::invalid_argument("config is required"))?;
+        let (address, status) = self.manager.prepare_incoming(c, &r.migration_id).await?;
+        Ok(Response::new(apb::PrepareIncomingResponse {
+            address,
+            status: Some(status),
+        }))
+    }
+
+    async fn abort_incoming(
+        &self,
+        r: Request<apb::VmRequest>,
+    ) -> Result<Response<apb::VmStatus>, Status> {
+        Ok(Response::new(
+            self.manager.abort_incoming(&r.into_inner().vm_id).await?,
+        ))
+    }
+
+    async fn migrate_out(
+        &self,
+        r: Request<apb::MigrateOutRequest>,
+    ) -> Result<Response<apb::MigrateOutResponse>, Status> {
+        let r = r.into_inner();
+        let o = r.options.unwrap_or_default();
+        let args = MigrateArgs {
+            to: r.to,
+            downtime_ms: o.downtime_ms,
+            bandwidth: o.bandwidth,
+            timeout_s: o.timeout_s,
+            auto_converge: o.auto_converge,
+            compression: o.compression,
+        };
+        Ok(Response::new(
+            self.manager
+                .migrate_out(&r.vm_id, args, &r.migration_id)
+                .await?,
+        ))
+    }
+}

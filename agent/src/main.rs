@@ -1,0 +1,181 @@
+//! `novacron-agent --listen ADDR --data-dir DIR --controller ADDR`: the NovaCron host agent.
+//! (`novacron-agent __supervise DIR` is the per-VM supervisor it starts; not for users.)
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use novacron_agent::server::{self, AgentConfig};
+use novacron_agent::{host, supervise};
+
+/// The NovaCron host agent.
+#[derive(Debug, Parser)]
+#[command(name = "novacron-agent", version)]
+struct Args {
+    /// gRPC listen address.
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    listen: SocketAddr,
+    /// Address the controller and peer agents reach this agent at (default: --listen).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Data directory (VMs, disks, console logs, agent id).
+    #[arg(long, default_value = "/var/lib/novacron/agent")]
+    data_dir: PathBuf,
+    /// Controller address (HOST:PORT); without it the agent runs standalone.
+    #[arg(long)]
+    controller: Option<String>,
+    /// Host name (default: the kernel's host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Host label KEY=VALUE (repeatable).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// Allocatable vCPUs (default: online CPUs).
+    #[arg(long)]
+    capacity_vcpus: Option<u32>,
+    /// Allocatable memory, e.g. 4G (default: total memory).
+    #[arg(long)]
+    capacity_memory: Option<String>,
+    /// novacron-vmm executable (default: next to this executable, then PATH).
+    #[arg(long)]
+    vmm_binary: Option<PathBuf>,
+    /// Graceful-stop timeout before SIGKILL (ms).
+    #[arg(long, default_value_t = 10000)]
+    stop_timeout_ms: u64,
+    /// How long a starting VMM may take to answer its API (ms).
+    #[arg(long, default_value_t = 20000)]
+    start_timeout_ms: u64,
+    /// Heartbeat period unless the controller sets one (ms).
+    #[arg(long, default_value_t = 1000)]
+    heartbeat_interval_ms: u64,
+    /// File with the controller's bearer token.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+fn parse_mib(s: &str) -> Option<u64> {
+    let t = s.trim().trim_end_matches(['B', 'i']);
+    let (num, mult) = match t.chars().last()? {
+        'K' | 'k' => (&t[..t.len() - 1], 1.0 / 1024.0),
+        'M' | 'm' => (&t[..t.len() - 1], 1.0),
+        'G' | 'g' => (&t[..t.len() - 1], 1024.0),
+        'T' | 't' => (&t[..t.len() - 1], 1024.0 * 1024.0),
+        _ => (t, 1.0),
+    };
+    num.parse::<f64>()
+        .ok()
+        .filter(|n| *n >= 0.0)
+        .map(|n| (n * mult).ceil() as u64)
+}
+
+fn find_vmm() -> PathBuf {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        let p = dir.join("novacron-vmm");
+        if p.is_file() {
+            return p;
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join("novacron-vmm");
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    PathBuf::from("novacron-vmm")
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(supervise::SUPERVISE_ARG) {
+        let Some(dir) = argv.get(2) else {
+            eprintln!("usage: novacron-agent {} VM_DIR", supervise::SUPERVISE_ARG);
+            return ExitCode::from(2);
+        };
+        return ExitCode::from(supervise::supervise_main(Path::new(dir)) as u8);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    let mut labels = HashMap::new();
+    for l in &args.labels {
+        match l.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                labels.insert(k.to_string(), v.to_string());
+            }
+            _ => {
+                eprintln!("novacron-agent: --label expects KEY=VALUE, got {l:?}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let capacity_memory_mib = match &args.capacity_memory {
+        Some(s) => match parse_mib(s) {
+            Some(v) => Some(v),
+            None => {
+                eprintln!("novacron-agent: bad --capacity-memory {s:?}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    let token = match &args.token_file {
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+            Ok(_) => {
+                eprintln!("novacron-agent: token file {} is empty", p.display());
+                return ExitCode::from(2);
+            }
+            Err(e) => {
+                eprintln!("novacron-agent: token file {}: {e}", p.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    let cfg = AgentConfig {
+        name: args.name.unwrap_or_else(host::hostname),
+        listen: args.listen,
+        advertise: args.advertise,
+        data_dir: args.data_dir,
+        controller: args.controller,
+        vmm_binary: args.vmm_binary.unwrap_or_else(find_vmm),
+        labels,
+        capacity_vcpus: args.capacity_vcpus,
+        capacity_memory_mib,
+        stop_timeout: Duration::from_millis(args.stop_timeout_ms),
+        start_timeout: Duration::from_millis(args.start_timeout_ms),
+        heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms.max(10)),
+        token,
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("novacron-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(server::serve(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("novacron-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

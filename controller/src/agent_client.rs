@@ -1,0 +1,92 @@
+//! Clients of the agents' gRPC API, one lazily connected channel per agent address, with the
+//! per-call deadlines the controller uses (short for queries, long for migrations).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use novacron_proto::agent as apb;
+use novacron_proto::agent::agent_client::AgentClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// Errors reaching an agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentClientError {
+    /// The agent's address is not a valid URI.
+    #[error("bad agent address {addr}: {reason}")]
+    BadAddress {
+        /// The address.
+        addr: String,
+        /// Parser message.
+        reason: String,
+    },
+}
+
+/// A pool of agent clients keyed by address.
+#[derive(Debug, Default)]
+pub struct AgentPool {
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+/// Deadline of ordinary agent calls.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl AgentPool {
+    /// An empty pool.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A client for the agent at `addr` (HOST:PORT or a URI).
+    pub fn client(&self, addr: &str) -> Result<AgentClient<Channel>, AgentClientError> {
+        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = map.get(addr) {
+            return Ok(AgentClient::new(ch.clone()));
+        }
+        let uri = if addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        let ep = Endpoint::from_shared(uri)
+            .map_err(|e| AgentClientError::BadAddress {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true);
+        let ch = ep.connect_lazy();
+        map.insert(addr.to_string(), ch.clone());
+        Ok(AgentClient::new(ch))
+    }
+
+    /// Drops the cached channel of `addr` (after the agent moved or restarted).
+    pub fn forget(&self, addr: &str) {
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(addr);
+    }
+}
+
+/// Wraps `msg` in a request with `timeout`.
+pub fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(timeout);
+    r
+}
+
+/// A short description of an agent status, for messages.
+pub fn state_name(s: i32) -> &'static str {
+    match apb::VmState::try_from(s).unwrap_or(apb::VmState::Unspecified) {
+        apb::VmState::Unspecified => "unknown",
+        apb::VmState::Created => "created",
+        apb::VmState::Starting => "starting",
+        apb::VmState::Running => "running",
+        apb::VmState::Paused => "paused",
+        apb::VmState::Stopped => "stopped",
+        apb::VmState::Crashed => "crashed",
+        apb::VmState::Incoming => "incoming",
+        apb::VmState::Migrating => "migrating",
+    }
+}

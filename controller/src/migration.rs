@@ -1,0 +1,454 @@
+//! Live migration and host drain orchestration.
+//!
+//! A migration claims room on the target first (atomically, like a create), records the VM as
+//! Migrating, asks the destination agent to prepare an incoming VMM, has the source agent drive
+//! `migrate` towards it and, on success, moves the VM's host and releases the source's claim.
+//! On failure the destination is told to abort, the target's claim is released and the VM
+//! stays Running on its source. A drain cordons the host and migrates its VMs a few at a time.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use novacron_proto::agent as apb;
+use novacron_proto::controller as pb;
+use tokio::sync::Semaphore;
+
+use crate::agent_client::{request, CALL_TIMEOUT};
+use crate::controller::{agent_err, Controller, ControllerError, Result};
+use crate::state::{agent_config, Needs};
+use crate::util::{now_ms, short_summary};
+
+/// Errors specific to drains.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    /// A drain task panicked or was cancelled.
+    #[error("drain task failed: {0}")]
+    Task(String),
+}
+
+impl From<MigrationError> for ControllerError {
+    fn from(e: MigrationError) -> Self {
+        ControllerError::Internal(e.to_string())
+    }
+}
+
+impl Controller {
+    /// Live-migrates a running VM (see the module documentation).
+    pub async fn migrate_vm(&self, req: pb::MigrateVmRequest) -> Result<pb::MigrateVmResponse> {
+        let rid = req.request_id.clone();
+        self.idempotent(&rid, "MigrateVm", async {
+            let id = self.state().vm_id(&req.vm)?;
+            let r = self
+                .migrate_locked(
+                    &id,
+                    &req.target_host,
+                    req.options.clone().unwrap_or_default(),
+                )
+                .await?;
+            Ok((r, id.clone()))
+        })
+        .await
+    }
+
+    async fn migrate_locked(
+        &self,
+        id: &str,
+        target: &str,
+        mut opts: apb::MigrateOptions,
+    ) -> Result<pb::MigrateVmResponse> {
+        opts.auto_converge |= self.cfg.auto_converge;
+        if opts.downtime_ms == 0 {
+            opts.downtime_ms = self.cfg.downtime_ms;
+        }
+        let _g = self.lock_key(id).await;
+        let started = Instant::now();
+        let migration_id = uuid::Uuid::new_v4().to_string();
+        // Validate, claim on the target and record the migration.
+        let (vm, source, target) = {
+            let mut st = self.state();
+            let mut vm = st.find_vm(id)?.clone();
+            if vm.phase != pb::VmPhase::Running as i32 {
+                let phase = pb::VmPhase::try_from(vm.phase)
+                    .map(|p| p.as_str_name())
+                    .unwrap_or("?");
+                return Err(ControllerError::FailedPrecondition(format!(
+                    "vm {} is not running (phase {phase}); only running VMs migrate live",
+                    vm.name
+                )));
+            }
+            let source = vm.host.clone();
+            if !st.host(&source)?.ready() {
+                return Err(ControllerError::FailedPrecondition(format!(
+                    "source host {source} is NotReady"
+                )));
+            }
+            let needs = Needs::of(vm.spec.as_ref().unwrap_or(&pb::VmSpec::default()));
+            let exclude = [source.as_str()];
+            let target = if target.is_empty() {
+                st.sched.place(&needs.request(id, &exclude))?
+            } else {
+                let e = st.host(target)?;
+                if target == source {
+                    return Err(ControllerError::FailedPrecondition(format!(
+                        "vm {} is already on {target}",
+                        vm.name
+                    )));
+                }
+                if !e.ready() {
+                    return Err(ControllerError::FailedPrecondition(format!(
+                        "host {target} is NotReady"
+                    )));
+                }
+                if e.host.cordoned {
+                    return Err(ControllerError::FailedPrecondition(format!(
+                        "host {target} is cordoned"
+                    )));
+                }
+                st.sched.claim(target, &needs.request(id, &exclude))?;
+                target.to_string()
+            };
+            vm.phase = pb::VmPhase::Migrating as i32;
+            vm.migration = Some(pb::MigrationInfo {
+                id: migration_id.clone(),
+                source_host: source.clone(),
+                target_host: target.clone(),
+                phase: "preparing".into(),
+                started_at_ms: now_ms(),
+                ..Default::default()
+            });
+            st.refresh_host_counts();
+            match self.save_vm(&mut st, vm) {
+                Ok(vm) => (vm, source, target),
+                Err(e) => {
+                    st.sched.release(&target, id);
+                    return Err(e);
+                }
+            }
+        };
+        self.emit_vm("MigrationStarted", &vm, format!("{source} -> {target}"));
+
+        match self
+            .run_migration(&vm, &source, &target, &migration_id, opts)
+            .await
+        {
+            Ok((summary, status)) => {
+                let vm = {
+                    let mut st = self.state();
+                    let mut cur = st.find_vm(id)?.clone();
+                    st.sched.release(&source, id);
+                    cur.host = target.clone();
+                    Self::apply_status(&mut cur, status);
+                    cur.phase = pb::VmPhase::Running as i32;
+                    if let Some(m) = cur.migration.as_mut() {
+                        m.phase = "completed".into();
+                        m.ended_at_ms = now_ms();
+                        m.summary_json = summary.clone();
+                    }
+                    st.refresh_host_counts();
+                    self.save_vm(&mut st, cur)?
+                };
+                let elapsed = started.elapsed().as_millis() as u64;
+                self.emit_vm(
+                    "MigrationCompleted",
+                    &vm,
+                    format!(
+                        "{source} -> {target} in {elapsed} ms ({})",
+                        short_summary(&summary)
+                    ),
+                );
+                Ok(pb::MigrateVmResponse {
+                    vm: Some(vm),
+                    source_host: source,
+                    target_host: target,
+                    summary_json: summary,
+                    elapsed_ms: elapsed,
+                })
+            }
+            Err(e) => {
+                self.abort_incoming(&target, id).await;
+                let vm = {
+                    let mut st = self.state();
+                    let mut cur = st.find_vm(id)?.clone();
+                    st.sched.release(&target, id);
+                    cur.phase = pb::VmPhase::Running as i32;
+                    if let Some(m) = cur.migration.as_mut() {
+                        m.phase = "failed".into();
+                        m.ended_at_ms = now_ms();
+                        m.error = e.to_string();
+                    }
+                    st.refresh_host_counts();
+                    self.save_vm(&mut st, cur)?
+                };
+                self.emit_vm("MigrationFailed", &vm, format!("{source} -> {target}: {e}"));
+                Err(match e {
+                    ControllerError::Unavailable(m) => ControllerError::Unavailable(format!(
+                        "migration failed, vm stays on {source}: {m}"
+                    )),
+                    other => ControllerError::Aborted(format!(
+                        "migration failed, vm stays on {source}: {other}"
+                    )),
+                })
+            }
+        }
+    }
+
+    async fn set_migration_phase(&self, id: &str, phase: &str) {
+        let mut st = self.state();
+        if let Ok(vm) = st.find_vm(id) {
+            let mut vm = vm.clone();
+            if let Some(m) = vm.migration.as_mut() {
+                m.phase = phase.to_string();
+            }
+            if let Err(e) = self.save_vm(&mut st, vm) {
+                tracing::warn!("saving migration phase of {id}: {e}");
+            }
+        }
+    }
+
+    async fn run_migration(
+        &self,
+        vm: &pb::Vm,
+        source: &str,
+        target: &str,
+        migration_id: &str,
+        opts: apb::MigrateOptions,
+    ) -> Result<(String, apb::VmStatus)> {
+        // Destination prepares an incoming VMM.
+        let mut dst = self.agents.client(&self.agent_addr(target)?)?;
+        let prep = apb::PrepareIncomingRequest {
+            request_id: String::new(),
+            config: Some(agent_config(vm)),
+            migration_id: migration_id.to_string(),
+        };
+        let addr = dst
+            .prepare_incoming(request(prep, CALL_TIMEOUT))
+            .await
+            .map_err(|s| agent_err(target, s))?
+            .into_inner()
+            .address;
+        self.set_migration_phase(&vm.id, "transferring").await;
+        self.emit_vm(
+            "MigrationProgress",
+            vm,
+            format!("destination {target} listening on {addr}; source sending"),
+        );
+
+        // Source drives the migration and waits for the summary.
+        let mut src = self.agents.client(&self.agent_addr(source)?)?;
+        let out = apb::MigrateOutRequest {
+            request_id: String::new(),
+            vm_id: vm.id.clone(),
+            to: addr,
+            migration_id: migration_id.to_string(),
+            options: Some(opts),
+        };
+        let res = src
+            .migrate_out(request(out, self.cfg.migrate_timeout))
+            .await
+            .map_err(|s| agent_err(source, s))?
+            .into_inner();
+
+        // The destination must now report the VM running.
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        loop {
+            let r = apb::VmRequest {
+                request_id: String::new(),
+                vm_id: vm.id.clone(),
+            };
+            match dst.get_vm(request(r, CALL_TIMEOUT)).await {
+                Ok(s) => {
+                    let s = s.into_inner();
+                    if s.state == apb::VmState::Running as i32
+                        || s.state == apb::VmState::Paused as i32
+                    {
+                        return Ok((res.summary_json, s));
+                    }
+                    if s.state == apb::VmState::Crashed as i32
+                        || s.state == apb::VmState::Stopped as i32
+                    {
+                        return Err(ControllerError::Internal(format!(
+                            "destination VMM exited (code {}) after the source reported success: {}",
+                            s.exit_code, s.message
+                        )));
+                    }
+                }
+                Err(s) => tracing::warn!("destination status of {}: {s}", vm.name),
+            }
+            if Instant::now() > deadline {
+                return Err(ControllerError::Internal(
+                    "destination never reported the VM running".into(),
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Tells `host` to drop an incoming VM (best effort).
+    pub(crate) async fn abort_incoming(&self, host: &str, id: &str) {
+        let Ok(addr) = self.agent_addr(host) else {
+            return;
+        };
+        let Ok(mut c) = self.agents.client(&addr) else {
+            return;
+        };
+        let r = apb::VmRequest {
+            request_id: String::new(),
+            vm_id: id.to_string(),
+        };
+        if let Err(s) = c.abort_incoming(request(r, CALL_TIMEOUT)).await {
+            tracing::warn!("abort incoming {id} on {host}: {s}");
+        }
+    }
+
+    /// Moves a stopped VM to another host: removes it from its source, creates it (not
+    /// started) on the target.
+    async fn cold_move(&self, id: &str) -> Result<String> {
+        let _g = self.lock_key(id).await;
+        let (vm, source, target) = {
+            let mut st = self.state();
+            let vm = st.find_vm(id)?.clone();
+            if vm.phase == pb::VmPhase::Running as i32 || vm.phase == pb::VmPhase::Migrating as i32
+            {
+                return Err(ControllerError::FailedPrecondition(format!(
+                    "vm {} is running",
+                    vm.name
+                )));
+            }
+            let source = vm.host.clone();
+            let needs = Needs::of(vm.spec.as_ref().unwrap_or(&pb::VmSpec::default()));
+            let exclude = [source.as_str()];
+            let target = st.sched.place(&needs.request(id, &exclude))?;
+            st.refresh_host_counts();
+            (vm, source, target)
+        };
+        let res = async {
+            self.agent_create(&target, &vm, false).await?;
+            self.agent_delete(&source, id).await
+        }
+        .await;
+        let mut st = self.state();
+        match res {
+            Ok(()) => {
+                let mut cur = st.find_vm(id)?.clone();
+                st.sched.release(&source, id);
+                cur.host = target.clone();
+                cur.phase = pb::VmPhase::Stopped as i32;
+                st.refresh_host_counts();
+                let cur = self.save_vm(&mut st, cur)?;
+                drop(st);
+                self.emit_vm(
+                    "VmMoved",
+                    &cur,
+                    format!("stopped vm moved {source} -> {target}"),
+                );
+                Ok(target)
+            }
+            Err(e) => {
+                st.sched.release(&target, id);
+                st.refresh_host_counts();
+                Err(e)
+            }
+        }
+    }
+
+    /// Drains a host: cordons it and moves every VM off it, `parallel` at a time.
+    pub async fn drain_host(
+        self: &Arc<Self>,
+        req: pb::DrainHostRequest,
+    ) -> Result<pb::DrainHostResponse> {
+        let name = req.host.clone();
+        {
+            let st = self.state();
+            let e = st.host(&name)?;
+            if !e.ready() {
+                return Err(ControllerError::FailedPrecondition(format!(
+                    "host {name} is NotReady: its VMs cannot be migrated live (they are restarted elsewhere per their restart policy)"
+                )));
+            }
+        }
+        let parallel = if req.parallel == 0 {
+            self.cfg.drain_parallel
+        } else {
+            req.parallel
+        }
+        .max(1);
+        let this = Arc::clone(self);
+        let rid = req.request_id.clone();
+        self.idempotent(&rid, "DrainHost", async move {
+            let (vms, was_cordoned) = {
+                let mut st = this.state();
+                let mut h = st.host(&name)?.host.clone();
+                let was = h.cordoned;
+                h.cordoned = true;
+                h.draining = true;
+                this.save_host(&mut st, h)?;
+                st.sched.set_schedulable(&name, false);
+                (st.vms_on(&name), was)
+            };
+            if !was_cordoned {
+                this.events.emit("HostCordoned", None, &name, "drain");
+            }
+            this.events.emit(
+                "DrainStarted",
+                None,
+                &name,
+                format!("{} vms, {parallel} at a time", vms.len()),
+            );
+            let sem = Arc::new(Semaphore::new(parallel as usize));
+            let mut tasks = tokio::task::JoinSet::new();
+            for id in vms {
+                let this = Arc::clone(&this);
+                let sem = Arc::clone(&sem);
+                tasks.spawn(async move {
+                    let _permit = sem.acquire_owned().await;
+                    let (vm_name, running) = match this.get_vm(&id) {
+                        Ok(vm) => (vm.name.clone(), vm.phase == pb::VmPhase::Running as i32),
+                        Err(_) => return (id, Ok(String::new())), // deleted meanwhile
+                    };
+                    let r = if running {
+                        this.migrate_locked(&id, "", apb::MigrateOptions::default())
+                            .await
+                            .map(|r| r.target_host)
+                    } else {
+                        this.cold_move(&id).await
+                    };
+                    (vm_name, r)
+                });
+            }
+            let mut moved = Vec::new();
+            let mut failed = Vec::new();
+            while let Some(res) = tasks.join_next().await {
+                let (vm, r) = res.map_err(|e| MigrationError::Task(e.to_string()))?;
+                match r {
+                    Ok(t) if t.is_empty() => {}
+                    Ok(t) => moved.push(format!("{vm} -> {t}")),
+                    Err(e) => failed.push(format!("{vm}: {e}")),
+                }
+            }
+            moved.sort();
+            failed.sort();
+            let host = {
+                let mut st = this.state();
+                let mut h = st.host(&name)?.host.clone();
+                h.draining = false;
+                this.save_host(&mut st, h)?;
+                st.host_view(&name)?
+            };
+            this.events.emit(
+                "DrainCompleted",
+                None,
+                &name,
+                format!("{} moved, {} failed", moved.len(), failed.len()),
+            );
+            Ok((
+                pb::DrainHostResponse {
+                    host: Some(host),
+                    moved,
+                    failed,
+                },
+                name.clone(),
+            ))
+        })
+        .await
+    }
+}

@@ -1,0 +1,494 @@
+//! Shared harness of the management-plane end-to-end tests (`mgmt_e2e.rs` with the real
+//! VMM and test guest, `mgmt_fake_vmm.rs` with the contract-following stand-in): spawns a
+//! real `novacron-controller` and `novacron-agent` processes on distinct loopback addresses
+//! (127.0.0.2, 127.0.0.3, ...), and cleans up every process it started (including the detached
+//! VMMs and their supervisors, found by the test's private directory in their command line)
+//! even when a test fails. Included with `#[path]` by the test files.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use novacron_proto::agent as apb;
+use novacron_proto::controller as pb;
+use novacron_proto::controller::host_service_client::HostServiceClient;
+use novacron_proto::controller::vm_service_client::VmServiceClient;
+use tonic::transport::Channel;
+
+/// Which VMM the agents run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vmm {
+    /// `novacron-vmm` booting the in-repo test guest.
+    Real,
+    /// `examples/fake_vmm` (the contract stand-in).
+    Fake,
+}
+
+/// Directory of the workspace binaries (`target/<profile>`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf()
+}
+
+/// Serialises the tests of one binary: they share 2 cores with real guests.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static L: OnceLock<Mutex<()>> = OnceLock::new();
+    L.get_or_init(|| Mutex::new(()))
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// Builds the binaries the scenarios run (once per test process). `cargo test` builds the
+/// executables of the package under test only, not the workspace's other binaries, so the
+/// agent, controller, novactl and VMM are brought up to date here with `cargo build` into the
+/// same target directory and profile.
+pub fn ensure_binaries(vmm: Vmm) {
+    static BUILT: OnceLock<Mutex<Vec<Vmm>>> = OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(|| Mutex::new(Vec::new()))
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if built.contains(&vmm) {
+        return;
+    }
+    let dir = bin_dir();
+    let mut need = vec![
+        dir.join("novacron-controller"),
+        dir.join("novacron-agent"),
+        dir.join("novactl"),
+    ];
+    match vmm {
+        Vmm::Real => need.push(dir.join("novacron-vmm")),
+        Vmm::Fake => need.push(dir.join("examples/fake_vmm")),
+    }
+    let profile = dir
+        .file_name()
+        .and_then(|s| s.to_str())
+        .unwrap_or("debug")
+        .to_string();
+    let target = dir.parent().expect("target dir").to_path_buf();
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "build",
+            "-p",
+            "novacron-agent",
+            "-p",
+            "novacron-controller",
+            "--bins",
+            "--examples",
+        ])
+        .arg("--target-dir")
+        .arg(&target);
+    if vmm == Vmm::Real {
+        cmd.args(["-p", "novacron-vmm"]);
+    }
+    if profile == "release" {
+        cmd.arg("--release");
+    }
+    let st = cmd
+        .status()
+        .expect("running cargo build for the management binaries");
+    assert!(
+        st.success(),
+        "cargo build of the management binaries failed"
+    );
+    for p in need {
+        assert!(p.is_file(), "{} missing after cargo build", p.display());
+    }
+    built.push(vmm);
+}
+
+/// A free TCP port on `ip`.
+pub fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0))
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A controller, agents and their VMs, all inside one private directory.
+pub struct Cluster {
+    /// Private directory (removed on success).
+    pub root: PathBuf,
+    /// VMM kind.
+    pub vmm: Vmm,
+    /// Kernel the VMs boot.
+    pub kernel: PathBuf,
+    /// Their command line.
+    pub cmdline: String,
+    /// Controller HOST:PORT.
+    pub ctl_addr: String,
+    /// Extra controller arguments.
+    pub ctl_args: Vec<String>,
+    agents: HashMap<String, (String, Vec<String>)>,
+    procs: HashMap<String, Child>,
+}
+
+impl Cluster {
+    /// An empty cluster; start processes with [`Cluster::start_controller`] and
+    /// [`Cluster::start_agent`].
+    pub fn new(tag: &str, vmm: Vmm, ctl_args: &[&str]) -> Self {
+        ensure_binaries(vmm);
+        let root = std::env::temp_dir().join(format!("ncm-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).expect("test dir");
+        let (kernel, cmdline) = match vmm {
+            Vmm::Real => (
+                PathBuf::from(novacron_images::TESTGUEST_ELF),
+                "workload=ab mib=16".to_string(),
+            ),
+            Vmm::Fake => {
+                let k = root.join("fake-kernel.elf");
+                std::fs::write(&k, b"not a kernel").expect("fake kernel");
+                (k, "workload=ab mib=16".to_string())
+            }
+        };
+        let ctl_addr = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+        Cluster {
+            root,
+            vmm,
+            kernel,
+            cmdline,
+            ctl_addr,
+            ctl_args: ctl_args.iter().map(|s| s.to_string()).collect(),
+            agents: HashMap::new(),
+            procs: HashMap::new(),
+        }
+    }
+
+    fn log(&self, name: &str) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join(format!("{name}.log")))
+            .expect("log file")
+    }
+
+    /// Starts (or restarts) the controller.
+    pub fn start_controller(&mut self) {
+        let child = Command::new(bin_dir().join("novacron-controller"))
+            .args(["--listen", &self.ctl_addr, "--data-dir"])
+            .arg(self.root.join("controller"))
+            .args(&self.ctl_args)
+            .stdin(Stdio::null())
+            .stdout(self.log("controller"))
+            .stderr(self.log("controller"))
+            .spawn()
+            .expect("spawn controller");
+        self.procs.insert("controller".into(), child);
+    }
+
+    /// Starts (or restarts, with the same address) an agent named `name` on loopback `ip`.
+    pub fn start_agent(&mut self, name: &str, ip: &str, extra: &[&str]) {
+        let (addr, extra) = match self.agents.get(name) {
+            Some(a) => a.clone(),
+            None => {
+                let a = (
+                    format!("{ip}:{}", free_port(ip)),
+                    extra.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                );
+                self.agents.insert(name.to_string(), a.clone());
+                a
+            }
+        };
+        let vmm = match self.vmm {
+            Vmm::Real => bin_dir().join("novacron-vmm"),
+            Vmm::Fake => bin_dir().join("examples/fake_vmm"),
+        };
+        let child = Command::new(bin_dir().join("novacron-agent"))
+            .args([
+                "--listen",
+                &addr,
+                "--controller",
+                &self.ctl_addr,
+                "--name",
+                name,
+                "--data-dir",
+            ])
+            .arg(self.root.join(name))
+            .arg("--vmm-binary")
+            .arg(vmm)
+            .args(["--stop-timeout-ms", "3000"])
+            .args(&extra)
+            .stdin(Stdio::null())
+            .stdout(self.log(name))
+            .stderr(self.log(name))
+            .spawn()
+            .expect("spawn agent");
+        self.procs.insert(name.to_string(), child);
+    }
+
+    /// SIGKILLs a process this cluster started ("controller" or an agent name).
+    pub fn kill(&mut self, name: &str) {
+        if let Some(mut c) = self.procs.remove(name) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// VM service client.
+    pub async fn vms(&self) -> VmServiceClient<Channel> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match VmServiceClient::connect(format!("http://{}", self.ctl_addr)).await {
+                Ok(c) => return c,
+                Err(e) if Instant::now() > deadline => panic!("controller unreachable: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Host service client.
+    pub async fn hosts(&self) -> HostServiceClient<Channel> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match HostServiceClient::connect(format!("http://{}", self.ctl_addr)).await {
+                Ok(c) => return c,
+                Err(e) if Instant::now() > deadline => panic!("controller unreachable: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Waits until `n` hosts are Ready.
+    pub async fn wait_ready_hosts(&self, n: usize) {
+        let mut h = self.hosts().await;
+        wait_for(&format!("{n} ready hosts"), Duration::from_secs(30), || {
+            let mut h = h.clone();
+            async move {
+                let r = h
+                    .list_hosts(pb::ListHostsRequest::default())
+                    .await
+                    .ok()?
+                    .into_inner();
+                (r.hosts
+                    .iter()
+                    .filter(|h| h.state == pb::HostState::Ready as i32)
+                    .count()
+                    >= n)
+                    .then_some(())
+            }
+        })
+        .await;
+        let _ = h.list_hosts(pb::ListHostsRequest::default()).await;
+    }
+
+    /// A VM spec for the cluster's guest.
+    pub fn spec(&self, name: &str, memory_mib: i64) -> pb::VmSpec {
+        pb::VmSpec {
+            name: name.to_string(),
+            vcpus: 1,
+            memory_mib,
+            kernel: self.kernel.display().to_string(),
+            cmdline: self.cmdline.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// Runs novactl against this cluster's controller; returns (success, stdout, stderr).
+    pub fn novactl(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(bin_dir().join("novactl"))
+            .args(["--controller", &self.ctl_addr])
+            .args(args)
+            .output()
+            .expect("run novactl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Kills every process whose command line mentions this cluster's directory (VMMs and
+    /// supervisors are detached from the agents, by design).
+    fn kill_leftovers(&self) {
+        let needle = self.root.as_os_str().as_encoded_bytes().to_vec();
+        let me = std::process::id();
+        let Ok(rd) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            if cmd.windows(needle.len()).any(|w| w == needle.as_slice()) {
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let names: Vec<String> = self.procs.keys().cloned().collect();
+        for n in names {
+            self.kill(&n);
+        }
+        self.kill_leftovers();
+        if std::thread::panicking() {
+            eprintln!("test cluster kept for inspection: {}", self.root.display());
+            for f in ["controller.log", "node-a.log", "node-b.log"] {
+                if let Ok(s) = std::fs::read_to_string(self.root.join(f)) {
+                    let tail: Vec<&str> = s.lines().rev().take(30).collect();
+                    eprintln!("--- {f} (last lines)");
+                    for l in tail.iter().rev() {
+                        eprintln!("{l}");
+                    }
+                }
+            }
+        } else {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
+/// Polls `f` until it yields a value, or panics after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Gets a VM.
+pub async fn get(c: &mut VmServiceClient<Channel>, vm: &str) -> pb::Vm {
+    c.get_vm(pb::GetVmRequest { vm: vm.to_string() })
+        .await
+        .expect("get vm")
+        .into_inner()
+}
+
+/// All VMs.
+pub async fn list(c: &mut VmServiceClient<Channel>) -> Vec<pb::Vm> {
+    let mut all = Vec::new();
+    let mut token = String::new();
+    loop {
+        let r = c
+            .list_vms(pb::ListVmsRequest {
+                page_size: 2,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        all.extend(r.vms);
+        if r.next_page_token.is_empty() {
+            return all;
+        }
+        token = r.next_page_token;
+    }
+}
+
+/// Waits until the VM's phase is `phase`.
+pub async fn wait_phase(
+    c: &VmServiceClient<Channel>,
+    vm: &str,
+    phase: pb::VmPhase,
+    timeout: Duration,
+) -> pb::Vm {
+    wait_for(&format!("vm {vm} {phase:?}"), timeout, || {
+        let mut c = c.clone();
+        let vm = vm.to_string();
+        async move {
+            let v = c.get_vm(pb::GetVmRequest { vm }).await.ok()?.into_inner();
+            (v.phase == phase as i32).then_some(v)
+        }
+    })
+    .await
+}
+
+/// The VM's console log path on its host.
+pub fn console(vm: &pb::Vm) -> PathBuf {
+    PathBuf::from(
+        vm.status
+            .as_ref()
+            .map(|s| s.console_log.clone())
+            .unwrap_or_default(),
+    )
+}
+
+/// Lines of a console log matching `needle`.
+pub fn count_lines(path: &Path, needle: &str) -> usize {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().filter(|l| l.contains(needle)).count())
+        .unwrap_or(0)
+}
+
+/// Waits until the console log has at least `n` lines containing `needle`.
+pub async fn wait_console(path: &Path, needle: &str, n: usize, timeout: Duration) {
+    let p = path.to_path_buf();
+    wait_for(
+        &format!("{n} x {needle:?} in {}", p.display()),
+        timeout,
+        || {
+            let p = p.clone();
+            async move { (count_lines(&p, needle) >= n).then_some(()) }
+        },
+    )
+    .await
+}
+
+/// The VMM pid a VM reports.
+pub fn pid(vm: &pb::Vm) -> i32 {
+    vm.status.as_ref().map(|s| s.pid).unwrap_or(0)
+}
+
+/// Whether a pid is alive.
+pub fn alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks existence.
+    pid > 0
+        && unsafe { libc::kill(pid, 0) } == 0
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                !s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(false)
+}
+
+/// The agent state of a VM status.
+pub fn agent_state(vm: &pb::Vm) -> apb::VmState {
+    apb::VmState::try_from(vm.status.as_ref().map(|s| s.state).unwrap_or(0))
+        .unwrap_or(apb::VmState::Unspecified)
+}
+
+/// How long a guest takes to print its first self-check.
+pub fn guest_timeout(vmm: Vmm) -> Duration {
+    match vmm {
+        Vmm::Real => Duration::from_secs(60),
+        Vmm::Fake => Duration::from_secs(10),
+    }
+}
