@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The main job: boots the test guest running the `ab` workload (64 MiB dirtied continuously)
-# on one VMM, live-migrates it over loopback TCP to a second VMM with page-by-page
+# The main job. Part 1 (the VMM): boots the test guest running the `ab` workload (64 MiB
+# dirtied continuously), live-migrates it over loopback TCP to a second VMM with page-by-page
 # verification, and shows the guest's self-check still passing on the destination.
+# Part 2 (the management plane): a controller and two agents on this machine create VMs from
+# the test guest, live-migrate one and drain a host (controller/scripts/demo.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --release --workspace --bins
-bin=target/release
+cargo build --workspace --bins
+bin=${CARGO_TARGET_DIR:-target}/debug
 guest=$bin/novacron-testguest.elf
 work=$(mktemp -d /tmp/novacron-demo.XXXXXX)
 cleanup() { kill "${src:-}" "${dst:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -40,3 +42,7 @@ echo "== destination serial after migration:"
 tail -4 "$work/dst.log"
 $bin/novacron-vmm info --api-socket "$work/dst.sock"
 $bin/novacron-vmm shutdown --api-socket "$work/dst.sock"
+
+echo
+echo "== part 2: management plane (controller + two agents)"
+bash controller/scripts/demo.sh
