@@ -101,7 +101,7 @@ impl Runtime {
             s => return Err(format!("cannot snapshot while {}", s.name())),
         };
         if was_running {
-            m.control().pause();
+            m.pause_all();
         }
         let mut base = self.diff_base.lock().unwrap_or_else(|p| p.into_inner());
         let r = crate::snapshot::write(
@@ -113,7 +113,7 @@ impl Runtime {
         );
         drop(base);
         if was_running {
-            m.control().resume();
+            m.resume_all();
         }
         let info = r.map_err(|e| format!("snapshot failed: {e}"))?;
         serde_json::to_value(info).map_err(|e| e.to_string())
@@ -184,7 +184,7 @@ impl Handler for Runtime {
                     Lifecycle::Paused => return Ok(json!({})),
                     s => return Err(format!("cannot pause while {}", s.name())),
                 }
-                self.machine()?.control().pause();
+                self.machine()?.pause_all();
                 self.set_state(Lifecycle::Paused);
                 Ok(json!({}))
             }
@@ -194,7 +194,7 @@ impl Handler for Runtime {
                     Lifecycle::Running => return Ok(json!({})),
                     s => return Err(format!("cannot resume while {}", s.name())),
                 }
-                self.machine()?.control().resume();
+                self.machine()?.resume_all();
                 self.set_state(Lifecycle::Running);
                 Ok(json!({}))
             }

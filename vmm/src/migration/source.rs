@@ -371,7 +371,7 @@ pub fn migrate(
             );
             let _ = s.out.flush();
             m.vm.set_dirty_logging(false).ok();
-            m.control().resume();
+            m.resume_all();
             Err(e)
         }
     }
@@ -489,7 +489,7 @@ fn precopy(
     if let Some(t) = throttle {
         t.halt();
     }
-    m.control().pause();
+    m.pause_all();
     let t_pause = Instant::now();
     protocol::write_frame(&mut s.out, FrameType::Switchover, &[])?;
     // `dirty` still holds the pages collected when the loop decided to switch over: add what
