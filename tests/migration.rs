@@ -19,26 +19,6 @@ fn migrate(src: &Vmm, port: u16, extra: &[&str]) -> (bool, serde_json::Value, St
     (ok, v, err)
 }
 
-fn incoming(dir: &Scratch, name: &str, port: u16, memory: &str) -> Vmm {
-    let addr = format!("tcp:127.0.0.1:{port}");
-    let mut v = Vmm::start(
-        dir,
-        name,
-        &["--incoming", addr.as_str(), "--memory", memory],
-    );
-    // Wait until it listens, so a relay in front of it can connect.
-    let deadline = std::time::Instant::now() + T;
-    while !v.err().contains("waiting for incoming migration") {
-        assert!(v.alive(), "destination exited: {}", v.err());
-        assert!(
-            std::time::Instant::now() < deadline,
-            "destination never listened"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    v
-}
-
 /// Asserts the source guest is still alive and making progress after a failed migration.
 fn source_keeps_running(src: &mut Vmm) {
     assert!(src.alive(), "source VMM died: {}", src.err());

@@ -46,25 +46,6 @@ fn relay(to: u16, extra: &[&str]) -> Relay {
     Relay(c, port)
 }
 
-fn incoming(dir: &Scratch, name: &str, port: u16, memory: &str) -> Vmm {
-    let addr = format!("tcp:127.0.0.1:{port}");
-    let mut v = Vmm::start(
-        dir,
-        name,
-        &["--incoming", addr.as_str(), "--memory", memory],
-    );
-    let deadline = std::time::Instant::now() + T;
-    while !v.err().contains("waiting for incoming migration") {
-        assert!(v.alive(), "destination exited: {}", v.err());
-        assert!(
-            std::time::Instant::now() < deadline,
-            "destination never listened"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    v
-}
-
 fn migrate_through_relay(workload: &str, encoding: &str) -> serde_json::Value {
     let tag = format!(
         "wan-{}-{encoding}",

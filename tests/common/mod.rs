@@ -227,3 +227,21 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("free port")
 }
+
+/// Starts a destination VMM with `--incoming tcp:127.0.0.1:PORT` and waits until it listens
+/// (so a relay in front of it can connect).
+pub fn incoming(dir: &Scratch, name: &str, port: u16, memory: &str) -> Vmm {
+    let addr = format!("tcp:127.0.0.1:{port}");
+    let mut v = Vmm::start(
+        dir,
+        name,
+        &["--incoming", addr.as_str(), "--memory", memory],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !v.err().contains("waiting for incoming migration") {
+        assert!(v.alive(), "destination exited: {}", v.err());
+        assert!(Instant::now() < deadline, "destination never listened");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    v
+}

@@ -207,15 +207,21 @@ impl Sender<'_> {
     /// Ends a round and waits until the destination has applied it.
     fn end_round(&mut self, round: u32) -> Result<(), MigrationError> {
         protocol::write_json(&mut self.out, FrameType::RoundEnd, &RoundEnd { round })?;
+        self.expect_reply(FrameType::RoundAck, "RoundAck")
+            .map(|_| ())
+    }
+
+    /// Reads the destination's next frame and checks it is of `kind`.
+    fn expect_reply(
+        &mut self,
+        kind: FrameType,
+        want: &'static str,
+    ) -> Result<protocol::Frame, MigrationError> {
         let f = self.read_reply()?;
-        if f.kind != FrameType::RoundAck {
-            return Err(protocol::ProtocolError::Unexpected {
-                got: f.kind,
-                want: "RoundAck",
-            }
-            .into());
+        if f.kind != kind {
+            return Err(protocol::ProtocolError::Unexpected { got: f.kind, want }.into());
         }
-        Ok(())
+        Ok(f)
     }
 
     fn read_reply(&mut self) -> Result<protocol::Frame, MigrationError> {
@@ -307,14 +313,7 @@ pub fn migrate(
         encodings: Encoding::ALL.iter().map(|e| e.name().to_string()).collect(),
     };
     protocol::write_json(&mut s.out, FrameType::Hello, &hello)?;
-    let reply = s.read_reply()?;
-    if reply.kind != FrameType::HelloAck {
-        return Err(protocol::ProtocolError::Unexpected {
-            got: reply.kind,
-            want: "HelloAck",
-        }
-        .into());
-    }
+    let reply = s.expect_reply(FrameType::HelloAck, "HelloAck")?;
     let ack: HelloAck = reply.json()?;
     if !ack.ok {
         return Err(MigrationError::Refused(ack.error));
@@ -504,14 +503,7 @@ fn precopy(
         send_verify(s, m)?;
     }
     protocol::write_frame(&mut s.out, FrameType::Complete, &[])?;
-    let reply = s.read_reply()?;
-    if reply.kind != FrameType::Confirm {
-        return Err(protocol::ProtocolError::Unexpected {
-            got: reply.kind,
-            want: "Confirm",
-        }
-        .into());
-    }
+    let reply = s.expect_reply(FrameType::Confirm, "Confirm")?;
     let confirm: Confirm = reply.json()?;
     if !confirm.ok {
         return Err(MigrationError::Refused(confirm.error));
