@@ -4,9 +4,11 @@
 //! On the nested-KVM CI hosts Linux gets only as far as its early boot messages (about a
 //! minute) before it stops on an instruction the host kernel does not emulate, so this test
 //! checks the boot path as far as it goes: the kernel's `Linux version` banner, the command
-//! line we passed (with a random marker), and the e820 map the VMM handed over, which must
-//! describe 512 MiB of RAM. On hardware KVM the guest goes on to print
-//! `NOVACRON-LINUX READY` and power off; if that line shows up it is checked as well.
+//! line we passed (with a random marker), the e820 map the VMM handed over, which must
+//! describe 512 MiB of RAM, and that the kernel parsed the VMM's ACPI tables (RSDP, XSDT,
+//! MADT) and took its 2 CPUs from the MADT (`smpboot: Allowing 2 CPUs`). On hardware KVM the
+//! guest goes on to print `NOVACRON-LINUX READY` and power off; if that line shows up it is
+//! checked as well.
 //!
 //! Needs /dev/kvm, root (apt-get) and the Debian mirrors; nothing is skipped.
 //! `novacron-vmm` must already be built in the same target dir and profile as this test
@@ -21,6 +23,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const MIB: u64 = 1 << 20;
 const GUEST_MEMORY_MIB: u64 = 512;
+/// vCPUs: the kernel must find exactly these in the MADT.
+const GUEST_VCPUS: u32 = 2;
 /// How long the guest may take to print its early boot messages, counted in CPU time of the
 /// VMM process (on an idle nested-KVM host that is about a minute, and wall time is about the
 /// same; on a host busy with other work wall time stretches, CPU time does not).
@@ -239,6 +243,10 @@ struct Progress {
     e820: Vec<E820Entry>,
     /// The e820 map is complete (a line after the last entry has been printed).
     e820_done: bool,
+    /// The kernel found the VMM's RSDP and listed the MADT ("ACPI: APIC ...").
+    acpi_tables: bool,
+    /// "smpboot: Allowing N CPUs": the CPUs the kernel took from the MADT.
+    smp_cpus: Option<String>,
     ready: bool,
 }
 
@@ -263,12 +271,20 @@ impl Progress {
             cmdline: line_with("Command line:", Some(marker)),
             e820,
             e820_done,
+            acpi_tables: log.contains("ACPI: RSDP 0x00000000000E0000")
+                && log.contains("ACPI: APIC 0x"),
+            smp_cpus: line_with("smpboot: Allowing ", None),
             ready: log.contains("NOVACRON-LINUX READY"),
         }
     }
 
     fn complete(&self) -> bool {
         self.banner.is_some() && self.cmdline.is_some() && self.e820_done
+    }
+
+    /// Also past the kernel's MADT parsing (`smpboot: Allowing N CPUs`).
+    fn complete_with_acpi(&self) -> bool {
+        self.complete() && self.smp_cpus.is_some()
     }
 }
 
@@ -333,6 +349,7 @@ fn linux_boots_to_early_banner_with_our_cmdline_and_e820() {
         .arg("--initrd")
         .arg(&initrd)
         .args(["--memory", &format!("{GUEST_MEMORY_MIB}M")])
+        .args(["--vcpus", &GUEST_VCPUS.to_string()])
         .args(["--cmdline", &cmdline])
         .arg("--serial")
         .arg(format!("file:{}", serial.display()))
@@ -366,14 +383,14 @@ fn linux_boots_to_early_banner_with_our_cmdline_and_e820() {
         if seen_cmdline.is_none() && progress.cmdline.is_some() {
             seen_cmdline = Some(started.elapsed());
         }
-        if progress.complete() {
+        if progress.complete_with_acpi() {
             break (progress, log);
         }
         if let Some(status) = guard.child.try_wait().expect("try_wait") {
             // Whatever it wrote before exiting is in the file now.
             let log = read_lossy(&serial);
             let progress = Progress::from_log(&log, &marker);
-            if progress.complete() {
+            if progress.complete_with_acpi() {
                 break (progress, log);
             }
             panic!(
@@ -458,6 +475,29 @@ fn linux_boots_to_early_banner_with_our_cmdline_and_e820() {
             )
         );
     }
+    // ACPI: the kernel parsed our RSDP/XSDT/MADT and took its CPUs from the MADT.
+    assert!(
+        progress.acpi_tables,
+        "{}",
+        diagnostics("the kernel did not list our ACPI tables", &log)
+    );
+    assert!(
+        log.contains("ACPI: Using ACPI (MADT) for SMP configuration information"),
+        "{}",
+        diagnostics("the kernel did not use the MADT", &log)
+    );
+    let cpus = progress.smp_cpus.as_deref().unwrap_or("");
+    assert!(
+        cpus.contains(&format!(
+            "smpboot: Allowing {GUEST_VCPUS} CPUs, 0 hotplug CPUs"
+        )),
+        "{}",
+        diagnostics(
+            &format!("the kernel found other CPUs than the MADT's {GUEST_VCPUS}: {cpus}"),
+            &log
+        )
+    );
+    eprintln!("{cpus}");
     if progress.ready {
         // Only on hosts where the guest gets to user space (hardware KVM).
         let after = &log[log.find("NOVACRON-LINUX READY").unwrap()..];

@@ -127,7 +127,11 @@ fn set_memory_slots(fd: &VmFd, regions: &[RegionInfo], dirty_log: bool) -> Resul
             guest_phys_addr: r.guest_addr,
             memory_size: r.size,
             userspace_addr: r.host_addr,
-            flags: if dirty_log { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+            flags: if dirty_log {
+                KVM_MEM_LOG_DIRTY_PAGES
+            } else {
+                0
+            },
         };
         // SAFETY: the host range [host_addr, host_addr+size) is a live mapping owned by the
         // GuestMem that outlives the VM (the VMM keeps both for the process lifetime), and

@@ -73,6 +73,14 @@ pub mod reg {
     pub const QUEUE_USED_LOW: u64 = 0x0a0;
     /// Used ring address, high (W).
     pub const QUEUE_USED_HIGH: u64 = 0x0a4;
+    /// Shared memory region length, low 32 bits (R; no regions: all ones).
+    pub const SHM_LEN_LOW: u64 = 0x0b0;
+    /// Shared memory region length, high (R).
+    pub const SHM_LEN_HIGH: u64 = 0x0b4;
+    /// Shared memory region base, low (R).
+    pub const SHM_BASE_LOW: u64 = 0x0b8;
+    /// Shared memory region base, high (R).
+    pub const SHM_BASE_HIGH: u64 = 0x0bc;
     /// Configuration generation (R).
     pub const CONFIG_GENERATION: u64 = 0x0fc;
     /// Start of the device-specific configuration space.
@@ -463,6 +471,10 @@ impl MmioTransport {
             reg::QUEUE_AVAIL_HIGH => q.map_or(0, |q| (q.avail_ring() >> 32) as u32),
             reg::QUEUE_USED_LOW => q.map_or(0, |q| q.used_ring() as u32),
             reg::QUEUE_USED_HIGH => q.map_or(0, |q| (q.used_ring() >> 32) as u32),
+            // No shared memory regions: a length of -1 says so.
+            reg::SHM_LEN_LOW | reg::SHM_LEN_HIGH | reg::SHM_BASE_LOW | reg::SHM_BASE_HIGH => {
+                u32::MAX
+            }
             _ => 0,
         }
     }
