@@ -5,6 +5,7 @@
 //! | `blk` | writes a seeded pattern to `sectors` sectors of disk `disk` (from `sector`), flushes, reads back, verifies |
 //! | `blkro` | expects a read-only disk: a write must fail with `VIRTIO_BLK_S_IOERR`, a read must succeed |
 //! | `blkread` | reads `sectors` sectors and verifies the pattern of `seed` (written by the host) |
+//! | `blkloop` | like `blk`, forever, with the seed advancing each pass (disk I/O during migration) |
 //! | `blkbench` | sequential writes then reads of `mib` MiB in `bs`-byte requests, `qd` in flight |
 //! | `net` | sends `frames` frames, then echoes `rx` frames sent by the host |
 //! | `netbench` | `dir=tx`: sends `frames` frames of `size` bytes; `dir=rx`: counts frames received |
@@ -92,6 +93,7 @@ pub fn dispatch(cmdline: &'static [u8], boot: &BootInfo) {
         b"blkro" => "blkro",
         b"blkread" => "blkread",
         b"blkbench" => "blkbench",
+        b"blkloop" => "blkloop",
         b"net" => "net",
         b"netbench" => "netbench",
         b"smp" => "smp",
@@ -104,7 +106,9 @@ pub fn dispatch(cmdline: &'static [u8], boot: &BootInfo) {
     }
     outln!("READY workload={name} hz={hz}");
     match name {
-        "blk" | "blkro" | "blkread" | "blkbench" => crate::virtio_blk::run(name, cmdline, boot),
+        "blk" | "blkro" | "blkread" | "blkbench" | "blkloop" => {
+            crate::virtio_blk::run(name, cmdline, boot)
+        }
         "net" | "netbench" => crate::virtio_net::run(name, cmdline, boot),
         "smp" => crate::smp::run(cmdline, boot),
         _ => crate::acpi::run(cmdline),

@@ -204,7 +204,7 @@ pub fn run(name: &str, cmdline: &'static [u8], boot: &BootInfo) -> ! {
                 );
             }
         }
-        "blk" | "blkread" => {
+        "blk" | "blkread" | "blkloop" => {
             if start + sectors > blk.capacity {
                 fail(name, "sectors beyond the disk");
             }
@@ -215,61 +215,87 @@ pub fn run(name: &str, cmdline: &'static [u8], boot: &BootInfo) -> ! {
             let Some(rbuf) = alloc.take(bytes, 4096) else {
                 fail(name, "out of memory")
             };
-            let t0 = sys::ticks();
-            if name == "blk" {
-                fill_pattern(wbuf, bytes, seed, start * SECTOR);
+            let mut seed = seed;
+            loop {
+                let t0 = sys::ticks();
+                if name != "blkread" {
+                    write_pattern(name, &mut blk, wbuf, start, sectors, per_req, seed);
+                }
                 let mut s = 0;
                 while s < sectors {
                     let n = per_req.min(sectors - s);
-                    let st = blk.request(T_OUT, start + s, wbuf + s * SECTOR, (n * SECTOR) as u32);
-                    if st.map(|x| x.0) != Some(S_OK) {
-                        outln!(
-                            "CHECK FAIL workload=blk op=write sector={} status={:?}",
-                            start + s,
-                            st.map(|x| x.0)
-                        );
-                        sys::idle_forever();
+                    let st = blk.request(T_IN, start + s, rbuf + s * SECTOR, (n * SECTOR) as u32);
+                    match st {
+                        Some((S_OK, len)) if len as u64 == n * SECTOR + 1 => {}
+                        other => {
+                            outln!(
+                                "CHECK FAIL workload={name} op=read sector={} result={other:?}",
+                                start + s
+                            );
+                            sys::idle_forever();
+                        }
                     }
                     s += n;
                 }
-                let fl = blk.request(T_FLUSH, 0, 0, 0).map(|x| x.0);
-                if fl != Some(S_OK) {
-                    outln!("CHECK FAIL workload=blk op=flush status={fl:?}");
-                    sys::idle_forever();
-                }
-                outln!("BLK wrote sectors={sectors} from={start} seed={seed}");
-            }
-            let mut s = 0;
-            while s < sectors {
-                let n = per_req.min(sectors - s);
-                let st = blk.request(T_IN, start + s, rbuf + s * SECTOR, (n * SECTOR) as u32);
-                match st {
-                    Some((S_OK, len)) if len as u64 == n * SECTOR + 1 => {}
-                    other => {
+                match check_pattern(rbuf, bytes, seed, start * SECTOR) {
+                    None => outln!(
+                        "CHECK PASS workload={name} sectors={sectors} seed={seed} ticks={}",
+                        sys::ticks() - t0
+                    ),
+                    Some(off) => {
                         outln!(
-                            "CHECK FAIL workload={name} op=read sector={} result={other:?}",
-                            start + s
+                            "CHECK FAIL workload={name} mismatch_at_byte={}",
+                            start * SECTOR + off
                         );
                         sys::idle_forever();
                     }
                 }
-                s += n;
-            }
-            match check_pattern(rbuf, bytes, seed, start * SECTOR) {
-                None => outln!(
-                    "CHECK PASS workload={name} sectors={sectors} seed={seed} ticks={}",
-                    sys::ticks() - t0
-                ),
-                Some(off) => outln!(
-                    "CHECK FAIL workload={name} mismatch_at_byte={}",
-                    start * SECTOR + off
-                ),
+                if name != "blkloop" {
+                    break;
+                }
+                seed += 1;
             }
         }
         _ => bench(&mut blk, &mut alloc, mib, bs, qd),
     }
     outln!("DONE workload={name}");
     sys::idle_forever();
+}
+
+/// Writes the pattern of `seed` to `sectors` sectors from `start` and flushes; a failure is
+/// reported and ends the workload.
+fn write_pattern(
+    name: &str,
+    blk: &mut Blk,
+    wbuf: u64,
+    start: u64,
+    sectors: u64,
+    per_req: u64,
+    seed: u64,
+) {
+    fill_pattern(wbuf, sectors * SECTOR, seed, start * SECTOR);
+    let mut s = 0;
+    while s < sectors {
+        let n = per_req.min(sectors - s);
+        let st = blk.request(T_OUT, start + s, wbuf + s * SECTOR, (n * SECTOR) as u32);
+        if st.map(|x| x.0) != Some(S_OK) {
+            outln!(
+                "CHECK FAIL workload={name} op=write sector={} status={:?}",
+                start + s,
+                st.map(|x| x.0)
+            );
+            sys::idle_forever();
+        }
+        s += n;
+    }
+    let fl = blk.request(T_FLUSH, 0, 0, 0).map(|x| x.0);
+    if fl != Some(S_OK) {
+        outln!("CHECK FAIL workload={name} op=flush status={fl:?}");
+        sys::idle_forever();
+    }
+    if name == "blk" {
+        outln!("BLK wrote sectors={sectors} from={start} seed={seed}");
+    }
 }
 
 /// Sequential writes then reads of `mib` MiB in `bs`-byte requests with `qd` in flight.
