@@ -104,9 +104,15 @@ pub fn touched_pages(m: &Machine) -> PageBitmap {
 /// ORs into `out` the pages written since the logs were last read (KVM's log, which must be
 /// enabled, and the vm-memory bitmap), clearing both.
 pub fn collect(m: &Machine, out: &mut PageBitmap) -> Result<(), VmError> {
+    collect_with(m, out, true)
+}
+
+/// Like [`collect`]; with `rearm_now` false and KVM's manual-protect mode on, the pages stay
+/// writable in KVM until [`rearm`] is called for them (just before they are read).
+fn collect_with(m: &Machine, out: &mut PageBitmap, rearm_now: bool) -> Result<(), VmError> {
     for (slot, r) in m.mem.iter().enumerate() {
         let first = r.start_addr().0 / PAGE_SIZE;
-        let kvm =
+        let mut kvm =
             m.vm.fd
                 .get_dirty_log(slot as u32, r.len() as usize)
                 .map_err(|source| VmError::Ioctl {
@@ -114,8 +120,43 @@ pub fn collect(m: &Machine, out: &mut PageBitmap) -> Result<(), VmError> {
                     source,
                 })?;
         merge_bits(&mut out.words, first, &kvm);
+        if m.vm.manual_protect && rearm_now {
+            for (i, chunk) in kvm.chunks_mut(REARM_WORDS).enumerate() {
+                m.vm.clear_dirty_log(slot as u32, (i * REARM_WORDS * 64) as u64, chunk)?;
+            }
+        }
         let vmm_writes = std::ops::Deref::deref(r).bitmap().get_and_reset();
         merge_bits(&mut out.words, first, &vmm_writes);
+    }
+    Ok(())
+}
+
+/// Bitmap words re-protected per KVM_CLEAR_DIRTY_LOG call (4096 pages, 16 MiB).
+pub const REARM_WORDS: usize = 64;
+
+/// Re-protects in KVM the pages of `words`, a window of `bits` starting at bitmap word
+/// `word_index` (manual-protect mode; a no-op otherwise). Call right before reading them.
+pub fn rearm(m: &Machine, word_index: usize, words: &[u64]) -> Result<(), VmError> {
+    if !m.vm.manual_protect {
+        return Ok(());
+    }
+    let first_pfn = word_index as u64 * 64;
+    for r in &m.vm.regions {
+        let (start, pages) = (r.guest_addr / PAGE_SIZE, r.size / PAGE_SIZE);
+        let end = start + pages;
+        let last_pfn = first_pfn + words.len() as u64 * 64;
+        if last_pfn <= start || first_pfn >= end {
+            continue;
+        }
+        // Regions start on 64-page boundaries, so windows map to whole bitmap words.
+        let lo = first_pfn.max(start);
+        let hi = last_pfn.min(end);
+        let (w0, w1) = (
+            ((lo - first_pfn) / 64) as usize,
+            (hi - first_pfn).div_ceil(64) as usize,
+        );
+        let mut chunk = words[w0..w1.min(words.len())].to_vec();
+        m.vm.clear_dirty_log(r.slot, lo - start, &mut chunk)?;
     }
     Ok(())
 }
@@ -138,6 +179,13 @@ impl<'a> DirtyTracker<'a> {
     /// ORs the pages written since the previous call into `out` and clears the logs.
     pub fn collect_into(&mut self, out: &mut PageBitmap) -> Result<(), VmError> {
         collect(self.m, out)
+    }
+
+    /// Like [`DirtyTracker::collect_into`], but in manual-protect mode leaves the pages
+    /// writable until [`rearm`] is called for them: the sender re-protects each window just
+    /// before reading it.
+    pub fn collect_deferred(&mut self, out: &mut PageBitmap) -> Result<(), VmError> {
+        collect_with(self.m, out, false)
     }
 
     /// Turns KVM dirty logging off.

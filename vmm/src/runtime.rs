@@ -151,7 +151,7 @@ impl Runtime {
     }
 
     fn info(&self) -> Value {
-        let (vcpus, mib, kernel) = match self.machine.get() {
+        let (vcpus, mib, kernel, dirty_log) = match self.machine.get() {
             Some(m) => (
                 u32::from(m.config.vcpus),
                 m.config.memory >> 20,
@@ -160,8 +160,13 @@ impl Runtime {
                     .as_ref()
                     .map(|k| k.display().to_string())
                     .unwrap_or_default(),
+                if m.vm.manual_protect {
+                    "manual-protect"
+                } else {
+                    "plain"
+                },
             ),
-            None => (0, 0, String::new()),
+            None => (0, 0, String::new(), ""),
         };
         json!({
             "state": self.state().name(),
@@ -170,6 +175,7 @@ impl Runtime {
             "pid": std::process::id(),
             "uptime_ms": self.started.elapsed().as_millis() as u64,
             "kernel": kernel,
+            "dirty_log": dirty_log,
         })
     }
 }

@@ -163,12 +163,14 @@ impl Sender<'_> {
     }
 
     /// Sends the pages set in `pages`; zero pages are skipped when `skip_zero` (the
-    /// destination starts zeroed), else sent as zero markers.
+    /// destination starts zeroed), else sent as zero markers. With `rearm`, each window of
+    /// pages is re-protected in KVM just before it is read (manual-protect mode).
     fn send_pass(
         &mut self,
         pages: &PageBitmap,
         encoding: Encoding,
         skip_zero: bool,
+        rearm: bool,
     ) -> Result<PassStats, MigrationError> {
         let before = self.out.sent;
         let mut st = PassStats {
@@ -180,7 +182,14 @@ impl Sender<'_> {
         if self.batch.len() < limit {
             self.batch.resize(limit, [0u8; PAGE_SIZE]);
         }
+        let mut armed_to = 0usize; // bitmap words re-protected so far (manual-protect mode)
         for pfn in pages.iter() {
+            let word = (pfn / 64) as usize;
+            if rearm && word >= armed_to {
+                let end = (word + dirty::REARM_WORDS).min(pages.words.len());
+                dirty::rearm(self.m, word, &pages.words[word..end])?;
+                armed_to = end;
+            }
             let slot = self.pfns.len();
             let buf = &mut self.batch[slot];
             self.m
@@ -399,7 +408,7 @@ fn precopy(
     let touched = dirty::touched_pages(m);
     let mut round_start = Instant::now();
     let enc = pick(opts.bandwidth.map(|b| b as f64));
-    let st = s.send_pass(&touched, enc, true)?;
+    let st = s.send_pass(&touched, enc, true, false)?;
     s.end_round(0)?;
     let mut elapsed = round_start.elapsed().as_secs_f64();
     rounds.push(RoundSummary {
@@ -423,7 +432,7 @@ fn precopy(
     let mut stuck = 0u32;
     loop {
         dirty.clear();
-        tracker.collect_into(&mut dirty)?;
+        tracker.collect_deferred(&mut dirty)?;
         let n = dirty.count();
         let dirty_rate = n as f64 / elapsed.max(1e-6);
         let est_ms = match page_rate {
@@ -462,7 +471,7 @@ fn precopy(
         }
         round_start = Instant::now();
         let enc = pick(link_rate);
-        let st = s.send_pass(&dirty, enc, false)?;
+        let st = s.send_pass(&dirty, enc, false, true)?;
         s.end_round(round)?;
         elapsed = round_start.elapsed().as_secs_f64();
         if elapsed > 0.0 && st.pages > 0 {
@@ -496,7 +505,7 @@ fn precopy(
     tracker.collect_into(&mut dirty)?;
     let n = dirty.count();
     let enc = pick(link_rate);
-    let st = s.send_pass(&dirty, enc, false)?;
+    let st = s.send_pass(&dirty, enc, false, false)?;
     let state = crate::state::save(m, devices_state())?;
     protocol::write_frame(&mut s.out, FrameType::State, &crate::state::encode(&state)?)?;
     if opts.verify {
