@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 KEEP=${1:-}
-TARGET=${CARGO_TARGET_DIR:-target}
+TARGET=$(realpath -m "${CARGO_TARGET_DIR:-target}")
 echo "== building (cargo build)"
 cargo build -q -p novacron-controller -p novacron-agent -p novacron-vmm -p novacron-images
 BIN=$TARGET/debug
