@@ -26,11 +26,10 @@ pub fn release_bins() -> PathBuf {
         .status()
         .expect("run cargo build");
     assert!(st.success(), "building release binaries failed");
-    let dir = std::env::var("CARGO_TARGET_DIR")
+    std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root.join("target"))
-        .join("release");
-    dir
+        .join("release")
 }
 
 /// Median of `v` (sorted copy).
