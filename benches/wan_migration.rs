@@ -28,7 +28,15 @@ fn main() {
     );
     println!(
         "{:<26} {:<6} {:>10} {:>10} {:>10} {:>10} {:>7} {:>10} {:>8}",
-        "workload", "enc", "wire MiB", "total s", "downtime", "dest dt", "rounds", "cache hit", "enc cpu"
+        "workload",
+        "enc",
+        "wire MiB",
+        "total s",
+        "downtime",
+        "dest dt",
+        "rounds",
+        "cache hit",
+        "enc cpu"
     );
     for (name, cmdline) in workloads {
         let mut none_bytes = None;

@@ -233,7 +233,11 @@ fn guest_doing_disk_io_keeps_its_disk_consistent_across_migration() {
     src.wait_for("CHECK PASS workload=blkloop", log.len(), T);
     let port = free_port();
     let addr = format!("tcp:127.0.0.1:{port}");
-    let mut dst = Vmm::start(&dir, "dst", &["--incoming", addr.as_str(), "--memory", "64M", "--disk", d]);
+    let mut dst = Vmm::start(
+        &dir,
+        "dst",
+        &["--incoming", addr.as_str(), "--memory", "64M", "--disk", d],
+    );
     let (ok, summary, err) = migrate(&src, port, &["--verify"]);
     assert!(ok, "migration failed: {err}");
     assert_eq!(summary["verified"], true);
