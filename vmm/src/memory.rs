@@ -4,7 +4,7 @@
 use crate::layout;
 use thiserror::Error;
 use vm_memory::bitmap::AtomicBitmap;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 /// The guest memory type used throughout the VMM.
 pub type GuestMem = vm_memory::GuestMemoryMmap<AtomicBitmap>;
@@ -71,25 +71,7 @@ pub fn page_count(mem: &GuestMem) -> u64 {
     mem.iter().map(|r| r.len() / layout::PAGE_SIZE).sum()
 }
 
-/// Guest physical address of VM-wide page `page`.
-pub fn page_gpa(regions: &[RegionInfo], page: u64) -> Option<GuestAddress> {
-    regions.iter().find_map(|r| {
-        let n = r.size / layout::PAGE_SIZE;
-        (page >= r.first_page && page < r.first_page + n)
-            .then(|| GuestAddress(r.guest_addr + (page - r.first_page) * layout::PAGE_SIZE))
-    })
-}
-
-/// Host pointer to VM-wide page `page` (4 KiB, valid while `mem` lives).
-pub fn page_host_ptr(regions: &[RegionInfo], page: u64) -> Option<*mut u8> {
-    regions.iter().find_map(|r| {
-        let n = r.size / layout::PAGE_SIZE;
-        (page >= r.first_page && page < r.first_page + n)
-            .then(|| (r.host_addr + (page - r.first_page) * layout::PAGE_SIZE) as *mut u8)
-    })
-}
-
-/// Returns true if `mem`'s page at guest address `gpa` (4 KiB) is all zero.
+/// Returns true if the 4 KiB `page` is all zero.
 pub fn is_zero_page(page: &[u8]) -> bool {
     let (pre, words, post) = {
         // SAFETY: reinterpreting initialised bytes as u64 is valid for any bit pattern; align_to
@@ -97,19 +79,6 @@ pub fn is_zero_page(page: &[u8]) -> bool {
         unsafe { page.align_to::<u64>() }
     };
     pre.iter().all(|&b| b == 0) && post.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0)
-}
-
-/// Reads the whole guest memory size in bytes.
-pub fn total_size(mem: &GuestMem) -> u64 {
-    mem.iter().map(|r| r.len()).sum()
-}
-
-/// Whether `gpa..gpa+len` lies inside guest RAM.
-pub fn contains(mem: &GuestMem, gpa: u64, len: u64) -> bool {
-    len == 0
-        || gpa.checked_add(len - 1).is_some_and(|last| {
-            mem.address_in_range(GuestAddress(gpa)) && mem.address_in_range(GuestAddress(last))
-        })
 }
 
 #[cfg(test)]
@@ -122,15 +91,9 @@ mod tests {
         let regs = regions(&mem);
         assert_eq!(regs.len(), 2);
         let low_pages = layout::MMIO_GAP_START / layout::PAGE_SIZE;
-        assert_eq!(
-            page_gpa(&regs, low_pages),
-            Some(GuestAddress(layout::MMIO_GAP_END))
-        );
-        assert_eq!(page_gpa(&regs, 0), Some(GuestAddress(0)));
+        assert_eq!(regs[1].first_page, low_pages);
+        assert_eq!(regs[1].guest_addr, layout::MMIO_GAP_END);
         assert_eq!(page_count(&mem), (4u64 << 30) / layout::PAGE_SIZE);
-        assert!(page_gpa(&regs, page_count(&mem)).is_none());
-        assert!(contains(&mem, 0, 4096));
-        assert!(!contains(&mem, layout::MMIO_GAP_START, 1));
     }
 
     #[test]

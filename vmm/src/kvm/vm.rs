@@ -168,19 +168,6 @@ impl KvmVm {
         }
         Ok(())
     }
-
-    /// Fetches and clears KVM's dirty bitmap of every slot, as one bitmap over the VM-wide page
-    /// numbering (bit `n` of word `n / 64`).
-    pub fn take_dirty_log(&self, out: &mut [u64]) -> Result<(), VmError> {
-        for r in &self.regions {
-            let words = self
-                .fd
-                .get_dirty_log(r.slot, r.size as usize)
-                .map_err(ioctl("get dirty log"))?;
-            merge_bits(out, r.first_page, &words);
-        }
-        Ok(())
-    }
 }
 
 /// Registers `regions` as KVM memory slots, with dirty logging on or off.
