@@ -104,7 +104,8 @@ pub fn relay(bins: &Path, to: u16, args: &[&str]) -> Option<(Kill, u16)> {
 }
 
 /// Boots the test guest with `cmdline`, waits for its workload, migrates it to a fresh
-/// destination (through the WAN relay with `relay_args` if given) and returns the summary.
+/// destination (through the WAN relay with `relay_args` if given) and returns the summary,
+/// or why it failed.
 pub fn migrate_once(
     vmm: &Path,
     guest: &Path,
@@ -113,9 +114,9 @@ pub fn migrate_once(
     mem: &str,
     extra: &[&str],
     relay_args: Option<&[&str]>,
-) -> Option<serde_json::Value> {
+) -> Result<serde_json::Value, String> {
     let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).ok()?;
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let (slog, ssock, dlog) = (dir.join("s.log"), dir.join("s.sock"), dir.join("d.log"));
     let _src = Kill(
         Command::new(vmm)
@@ -127,7 +128,7 @@ pub fn migrate_once(
             .arg(&ssock)
             .stderr(Stdio::null())
             .spawn()
-            .ok()?,
+            .map_err(|e| e.to_string())?,
     );
     let needle = if cmdline.contains("idle") {
         "PROGRESS"
@@ -135,14 +136,14 @@ pub fn migrate_once(
         "CHECK PASS"
     };
     if !wait_for(&slog, needle, Duration::from_secs(300)) {
-        return None;
+        return Err(format!("the source guest never printed {needle}"));
     }
     // Let the workload reach its steady state.
     std::thread::sleep(Duration::from_millis(500));
     let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()?
+        .map_err(|e| e.to_string())?
         .local_addr()
-        .ok()?
+        .map_err(|e| e.to_string())?
         .port();
     let _dst = Kill(
         Command::new(vmm)
@@ -157,13 +158,13 @@ pub fn migrate_once(
             .arg(format!("file:{}", dlog.display()))
             .stderr(Stdio::null())
             .spawn()
-            .ok()?,
+            .map_err(|e| e.to_string())?,
     );
     std::thread::sleep(Duration::from_millis(100));
-    let bins = vmm.parent()?;
+    let bins = vmm.parent().ok_or("no binary dir")?;
     let (_relay, target) = match relay_args {
         Some(a) => {
-            let (k, p) = relay(bins, port, a)?;
+            let (k, p) = relay(bins, port, a).ok_or("cannot start the relay")?;
             (Some(k), p)
         }
         None => (None, port),
@@ -174,18 +175,13 @@ pub fn migrate_once(
         .args(["--to", &format!("tcp:127.0.0.1:{target}")])
         .args(extra)
         .output()
-        .ok()?;
+        .map_err(|e| e.to_string())?;
     if !out.status.success() {
-        eprintln!(
-            "migration failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        return None;
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
     if !cmdline.contains("idle") && !wait_for(&dlog, "CHECK PASS", Duration::from_secs(60)) {
-        eprintln!("destination did not report CHECK PASS");
-        return None;
+        return Err("destination did not report CHECK PASS".into());
     }
-    Some(v)
+    Ok(v)
 }

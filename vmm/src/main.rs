@@ -84,6 +84,9 @@ struct MigrateArgs {
     /// Sent-page cache size for delta compression, e.g. 256M (default: half the guest RAM).
     #[arg(long, value_parser = parse_size)]
     cache_size: Option<u64>,
+    /// Encoder threads (default: one per host core, at most 4).
+    #[arg(long)]
+    encoder_threads: Option<u32>,
 }
 
 #[derive(Args)]
@@ -255,6 +258,7 @@ fn migrate(a: MigrateArgs) -> ExitCode {
         "compression": a.compression,
         "verify": a.verify,
         "cache_bytes": a.cache_size.unwrap_or(0),
+        "encoder_threads": a.encoder_threads.unwrap_or(0),
     });
     match api::call(&a.api_socket, &req) {
         Ok(v) => {

@@ -99,7 +99,9 @@
 //! Pages are partitioned by [`shard_of`] (granules of [`SHARD_GRANULE_PAGES`] contiguous
 //! pages, round-robin over the shards). Each encoder thread owns one `BatchEncoder` built
 //! from [`EncoderConfig::sharded`], which owns its own cache slice: there is no lock or
-//! shared state on the hot path. Dedup only finds duplicates inside a shard.
+//! shared state on the hot path. Dedup only finds duplicates inside a shard. The threads
+//! are run by [`super::encoder_pool::EncoderPool`]; `cargo bench --bench encoder_threads`
+//! measures how throughput scales with them.
 //!
 //! # Measured throughput (`cargo test --release -- --ignored --nocapture measure_throughput`)
 //!

@@ -1,9 +1,14 @@
 //! Live migration: the wire format (`protocol`), page batch encodings and the source's
-//! sent-page cache (`encoding`, `page_cache`), the source's precopy loop (`source`), the
-//! destination (`destination`), and the options and summary users see (`options`).
+//! sent-page cache (`encoding`, `page_cache`), the source's encoder threads
+//! (`encoder_pool`), link rate (`link`) and `auto` encoding choice (`auto`), the source's precopy loop
+//! (`source`), the destination (`destination`), and the options and summary users see
+//! (`options`).
 
+pub mod auto;
 pub mod destination;
+pub mod encoder_pool;
 pub mod encoding;
+pub mod link;
 pub mod options;
 pub mod page_cache;
 pub mod protocol;
@@ -45,6 +50,9 @@ pub enum MigrationError {
     /// Page batch encoding or decoding failed.
     #[error("page batch: {0}")]
     Codec(#[from] encoding::CodecError),
+    /// The encoder threads failed.
+    #[error(transparent)]
+    Encoder(#[from] encoder_pool::PoolError),
     /// State capture or restore failed.
     #[error(transparent)]
     State(#[from] crate::state::StateError),
@@ -55,8 +63,17 @@ pub enum MigrationError {
     #[error("guest memory: {0}")]
     Memory(#[from] vm_memory::GuestMemoryError),
     /// Precopy did not converge within the timeout.
-    #[error("migration did not converge within {0} s (dirty rate exceeds the link); try --auto-converge, a larger --downtime-ms or a faster link")]
-    Timeout(u64),
+    #[error("migration did not converge within {secs} s ({rounds} rounds, {wire_mib:.1} MiB sent, {dirty} pages still dirty: the guest dirties memory faster than the link carries it); try --compression auto, --auto-converge, a larger --downtime-ms or a faster link")]
+    Timeout {
+        /// The timeout.
+        secs: u64,
+        /// Rounds sent.
+        rounds: usize,
+        /// MiB put on the wire.
+        wire_mib: f64,
+        /// Pages dirty when the migration gave up.
+        dirty: u64,
+    },
     /// Final memory differs between source and destination.
     #[error("verification failed: {0}")]
     Verify(String),

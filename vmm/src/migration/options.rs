@@ -73,6 +73,9 @@ pub struct MigrateOptions {
     /// Bytes of sent-page cache for delta encoding (0 = automatic).
     #[serde(default)]
     pub cache_bytes: u64,
+    /// Encoder threads (0 = automatic: one per host core, at most 4).
+    #[serde(default)]
+    pub encoder_threads: u32,
 }
 
 fn default_downtime() -> u64 {
@@ -94,6 +97,27 @@ impl Default for MigrateOptions {
             compression: Compression::None,
             verify: false,
             cache_bytes: 0,
+            encoder_threads: 0,
+        }
+    }
+}
+
+/// Most encoder threads a migration may ask for.
+pub const MAX_ENCODER_THREADS: u32 = 64;
+
+impl MigrateOptions {
+    /// The number of encoder threads to run: `encoder_threads`, or with 0 one per host
+    /// core up to 4 (beyond that a migration stream rarely has the link to feed).
+    pub fn encoder_threads(&self) -> Result<u32, MigrationError> {
+        match self.encoder_threads {
+            0 => Ok(std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1)
+                .clamp(1, 4)),
+            n if n > MAX_ENCODER_THREADS => Err(MigrationError::Options(format!(
+                "encoder_threads {n} is too many: at most {MAX_ENCODER_THREADS}"
+            ))),
+            n => Ok(n),
         }
     }
 }
@@ -114,8 +138,11 @@ pub fn parse_tcp(s: &str) -> Result<SocketAddr, MigrationError> {
 pub struct RoundSummary {
     /// Round number (0 = full pass; the last one is the final pass with vCPUs paused).
     pub round: u32,
-    /// Encoding used.
+    /// Encoding that carried most of the round's pages.
     pub encoding: Encoding,
+    /// Pages per encoding (`auto` may switch encodings inside a round).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub pages_by_encoding: std::collections::BTreeMap<String, u64>,
     /// Pages sent (including zero markers).
     pub pages: u64,
     /// Zero pages among them (or elided in round 0).

@@ -2,8 +2,18 @@
 //! touched, dirty passes until the estimated final pass fits the downtime target (throttling
 //! the vCPUs if asked), then pause, final pass, state, optional verification, and the
 //! destination's confirmation. Any failure before that confirmation resumes the guest here.
+//!
+//! Pages are read into the batches of the encoder threads ([`super::encoder_pool`]) and
+//! written as the threads finish them. The final pass is estimated from the sender's
+//! measured page rate and the link's measured rate ([`super::link`]), whichever is slower;
+//! the link's propagation delay is not counted (no downtime target can buy it down), so
+//! over a long link the source's downtime (pause to confirmation) exceeds the target by
+//! about one round trip, while the destination's stays near it.
 
-use super::encoding::{BatchEncoder, EncoderConfig, Encoding, MAX_BATCH_PAGES, PAGE_SIZE};
+use super::auto::AutoSelector;
+use super::encoder_pool::{Choice, Encoded, EncoderPool};
+use super::encoding::{EncoderConfig, Encoding, DEFAULT_ZSTD_LEVEL, PAGE_SIZE};
+use super::link::LinkMeter;
 use super::options::{parse_tcp, MigrateOptions, MigrationSummary, RoundSummary};
 use super::protocol::{
     self, Abort, Confirm, FrameType, Hello, HelloAck, RoundEnd, PROTOCOL_VERSION,
@@ -130,15 +140,58 @@ impl Throttle {
     }
 }
 
+/// How batches are encoded: fixed by `--compression`, or chosen per batch by `auto`.
+enum Mode {
+    Fixed(Choice),
+    Auto(AutoSelector),
+}
+
+/// The outgoing stream: paced writer, encoding choice, link meter and pages per encoding.
+struct Wire {
+    out: Paced<BufWriter<TcpStream>>,
+    mode: Mode,
+    link: LinkMeter,
+    /// Pages sent per encoding in the current pass (indexed by `Encoding as usize`).
+    pass_pages: [u64; Encoding::ALL.len()],
+}
+
+impl Wire {
+    fn choose(&mut self) -> Choice {
+        match &mut self.mode {
+            Mode::Fixed(c) => *c,
+            Mode::Auto(a) => a.choose(self.link.rate()),
+        }
+    }
+
+    /// Writes one encoded batch; the time blocked on the link feeds the link meter and,
+    /// with `auto`, the batch's figures feed the selector.
+    fn write_batch(&mut self, e: Encoded<'_>) -> Result<(), MigrationError> {
+        let t = Instant::now();
+        let before = self.out.sent;
+        protocol::write_frame(&mut self.out, FrameType::Pages, e.frame)?;
+        self.link.observe(self.out.sent - before, t.elapsed());
+        if let Mode::Auto(a) = &mut self.mode {
+            a.observe_batch(&e.stats);
+        }
+        self.pass_pages[e.stats.encoding as usize] += e.stats.pages;
+        Ok(())
+    }
+
+    /// Flushes the stream; the time it blocks counts as link time.
+    fn flush(&mut self) -> Result<(), MigrationError> {
+        let t = Instant::now();
+        self.out.flush().map_err(protocol::ProtocolError::Io)?;
+        self.link.observe(0, t.elapsed());
+        Ok(())
+    }
+}
+
 /// The stream and page machinery of one outgoing migration.
 struct Sender<'a> {
     m: &'a Machine,
-    out: Paced<BufWriter<TcpStream>>,
+    wire: Wire,
     input: BufReader<TcpStream>,
-    encoder: BatchEncoder,
-    batch: Vec<[u8; PAGE_SIZE]>,
-    pfns: Vec<u64>,
-    frame: Vec<u8>,
+    pool: EncoderPool,
     zero_pages: u64,
 }
 
@@ -146,76 +199,86 @@ struct PassStats {
     pages: u64,
     zero: u64,
     bytes: u64,
+    /// The encoding that carried most of the pass's pages.
+    encoding: Encoding,
+    /// Pages per encoding name.
+    by_encoding: std::collections::BTreeMap<String, u64>,
 }
 
 impl Sender<'_> {
-    fn flush_batch(&mut self, encoding: Encoding) -> Result<(), MigrationError> {
-        if self.pfns.is_empty() {
-            return Ok(());
-        }
-        let pages: Vec<(u64, &[u8; PAGE_SIZE])> =
-            self.pfns.iter().copied().zip(self.batch.iter()).collect();
-        self.encoder
-            .encode_into(encoding, &pages, &mut self.frame)?;
-        protocol::write_frame(&mut self.out, FrameType::Pages, &self.frame)?;
-        self.pfns.clear();
-        Ok(())
-    }
-
     /// Sends the pages set in `pages`; zero pages are skipped when `skip_zero` (the
     /// destination starts zeroed), else sent as zero markers. With `rearm`, each window of
-    /// pages is re-protected in KVM just before it is read (manual-protect mode).
+    /// pages is re-protected in KVM just before it is read (manual-protect mode). Pages are
+    /// read straight into the batch of their encoder shard; finished batches are written
+    /// as they come back, so reading, encoding and sending overlap.
     fn send_pass(
         &mut self,
         pages: &PageBitmap,
-        encoding: Encoding,
         skip_zero: bool,
         rearm: bool,
     ) -> Result<PassStats, MigrationError> {
-        let before = self.out.sent;
-        let mut st = PassStats {
-            pages: 0,
-            zero: 0,
-            bytes: 0,
-        };
-        let limit = BATCH_PAGES.min(MAX_BATCH_PAGES);
-        if self.batch.len() < limit {
-            self.batch.resize(limit, [0u8; PAGE_SIZE]);
-        }
+        let Sender {
+            m,
+            wire,
+            pool,
+            zero_pages,
+            ..
+        } = self;
+        let before = wire.out.sent;
+        wire.pass_pages = [0; Encoding::ALL.len()];
+        let (mut sent, mut zero) = (0u64, 0u64);
         let mut armed_to = 0usize; // bitmap words re-protected so far (manual-protect mode)
         for pfn in pages.iter() {
             let word = (pfn / 64) as usize;
             if rearm && word >= armed_to {
                 let end = (word + dirty::REARM_WORDS).min(pages.words.len());
-                dirty::rearm(self.m, word, &pages.words[word..end])?;
+                dirty::rearm(m, word, &pages.words[word..end])?;
                 armed_to = end;
             }
-            let slot = self.pfns.len();
-            let buf = &mut self.batch[slot];
-            self.m
-                .mem
+            let shard = pool.shard_of(pfn);
+            let buf = pool.slot(shard);
+            m.mem
                 .read_slice(buf, GuestAddress(pfn * PAGE_SIZE as u64))?;
             if is_zero_page(buf) {
-                st.zero += 1;
+                zero += 1;
                 if skip_zero {
                     continue;
                 }
             }
-            self.pfns.push(pfn);
-            st.pages += 1;
-            if self.pfns.len() == limit {
-                self.flush_batch(encoding)?;
+            sent += 1;
+            if pool.keep(shard, pfn) {
+                let choice = wire.choose();
+                pool.submit(shard, choice, &mut |e| wire.write_batch(e))?;
+                pool.poll(&mut |e| wire.write_batch(e))?;
             }
         }
-        self.flush_batch(encoding)?;
-        self.zero_pages += st.zero;
-        st.bytes = self.out.sent - before;
-        Ok(st)
+        let choice = wire.choose();
+        pool.drain(choice, &mut |e| wire.write_batch(e))?;
+        *zero_pages += zero;
+        let mut by_encoding = std::collections::BTreeMap::new();
+        let mut encoding = choice.encoding;
+        for e in Encoding::ALL {
+            let n = wire.pass_pages[e as usize];
+            if n > 0 {
+                by_encoding.insert(e.name().to_string(), n);
+            }
+            if n > wire.pass_pages[encoding as usize] {
+                encoding = e;
+            }
+        }
+        Ok(PassStats {
+            pages: sent,
+            zero,
+            bytes: wire.out.sent - before,
+            encoding,
+            by_encoding,
+        })
     }
 
     /// Ends a round and waits until the destination has applied it.
     fn end_round(&mut self, round: u32) -> Result<(), MigrationError> {
-        protocol::write_json(&mut self.out, FrameType::RoundEnd, &RoundEnd { round })?;
+        protocol::write_json(&mut self.wire.out, FrameType::RoundEnd, &RoundEnd { round })?;
+        self.wire.flush()?;
         self.expect_reply(FrameType::RoundAck, "RoundAck")
             .map(|_| ())
     }
@@ -234,7 +297,7 @@ impl Sender<'_> {
     }
 
     fn read_reply(&mut self) -> Result<protocol::Frame, MigrationError> {
-        self.out.flush()?;
+        self.wire.out.flush()?;
         let f = protocol::read_frame(&mut self.input)?;
         if f.kind == FrameType::Abort {
             let a: Abort = f.json()?;
@@ -267,16 +330,6 @@ fn connect(opts: &MigrateOptions) -> Result<TcpStream, MigrationError> {
     }
 }
 
-/// Chooses the encoding of the next round for `auto`: compression pays only when the link is
-/// slower than the encoder can fill it.
-fn auto_encoding(link_bytes_per_s: Option<f64>) -> Encoding {
-    match link_bytes_per_s {
-        // Faster than ~1.5 GB/s (loopback, fast LAN): raw pages cost less than encoding them.
-        Some(bw) if bw > 1.5e9 => Encoding::Raw,
-        _ => Encoding::Delta,
-    }
-}
-
 /// Migrates `m` to `opts.to`. On success the destination runs the guest and the caller must
 /// end this VM; on error the guest keeps running here.
 pub fn migrate(
@@ -296,18 +349,32 @@ pub fn migrate(
         (_, 0) => (m.config.memory / 2).clamp(16 << 20, 2 << 30) as usize,
         (_, n) => n as usize,
     };
-    let encoder = BatchEncoder::new(EncoderConfig {
-        cache_bytes,
-        ..EncoderConfig::default()
-    })?;
+    let threads = opts.encoder_threads()?;
+    let pool = EncoderPool::new(
+        EncoderConfig {
+            cache_bytes,
+            ..EncoderConfig::default()
+        },
+        threads,
+        BATCH_PAGES,
+    )?;
+    let mode = match opts.compression.fixed() {
+        Some(encoding) => Mode::Fixed(Choice {
+            encoding,
+            level: DEFAULT_ZSTD_LEVEL,
+        }),
+        None => Mode::Auto(AutoSelector::new(threads as usize)),
+    };
     let mut s = Sender {
         m,
-        out: Paced::new(BufWriter::with_capacity(1 << 20, stream), opts.bandwidth),
+        wire: Wire {
+            out: Paced::new(BufWriter::with_capacity(1 << 20, stream), opts.bandwidth),
+            mode,
+            link: LinkMeter::new(opts.bandwidth),
+            pass_pages: [0; Encoding::ALL.len()],
+        },
         input,
-        encoder,
-        batch: Vec::new(),
-        pfns: Vec::new(),
-        frame: Vec::new(),
+        pool,
         zero_pages: 0,
     };
 
@@ -321,7 +388,7 @@ pub fn migrate(
         nets: m.config.nets.len(),
         encodings: Encoding::ALL.iter().map(|e| e.name().to_string()).collect(),
     };
-    protocol::write_json(&mut s.out, FrameType::Hello, &hello)?;
+    protocol::write_json(&mut s.wire.out, FrameType::Hello, &hello)?;
     let reply = s.expect_reply(FrameType::HelloAck, "HelloAck")?;
     let ack: HelloAck = reply.json()?;
     if !ack.ok {
@@ -371,13 +438,13 @@ pub fn migrate(
         Err(e) => {
             // Tell the destination (best effort) and keep the guest running here.
             let _ = protocol::write_json(
-                &mut s.out,
+                &mut s.wire.out,
                 FrameType::Abort,
                 &Abort {
                     reason: e.to_string(),
                 },
             );
-            let _ = s.out.flush();
+            let _ = s.wire.out.flush();
             m.vm.set_dirty_logging(false).ok();
             m.resume_all();
             Err(e)
@@ -396,24 +463,23 @@ fn precopy(
 ) -> Result<MigrationSummary, MigrationError> {
     let mut rounds: Vec<RoundSummary> = Vec::new();
     let mut dirty = PageBitmap::new(dirty::frame_count(m));
-    let mut link_rate: Option<f64> = None; // bytes/s
-    let mut page_rate: Option<f64> = None; // pages/s sent
-    let pick = |link: Option<f64>| {
-        opts.compression
-            .fixed()
-            .unwrap_or_else(|| auto_encoding(link))
-    };
+    // Sender throughput (pages/s from the start of a pass to its last byte written, the
+    // destination's acknowledgement not included) and wire bytes per page of the last pass.
+    let mut page_rate: Option<f64> = None;
+    let mut wire_per_page = PAGE_SIZE as f64;
 
     // Round 0: every page the guest (or loader) ever touched; untouched memory is never read.
     let touched = dirty::touched_pages(m);
     let mut round_start = Instant::now();
-    let enc = pick(opts.bandwidth.map(|b| b as f64));
-    let st = s.send_pass(&touched, enc, true, false)?;
+    let st = s.send_pass(&touched, true, false)?;
+    s.wire.flush()?;
+    let send_s = round_start.elapsed().as_secs_f64();
     s.end_round(0)?;
     let mut elapsed = round_start.elapsed().as_secs_f64();
     rounds.push(RoundSummary {
         round: 0,
-        encoding: enc,
+        encoding: st.encoding,
+        pages_by_encoding: st.by_encoding.clone(),
         pages: st.pages,
         zero_pages: st.zero,
         bytes: st.bytes,
@@ -421,9 +487,9 @@ fn precopy(
         dirty_pages: touched.count(),
         ..Default::default()
     });
-    if elapsed > 0.0 && st.pages > 0 {
-        link_rate = Some(st.bytes as f64 / elapsed);
-        page_rate = Some((st.pages + st.zero) as f64 / elapsed);
+    if send_s > 0.0 && st.pages > 0 {
+        page_rate = Some((st.pages + st.zero) as f64 / send_s);
+        wire_per_page = st.bytes as f64 / st.pages as f64;
     }
 
     // Dirty rounds while the final pass would exceed the downtime target.
@@ -435,10 +501,20 @@ fn precopy(
         tracker.collect_deferred(&mut dirty)?;
         let n = dirty.count();
         let dirty_rate = n as f64 / elapsed.max(1e-6);
-        let est_ms = match page_rate {
+        // The final pass takes as long as the sender needs for n pages, or the link for
+        // their bytes, whichever is longer (the link's propagation delay is not downtime
+        // the target can buy down, and is not counted).
+        let sender_ms = match page_rate {
             Some(r) if r > 0.0 => n as f64 / r * 1e3,
             _ => n as f64 * PAGE_SIZE as f64 / 1e9 * 1e3,
         };
+        let link_ms = s
+            .wire
+            .link
+            .rate()
+            .map(|l| n as f64 * wire_per_page / l * 1e3)
+            .unwrap_or(0.0);
+        let est_ms = sender_ms.max(link_ms);
         if est_ms <= opts.downtime_ms as f64 || n == 0 {
             break;
         }
@@ -447,7 +523,7 @@ fn precopy(
                 // Auto-converge: force the switchover once throttling is at its maximum.
                 Some(t) if t.get() >= 99 => break,
                 Some(_) => {}
-                None => return Err(MigrationError::Timeout(opts.timeout_s)),
+                None => return Err(timeout(opts, &rounds, s, n)),
             }
         }
         if n < best {
@@ -467,20 +543,22 @@ fn precopy(
                 t.set(next);
             }
         } else if stuck > STUCK_ROUNDS && t0.elapsed() > Duration::from_secs(opts.timeout_s) {
-            return Err(MigrationError::Timeout(opts.timeout_s));
+            return Err(timeout(opts, &rounds, s, n));
         }
         round_start = Instant::now();
-        let enc = pick(link_rate);
-        let st = s.send_pass(&dirty, enc, false, true)?;
+        let st = s.send_pass(&dirty, false, true)?;
+        s.wire.flush()?;
+        let send_s = round_start.elapsed().as_secs_f64();
         s.end_round(round)?;
         elapsed = round_start.elapsed().as_secs_f64();
-        if elapsed > 0.0 && st.pages > 0 {
-            link_rate = Some(st.bytes as f64 / elapsed);
-            page_rate = Some(st.pages as f64 / elapsed);
+        if send_s > 0.0 && st.pages > 0 {
+            page_rate = Some(st.pages as f64 / send_s);
+            wire_per_page = st.bytes as f64 / st.pages as f64;
         }
         rounds.push(RoundSummary {
             round,
-            encoding: enc,
+            encoding: st.encoding,
+            pages_by_encoding: st.by_encoding.clone(),
             pages: st.pages,
             zero_pages: st.zero,
             bytes: st.bytes,
@@ -499,19 +577,22 @@ fn precopy(
     }
     m.pause_all();
     let t_pause = Instant::now();
-    protocol::write_frame(&mut s.out, FrameType::Switchover, &[])?;
+    protocol::write_frame(&mut s.wire.out, FrameType::Switchover, &[])?;
     // `dirty` still holds the pages collected when the loop decided to switch over: add what
     // was written since, and send the union.
     tracker.collect_into(&mut dirty)?;
     let n = dirty.count();
-    let enc = pick(link_rate);
-    let st = s.send_pass(&dirty, enc, false, false)?;
+    let st = s.send_pass(&dirty, false, false)?;
     let state = crate::state::save(m, devices_state())?;
-    protocol::write_frame(&mut s.out, FrameType::State, &crate::state::encode(&state)?)?;
+    protocol::write_frame(
+        &mut s.wire.out,
+        FrameType::State,
+        &crate::state::encode(&state)?,
+    )?;
     if opts.verify {
         send_verify(s, m)?;
     }
-    protocol::write_frame(&mut s.out, FrameType::Complete, &[])?;
+    protocol::write_frame(&mut s.wire.out, FrameType::Complete, &[])?;
     let reply = s.expect_reply(FrameType::Confirm, "Confirm")?;
     let confirm: Confirm = reply.json()?;
     if !confirm.ok {
@@ -520,7 +601,8 @@ fn precopy(
     let downtime = t_pause.elapsed().as_secs_f64() * 1e3;
     rounds.push(RoundSummary {
         round,
-        encoding: enc,
+        encoding: st.encoding,
+        pages_by_encoding: st.by_encoding.clone(),
         pages: st.pages,
         zero_pages: st.zero,
         bytes: st.bytes,
@@ -530,7 +612,7 @@ fn precopy(
         throttle_pct,
     });
     let _ = tracker.stop();
-    let codec = *s.encoder.totals();
+    let codec = s.pool.totals();
     let mut saved = std::collections::BTreeMap::new();
     for e in Encoding::ALL {
         let ms = codec.mode(e);
@@ -545,7 +627,7 @@ fn precopy(
         dest_downtime_ms: confirm.downtime_ms,
         rounds: rounds.len() as u32,
         zero_pages: s.zero_pages,
-        wire_bytes: s.out.sent,
+        wire_bytes: s.wire.out.sent,
         memory_bytes: m.config.memory,
         throttle_pct,
         verified: opts.verify,
@@ -555,6 +637,20 @@ fn precopy(
         bytes_saved: saved,
         round_details: rounds,
     })
+}
+
+fn timeout(
+    opts: &MigrateOptions,
+    rounds: &[RoundSummary],
+    s: &Sender<'_>,
+    dirty: u64,
+) -> MigrationError {
+    MigrationError::Timeout {
+        secs: opts.timeout_s,
+        rounds: rounds.len(),
+        wire_mib: s.wire.out.sent as f64 / 1048576.0,
+        dirty,
+    }
 }
 
 /// Sends (pfn, crc32) for every non-zero page of the final (paused) memory.
@@ -570,7 +666,7 @@ fn send_verify(s: &mut Sender<'_>, m: &Machine) -> Result<(), MigrationError> {
         }
         if records.len() == 1 << 20 {
             protocol::write_frame(
-                &mut s.out,
+                &mut s.wire.out,
                 FrameType::Verify,
                 &protocol::encode_verify(&records),
             )?;
@@ -578,7 +674,7 @@ fn send_verify(s: &mut Sender<'_>, m: &Machine) -> Result<(), MigrationError> {
         }
     }
     protocol::write_frame(
-        &mut s.out,
+        &mut s.wire.out,
         FrameType::Verify,
         &protocol::encode_verify(&records),
     )?;
