@@ -84,7 +84,8 @@ struct MigrateArgs {
     /// Sent-page cache size for delta compression, e.g. 256M (default: half the guest RAM).
     #[arg(long, value_parser = parse_size)]
     cache_size: Option<u64>,
-    /// Encoder threads (default: one per host core, at most 4).
+    /// Encoder threads (default: with --compression none the sender encodes inline, else one
+    /// per host core, at most 4).
     #[arg(long)]
     encoder_threads: Option<u32>,
 }

@@ -11,7 +11,10 @@
 //! nothing once every shard has cycled its buffers.
 //!
 //! Even with one thread the pool pipelines: the shard's thread encodes while the sender
-//! reads guest memory and writes the previous batch to the socket.
+//! reads guest memory and writes the previous batch to the socket. With zero threads it
+//! encodes in the caller's thread as each batch is submitted: for raw batches, which cost
+//! little more than the copy that fills them, a hand-off to another thread costs more than
+//! it saves.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{
@@ -105,6 +108,8 @@ pub struct Encoded<'a> {
 struct Shard {
     tx: Option<SyncSender<Job>>,
     thread: Option<JoinHandle<()>>,
+    /// The encoder of a pool without threads.
+    inline: Option<BatchEncoder>,
     filling: Batch,
     spare: Vec<Batch>,
     totals: CodecStats,
@@ -120,16 +125,31 @@ pub struct EncoderPool {
 }
 
 impl EncoderPool {
-    /// Starts `threads` encoder threads sharing `config`'s cache budget; batches hold up to
-    /// `batch_pages` pages.
+    /// Starts `threads` encoder threads sharing `config`'s cache budget (0: one shard,
+    /// encoded in the caller's thread); batches hold up to `batch_pages` pages.
     pub fn new(config: EncoderConfig, threads: u32, batch_pages: usize) -> Result<Self, PoolError> {
-        if threads == 0 {
-            return Err(PoolError::Config("at least one encoder thread is needed"));
-        }
         if batch_pages == 0 || batch_pages > MAX_BATCH_PAGES {
             return Err(PoolError::Config("batch size must be 1..=4096 pages"));
         }
         let (done_tx, results) = channel();
+        if threads == 0 {
+            let encoder = BatchEncoder::new(config)
+                .map_err(|source| PoolError::Codec { shard: 0, source })?;
+            return Ok(EncoderPool {
+                shards: vec![Shard {
+                    tx: None,
+                    thread: None,
+                    inline: Some(encoder),
+                    filling: Batch::new(batch_pages),
+                    spare: Vec::new(),
+                    totals: CodecStats::default(),
+                    in_flight: 0,
+                }],
+                results,
+                batch_pages,
+                in_flight: 0,
+            });
+        }
         let mut shards = Vec::with_capacity(threads as usize);
         for (index, cfg) in config.sharded(threads).into_iter().enumerate() {
             let encoder = BatchEncoder::new(cfg).map_err(|source| PoolError::Codec {
@@ -148,6 +168,7 @@ impl EncoderPool {
             shards.push(Shard {
                 tx: Some(tx),
                 thread: Some(thread),
+                inline: None,
                 filling: Batch::new(batch_pages),
                 spare: Vec::new(),
                 totals: CodecStats::default(),
@@ -162,9 +183,9 @@ impl EncoderPool {
         })
     }
 
-    /// Number of encoder threads (= shards).
+    /// Number of encoder threads (0 when encoding in the caller's thread).
     pub fn threads(&self) -> usize {
-        self.shards.len()
+        self.shards.iter().filter(|s| s.inline.is_none()).count()
     }
 
     /// The shard that owns `pfn`.
@@ -198,6 +219,21 @@ impl EncoderPool {
     ) -> Result<(), E> {
         if self.shards[shard].filling.pfns.is_empty() {
             return Ok(());
+        }
+        let Shard {
+            inline,
+            filling,
+            totals,
+            ..
+        } = &mut self.shards[shard];
+        if let Some(encoder) = inline.as_mut() {
+            let Batch { pfns, pages, frame } = filling;
+            let r = encode(encoder, choice, pfns, pages, frame);
+            *totals = *encoder.totals();
+            let stats = r.map_err(|source| PoolError::Codec { shard, source })?;
+            let out = sink(Encoded { frame, stats });
+            pfns.clear();
+            return out;
         }
         let next = match self.shards[shard].spare.pop() {
             Some(b) => b,
@@ -337,17 +373,27 @@ impl Drop for EncoderPool {
     }
 }
 
+/// Encodes the batch `pfns`/`pages` into `frame` as `choice` says.
+fn encode(
+    encoder: &mut BatchEncoder,
+    choice: Choice,
+    pfns: &[u64],
+    pages: &[[u8; PAGE_SIZE]],
+    frame: &mut Vec<u8>,
+) -> Result<BatchStats, CodecError> {
+    if choice.encoding != Encoding::Raw && encoder.config().zstd_level != choice.level {
+        encoder.set_zstd_level(choice.level)?;
+    }
+    let refs: Vec<(u64, &[u8; PAGE_SIZE])> = pfns.iter().copied().zip(pages.iter()).collect();
+    encoder.encode_into(choice.encoding, &refs, frame)
+}
+
 /// A shard's thread: encodes its jobs in order and reports each one.
 fn worker(shard: usize, mut encoder: BatchEncoder, jobs: Receiver<Job>, done: Sender<Done>) {
     while let Ok(Job { choice, mut batch }) = jobs.recv() {
         let Batch { pfns, pages, frame } = &mut batch;
         let run = catch_unwind(AssertUnwindSafe(|| {
-            if choice.encoding != Encoding::Raw && encoder.config().zstd_level != choice.level {
-                encoder.set_zstd_level(choice.level)?;
-            }
-            let refs: Vec<(u64, &[u8; PAGE_SIZE])> =
-                pfns.iter().copied().zip(pages.iter()).collect();
-            encoder.encode_into(choice.encoding, &refs, frame)
+            encode(&mut encoder, choice, pfns, pages, frame)
         }));
         let (result, stop) = match run {
             Ok(r) => {
@@ -444,10 +490,16 @@ mod tests {
     }
 
     #[test]
+    fn inline_pool_round_trips() {
+        round_trip(0, Encoding::Raw);
+        round_trip(0, Encoding::Delta);
+    }
+
+    #[test]
     fn bad_parameters_are_refused() {
         let cfg = EncoderConfig::default();
         assert!(matches!(
-            EncoderPool::new(cfg, 0, 10),
+            EncoderPool::new(cfg, 1, 0),
             Err(PoolError::Config(_))
         ));
         assert!(matches!(

@@ -73,7 +73,7 @@ pub struct MigrateOptions {
     /// Bytes of sent-page cache for delta encoding (0 = automatic).
     #[serde(default)]
     pub cache_bytes: u64,
-    /// Encoder threads (0 = automatic: one per host core, at most 4).
+    /// Encoder threads (0 = automatic, see [`MigrateOptions::encoder_threads`]).
     #[serde(default)]
     pub encoder_threads: u32,
 }
@@ -106,10 +106,15 @@ impl Default for MigrateOptions {
 pub const MAX_ENCODER_THREADS: u32 = 64;
 
 impl MigrateOptions {
-    /// The number of encoder threads to run: `encoder_threads`, or with 0 one per host
-    /// core up to 4 (beyond that a migration stream rarely has the link to feed).
+    /// The number of encoder threads to run: `encoder_threads`, or with 0 none at all for
+    /// `--compression none` (0: raw batches are encoded in the sender's thread; they are
+    /// bound by the page copies, and hand-offs to other threads cost more than they save,
+    /// `cargo bench --bench encoder_threads`) and otherwise one per host core up to 4
+    /// (compression scales with cores; beyond 4 a migration stream rarely has the link to
+    /// feed).
     pub fn encoder_threads(&self) -> Result<u32, MigrationError> {
         match self.encoder_threads {
+            0 if self.compression == Compression::None => Ok(0),
             0 => Ok(std::thread::available_parallelism()
                 .map(|n| n.get() as u32)
                 .unwrap_or(1)
