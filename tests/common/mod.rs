@@ -137,7 +137,12 @@ impl Vmm {
         let deadline = Instant::now() + timeout;
         loop {
             let log = self.log();
-            if log.get(from..).is_some_and(|t| t.contains(needle)) {
+            // The serial port delivers a byte at a time: wait for the whole line.
+            if log
+                .get(from..)
+                .and_then(|t| t.find(needle).map(|at| &t[at..]))
+                .is_some_and(|rest| rest.contains('\n'))
+            {
                 return log;
             }
             if let Ok(Some(st)) = self.child.try_wait() {

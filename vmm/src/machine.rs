@@ -188,6 +188,7 @@ impl Machine {
     /// Starts one thread per vCPU (and a stdin reader when the console is a terminal).
     pub fn start(self: &Arc<Self>) -> Result<(), MachineError> {
         control::install_kick_handler().map_err(MachineError::Signal)?;
+        self.vm.wait_memory()?;
         let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
         for v in &self.vcpus {
             let v = v.clone();

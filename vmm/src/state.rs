@@ -57,6 +57,9 @@ pub enum StateError {
     /// A FAM wrapper could not be built.
     #[error("cannot build {0} list")]
     Fam(&'static str),
+    /// Registering guest memory with KVM failed.
+    #[error(transparent)]
+    Vm(#[from] crate::kvm::vm::VmError),
 }
 
 fn kvm_err(what: impl Into<String>) -> impl FnOnce(kvm_ioctls::Error) -> StateError {
@@ -348,6 +351,8 @@ pub fn restore(m: &Machine, s: &MachineState) -> Result<(), StateError> {
             m.vcpus.len()
         )));
     }
+    // Guest-memory-backed vCPU state (kvmclock's page) is checked against the memslots.
+    m.vm.wait_memory()?;
     let vm = &m.vm.fd;
     vm.set_pit2(&s.vm.pit).map_err(kvm_err("set PIT"))?;
     let mut clock = s.vm.clock;

@@ -11,6 +11,8 @@ use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 vmm_sys_util::ioctl_iowr_nr!(KVM_CLEAR_DIRTY_LOG, KVMIO, 0xc0, kvm_clear_dirty_log);
 use thiserror::Error;
@@ -40,12 +42,14 @@ fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Ioctl { what, source }
 }
 
-/// A created VM with its memory registered.
+/// A created VM; its memory is registered by a helper thread ([`KvmVm::wait_memory`]).
 pub struct KvmVm {
     /// The /dev/kvm handle.
     pub kvm: Kvm,
     /// The VM fd.
-    pub fd: VmFd,
+    pub fd: Arc<VmFd>,
+    /// The thread registering the memory slots, until [`KvmVm::wait_memory`] joins it.
+    pending_slots: Mutex<Option<JoinHandle<Result<(), VmError>>>>,
     /// The RAM regions as registered with KVM.
     pub regions: Vec<RegionInfo>,
     /// KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 is on: reading the dirty log does not re-protect
@@ -72,7 +76,9 @@ const REQUIRED_CAPS: &[(Cap, &str)] = &[
 ];
 
 impl KvmVm {
-    /// Opens /dev/kvm, creates the VM with an in-kernel irqchip and PIT, and registers `mem`.
+    /// Opens /dev/kvm, creates the VM with an in-kernel irqchip and PIT, and starts
+    /// registering `mem` on a helper thread: call [`KvmVm::wait_memory`] before any vCPU
+    /// runs.
     pub fn new(mem: &GuestMem) -> Result<Self, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         for (cap, name) in REQUIRED_CAPS {
@@ -80,7 +86,7 @@ impl KvmVm {
                 return Err(VmError::MissingCap(name));
             }
         }
-        let fd = kvm.create_vm().map_err(ioctl("create VM"))?;
+        let fd = Arc::new(kvm.create_vm().map_err(ioctl("create VM"))?);
         let regions = memory::regions(mem);
         let manual_protect = kvm
             .check_extension_raw(u64::from(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2) as _)
@@ -93,41 +99,67 @@ impl KvmVm {
                     ..Default::default()
                 })
                 .is_ok();
-        // Creating the irqchip and registering memory each wait for an SRCU grace period in
-        // the kernel (milliseconds): do them concurrently. They take different KVM locks.
-        std::thread::scope(|scope| {
-            let slots = scope.spawn(|| set_memory_slots(&fd, &regions, false));
-            let chips = (|| {
-                fd.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
-                    .map_err(ioctl("set TSS address"))?;
-                fd.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
-                    .map_err(ioctl("set identity map address"))?;
-                fd.create_irq_chip().map_err(ioctl("create irqchip"))?;
-                let pit = kvm_pit_config {
-                    flags: KVM_PIT_SPEAKER_DUMMY,
-                    ..Default::default()
-                };
-                fd.create_pit2(pit).map_err(ioctl("create PIT"))
-            })();
-            let slots = slots.join().unwrap_or_else(|_| {
+        // The irqchip and PIT first: both take the VM's slots lock, which registering memory
+        // holds for its whole duration.
+        fd.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
+            .map_err(ioctl("set TSS address"))?;
+        fd.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
+            .map_err(ioctl("set identity map address"))?;
+        fd.create_irq_chip().map_err(ioctl("create irqchip"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit).map_err(ioctl("create PIT"))?;
+        // Registering memory takes 4-10 ms in the kernel on nested hosts: it runs on a helper
+        // thread while the vCPUs, devices and the kernel image are set up, and is joined just
+        // before the vCPUs start or their state is restored.
+        let pending = {
+            let (fd, regions) = (fd.clone(), regions.clone());
+            std::thread::Builder::new()
+                .name("memslots".into())
+                .stack_size(64 << 10)
+                .spawn(move || set_memory_slots(&fd, &regions, false))
+        };
+        let pending = match pending {
+            Ok(h) => Some(h),
+            // No thread: register inline.
+            Err(_) => {
+                set_memory_slots(&fd, &regions, false)?;
+                None
+            }
+        };
+        Ok(KvmVm {
+            kvm,
+            fd,
+            pending_slots: Mutex::new(pending),
+            regions,
+            manual_protect,
+        })
+    }
+
+    /// Waits until the guest memory is registered with KVM (see [`KvmVm::new`]); returns
+    /// the registration's error, once. Cheap after the first call.
+    pub fn wait_memory(&self) -> Result<(), VmError> {
+        let pending = self
+            .pending_slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match pending {
+            Some(h) => h.join().unwrap_or_else(|_| {
                 Err(VmError::Ioctl {
                     what: "set memory region",
                     source: kvm_ioctls::Error::new(libc::EIO),
                 })
-            });
-            chips.and(slots)
-        })?;
-        let vm = KvmVm {
-            kvm,
-            fd,
-            regions,
-            manual_protect,
-        };
-        Ok(vm)
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Registers (or re-registers) every RAM slot with KVM dirty logging on or off.
     pub fn set_dirty_logging(&self, on: bool) -> Result<(), VmError> {
+        self.wait_memory()?;
         set_memory_slots(&self.fd, &self.regions, on)
     }
 
