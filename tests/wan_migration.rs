@@ -180,3 +180,33 @@ fn corrupted_delta_stream_is_caught_and_source_keeps_running() {
     let log = src.wait_for("CHECK PASS", len, T);
     assert!(!log.contains("CHECK FAIL"), "{log}");
 }
+
+#[test]
+fn non_converging_migration_says_what_it_sent_and_leaves_the_dirty_rate() {
+    let dir = Scratch::new("wan-timeout");
+    let mut src = Vmm::boot_guest(&dir, "src", "workload=ab mib=2", "64M");
+    src.wait_for("CHECK PASS", 0, T);
+    let port = free_port();
+    let _dst = incoming(&dir, "dst", port, "64M");
+    // 2 MiB of raw pages take ~2 s at 8 Mbit/s, while ab rewrites them all continuously.
+    let r = relay(port, &["--rate", "8mbit", "--rtt-ms", "20"]);
+    let to = format!("tcp:127.0.0.1:{}", r.1);
+    let (ok, _, err) = src.client("migrate", &["--to", &to, "--timeout", "1"]);
+    assert!(!ok, "ab over 8 Mbit/s with raw pages must not converge");
+    assert!(
+        err.contains("did not converge within 1 s") && err.contains("MiB sent"),
+        "{err}"
+    );
+    assert!(src.alive());
+    let (ok, out, err) = src.client("info", &[]);
+    assert!(ok, "{err}");
+    let info: serde_json::Value = serde_json::from_str(&out).expect("info JSON");
+    assert_eq!(info["state"], "running", "{info}");
+    assert!(
+        info["dirty_pages_per_sec"].as_u64().unwrap_or(0) > 0,
+        "the rounds measured a dirty rate: {info}"
+    );
+    let len = src.log().len();
+    let log = src.wait_for("CHECK PASS", len, T);
+    assert!(!log.contains("CHECK FAIL"), "{log}");
+}

@@ -101,6 +101,9 @@ pub struct Machine {
     pub devices: DeviceManager,
     /// When the machine was created.
     pub created: Instant,
+    /// The guest's dirty rate (pages/s) as the latest migration round measured it; 0 before
+    /// any migration (dirty logging is off otherwise: it costs the guest a fault per page).
+    pub dirty_pages_per_sec: std::sync::atomic::AtomicU64,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -158,6 +161,7 @@ impl Machine {
             env,
             devices,
             created,
+            dirty_pages_per_sec: std::sync::atomic::AtomicU64::new(0),
             threads: Mutex::new(Vec::new()),
         }))
     }

@@ -151,7 +151,7 @@ impl Runtime {
     }
 
     fn info(&self) -> Value {
-        let (vcpus, mib, kernel, dirty_log) = match self.machine.get() {
+        let (vcpus, mib, kernel, dirty_log, dirty_rate) = match self.machine.get() {
             Some(m) => (
                 u32::from(m.config.vcpus),
                 m.config.memory >> 20,
@@ -165,8 +165,10 @@ impl Runtime {
                 } else {
                     "plain"
                 },
+                m.dirty_pages_per_sec
+                    .load(std::sync::atomic::Ordering::Relaxed),
             ),
-            None => (0, 0, String::new(), ""),
+            None => (0, 0, String::new(), "", 0),
         };
         json!({
             "state": self.state().name(),
@@ -176,6 +178,7 @@ impl Runtime {
             "uptime_ms": self.started.elapsed().as_millis() as u64,
             "kernel": kernel,
             "dirty_log": dirty_log,
+            "dirty_pages_per_sec": dirty_rate,
         })
     }
 }

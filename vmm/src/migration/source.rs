@@ -501,6 +501,8 @@ fn precopy(
         tracker.collect_deferred(&mut dirty)?;
         let n = dirty.count();
         let dirty_rate = n as f64 / elapsed.max(1e-6);
+        m.dirty_pages_per_sec
+            .store(dirty_rate as u64, std::sync::atomic::Ordering::Relaxed);
         // The final pass takes as long as the sender needs for n pages, or the link for
         // their bytes, whichever is longer (the link's propagation delay is not downtime
         // the target can buy down, and is not counted).
