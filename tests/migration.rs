@@ -25,18 +25,13 @@ fn source_keeps_running(src: &mut Vmm) {
     let (ok, out, err) = src.client("info", &[]);
     assert!(ok, "info: {err}");
     assert!(out.contains("\"running\""), "source not running: {out}");
-    let len = src.log().len();
-    let log = src.wait_for("CHECK PASS", len, T);
-    assert!(!log.contains("CHECK FAIL"), "{log}");
+    src.assert_still_passing();
 }
 
 #[test]
 fn ab_guest_migrates_and_keeps_passing() {
     let dir = Scratch::new("mig-ab");
-    let mut src = Vmm::boot_guest(&dir, "src", "workload=ab mib=64", "256M");
-    src.wait_for("CHECK PASS", 0, T);
-    let port = free_port();
-    let mut dst = incoming(&dir, "dst", port, "256M");
+    let (mut src, mut dst, port) = migration_pair(&dir, "workload=ab mib=64", "256M", "256M");
     let (ok, summary, err) = migrate(&src, port, &["--verify"]);
     assert!(ok, "migration failed: {err}");
     assert_eq!(summary["ok"], true, "{summary}");
@@ -79,10 +74,7 @@ fn rand_and_fill_guests_migrate() {
         ("fill", "workload=fill mib=48 hot=8 rate=5000"),
     ] {
         let dir = Scratch::new(&format!("mig-{name}"));
-        let mut src = Vmm::boot_guest(&dir, "src", cmdline, "128M");
-        src.wait_for("CHECK PASS", 0, T);
-        let port = free_port();
-        let mut dst = incoming(&dir, "dst", port, "128M");
+        let (src, mut dst, port) = migration_pair(&dir, cmdline, "128M", "128M");
         let (ok, summary, err) = migrate(
             &src,
             port,
@@ -99,10 +91,7 @@ fn rand_and_fill_guests_migrate() {
 #[test]
 fn incompatible_destination_is_refused_before_memory_moves() {
     let dir = Scratch::new("mig-incompat");
-    let mut src = Vmm::boot_guest(&dir, "src", "workload=ab mib=16", "128M");
-    src.wait_for("CHECK PASS", 0, T);
-    let port = free_port();
-    let mut dst = incoming(&dir, "dst", port, "256M");
+    let (mut src, mut dst, port) = migration_pair(&dir, "workload=ab mib=16", "128M", "256M");
     let (ok, _, err) = migrate(&src, port, &[]);
     assert!(!ok, "migration to a 256M destination should fail");
     assert!(err.contains("memory size differs"), "error: {err}");
@@ -117,10 +106,7 @@ fn incompatible_destination_is_refused_before_memory_moves() {
 #[test]
 fn destination_killed_mid_transfer_leaves_source_running() {
     let dir = Scratch::new("mig-kill");
-    let mut src = Vmm::boot_guest(&dir, "src", "workload=ab mib=128", "256M");
-    src.wait_for("CHECK PASS", 0, T);
-    let port = free_port();
-    let mut dst = incoming(&dir, "dst", port, "256M");
+    let (mut src, mut dst, port) = migration_pair(&dir, "workload=ab mib=128", "256M", "256M");
     let sock = src.sock.clone();
     // A slow stream (20 MB/s) so the kill lands mid-transfer.
     let h = std::thread::spawn(move || {
@@ -184,10 +170,7 @@ fn corrupting_relay(to: u16, offset: u64) -> u16 {
 #[test]
 fn corrupted_byte_in_transit_is_caught_and_source_keeps_running() {
     let dir = Scratch::new("mig-corrupt");
-    let mut src = Vmm::boot_guest(&dir, "src", "workload=ab mib=32", "128M");
-    src.wait_for("CHECK PASS", 0, T);
-    let port = free_port();
-    let mut dst = incoming(&dir, "dst", port, "128M");
+    let (mut src, mut dst, port) = migration_pair(&dir, "workload=ab mib=32", "128M", "128M");
     // Past the handshake, inside the first page batch.
     let relay = corrupting_relay(port, 100_000);
     let (ok, _, err) = migrate(&src, relay, &[]);

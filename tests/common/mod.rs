@@ -161,6 +161,15 @@ impl Vmm {
         }
     }
 
+    /// Asserts the guest is running and passes its self-check again from here on (after a
+    /// failed migration, say).
+    pub fn assert_still_passing(&mut self) {
+        assert!(self.alive(), "VMM exited: {}", self.err());
+        let len = self.log().len();
+        let log = self.wait_for("CHECK PASS", len, Duration::from_secs(120));
+        assert!(!log.contains("CHECK FAIL"), "{log}");
+    }
+
     /// Runs `novacron-vmm <cmd> --api-socket SOCK`, returning (success, stdout, stderr).
     pub fn client(&self, cmd: &str, extra: &[&str]) -> (bool, String, String) {
         let out = Command::new(vmm())
@@ -231,6 +240,22 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
+}
+
+/// A source VMM booted with the test guest running `cmdline` in `memory` (past its first
+/// self-check) and a destination VMM of `dst_memory` listening on a free port: (source,
+/// destination, port).
+pub fn migration_pair(
+    dir: &Scratch,
+    cmdline: &str,
+    memory: &str,
+    dst_memory: &str,
+) -> (Vmm, Vmm, u16) {
+    let mut src = Vmm::boot_guest(dir, "src", cmdline, memory);
+    src.wait_for("CHECK PASS", 0, Duration::from_secs(120));
+    let port = free_port();
+    let dst = incoming(dir, "dst", port, dst_memory);
+    (src, dst, port)
 }
 
 /// Starts a destination VMM with `--incoming tcp:127.0.0.1:PORT` and waits until it listens
