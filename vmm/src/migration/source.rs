@@ -205,7 +205,65 @@ struct PassStats {
     by_encoding: std::collections::BTreeMap<String, u64>,
 }
 
+impl PassStats {
+    /// The round summary of this pass.
+    fn summary(
+        &self,
+        round: u32,
+        ms: f64,
+        dirty_pages: u64,
+        dirty_rate: f64,
+        throttle_pct: u32,
+    ) -> RoundSummary {
+        RoundSummary {
+            round,
+            encoding: self.encoding,
+            pages_by_encoding: self.by_encoding.clone(),
+            pages: self.pages,
+            zero_pages: self.zero,
+            bytes: self.bytes,
+            ms,
+            dirty_pages,
+            dirty_rate,
+            throttle_pct,
+        }
+    }
+}
+
+/// Sender throughput and wire cost per page as the last precopy round measured them, for
+/// estimating the final pass.
+struct Rates {
+    /// Pages/s from the start of a pass to its last byte written (the destination's
+    /// acknowledgement not included).
+    pages_per_s: Option<f64>,
+    /// Wire bytes per page sent.
+    wire_per_page: f64,
+}
+
 impl Sender<'_> {
+    /// One precopy round: the pass (see [`Sender::send_pass`]), then `RoundEnd` and the
+    /// destination's acknowledgement. Returns the pass and its duration (ms); updates `rates`.
+    fn round(
+        &mut self,
+        pages: &PageBitmap,
+        first: bool,
+        round: u32,
+        rates: &mut Rates,
+    ) -> Result<(PassStats, f64), MigrationError> {
+        let start = Instant::now();
+        let st = self.send_pass(pages, first, !first)?;
+        self.wire.flush()?;
+        let send_s = start.elapsed().as_secs_f64();
+        self.end_round(round)?;
+        // Round 0 reads zero pages too (and skips them): they count towards its rate.
+        let read = if first { st.pages + st.zero } else { st.pages };
+        if send_s > 0.0 && st.pages > 0 {
+            rates.pages_per_s = Some(read as f64 / send_s);
+            rates.wire_per_page = st.bytes as f64 / st.pages as f64;
+        }
+        Ok((st, start.elapsed().as_secs_f64() * 1e3))
+    }
+
     /// Sends the pages set in `pages`; zero pages are skipped when `skip_zero` (the
     /// destination starts zeroed), else sent as zero markers. With `rearm`, each window of
     /// pages is re-protected in KVM just before it is read (manual-protect mode). Pages are
@@ -463,34 +521,15 @@ fn precopy(
 ) -> Result<MigrationSummary, MigrationError> {
     let mut rounds: Vec<RoundSummary> = Vec::new();
     let mut dirty = PageBitmap::new(dirty::frame_count(m));
-    // Sender throughput (pages/s from the start of a pass to its last byte written, the
-    // destination's acknowledgement not included) and wire bytes per page of the last pass.
-    let mut page_rate: Option<f64> = None;
-    let mut wire_per_page = PAGE_SIZE as f64;
+    let mut rates = Rates {
+        pages_per_s: None,
+        wire_per_page: PAGE_SIZE as f64,
+    };
 
     // Round 0: every page the guest (or loader) ever touched; untouched memory is never read.
     let touched = dirty::touched_pages(m);
-    let mut round_start = Instant::now();
-    let st = s.send_pass(&touched, true, false)?;
-    s.wire.flush()?;
-    let send_s = round_start.elapsed().as_secs_f64();
-    s.end_round(0)?;
-    let mut elapsed = round_start.elapsed().as_secs_f64();
-    rounds.push(RoundSummary {
-        round: 0,
-        encoding: st.encoding,
-        pages_by_encoding: st.by_encoding.clone(),
-        pages: st.pages,
-        zero_pages: st.zero,
-        bytes: st.bytes,
-        ms: elapsed * 1e3,
-        dirty_pages: touched.count(),
-        ..Default::default()
-    });
-    if send_s > 0.0 && st.pages > 0 {
-        page_rate = Some((st.pages + st.zero) as f64 / send_s);
-        wire_per_page = st.bytes as f64 / st.pages as f64;
-    }
+    let (st, mut ms) = s.round(&touched, true, 0, &mut rates)?;
+    rounds.push(st.summary(0, ms, touched.count(), 0.0, 0));
 
     // Dirty rounds while the final pass would exceed the downtime target.
     let mut round = 1u32;
@@ -500,13 +539,13 @@ fn precopy(
         dirty.clear();
         tracker.collect_deferred(&mut dirty)?;
         let n = dirty.count();
-        let dirty_rate = n as f64 / elapsed.max(1e-6);
+        let dirty_rate = n as f64 / (ms / 1e3).max(1e-6);
         m.dirty_pages_per_sec
             .store(dirty_rate as u64, std::sync::atomic::Ordering::Relaxed);
         // The final pass takes as long as the sender needs for n pages, or the link for
         // their bytes, whichever is longer (the link's propagation delay is not downtime
         // the target can buy down, and is not counted).
-        let sender_ms = match page_rate {
+        let sender_ms = match rates.pages_per_s {
             Some(r) if r > 0.0 => n as f64 / r * 1e3,
             _ => n as f64 * PAGE_SIZE as f64 / 1e9 * 1e3,
         };
@@ -514,7 +553,7 @@ fn precopy(
             .wire
             .link
             .rate()
-            .map(|l| n as f64 * wire_per_page / l * 1e3)
+            .map(|l| n as f64 * rates.wire_per_page / l * 1e3)
             .unwrap_or(0.0);
         let est_ms = sender_ms.max(link_ms);
         if est_ms <= opts.downtime_ms as f64 || n == 0 {
@@ -547,28 +586,10 @@ fn precopy(
         } else if stuck > STUCK_ROUNDS && t0.elapsed() > Duration::from_secs(opts.timeout_s) {
             return Err(timeout(opts, &rounds, s, n));
         }
-        round_start = Instant::now();
-        let st = s.send_pass(&dirty, false, true)?;
-        s.wire.flush()?;
-        let send_s = round_start.elapsed().as_secs_f64();
-        s.end_round(round)?;
-        elapsed = round_start.elapsed().as_secs_f64();
-        if send_s > 0.0 && st.pages > 0 {
-            page_rate = Some(st.pages as f64 / send_s);
-            wire_per_page = st.bytes as f64 / st.pages as f64;
-        }
-        rounds.push(RoundSummary {
-            round,
-            encoding: st.encoding,
-            pages_by_encoding: st.by_encoding.clone(),
-            pages: st.pages,
-            zero_pages: st.zero,
-            bytes: st.bytes,
-            ms: elapsed * 1e3,
-            dirty_pages: n,
-            dirty_rate,
-            throttle_pct: throttle.map(|t| t.get()).unwrap_or(0),
-        });
+        let (st, round_ms) = s.round(&dirty, false, round, &mut rates)?;
+        ms = round_ms;
+        let throttle_pct = throttle.map(|t| t.get()).unwrap_or(0);
+        rounds.push(st.summary(round, ms, n, dirty_rate, throttle_pct));
         round += 1;
     }
 
@@ -601,18 +622,7 @@ fn precopy(
         return Err(MigrationError::Refused(confirm.error));
     }
     let downtime = t_pause.elapsed().as_secs_f64() * 1e3;
-    rounds.push(RoundSummary {
-        round,
-        encoding: st.encoding,
-        pages_by_encoding: st.by_encoding.clone(),
-        pages: st.pages,
-        zero_pages: st.zero,
-        bytes: st.bytes,
-        ms: downtime,
-        dirty_pages: n,
-        dirty_rate: 0.0,
-        throttle_pct,
-    });
+    rounds.push(st.summary(round, downtime, n, 0.0, throttle_pct));
     let _ = tracker.stop();
     let codec = s.pool.totals();
     let mut saved = std::collections::BTreeMap::new();
