@@ -598,25 +598,40 @@ fn precopy(
     if let Some(t) = throttle {
         t.halt();
     }
-    m.pause_all();
+    // Downtime starts when the first vCPU is asked to stop.
     let t_pause = Instant::now();
+    let ms_since = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+    m.pause_all();
+    let paused_ms = ms_since(t_pause);
     protocol::write_frame(&mut s.wire.out, FrameType::Switchover, &[])?;
     // `dirty` still holds the pages collected when the loop decided to switch over: add what
     // was written since, and send the union.
     tracker.collect_into(&mut dirty)?;
     let n = dirty.count();
+    let collected_ms = ms_since(t_pause);
     let st = s.send_pass(&dirty, false, false)?;
+    let sent_ms = ms_since(t_pause);
     let state = crate::state::save(m, devices_state())?;
     protocol::write_frame(
         &mut s.wire.out,
         FrameType::State,
         &crate::state::encode(&state)?,
     )?;
+    let state_ms = ms_since(t_pause);
     if opts.verify {
         send_verify(s, m)?;
     }
     protocol::write_frame(&mut s.wire.out, FrameType::Complete, &[])?;
     let reply = s.expect_reply(FrameType::Confirm, "Confirm")?;
+    tracing::debug!(
+        paused_ms,
+        collected_ms,
+        sent_ms,
+        state_ms,
+        confirmed_ms = ms_since(t_pause),
+        pages = n,
+        "switchover"
+    );
     let confirm: Confirm = reply.json()?;
     if !confirm.ok {
         return Err(MigrationError::Refused(confirm.error));
