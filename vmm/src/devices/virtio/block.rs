@@ -329,105 +329,60 @@ mod tests {
         mem.write_slice(&h, GuestAddress(at)).expect("hdr");
     }
 
+    /// Runs a request of type `kind` at `sector` with the data buffers `data` (guest
+    /// address, length, device-writable) between a header at 0x100 and a status byte at
+    /// 0x200; returns (bytes the device reports written, status byte).
+    fn request(
+        blk: &mut Block,
+        mem: &GuestMem,
+        kind: u32,
+        sector: u64,
+        data: &[(u64, u32, bool)],
+    ) -> (u32, Option<u8>) {
+        header(mem, 0x100, kind, sector);
+        let mut descs = vec![(GuestAddress(0x100), 16, false)];
+        descs.extend(data.iter().map(|&(at, len, w)| (GuestAddress(at), len, w)));
+        descs.push((GuestAddress(0x200), 1, true));
+        let used = blk.handle(mem, &descs);
+        (used, mem.read_obj::<u8>(GuestAddress(0x200)).ok())
+    }
+
     #[test]
     fn write_read_flush_id_and_errors() {
         let mem = GuestMem::from_ranges(&[(GuestAddress(0), 0x10000)]).expect("mem");
         let (path, f) = temp_disk(16);
         let mut blk = Block::from_file(f, false, *b"unit-test-disk\0\0\0\0\0\0").expect("blk");
+        let ok = Some(VIRTIO_BLK_S_OK);
+        let ioerr = Some(VIRTIO_BLK_S_IOERR);
         // Write sector 3.
-        header(&mem, 0x100, VIRTIO_BLK_T_OUT, 3);
         mem.write_slice(&[0xab; 512], GuestAddress(0x1000))
             .expect("data");
-        let descs = [
-            (GuestAddress(0x100), 16, false),
-            (GuestAddress(0x1000), 512, false),
-            (GuestAddress(0x200), 1, true),
-        ];
-        assert_eq!(blk.handle(&mem, &descs), 1);
-        assert_eq!(
-            mem.read_obj::<u8>(GuestAddress(0x200)).ok(),
-            Some(VIRTIO_BLK_S_OK)
-        );
+        let out = request(&mut blk, &mem, VIRTIO_BLK_T_OUT, 3, &[(0x1000, 512, false)]);
+        assert_eq!(out, (1, ok));
         let mut disk = File::open(&path).expect("open");
         let mut buf = vec![0u8; 512];
         disk.seek(SeekFrom::Start(3 * 512)).expect("seek");
         disk.read_exact(&mut buf).expect("read");
         assert!(buf.iter().all(|&b| b == 0xab));
         // Read it back into two buffers.
-        header(&mem, 0x100, VIRTIO_BLK_T_IN, 3);
-        let descs = [
-            (GuestAddress(0x100), 16, false),
-            (GuestAddress(0x3000), 256, true),
-            (GuestAddress(0x4000), 256, true),
-            (GuestAddress(0x200), 1, true),
-        ];
-        assert_eq!(blk.handle(&mem, &descs), 513);
+        let two = [(0x3000, 256, true), (0x4000, 256, true)];
+        assert_eq!(request(&mut blk, &mem, VIRTIO_BLK_T_IN, 3, &two), (513, ok));
         assert_eq!(mem.read_obj::<u8>(GuestAddress(0x40ff)).ok(), Some(0xab));
         // Beyond the end of the disk.
-        header(&mem, 0x100, VIRTIO_BLK_T_IN, 16);
-        let descs = [
-            (GuestAddress(0x100), 16, false),
-            (GuestAddress(0x3000), 512, true),
-            (GuestAddress(0x200), 1, true),
-        ];
-        assert_eq!(blk.handle(&mem, &descs), 1);
-        assert_eq!(
-            mem.read_obj::<u8>(GuestAddress(0x200)).ok(),
-            Some(VIRTIO_BLK_S_IOERR)
-        );
+        let past = request(&mut blk, &mem, VIRTIO_BLK_T_IN, 16, &[(0x3000, 512, true)]);
+        assert_eq!(past, (1, ioerr));
         // Flush, get-id, unsupported.
-        header(&mem, 0x100, VIRTIO_BLK_T_FLUSH, 0);
-        assert_eq!(
-            blk.handle(
-                &mem,
-                &[
-                    (GuestAddress(0x100), 16, false),
-                    (GuestAddress(0x200), 1, true)
-                ]
-            ),
-            1
-        );
-        assert_eq!(
-            mem.read_obj::<u8>(GuestAddress(0x200)).ok(),
-            Some(VIRTIO_BLK_S_OK)
-        );
-        header(&mem, 0x100, VIRTIO_BLK_T_GET_ID, 0);
-        let descs = [
-            (GuestAddress(0x100), 16, false),
-            (GuestAddress(0x300), 20, true),
-            (GuestAddress(0x200), 1, true),
-        ];
-        assert_eq!(blk.handle(&mem, &descs), 21);
+        assert_eq!(request(&mut blk, &mem, VIRTIO_BLK_T_FLUSH, 0, &[]), (1, ok));
+        let id = request(&mut blk, &mem, VIRTIO_BLK_T_GET_ID, 0, &[(0x300, 20, true)]);
+        assert_eq!(id, (21, ok));
         let mut id = [0u8; 14];
         mem.read_slice(&mut id, GuestAddress(0x300)).expect("id");
         assert_eq!(&id, b"unit-test-disk");
-        header(&mem, 0x100, 99, 0);
-        assert_eq!(
-            blk.handle(
-                &mem,
-                &[
-                    (GuestAddress(0x100), 16, false),
-                    (GuestAddress(0x200), 1, true)
-                ]
-            ),
-            1
-        );
-        assert_eq!(
-            mem.read_obj::<u8>(GuestAddress(0x200)).ok(),
-            Some(VIRTIO_BLK_S_UNSUPP)
-        );
+        let unsupp = Some(VIRTIO_BLK_S_UNSUPP);
+        assert_eq!(request(&mut blk, &mem, 99, 0, &[]), (1, unsupp));
         // Data outside guest memory: the status byte still reports the error.
-        header(&mem, 0x100, VIRTIO_BLK_T_IN, 0);
-        let descs = [
-            (GuestAddress(0x100), 16, false),
-            (GuestAddress(0xff00), 512, true),
-            (GuestAddress(0x200), 1, true),
-        ];
-        assert_eq!(blk.handle(&mem, &descs), 1);
-        assert_eq!(
-            mem.read_obj::<u8>(GuestAddress(0x200)).ok(),
-            Some(VIRTIO_BLK_S_IOERR)
-        );
+        let outside = request(&mut blk, &mem, VIRTIO_BLK_T_IN, 0, &[(0xff00, 512, true)]);
+        assert_eq!(outside, (1, ioerr));
         let _ = std::fs::remove_file(&path);
     }
 
@@ -437,17 +392,8 @@ mod tests {
         let (path, f) = temp_disk(4);
         let mut blk = Block::from_file(f, true, [0; ID_BYTES]).expect("blk");
         assert_ne!(blk.features() & VIRTIO_BLK_F_RO, 0);
-        header(&mem, 0x100, VIRTIO_BLK_T_OUT, 0);
-        let descs = [
-            (GuestAddress(0x100), 16, false),
-            (GuestAddress(0x1000), 512, false),
-            (GuestAddress(0x200), 1, true),
-        ];
-        assert_eq!(blk.handle(&mem, &descs), 1);
-        assert_eq!(
-            mem.read_obj::<u8>(GuestAddress(0x200)).ok(),
-            Some(VIRTIO_BLK_S_IOERR)
-        );
+        let write = request(&mut blk, &mem, VIRTIO_BLK_T_OUT, 0, &[(0x1000, 512, false)]);
+        assert_eq!(write, (1, Some(VIRTIO_BLK_S_IOERR)));
         let _ = std::fs::remove_file(&path);
     }
 }
