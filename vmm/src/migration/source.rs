@@ -610,6 +610,8 @@ fn precopy(
     let n = dirty.count();
     let collected_ms = ms_since(t_pause);
     let st = s.send_pass(&dirty, false, false)?;
+    // Push the final pages out now: the destination applies them while the state is saved.
+    s.wire.flush()?;
     let sent_ms = ms_since(t_pause);
     let state = crate::state::save(m, devices_state())?;
     protocol::write_frame(
