@@ -4,6 +4,10 @@
 //! acknowledgements is not counted, so this is the link's capacity even when something
 //! else is the bottleneck. Used by `auto` to choose encodings and by the precopy loop to
 //! estimate how long the final pass will take.
+//!
+//! Until enough has been written to measure, a prior may stand in: the sender sets one from
+//! the handshake's round trip (a sub-millisecond round trip means a LAN or loopback, assumed
+//! to carry [`LAN_PRIOR`] until measured).
 
 use std::time::Duration;
 
@@ -11,11 +15,16 @@ use std::time::Duration;
 const WARMUP_BYTES: f64 = 4.0 * 1048576.0;
 /// The window halves its weight every this many bytes.
 const WINDOW_BYTES: f64 = 16.0 * 1048576.0;
+/// Assumed rate of a link whose round trip is under [`LAN_RTT`] (10 Gbit/s), until measured.
+pub const LAN_PRIOR: f64 = 1.25e9;
+/// Round trips shorter than this count as a LAN or loopback.
+pub const LAN_RTT: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Sliding-window link rate (see the module documentation).
 #[derive(Clone, Debug, Default)]
 pub struct LinkMeter {
     cap: Option<f64>,
+    prior: Option<f64>,
     bytes: f64,
     secs: f64,
     total: f64,
@@ -30,6 +39,11 @@ impl LinkMeter {
         }
     }
 
+    /// Uses `rate` (bytes/s) until the link is measured.
+    pub fn set_prior(&mut self, rate: Option<f64>) {
+        self.prior = rate;
+    }
+
     /// Accounts `bytes` written in `busy` (time blocked writing them; a flush adds time
     /// with no bytes).
     pub fn observe(&mut self, bytes: u64, busy: Duration) {
@@ -42,11 +56,12 @@ impl LinkMeter {
         }
     }
 
-    /// Wire bytes/s, once enough has been written to measure it (else the cap, if any);
-    /// never above the cap.
+    /// Wire bytes/s, once enough has been written to measure it (else the prior, else the
+    /// cap, if any); never above the cap.
     pub fn rate(&self) -> Option<f64> {
-        let measured =
-            (self.total >= WARMUP_BYTES && self.secs > 0.0).then(|| self.bytes / self.secs);
+        let measured = (self.total >= WARMUP_BYTES && self.secs > 0.0)
+            .then(|| self.bytes / self.secs)
+            .or(self.prior);
         match (measured, self.cap) {
             (Some(m), Some(c)) => Some(m.min(c)),
             (m, c) => m.or(c),
@@ -72,6 +87,22 @@ mod tests {
         }
         let r = m.rate().expect("rate");
         assert!(r > 80.0 * 1048576.0, "{r}");
+    }
+
+    #[test]
+    fn prior_stands_in_until_measured() {
+        let mut m = LinkMeter::new(Some(100_000_000));
+        m.set_prior(Some(LAN_PRIOR));
+        assert_eq!(m.rate(), Some(1e8), "the cap still applies");
+        let mut m = LinkMeter::new(None);
+        m.set_prior(Some(LAN_PRIOR));
+        assert_eq!(m.rate(), Some(LAN_PRIOR));
+        m.observe(8 << 20, Duration::from_millis(80));
+        let r = m.rate().expect("rate");
+        assert!(
+            (r - 8.0 * 1048576.0 / 0.08).abs() < 1.0,
+            "measured wins: {r}"
+        );
     }
 
     #[test]

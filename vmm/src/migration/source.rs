@@ -13,7 +13,7 @@
 use super::auto::AutoSelector;
 use super::encoder_pool::{Choice, Encoded, EncoderPool};
 use super::encoding::{EncoderConfig, Encoding, DEFAULT_ZSTD_LEVEL, PAGE_SIZE};
-use super::link::LinkMeter;
+use super::link::{LinkMeter, LAN_PRIOR, LAN_RTT};
 use super::options::{parse_tcp, MigrateOptions, MigrationSummary, RoundSummary};
 use super::protocol::{
     self, Abort, Confirm, FrameType, Hello, HelloAck, RoundEnd, PROTOCOL_VERSION,
@@ -446,8 +446,12 @@ pub fn migrate(
         nets: m.config.nets.len(),
         encodings: Encoding::ALL.iter().map(|e| e.name().to_string()).collect(),
     };
+    let sent_hello = Instant::now();
     protocol::write_json(&mut s.wire.out, FrameType::Hello, &hello)?;
     let reply = s.expect_reply(FrameType::HelloAck, "HelloAck")?;
+    if sent_hello.elapsed() < LAN_RTT {
+        s.wire.link.set_prior(Some(LAN_PRIOR));
+    }
     let ack: HelloAck = reply.json()?;
     if !ack.ok {
         return Err(MigrationError::Refused(ack.error));
