@@ -101,13 +101,7 @@ fn main() -> ExitCode {
         };
         return ExitCode::from(supervise::supervise_main(Path::new(dir)) as u8);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    novacron_proto::serving::init_logging();
     let args = Args::parse();
     let mut labels = HashMap::new();
     for l in &args.labels {

@@ -78,21 +78,7 @@ pub struct AgentConfig {
     pub token: Option<String>,
 }
 
-/// Resolves when SIGINT or SIGTERM arrives.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term => {},
-    }
-}
+pub use novacron_proto::serving::shutdown_signal;
 
 /// Runs the agent until a shutdown signal.
 pub async fn serve(cfg: AgentConfig) -> Result<(), ServerError> {
@@ -186,10 +172,7 @@ pub async fn serve(cfg: AgentConfig) -> Result<(), ServerError> {
 
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<AgentServer<AgentApi>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(novacron_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
+    let reflection = novacron_proto::serving::reflection_service()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
     let api = AgentApi {
         manager: Arc::clone(&manager),

@@ -36,21 +36,7 @@ pub enum ServerError {
     },
 }
 
-/// Resolves when SIGINT or SIGTERM arrives.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term => {},
-    }
-}
+pub use novacron_proto::serving::shutdown_signal;
 
 /// Opens the controller and serves on `listen` until a shutdown signal.
 pub async fn serve(
@@ -85,10 +71,7 @@ pub async fn serve_with(
     health.set_serving::<VmServiceServer<VmApi>>().await;
     health.set_serving::<HostServiceServer<HostApi>>().await;
     health.set_serving::<RegistryServer<RegistryApi>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(novacron_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
+    let reflection = novacron_proto::serving::reflection_service()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
 
     let reconciler = tokio::spawn(reconcile::run(Arc::clone(&ctl)));

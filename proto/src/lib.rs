@@ -1,7 +1,8 @@
 //! NovaCron gRPC protocols, generated from `agent.proto` and `controller.proto` by
 //! tonic-prost-build. [`agent`] is the host agent's API, [`controller`] the controller's
 //! user-facing VM/host services and the registry agents report to. [`FILE_DESCRIPTOR_SET`] is
-//! what the servers publish through gRPC server reflection.
+//! what the servers publish through gRPC server reflection; [`serving`] holds what both
+//! servers share.
 
 /// Generated code, laid out like the proto packages (`novacron.agent.v1`, ...).
 pub mod novacron {
@@ -25,6 +26,8 @@ pub mod novacron {
 
 pub use novacron::agent::v1 as agent;
 pub use novacron::controller::v1 as controller;
+
+pub mod serving;
 
 /// Encoded `FileDescriptorSet` of both protocols, for `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("novacron_descriptor");

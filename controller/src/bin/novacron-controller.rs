@@ -58,13 +58,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    novacron_proto::serving::init_logging();
     let args = Args::parse();
     if args.cpu_overcommit <= 0.0 || args.memory_overcommit <= 0.0 {
         eprintln!("novacron-controller: overcommit ratios must be positive");
