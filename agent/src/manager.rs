@@ -153,6 +153,24 @@ pub struct VmData {
 }
 
 impl VmData {
+    /// A VM that exists on disk but has not run yet.
+    fn created(config: apb::VmConfig, dir: PathBuf, meta: Meta) -> Self {
+        VmData {
+            config,
+            dir,
+            meta,
+            state: apb::VmState::Created,
+            pid: 0,
+            started_at_ms: 0,
+            exit: None,
+            info: None,
+            adopted: false,
+            migration: None,
+            message: String::new(),
+            starting_until_ms: 0,
+        }
+    }
+
     fn running(&self) -> bool {
         matches!(
             self.state,
@@ -390,20 +408,7 @@ impl Manager {
                     continue;
                 }
             };
-            let mut data = VmData {
-                config,
-                dir: dir.clone(),
-                meta,
-                state: apb::VmState::Created,
-                pid: 0,
-                started_at_ms: 0,
-                exit: None,
-                info: None,
-                adopted: false,
-                migration: None,
-                message: String::new(),
-                starting_until_ms: 0,
-            };
+            let mut data = VmData::created(config, dir.clone(), meta);
             data.refresh();
             if data.pid > 0 {
                 match vmm_client::info(&data.meta.socket, Duration::from_secs(2)).await {
@@ -565,20 +570,7 @@ impl Manager {
                         let _ = std::fs::remove_dir_all(self.vm_dir(&c.id));
                         return Err(e);
                     }
-                    let data = VmData {
-                        config: c.clone(),
-                        dir: self.vm_dir(&c.id),
-                        meta,
-                        state: apb::VmState::Created,
-                        pid: 0,
-                        started_at_ms: 0,
-                        exit: None,
-                        info: None,
-                        adopted: false,
-                        migration: None,
-                        message: String::new(),
-                        starting_until_ms: 0,
-                    };
+                    let data = VmData::created(c.clone(), self.vm_dir(&c.id), meta);
                     let h = VmHandle::new(data);
                     self.map().insert(c.id.clone(), Arc::clone(&h));
                     tracing::info!(vm = %c.name, id = %c.id, "created");
@@ -930,15 +922,7 @@ impl Manager {
             boot_argv,
         };
         let data = VmData {
-            config: c.clone(),
-            dir: self.vm_dir(&c.id),
-            meta: meta.clone(),
             state: apb::VmState::Incoming,
-            pid: 0,
-            started_at_ms: 0,
-            exit: None,
-            info: None,
-            adopted: false,
             migration: Some(apb::MigrationProgress {
                 migration_id: migration_id.to_string(),
                 role: apb::MigrationRole::Destination as i32,
@@ -947,8 +931,7 @@ impl Manager {
                 started_at_ms: now_ms(),
                 ..Default::default()
             }),
-            message: String::new(),
-            starting_until_ms: 0,
+            ..VmData::created(c.clone(), self.vm_dir(&c.id), meta.clone())
         };
         let h = VmHandle::new(data);
         self.map().insert(c.id.clone(), Arc::clone(&h));

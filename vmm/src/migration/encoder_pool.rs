@@ -183,11 +183,6 @@ impl EncoderPool {
         })
     }
 
-    /// Number of encoder threads (0 when encoding in the caller's thread).
-    pub fn threads(&self) -> usize {
-        self.shards.iter().filter(|s| s.inline.is_none()).count()
-    }
-
     /// The shard that owns `pfn`.
     pub fn shard_of(&self, pfn: u64) -> usize {
         shard_of(pfn, self.shards.len() as u32) as usize
