@@ -1,14 +1,15 @@
 //! The machine configuration a VMM is started with, and parsers for its command-line values.
 
+pub use novacron_vmm_api::units::{parse_rate, parse_size, UnitError};
 use std::path::PathBuf;
 use thiserror::Error;
 
 /// Errors in user-supplied configuration values.
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    /// A size such as `128M` that does not parse.
-    #[error("invalid size '{0}': expected a number with an optional K, M, G suffix (e.g. 128M)")]
-    BadSize(String),
+    /// A size or rate that does not parse.
+    #[error(transparent)]
+    Unit(#[from] UnitError),
     /// A size outside what the VMM supports.
     #[error("memory size {got} MiB out of range: must be between {min} MiB and {max} MiB")]
     MemoryOutOfRange {
@@ -25,9 +26,6 @@ pub enum ConfigError {
     /// A serial target that does not parse.
     #[error("invalid serial target '{0}': expected stdout, none or file:PATH")]
     BadSerial(String),
-    /// A rate that does not parse.
-    #[error("invalid rate '{0}': expected e.g. 100mbit, 10MB, 1G or a number of bytes per second")]
-    BadRate(String),
 }
 
 /// Where the guest's serial console goes.
@@ -62,24 +60,6 @@ pub const MAX_MEMORY_MIB: u64 = 1 << 20;
 /// Largest vCPU count accepted.
 pub const MAX_VCPUS: u32 = 254;
 
-/// Parses `128M`, `1G`, `2GiB`, `65536K`, `4096` (bytes) into bytes (binary units).
-pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
-    let bad = || ConfigError::BadSize(s.to_string());
-    let t = s.trim();
-    let t = t.strip_suffix(['B', 'b']).unwrap_or(t);
-    let t = t.strip_suffix('i').unwrap_or(t);
-    let (num, mult) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
-        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('M') => (&t[..t.len() - 1], 1 << 20),
-        Some('G') => (&t[..t.len() - 1], 1 << 30),
-        Some('T') => (&t[..t.len() - 1], 1 << 40),
-        Some(c) if c.is_ascii_digit() && t.len() == s.trim().len() => (t, 1),
-        _ => return Err(bad()),
-    };
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    n.checked_mul(mult).ok_or_else(bad)
-}
-
 /// Parses a guest memory size and checks it is in range.
 pub fn parse_memory(s: &str) -> Result<u64, ConfigError> {
     let bytes = parse_size(s)?;
@@ -94,62 +74,15 @@ pub fn parse_memory(s: &str) -> Result<u64, ConfigError> {
     Ok(bytes)
 }
 
-/// Parses a bandwidth: `100mbit`, `5Mbit`, `10MB`, `1G` (bytes), or plain bytes per second.
-pub fn parse_rate(s: &str) -> Result<u64, ConfigError> {
-    let lower = s.trim().to_ascii_lowercase();
-    let bad = || ConfigError::BadRate(s.to_string());
-    for (suffix, mult) in [
-        ("gbit", 1_000_000_000u64 / 8),
-        ("mbit", 1_000_000 / 8),
-        ("kbit", 1000 / 8),
-    ] {
-        if let Some(n) = lower.strip_suffix(suffix) {
-            let v: f64 = n.trim().parse().map_err(|_| bad())?;
-            if !(v.is_finite() && v > 0.0) {
-                return Err(bad());
-            }
-            return Ok((v * mult as f64) as u64);
-        }
-    }
-    let t = lower.trim_end_matches("/s").trim_end_matches('b');
-    parse_size(t)
-        .map_err(|_| bad())
-        .and_then(|v| if v == 0 { Err(bad()) } else { Ok(v) })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_size("128M").ok(), Some(128 << 20));
-        assert_eq!(parse_size("1G").ok(), Some(1 << 30));
-        assert_eq!(parse_size("2GiB").ok(), Some(2 << 30));
-        assert!(parse_size("2Q").is_err());
-        assert!(parse_size("M").is_err());
-        assert!(parse_size("12b").is_err());
-        assert_eq!(parse_size("2Gi").ok(), Some(2 << 30));
-        assert_eq!(parse_size("4096").ok(), Some(4096));
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("-5M").is_err());
-        assert!(parse_size("99999999999999999999G").is_err());
-    }
 
     #[test]
     fn memory_range_is_checked() {
         assert!(parse_memory("1M").is_err());
         assert!(parse_memory("128M").is_ok());
         assert!(parse_memory("1500K").is_err());
-    }
-
-    #[test]
-    fn rates_parse() {
-        assert_eq!(parse_rate("100mbit").ok(), Some(12_500_000));
-        assert_eq!(parse_rate("10MB").ok(), Some(10 << 20));
-        assert_eq!(parse_rate("1000").ok(), Some(1000));
-        assert!(parse_rate("fast").is_err());
-        assert!(parse_rate("0").is_err());
     }
 
     #[test]

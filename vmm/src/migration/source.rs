@@ -407,7 +407,9 @@ pub fn migrate(
         (_, 0) => (m.config.memory / 2).clamp(16 << 20, 2 << 30) as usize,
         (_, n) => n as usize,
     };
-    let threads = opts.encoder_threads()?;
+    let threads = opts
+        .encoder_threads()
+        .map_err(|e| MigrationError::Options(e.to_string()))?;
     let pool = EncoderPool::new(
         EncoderConfig {
             cache_bytes,

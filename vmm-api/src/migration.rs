@@ -1,0 +1,194 @@
+//! Migration as users ask for it (`migrate` options, from the CLI, the control API and the
+//! agent) and as it reports back (the summary `migrate` answers with).
+
+use crate::stats::{CodecStats, Encoding};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// An option of `migrate` that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{0}")]
+pub struct OptionsError(pub String);
+
+/// How pages are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Raw pages (zero pages still elided).
+    #[default]
+    None,
+    /// zstd over batches.
+    Zstd,
+    /// XOR delta against what the destination holds, then zstd.
+    Delta,
+    /// Chosen per round from measured bandwidth and encoder throughput.
+    Auto,
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" | "raw" => Ok(Compression::None),
+            "zstd" => Ok(Compression::Zstd),
+            "delta" | "xbzrle" => Ok(Compression::Delta),
+            "auto" => Ok(Compression::Auto),
+            other => Err(format!(
+                "unknown compression '{other}': expected none, zstd, delta or auto"
+            )),
+        }
+    }
+}
+
+impl Compression {
+    /// The fixed encoding, if not auto.
+    pub fn fixed(self) -> Option<Encoding> {
+        match self {
+            Compression::None => Some(Encoding::Raw),
+            Compression::Zstd => Some(Encoding::Zstd),
+            Compression::Delta => Some(Encoding::Delta),
+            Compression::Auto => None,
+        }
+    }
+}
+
+/// Options of one outgoing migration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MigrateOptions {
+    /// Destination, `tcp:HOST:PORT`.
+    pub to: String,
+    /// Downtime target: switch over once the final pass is estimated to take less.
+    #[serde(default = "default_downtime")]
+    pub downtime_ms: u64,
+    /// Bandwidth cap in bytes per second.
+    #[serde(default)]
+    pub bandwidth: Option<u64>,
+    /// Give up (or, with auto-converge, keep throttling) after this many seconds.
+    #[serde(default = "default_timeout")]
+    pub timeout_s: u64,
+    /// Throttle the vCPUs step by step when precopy does not converge.
+    #[serde(default)]
+    pub auto_converge: bool,
+    /// Page compression.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Compare per-page checksums of the final memory before the destination resumes.
+    #[serde(default)]
+    pub verify: bool,
+    /// Bytes of sent-page cache for delta encoding (0 = automatic).
+    #[serde(default)]
+    pub cache_bytes: u64,
+    /// Encoder threads (0 = automatic, see [`MigrateOptions::encoder_threads`]).
+    #[serde(default)]
+    pub encoder_threads: u32,
+}
+
+fn default_downtime() -> u64 {
+    2
+}
+
+fn default_timeout() -> u64 {
+    300
+}
+
+impl Default for MigrateOptions {
+    fn default() -> Self {
+        MigrateOptions {
+            to: String::new(),
+            downtime_ms: default_downtime(),
+            bandwidth: None,
+            timeout_s: default_timeout(),
+            auto_converge: false,
+            compression: Compression::None,
+            verify: false,
+            cache_bytes: 0,
+            encoder_threads: 0,
+        }
+    }
+}
+
+/// Most encoder threads a migration may ask for.
+pub const MAX_ENCODER_THREADS: u32 = 64;
+
+impl MigrateOptions {
+    /// The number of encoder threads to run: `encoder_threads`, or with 0 none at all for
+    /// `--compression none` (0: raw batches are encoded in the sender's thread; they are
+    /// bound by the page copies, and hand-offs to other threads cost more than they save,
+    /// `cargo bench --bench encoder_threads`) and otherwise one per host core up to 4
+    /// (compression scales with cores; beyond 4 a migration stream rarely has the link to
+    /// feed).
+    pub fn encoder_threads(&self) -> Result<u32, OptionsError> {
+        match self.encoder_threads {
+            0 if self.compression == Compression::None => Ok(0),
+            0 => Ok(std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1)
+                .clamp(1, 4)),
+            n if n > MAX_ENCODER_THREADS => Err(OptionsError(format!(
+                "encoder_threads {n} is too many: at most {MAX_ENCODER_THREADS}"
+            ))),
+            n => Ok(n),
+        }
+    }
+}
+
+/// One precopy round in the summary.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RoundSummary {
+    /// Round number (0 = full pass; the last one is the final pass with vCPUs paused).
+    pub round: u32,
+    /// Encoding that carried most of the round's pages.
+    pub encoding: Encoding,
+    /// Pages per encoding (`auto` may switch encodings inside a round).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub pages_by_encoding: std::collections::BTreeMap<String, u64>,
+    /// Pages sent (including zero markers).
+    pub pages: u64,
+    /// Zero pages among them (or elided in round 0).
+    pub zero_pages: u64,
+    /// Bytes put on the wire.
+    pub bytes: u64,
+    /// Duration (ms).
+    pub ms: f64,
+    /// Pages found dirty when the round started.
+    pub dirty_pages: u64,
+    /// Dirty rate measured over the previous round (pages/s).
+    pub dirty_rate: f64,
+    /// vCPU throttle in effect (percent of time paused).
+    pub throttle_pct: u32,
+}
+
+/// What `migrate` prints.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MigrationSummary {
+    /// Success.
+    pub ok: bool,
+    /// Total time from start to destination confirmation (ms).
+    pub total_ms: f64,
+    /// Source-side downtime: vCPUs paused to destination confirmation (ms).
+    pub downtime_ms: f64,
+    /// Destination-side downtime: switchover received to vCPUs running (ms).
+    pub dest_downtime_ms: f64,
+    /// Number of rounds, final pass included.
+    pub rounds: u32,
+    /// Per-round details.
+    pub round_details: Vec<RoundSummary>,
+    /// Pages elided or sent as zero markers.
+    pub zero_pages: u64,
+    /// Total bytes on the wire (frames included).
+    pub wire_bytes: u64,
+    /// Guest RAM bytes.
+    pub memory_bytes: u64,
+    /// Highest throttle applied (percent).
+    pub throttle_pct: u32,
+    /// Whether the final memory was verified page by page.
+    pub verified: bool,
+    /// Encoder statistics: bytes saved per encoding, cache hit rate, CPU time.
+    pub codec: CodecStats,
+    /// Bytes saved per encoding (raw page bytes minus encoded bytes).
+    pub bytes_saved: std::collections::BTreeMap<String, i64>,
+    /// Delta cache hit rate (0..1), if delta was used.
+    pub cache_hit_rate: Option<f64>,
+    /// Encoder CPU time (ms).
+    pub encoder_cpu_ms: f64,
+}
