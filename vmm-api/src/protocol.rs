@@ -152,6 +152,20 @@ pub struct SnapshotReply {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Empty {}
 
+/// What the VMM answers a request with: the `data` of a successful response.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Reply {
+    /// `info`.
+    Info(Info),
+    /// `pause`, `resume`, `shutdown`.
+    Empty(Empty),
+    /// `snapshot`.
+    Snapshot(SnapshotReply),
+    /// `migrate`.
+    Migrated(Box<crate::migration::MigrationSummary>),
+}
+
 /// A request line the VMM cannot serve; the texts are what the client sees.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum RequestError {
