@@ -11,10 +11,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use novacron_proto::agent as apb;
+use novacron_vmm_api::machine::{Disk, MachineOptions, Nic, Serial};
+use novacron_vmm_api::protocol::Lifecycle;
+use parking_lot::{Mutex, MutexGuard};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
@@ -22,7 +25,7 @@ use crate::disks::{self, DiskError, PreparedDisk};
 use crate::net::{self, NetError};
 use crate::procfs;
 use crate::supervise::{self, now_ms, ExitRecord, Launch, SuperviseError};
-use crate::vmm_client::{self, Info, MigrateArgs, VmmClientError};
+use crate::vmm_client::{self, Info, VmmClientError};
 
 /// Errors of VM operations; each maps to one gRPC status code.
 #[derive(Debug, thiserror::Error)]
@@ -189,11 +192,11 @@ impl VmData {
             if procfs::alive_with_arg(p.pid, &self.meta.socket) {
                 self.pid = p.pid;
                 self.started_at_ms = p.started_at_ms;
-                self.state = match self.info.as_ref().map(|i| i.state.as_str()) {
-                    Some("paused") => apb::VmState::Paused,
-                    Some("incoming") => apb::VmState::Incoming,
-                    Some("migrating") => apb::VmState::Migrating,
-                    Some(_) => apb::VmState::Running,
+                self.state = match self.info.as_ref().map(|i| i.state) {
+                    Some(Lifecycle::Paused) => apb::VmState::Paused,
+                    Some(Lifecycle::Incoming) => apb::VmState::Incoming,
+                    Some(Lifecycle::Migrating) => apb::VmState::Migrating,
+                    Some(Lifecycle::Running) => apb::VmState::Running,
                     None if self.meta.role == Role::Incoming => apb::VmState::Incoming,
                     None if now < self.starting_until_ms => apb::VmState::Starting,
                     None => apb::VmState::Running,
@@ -249,7 +252,8 @@ impl VmData {
         };
         let mut migration = self.migration.clone();
         if let Some(m) = migration.as_mut() {
-            if m.phase != "completed" && m.phase != "failed" {
+            let ended = [apb::MigrationPhase::Completed, apb::MigrationPhase::Failed];
+            if !ended.iter().any(|&p| m.phase == p as i32) {
                 m.elapsed_ms = (now - m.started_at_ms).max(0) as u64;
             }
         }
@@ -273,7 +277,7 @@ impl VmData {
             vmm_state: self
                 .info
                 .as_ref()
-                .map(|i| i.state.clone())
+                .map(|i| i.state.name().to_string())
                 .unwrap_or_default(),
             console_log: self.dir.join("console.log").display().to_string(),
             adopted: self.adopted,
@@ -300,7 +304,7 @@ impl VmHandle {
 
     /// The data, locked briefly.
     pub fn data(&self) -> MutexGuard<'_, VmData> {
-        self.data.lock().unwrap_or_else(|p| p.into_inner())
+        self.data.lock()
     }
 }
 
@@ -351,7 +355,7 @@ impl Manager {
     }
 
     fn map(&self) -> MutexGuard<'_, BTreeMap<String, Arc<VmHandle>>> {
-        self.vms.lock().unwrap_or_else(|p| p.into_inner())
+        self.vms.lock()
     }
 
     fn handle(&self, id: &str) -> Result<Arc<VmHandle>, ManagerError> {
@@ -481,62 +485,39 @@ impl Manager {
         incoming: Option<&str>,
     ) -> Result<Vec<String>, ManagerError> {
         let dir = self.vm_dir(&c.id);
-        let mut a: Vec<String> = vec!["run".into()];
-        match incoming {
-            Some(addr) => {
-                a.push("--incoming".into());
-                a.push(addr.to_string());
-            }
-            None => {
-                a.push("--kernel".into());
-                a.push(
-                    disks::resolve(&self.images_dir(), &c.kernel)
-                        .display()
-                        .to_string(),
-                );
-                if !c.initrd.is_empty() {
-                    a.push("--initrd".into());
-                    a.push(
-                        disks::resolve(&self.images_dir(), &c.initrd)
-                            .display()
-                            .to_string(),
-                    );
-                }
-                if !c.cmdline.is_empty() {
-                    a.push("--cmdline".into());
-                    a.push(c.cmdline.clone());
-                }
-            }
-        }
-        a.extend([
-            "--memory".into(),
-            format!("{}M", c.memory_mib),
-            "--vcpus".into(),
-            c.vcpus.to_string(),
-        ]);
-        a.extend([
-            "--serial".into(),
-            format!("file:{}", dir.join("console.log").display()),
-        ]);
-        a.extend(["--api-socket".into(), socket.display().to_string()]);
-        let prepared: Vec<PreparedDisk> = disks::prepare(&dir, &self.images_dir(), &c.disks)?;
-        for d in prepared {
-            a.push("--disk".into());
-            a.push(if d.readonly {
-                format!("{},ro", d.path.display())
-            } else {
-                d.path.display().to_string()
-            });
-        }
-        for (i, nic) in c.nics.iter().enumerate() {
-            a.push("--net".into());
-            let mut spec = format!("tap={}", self.tap(&c.id, i));
-            if !nic.mac.is_empty() {
-                spec.push_str(&format!(",mac={}", nic.mac));
-            }
-            a.push(spec);
-        }
-        Ok(a)
+        let images = self.images_dir();
+        let boot = incoming.is_none();
+        let resolve = |p: &str| (boot && !p.is_empty()).then(|| disks::resolve(&images, p));
+        let prepared: Vec<PreparedDisk> = disks::prepare(&dir, &images, &c.disks)?;
+        let machine = MachineOptions {
+            kernel: resolve(&c.kernel),
+            initrd: resolve(&c.initrd),
+            cmdline: if boot { c.cmdline.clone() } else { String::new() },
+            memory_mib: c.memory_mib,
+            vcpus: c.vcpus,
+            serial: Serial::File(dir.join("console.log")),
+            api_socket: Some(socket.to_path_buf()),
+            disks: prepared
+                .into_iter()
+                .map(|d| Disk {
+                    path: d.path,
+                    read_only: d.readonly,
+                })
+                .collect(),
+            nets: c
+                .nics
+                .iter()
+                .enumerate()
+                .map(|(i, nic)| Nic {
+                    tap: self.tap(&c.id, i),
+                    mac: (!nic.mac.is_empty()).then(|| nic.mac.clone()),
+                })
+                .collect(),
+            incoming: incoming.map(str::to_string),
+            restore: None,
+            paused: false,
+        };
+        Ok(machine.args())
     }
 
     /// Creates a VM (idempotent for the same id and machine) and optionally starts it.
@@ -616,7 +597,7 @@ impl Manager {
             (d.dir.clone(), d.meta.socket.clone(), launch)
         };
         self.launch(h, &dir, &socket, &launch).await?;
-        self.wait_api(h, &dir, &socket, None).await
+        self.wait_api(h, &dir, &socket).await
     }
 
     async fn launch(
@@ -643,13 +624,12 @@ impl Manager {
         Ok(())
     }
 
-    /// Waits until the VMM answers `info` (in `want` state, if given), or fails.
+    /// Waits until the VMM answers `info`, or fails.
     async fn wait_api(
         &self,
         h: &VmHandle,
         dir: &Path,
         socket: &Path,
-        want: Option<&str>,
     ) -> Result<apb::VmStatus, ManagerError> {
         let deadline = Instant::now() + self.cfg.start_timeout;
         loop {
@@ -671,13 +651,11 @@ impl Manager {
             }
             if supervise::read_pid(dir).is_some() && socket.exists() {
                 if let Ok(info) = vmm_client::info(socket, Duration::from_millis(500)).await {
-                    if want.is_none_or(|w| info.state == w) {
-                        let mut d = h.data();
-                        d.info = Some(info);
-                        d.starting_until_ms = 0;
-                        d.refresh();
-                        return Ok(d.status());
-                    }
+                    let mut d = h.data();
+                    d.info = Some(info);
+                    d.starting_until_ms = 0;
+                    d.refresh();
+                    return Ok(d.status());
                 }
             }
             if Instant::now() > deadline {
@@ -827,13 +805,13 @@ impl Manager {
     /// Records an `info` answer; finishes an incoming migration whose VMM now runs.
     fn take_info(&self, h: &VmHandle, i: Info) {
         let mut d = h.data();
-        let done_incoming = d.meta.role == Role::Incoming && i.state != "incoming";
+        let done_incoming = d.meta.role == Role::Incoming && i.state != Lifecycle::Incoming;
         d.info = Some(i);
         if done_incoming {
             d.meta.role = Role::Normal;
             d.meta.migration_id.clear();
             if let Some(m) = d.migration.as_mut() {
-                m.phase = "completed".into();
+                m.phase = apb::MigrationPhase::Completed as i32;
                 m.elapsed_ms = (now_ms() - m.started_at_ms).max(0) as u64;
             }
             let (dir, meta) = (d.dir.clone(), d.meta.clone());
@@ -926,7 +904,7 @@ impl Manager {
             migration: Some(apb::MigrationProgress {
                 migration_id: migration_id.to_string(),
                 role: apb::MigrationRole::Destination as i32,
-                phase: "waiting".into(),
+                phase: apb::MigrationPhase::Waiting as i32,
                 peer: String::new(),
                 started_at_ms: now_ms(),
                 ..Default::default()
@@ -939,7 +917,7 @@ impl Manager {
         let res = async {
             self.launch(&h, &self.vm_dir(&c.id), &meta.socket, &launch)
                 .await?;
-            self.wait_api(&h, &self.vm_dir(&c.id), &meta.socket, None)
+            self.wait_api(&h, &self.vm_dir(&c.id), &meta.socket)
                 .await
         }
         .await;
@@ -983,7 +961,8 @@ impl Manager {
     pub async fn migrate_out(
         &self,
         id: &str,
-        args: MigrateArgs,
+        to: &str,
+        options: &apb::MigrateOptions,
         migration_id: &str,
     ) -> Result<apb::MigrateOutResponse, ManagerError> {
         if let Some(done) = self.finished_migration(migration_id) {
@@ -994,12 +973,13 @@ impl Manager {
         if let Some(done) = self.finished_migration(migration_id) {
             return Ok(done);
         }
-        if !args.to.starts_with("tcp:") {
+        if !to.starts_with("tcp:") {
             return Err(ManagerError::InvalidArgument(format!(
-                "migration target {:?} is not tcp:HOST:PORT",
-                args.to
+                "migration target {to:?} is not tcp:HOST:PORT"
             )));
         }
+        let args = vmm_client::migrate_options(to, options)
+            .map_err(|e| ManagerError::InvalidArgument(e.to_string()))?;
         let (socket, pid, dir) = {
             let mut d = h.data();
             d.refresh();
@@ -1012,7 +992,7 @@ impl Manager {
             d.migration = Some(apb::MigrationProgress {
                 migration_id: migration_id.to_string(),
                 role: apb::MigrationRole::Source as i32,
-                phase: "transferring".into(),
+                phase: apb::MigrationPhase::Transferring as i32,
                 peer: args.to.clone(),
                 started_at_ms: now_ms(),
                 ..Default::default()
@@ -1020,22 +1000,22 @@ impl Manager {
             (d.meta.socket.clone(), d.pid, d.dir.clone())
         };
         let started = Instant::now();
-        let timeout = if args.timeout_s > 0 {
-            Duration::from_secs(args.timeout_s as u64 + 30)
+        let timeout = if options.timeout_s > 0 {
+            Duration::from_secs(u64::from(options.timeout_s) + 30)
         } else {
             Duration::from_secs(3600)
         };
         tracing::info!(id, to = %args.to, "migrating out");
         match vmm_client::migrate(&socket, &args, timeout).await {
             Ok(summary) => {
-                let summary_json = summary.to_string();
+                let summary = crate::summary::to_proto(&summary);
                 // The source VMM exits 0 once the destination confirmed.
                 wait_exit(pid, &socket, Duration::from_secs(30)).await;
                 let status = {
                     let mut d = h.data();
                     if let Some(m) = d.migration.as_mut() {
-                        m.phase = "completed".into();
-                        m.summary_json = summary_json.clone();
+                        m.phase = apb::MigrationPhase::Completed as i32;
+                        m.summary = Some(summary.clone());
                         m.elapsed_ms = started.elapsed().as_millis() as u64;
                     }
                     d.refresh();
@@ -1044,14 +1024,13 @@ impl Manager {
                 self.keep_console_log(id, &dir);
                 self.remove_locked(&h).await?;
                 let resp = apb::MigrateOutResponse {
-                    summary_json,
+                    summary: Some(summary),
                     elapsed_ms: started.elapsed().as_millis() as u64,
                     status: Some(status),
                 };
                 if !migration_id.is_empty() {
                     self.finished
                         .lock()
-                        .unwrap_or_else(|p| p.into_inner())
                         .insert(migration_id.to_string(), resp.clone());
                 }
                 tracing::info!(id, ms = resp.elapsed_ms, "migrated out");
@@ -1060,7 +1039,7 @@ impl Manager {
             Err(e) => {
                 let mut d = h.data();
                 if let Some(m) = d.migration.as_mut() {
-                    m.phase = "failed".into();
+                    m.phase = apb::MigrationPhase::Failed as i32;
                     m.error = e.to_string();
                 }
                 d.refresh();
@@ -1078,7 +1057,6 @@ impl Manager {
         }
         self.finished
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .get(migration_id)
             .cloned()
     }
