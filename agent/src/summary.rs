@@ -80,11 +80,7 @@ pub fn to_proto(s: &MigrationSummary) -> apb::MigrationSummary {
         throttle_pct: s.throttle_pct,
         verified: s.verified,
         codec: Some(codec(&s.codec)),
-        bytes_saved: s
-            .bytes_saved
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect(),
+        bytes_saved: s.bytes_saved.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         cache_hit_rate: s.cache_hit_rate,
         encoder_cpu_ms: s.encoder_cpu_ms,
     }
@@ -133,11 +129,22 @@ mod tests {
         let p = to_proto(&s);
         assert!(p.ok && p.verified);
         assert_eq!(
-            (p.total_ms, p.downtime_ms, p.dest_downtime_ms, p.encoder_cpu_ms),
+            (
+                p.total_ms,
+                p.downtime_ms,
+                p.dest_downtime_ms,
+                p.encoder_cpu_ms
+            ),
             (105.9, 15.96, 3.5, 8.25)
         );
         assert_eq!(
-            (p.rounds, p.zero_pages, p.wire_bytes, p.memory_bytes, p.throttle_pct),
+            (
+                p.rounds,
+                p.zero_pages,
+                p.wire_bytes,
+                p.memory_bytes,
+                p.throttle_pct
+            ),
             (2, 11, 42_860_386, 256 << 20, 20)
         );
         assert_eq!(p.cache_hit_rate, Some(0.75));
@@ -150,7 +157,14 @@ mod tests {
         let r = &p.round_details[1];
         assert_eq!(r.encoding, apb::PageEncoding::Delta as i32);
         assert_eq!(
-            (r.round, r.pages, r.zero_pages, r.bytes, r.dirty_pages, r.throttle_pct),
+            (
+                r.round,
+                r.pages,
+                r.zero_pages,
+                r.bytes,
+                r.dirty_pages,
+                r.throttle_pct
+            ),
             (1, 100, 7, 4096, 90, 10)
         );
         assert_eq!((r.ms, r.dirty_rate), (1.5, 1234.5));
