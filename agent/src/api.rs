@@ -9,7 +9,6 @@ use novacron_proto::agent::agent_server::Agent;
 use tonic::{Request, Response, Status};
 
 use crate::manager::{Manager, ManagerError};
-use crate::vmm_client::MigrateArgs;
 
 impl From<ManagerError> for Status {
     fn from(e: ManagerError) -> Self {
@@ -170,17 +169,9 @@ impl Agent for AgentApi {
     ) -> Result<Response<apb::MigrateOutResponse>, Status> {
         let r = r.into_inner();
         let o = r.options.unwrap_or_default();
-        let args = MigrateArgs {
-            to: r.to,
-            downtime_ms: o.downtime_ms,
-            bandwidth: o.bandwidth,
-            timeout_s: o.timeout_s,
-            auto_converge: o.auto_converge,
-            compression: o.compression,
-        };
         Ok(Response::new(
             self.manager
-                .migrate_out(&r.vm_id, args, &r.migration_id)
+                .migrate_out(&r.vm_id, &r.to, &o, &r.migration_id)
                 .await?,
         ))
     }

@@ -6,7 +6,8 @@
 //! Modules: [`manager`] (VM lifecycle and migration), [`supervise`] (per-VM supervisor),
 //! [`vmm_client`] (the VMM control socket), [`procfs`] (process inspection), [`disks`],
 //! [`net`] (tap devices), [`host`] (inventory), [`api`] (gRPC service), [`registration`]
-//! (controller registration and heartbeats), [`server`] (serving).
+//! (controller registration and heartbeats), [`server`] (serving), [`summary`] (migration
+//! summaries as proto messages).
 
 pub mod api;
 pub mod disks;
@@ -16,5 +17,6 @@ pub mod net;
 pub mod procfs;
 pub mod registration;
 pub mod server;
+pub mod summary;
 pub mod supervise;
 pub mod vmm_client;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use novacron_agent::server::{self, AgentConfig};
 use novacron_agent::{host, supervise};
+use novacron_vmm_api::units::{parse_size, UnitError};
 
 /// The NovaCron host agent.
 #[derive(Debug, Parser)]
@@ -56,19 +57,9 @@ struct Args {
     token_file: Option<PathBuf>,
 }
 
-fn parse_mib(s: &str) -> Option<u64> {
-    let t = s.trim().trim_end_matches(['B', 'i']);
-    let (num, mult) = match t.chars().last()? {
-        'K' | 'k' => (&t[..t.len() - 1], 1.0 / 1024.0),
-        'M' | 'm' => (&t[..t.len() - 1], 1.0),
-        'G' | 'g' => (&t[..t.len() - 1], 1024.0),
-        'T' | 't' => (&t[..t.len() - 1], 1024.0 * 1024.0),
-        _ => (t, 1.0),
-    };
-    num.parse::<f64>()
-        .ok()
-        .filter(|n| *n >= 0.0)
-        .map(|n| (n * mult).ceil() as u64)
+/// `--capacity-memory` in MiB (sizes in the syntax of `novacron_vmm_api::units`), rounded up.
+fn parse_mib(s: &str) -> Result<u64, UnitError> {
+    Ok(parse_size(s)?.div_ceil(1 << 20))
 }
 
 fn find_vmm() -> PathBuf {
@@ -117,9 +108,9 @@ fn main() -> ExitCode {
     }
     let capacity_memory_mib = match &args.capacity_memory {
         Some(s) => match parse_mib(s) {
-            Some(v) => Some(v),
-            None => {
-                eprintln!("novacron-agent: bad --capacity-memory {s:?}");
+            Ok(v) => Some(v),
+            Err(e) => {
+                eprintln!("novacron-agent: bad --capacity-memory: {e}");
                 return ExitCode::from(2);
             }
         },
@@ -171,5 +162,16 @@ fn main() -> ExitCode {
             eprintln!("novacron-agent: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn capacity_memory_is_a_size() {
+        assert_eq!(super::parse_mib("4G").unwrap(), 4096);
+        assert_eq!(super::parse_mib("256MiB").unwrap(), 256);
+        assert_eq!(super::parse_mib("1536K").unwrap(), 2);
+        assert!(super::parse_mib("lots").is_err());
     }
 }

@@ -1,13 +1,17 @@
-//! Client of the VMM's control API (`vmm/API.md`): one JSON object per line on the Unix
-//! socket given by `--api-socket`; answers are `{"ok":true,"data":{...}}` or
-//! `{"ok":false,"error":"..."}`.
+//! Client of the VMM's control API (`vmm/API.md`): typed requests and replies from
+//! `novacron_vmm_api::protocol`, one line each way on the Unix socket given by `--api-socket`.
 
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
-use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use novacron_proto::agent as apb;
+use novacron_vmm_api::migration::{Compression, MigrateOptions, MigrationSummary};
+pub use novacron_vmm_api::protocol::Info;
+use novacron_vmm_api::protocol::{
+    decode_response, encode_request, Empty, ReplyError, Request, MAX_RESPONSE_LINE,
+};
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 /// Errors talking to a VMM.
@@ -33,36 +37,26 @@ pub enum VmmClientError {
     /// The VMM closed the connection without answering.
     #[error("vmm api socket {0}: closed without an answer")]
     Closed(String),
+    /// Migration options the VMM would not accept.
+    #[error("{0}")]
+    BadOptions(String),
 }
 
-/// The `info` answer.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-pub struct Info {
-    /// "running", "paused", "incoming" or "migrating".
-    #[serde(default)]
-    pub state: String,
-    /// vCPUs.
-    #[serde(default)]
-    pub vcpus: u32,
-    /// Guest memory.
-    #[serde(default)]
-    pub memory_mib: u64,
-    /// VMM pid.
-    #[serde(default)]
-    pub pid: i32,
-    /// Time since start.
-    #[serde(default)]
-    pub uptime_ms: u64,
-    /// Kernel path.
-    #[serde(default)]
-    pub kernel: String,
-    /// Current dirty rate.
-    #[serde(default)]
-    pub dirty_pages_per_sec: u64,
+impl From<ReplyError> for VmmClientError {
+    fn from(e: ReplyError) -> Self {
+        match e {
+            ReplyError::Refused(m) => VmmClientError::Refused(m),
+            ReplyError::Malformed { line, .. } => VmmClientError::Malformed(line),
+        }
+    }
 }
 
-/// Sends one request and returns the answer's `data`.
-pub async fn call(socket: &Path, req: &Value, timeout: Duration) -> Result<Value, VmmClientError> {
+/// Sends one request and returns the VMM's reply `T`.
+pub async fn call<T: DeserializeOwned>(
+    socket: &Path,
+    req: &Request,
+    timeout: Duration,
+) -> Result<T, VmmClientError> {
     let path = socket.display().to_string();
     let fut = async {
         let io = |source| VmmClientError::Io {
@@ -71,16 +65,16 @@ pub async fn call(socket: &Path, req: &Value, timeout: Duration) -> Result<Value
         };
         let stream = UnixStream::connect(socket).await.map_err(io)?;
         let (r, mut w) = stream.into_split();
-        let mut line = req.to_string();
-        line.push('\n');
-        w.write_all(line.as_bytes()).await.map_err(io)?;
-        let mut reader = BufReader::new(r);
+        w.write_all(encode_request(req).as_bytes())
+            .await
+            .map_err(io)?;
+        let mut reader = BufReader::new(r.take(MAX_RESPONSE_LINE as u64 + 1));
         let mut answer = String::new();
         let n = reader.read_line(&mut answer).await.map_err(io)?;
         if n == 0 {
             return Err(VmmClientError::Closed(path.clone()));
         }
-        parse_answer(&answer)
+        Ok(decode_response(&answer)?)
     };
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
@@ -88,138 +82,169 @@ pub async fn call(socket: &Path, req: &Value, timeout: Duration) -> Result<Value
     }
 }
 
-/// Parses one answer line.
-pub fn parse_answer(line: &str) -> Result<Value, VmmClientError> {
-    let v: Value = serde_json::from_str(line.trim())
-        .map_err(|_| VmmClientError::Malformed(line.trim().to_string()))?;
-    match v.get("ok").and_then(Value::as_bool) {
-        Some(true) => Ok(v.get("data").cloned().unwrap_or(Value::Null)),
-        Some(false) => Err(VmmClientError::Refused(
-            v.get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("unspecified error")
-                .to_string(),
-        )),
-        None => Err(VmmClientError::Malformed(line.trim().to_string())),
-    }
-}
-
 /// `info`.
 pub async fn info(socket: &Path, timeout: Duration) -> Result<Info, VmmClientError> {
-    let data = call(socket, &json!({"cmd": "info"}), timeout).await?;
-    serde_json::from_value(data.clone()).map_err(|_| VmmClientError::Malformed(data.to_string()))
+    call(socket, &Request::Info, timeout).await
 }
 
 /// `shutdown` (the VMM exits with status 0 right after answering).
 pub async fn shutdown(socket: &Path, timeout: Duration) -> Result<(), VmmClientError> {
-    call(socket, &json!({"cmd": "shutdown"}), timeout)
+    call::<Empty>(socket, &Request::Shutdown, timeout)
         .await
         .map(|_| ())
 }
 
 /// `pause`.
 pub async fn pause(socket: &Path, timeout: Duration) -> Result<(), VmmClientError> {
-    call(socket, &json!({"cmd": "pause"}), timeout)
+    call::<Empty>(socket, &Request::Pause, timeout)
         .await
         .map(|_| ())
 }
 
 /// `resume`.
 pub async fn resume(socket: &Path, timeout: Duration) -> Result<(), VmmClientError> {
-    call(socket, &json!({"cmd": "resume"}), timeout)
+    call::<Empty>(socket, &Request::Resume, timeout)
         .await
         .map(|_| ())
 }
 
-/// Options of `migrate`.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct MigrateArgs {
-    /// tcp:HOST:PORT.
-    pub to: String,
-    /// Downtime target (0: VMM default).
-    pub downtime_ms: u32,
-    /// Bytes/s (0: unlimited).
-    pub bandwidth: u64,
-    /// Seconds (0: VMM default).
-    pub timeout_s: u32,
-    /// vCPU throttling.
-    pub auto_converge: bool,
-    /// none|zstd|delta|auto (empty: VMM default).
-    pub compression: String,
-}
-
-/// The `migrate` request for `args`.
-pub fn migrate_request(args: &MigrateArgs) -> Value {
-    let mut req = json!({"cmd": "migrate", "to": args.to, "auto_converge": args.auto_converge, "verify": true});
-    if args.downtime_ms > 0 {
-        req["downtime_ms"] = json!(args.downtime_ms);
-    }
-    if args.bandwidth > 0 {
-        req["bandwidth"] = json!(args.bandwidth);
-    }
-    if args.timeout_s > 0 {
-        req["timeout_s"] = json!(args.timeout_s);
-    }
-    if !args.compression.is_empty() {
-        req["compression"] = json!(args.compression);
-    }
-    req
+/// The VMM's `migrate` options for a migration to `to` as the controller asked for it: zero
+/// (or empty) fields keep the VMM's defaults, and the final memory is always verified.
+pub fn migrate_options(
+    to: &str,
+    o: &apb::MigrateOptions,
+) -> Result<MigrateOptions, VmmClientError> {
+    let defaults = MigrateOptions::default();
+    let compression = match o.compression.as_str() {
+        "" => defaults.compression,
+        c => c
+            .parse::<Compression>()
+            .map_err(VmmClientError::BadOptions)?,
+    };
+    Ok(MigrateOptions {
+        to: to.to_string(),
+        downtime_ms: match o.downtime_ms {
+            0 => defaults.downtime_ms,
+            d => u64::from(d),
+        },
+        bandwidth: (o.bandwidth > 0).then_some(o.bandwidth),
+        timeout_s: match o.timeout_s {
+            0 => defaults.timeout_s,
+            t => u64::from(t),
+        },
+        auto_converge: o.auto_converge,
+        compression,
+        verify: true,
+        ..defaults
+    })
 }
 
 /// `migrate`: answered with the migration summary when the migration ends.
 pub async fn migrate(
     socket: &Path,
-    args: &MigrateArgs,
+    opts: &MigrateOptions,
     timeout: Duration,
-) -> Result<Value, VmmClientError> {
-    call(socket, &migrate_request(args), timeout).await
+) -> Result<MigrationSummary, VmmClientError> {
+    call(socket, &Request::Migrate(opts.clone()), timeout).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use novacron_vmm_api::protocol::Lifecycle;
 
     #[test]
-    fn answers() {
+    fn options_keep_the_vmm_defaults() {
+        let o = migrate_options(
+            "tcp:1.2.3.4:5",
+            &apb::MigrateOptions {
+                downtime_ms: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(o.to, "tcp:1.2.3.4:5");
+        assert_eq!(o.downtime_ms, 2);
+        assert_eq!(o.bandwidth, None);
+        assert_eq!(o.timeout_s, MigrateOptions::default().timeout_s);
+        assert_eq!(o.compression, Compression::None);
+        assert!(o.verify);
+        let o = migrate_options(
+            "tcp:h:1",
+            &apb::MigrateOptions {
+                bandwidth: 1000,
+                timeout_s: 9,
+                compression: "zstd".into(),
+                auto_converge: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(
-            parse_answer(r#"{"ok":true,"data":{"a":1}}"#).unwrap(),
-            json!({"a":1})
-        );
-        assert!(
-            matches!(parse_answer(r#"{"ok":false,"error":"no"}"#), Err(VmmClientError::Refused(e)) if e == "no")
+            (o.bandwidth, o.timeout_s, o.compression, o.auto_converge),
+            (Some(1000), 9, Compression::Zstd, true)
         );
         assert!(matches!(
-            parse_answer("garbage"),
-            Err(VmmClientError::Malformed(_))
+            migrate_options(
+                "tcp:h:1",
+                &apb::MigrateOptions {
+                    compression: "lz4".into(),
+                    ..Default::default()
+                }
+            ),
+            Err(VmmClientError::BadOptions(e)) if e.contains("lz4")
         ));
-        let r = migrate_request(&MigrateArgs {
-            to: "tcp:1.2.3.4:5".into(),
-            downtime_ms: 2,
-            ..Default::default()
-        });
-        assert_eq!(r["cmd"], "migrate");
-        assert_eq!(r["downtime_ms"], 2);
-        assert!(r.get("bandwidth").is_none());
     }
 
-    #[tokio::test]
-    async fn info_roundtrip() {
-        let dir = std::env::temp_dir().join(format!("nc-vmmc-{}", std::process::id()));
+    /// A socket that answers one request with `answer` and hands back the request line.
+    fn one_shot(
+        name: &str,
+        answer: &'static [u8],
+    ) -> (
+        std::path::PathBuf,
+        std::path::PathBuf,
+        tokio::task::JoinHandle<String>,
+    ) {
+        let dir = std::env::temp_dir().join(format!("nc-vmmc-{name}-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
         let sock = dir.join("api.sock");
         let _ = std::fs::remove_file(&sock);
         let listener = tokio::net::UnixListener::bind(&sock).unwrap();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let (s, _) = listener.accept().await.unwrap();
             let (r, mut w) = s.into_split();
             let mut line = String::new();
             BufReader::new(r).read_line(&mut line).await.unwrap();
-            assert!(line.contains("\"info\""));
-            w.write_all(b"{\"ok\":true,\"data\":{\"state\":\"running\",\"vcpus\":1,\"memory_mib\":64,\"pid\":7,\"uptime_ms\":5,\"kernel\":\"k\",\"dirty_pages_per_sec\":3}}\n").await.unwrap();
+            w.write_all(answer).await.unwrap();
+            line
         });
+        (dir, sock, task)
+    }
+
+    #[tokio::test]
+    async fn info_roundtrip() {
+        let (dir, sock, task) = one_shot("info", b"{\"ok\":true,\"data\":{\"state\":\"running\",\"vcpus\":1,\"memory_mib\":64,\"pid\":7,\"uptime_ms\":5,\"kernel\":\"k\",\"dirty_pages_per_sec\":3}}\n");
         let i = info(&sock, Duration::from_secs(2)).await.unwrap();
-        assert_eq!(i.state, "running");
+        assert_eq!(i.state, Lifecycle::Running);
         assert_eq!(i.dirty_pages_per_sec, 3);
+        assert_eq!(task.await.unwrap(), "{\"cmd\":\"info\"}\n");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn refusals_and_garbage() {
+        let (dir, sock, task) = one_shot("refused", b"{\"ok\":false,\"error\":\"no\"}\n");
+        assert!(
+            matches!(pause(&sock, Duration::from_secs(2)).await, Err(VmmClientError::Refused(e)) if e == "no")
+        );
+        assert_eq!(task.await.unwrap(), "{\"cmd\":\"pause\"}\n");
+        let _ = std::fs::remove_dir_all(dir);
+        let (dir, sock, task) = one_shot("garbage", b"garbage\n");
+        assert!(matches!(
+            info(&sock, Duration::from_secs(2)).await,
+            Err(VmmClientError::Malformed(_))
+        ));
+        task.await.unwrap();
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -90,3 +90,15 @@ pub fn state_name(s: i32) -> &'static str {
         apb::VmState::Migrating => "migrating",
     }
 }
+
+/// The name of a migration phase, for output and messages.
+pub fn migration_phase_name(p: i32) -> &'static str {
+    match apb::MigrationPhase::try_from(p).unwrap_or(apb::MigrationPhase::Unspecified) {
+        apb::MigrationPhase::Unspecified => "unknown",
+        apb::MigrationPhase::Preparing => "preparing",
+        apb::MigrationPhase::Waiting => "waiting",
+        apb::MigrationPhase::Transferring => "transferring",
+        apb::MigrationPhase::Completed => "completed",
+        apb::MigrationPhase::Failed => "failed",
+    }
+}

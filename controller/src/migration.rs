@@ -112,7 +112,7 @@ impl Controller {
                 id: migration_id.clone(),
                 source_host: source.clone(),
                 target_host: target.clone(),
-                phase: "preparing".into(),
+                phase: apb::MigrationPhase::Preparing as i32,
                 started_at_ms: now_ms(),
                 ..Default::default()
             });
@@ -140,9 +140,9 @@ impl Controller {
                     Self::apply_status(&mut cur, status);
                     cur.phase = pb::VmPhase::Running as i32;
                     if let Some(m) = cur.migration.as_mut() {
-                        m.phase = "completed".into();
+                        m.phase = apb::MigrationPhase::Completed as i32;
                         m.ended_at_ms = now_ms();
-                        m.summary_json = summary.clone();
+                        m.summary = summary.clone();
                     }
                     st.refresh_host_counts();
                     self.save_vm(&mut st, cur)?
@@ -153,14 +153,14 @@ impl Controller {
                     &vm,
                     format!(
                         "{source} -> {target} in {elapsed} ms ({})",
-                        short_summary(&summary)
+                        summary.as_ref().map(short_summary).unwrap_or_default()
                     ),
                 );
                 Ok(pb::MigrateVmResponse {
                     vm: Some(vm),
                     source_host: source,
                     target_host: target,
-                    summary_json: summary,
+                    summary,
                     elapsed_ms: elapsed,
                 })
             }
@@ -172,7 +172,7 @@ impl Controller {
                     st.sched.release(&target, id);
                     cur.phase = pb::VmPhase::Running as i32;
                     if let Some(m) = cur.migration.as_mut() {
-                        m.phase = "failed".into();
+                        m.phase = apb::MigrationPhase::Failed as i32;
                         m.ended_at_ms = now_ms();
                         m.error = e.to_string();
                     }
@@ -192,12 +192,12 @@ impl Controller {
         }
     }
 
-    async fn set_migration_phase(&self, id: &str, phase: &str) {
+    async fn set_migration_phase(&self, id: &str, phase: apb::MigrationPhase) {
         let mut st = self.state();
         if let Ok(vm) = st.find_vm(id) {
             let mut vm = vm.clone();
             if let Some(m) = vm.migration.as_mut() {
-                m.phase = phase.to_string();
+                m.phase = phase as i32;
             }
             if let Err(e) = self.save_vm(&mut st, vm) {
                 tracing::warn!("saving migration phase of {id}: {e}");
@@ -212,7 +212,7 @@ impl Controller {
         target: &str,
         migration_id: &str,
         opts: apb::MigrateOptions,
-    ) -> Result<(String, apb::VmStatus)> {
+    ) -> Result<(Option<apb::MigrationSummary>, apb::VmStatus)> {
         // Destination prepares an incoming VMM.
         let mut dst = self.agents.client(&self.agent_addr(target)?)?;
         let prep = apb::PrepareIncomingRequest {
@@ -226,7 +226,8 @@ impl Controller {
             .map_err(|s| agent_err(target, s))?
             .into_inner()
             .address;
-        self.set_migration_phase(&vm.id, "transferring").await;
+        self.set_migration_phase(&vm.id, apb::MigrationPhase::Transferring)
+            .await;
         self.emit_vm(
             "MigrationProgress",
             vm,
@@ -261,7 +262,7 @@ impl Controller {
                     if s.state == apb::VmState::Running as i32
                         || s.state == apb::VmState::Paused as i32
                     {
-                        return Ok((res.summary_json, s));
+                        return Ok((res.summary, s));
                     }
                     if s.state == apb::VmState::Crashed as i32
                         || s.state == apb::VmState::Stopped as i32

@@ -397,7 +397,7 @@ impl Controller {
                 cur.host = m.target_host.clone();
                 cur.phase = pb::VmPhase::Running as i32;
                 if let Some(mm) = cur.migration.as_mut() {
-                    mm.phase = "completed".into();
+                    mm.phase = apb::MigrationPhase::Completed as i32;
                     mm.ended_at_ms = now_ms();
                 }
                 st.refresh_host_counts();
@@ -425,7 +425,7 @@ impl Controller {
                 pb::VmPhase::Unknown
             } as i32;
             if let Some(mm) = cur.migration.as_mut() {
-                mm.phase = "failed".into();
+                mm.phase = apb::MigrationPhase::Failed as i32;
                 mm.ended_at_ms = now_ms();
                 mm.error = "interrupted by a controller restart".into();
             }

@@ -53,7 +53,7 @@ impl Compression {
 }
 
 /// Options of one outgoing migration.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MigrateOptions {
     /// Destination, `tcp:HOST:PORT`.
     pub to: String,

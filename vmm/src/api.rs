@@ -1,7 +1,12 @@
 //! The control API on a Unix socket: one JSON request per line, one JSON response per line
-//! (protocol in `vmm/API.md`), plus the client used by the CLI subcommands.
+//! (protocol in `vmm/API.md`, types and codec in `novacron_vmm_api::protocol`), plus the
+//! client used by the CLI subcommands.
 
-use serde_json::{json, Value};
+use novacron_vmm_api::protocol::{
+    decode_request, decode_response, encode_request, encode_response, Reply, ReplyError,
+    Request, MAX_REQUEST_LINE, MAX_RESPONSE_LINE,
+};
+use serde::de::DeserializeOwned;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -40,12 +45,21 @@ pub enum ApiError {
     Refused(String),
 }
 
-/// Something that serves API commands (the VMM runtime implements this).
+impl From<ReplyError> for ApiError {
+    fn from(e: ReplyError) -> Self {
+        match e {
+            ReplyError::Refused(m) => ApiError::Refused(m),
+            malformed @ ReplyError::Malformed { .. } => ApiError::BadResponse(malformed.to_string()),
+        }
+    }
+}
+
+/// Something that serves API requests (the VMM runtime implements this).
 pub trait Handler: Send + Sync + 'static {
-    /// Handles one request; `Ok(data)` or `Err(message)`.
-    fn handle(&self, cmd: &str, req: &Value) -> Result<Value, String>;
-    /// Called after the response to `cmd` has been written (e.g. to exit after shutdown).
-    fn after_response(&self, _cmd: &str) {}
+    /// Handles one request: the reply, or a message a user can act on.
+    fn handle(&self, req: &Request) -> Result<Reply, String>;
+    /// Called after the response to `req` has been written (e.g. to exit after shutdown).
+    fn after_response(&self, _req: &Request) {}
 }
 
 /// Binds `path` (replacing a stale socket) and serves requests on a background thread.
@@ -81,9 +95,6 @@ pub fn serve(path: &Path, handler: Arc<dyn Handler>) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Largest request line accepted.
-const MAX_REQUEST: usize = 64 << 10;
-
 fn serve_conn(conn: UnixStream, handler: Arc<dyn Handler>) {
     let Ok(mut writer) = conn.try_clone() else {
         return;
@@ -93,37 +104,17 @@ fn serve_conn(conn: UnixStream, handler: Arc<dyn Handler>) {
     loop {
         line.clear();
         match Read::by_ref(&mut reader)
-            .take(MAX_REQUEST as u64 + 1)
+            .take(MAX_REQUEST_LINE as u64 + 1)
             .read_line(&mut line)
         {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        let (resp, cmd) = if line.len() > MAX_REQUEST {
-            (
-                json!({"ok": false, "error": "request too long"}),
-                String::new(),
-            )
-        } else {
-            match serde_json::from_str::<Value>(line.trim()) {
-                Ok(req) => match req.get("cmd").and_then(Value::as_str) {
-                    Some(cmd) => match handler.handle(cmd, &req) {
-                        Ok(data) => (json!({"ok": true, "data": data}), cmd.to_string()),
-                        Err(e) => (json!({"ok": false, "error": e}), cmd.to_string()),
-                    },
-                    None => (
-                        json!({"ok": false, "error": "request has no \"cmd\" string"}),
-                        String::new(),
-                    ),
-                },
-                Err(e) => (
-                    json!({"ok": false, "error": format!("request is not JSON: {e}")}),
-                    String::new(),
-                ),
-            }
+        let req = decode_request(&line).map_err(|e| e.to_string());
+        let out = match &req {
+            Ok(r) => encode_response(&handler.handle(r)),
+            Err(e) => encode_response::<Reply>(&Err(e.clone())),
         };
-        let mut out = resp.to_string();
-        out.push('\n');
         if writer
             .write_all(out.as_bytes())
             .and_then(|_| writer.flush())
@@ -131,31 +122,22 @@ fn serve_conn(conn: UnixStream, handler: Arc<dyn Handler>) {
         {
             return;
         }
-        handler.after_response(&cmd);
+        if let Ok(r) = &req {
+            handler.after_response(r);
+        }
     }
 }
 
-/// Sends one request and returns the response's `data`, or the VMM's error message.
-pub fn call(path: &Path, req: &Value) -> Result<Value, ApiError> {
+/// Sends one request and returns the VMM's reply `T`, or its error message.
+pub fn call<T: DeserializeOwned>(path: &Path, req: &Request) -> Result<T, ApiError> {
     let mut conn = UnixStream::connect(path).map_err(|source| ApiError::Connect {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut line = req.to_string();
-    line.push('\n');
-    conn.write_all(line.as_bytes())?;
+    conn.write_all(encode_request(req).as_bytes())?;
     let mut resp = String::new();
-    BufReader::new(conn).read_line(&mut resp)?;
-    let v: Value = serde_json::from_str(resp.trim())
-        .map_err(|e| ApiError::BadResponse(format!("{e}: {resp:?}")))?;
-    match v.get("ok").and_then(Value::as_bool) {
-        Some(true) => Ok(v.get("data").cloned().unwrap_or(Value::Null)),
-        Some(false) => Err(ApiError::Refused(
-            v.get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("unknown error")
-                .to_string(),
-        )),
-        None => Err(ApiError::BadResponse(resp)),
-    }
+    BufReader::new(conn)
+        .take(MAX_RESPONSE_LINE as u64 + 1)
+        .read_line(&mut resp)?;
+    Ok(decode_response(&resp)?)
 }

@@ -77,6 +77,7 @@ pub fn parse_memory(s: &str) -> Result<u64, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn memory_range_is_checked() {
@@ -113,6 +114,168 @@ mod tests {
         assert!("file:".parse::<SerialTarget>().is_err());
         assert!("tcp".parse::<SerialTarget>().is_err());
     }
+
+    /// `novacron-vmm` as clap sees it, with just the `run` subcommand.
+    #[derive(clap::Parser)]
+    struct Vmm {
+        #[command(subcommand)]
+        cmd: Sub,
+    }
+
+    #[derive(clap::Subcommand)]
+    enum Sub {
+        Run(RunArgs),
+    }
+
+    fn parse_run(m: &novacron_vmm_api::machine::MachineOptions) -> RunArgs {
+        use clap::Parser;
+        let argv = std::iter::once("novacron-vmm".to_string()).chain(m.args());
+        match Vmm::try_parse_from(argv) {
+            Ok(Vmm { cmd: Sub::Run(a) }) => a,
+            Err(e) => panic!("{:?} does not parse: {e}", m.args()),
+        }
+    }
+
+    #[test]
+    fn machine_options_parse_as_run_arguments() {
+        use novacron_vmm_api::machine::{Disk, MachineOptions, Nic, Serial};
+        let boot = MachineOptions {
+            kernel: Some("/img/vmlinux".into()),
+            initrd: Some("/img/initrd".into()),
+            cmdline: "console=ttyS0 reboot=k".into(),
+            memory_mib: 512,
+            vcpus: 4,
+            serial: Serial::File("/vm/console.log".into()),
+            api_socket: Some("/vm/api.sock".into()),
+            disks: vec![
+                Disk {
+                    path: "/vm/root.img".into(),
+                    read_only: false,
+                },
+                Disk {
+                    path: "/vm/seed.img".into(),
+                    read_only: true,
+                },
+            ],
+            nets: vec![
+                Nic {
+                    tap: "nc-a0".into(),
+                    mac: Some("52:54:00:12:34:56".into()),
+                },
+                Nic {
+                    tap: "nc-a1".into(),
+                    mac: None,
+                },
+            ],
+            paused: true,
+            ..Default::default()
+        };
+        let a = parse_run(&boot);
+        assert_eq!(a.kernel.as_deref(), Some(Path::new("/img/vmlinux")));
+        assert_eq!(a.initrd.as_deref(), Some(Path::new("/img/initrd")));
+        assert_eq!(a.cmdline, "console=ttyS0 reboot=k");
+        assert_eq!(a.memory, 512 << 20);
+        assert_eq!(a.vcpus, 4);
+        assert_eq!(a.serial, SerialTarget::File("/vm/console.log".into()));
+        assert_eq!(a.api_socket.as_deref(), Some(Path::new("/vm/api.sock")));
+        assert_eq!(
+            a.disks,
+            [
+                DiskConfig {
+                    path: "/vm/root.img".into(),
+                    read_only: false
+                },
+                DiskConfig {
+                    path: "/vm/seed.img".into(),
+                    read_only: true
+                }
+            ]
+        );
+        assert_eq!(
+            a.nets,
+            [
+                NetConfig {
+                    tap: "nc-a0".into(),
+                    mac: Some([0x52, 0x54, 0, 0x12, 0x34, 0x56])
+                },
+                NetConfig {
+                    tap: "nc-a1".into(),
+                    mac: None
+                }
+            ]
+        );
+        assert!(a.paused && a.incoming.is_none() && a.restore.is_none());
+
+        let incoming = MachineOptions {
+            kernel: None,
+            initrd: None,
+            cmdline: String::new(),
+            paused: false,
+            serial: Serial::None,
+            incoming: Some("tcp:127.0.0.1:4444".into()),
+            ..boot.clone()
+        };
+        let a = parse_run(&incoming);
+        assert_eq!(a.incoming.as_deref(), Some("tcp:127.0.0.1:4444"));
+        assert!(a.kernel.is_none() && a.cmdline.is_empty() && !a.paused);
+        assert_eq!(a.serial, SerialTarget::None);
+        assert_eq!((a.memory, a.vcpus, a.disks.len(), a.nets.len()), (512 << 20, 4, 2, 2));
+
+        let restore = MachineOptions {
+            restore: Some("/snap".into()),
+            serial: Serial::Stdout,
+            ..incoming.clone()
+        };
+        let restore = MachineOptions {
+            incoming: None,
+            ..restore
+        };
+        let a = parse_run(&restore);
+        assert_eq!(a.restore.as_deref(), Some(Path::new("/snap")));
+        assert_eq!(a.serial, SerialTarget::Stdout);
+    }
+}
+
+/// The options of `novacron-vmm run` (the command line `novacron_vmm_api::machine::MachineOptions`
+/// produces).
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Kernel: ELF vmlinux, bzImage, or the test guest.
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = "")]
+    pub cmdline: String,
+    /// Guest RAM, e.g. 128M or 1G.
+    #[arg(long, default_value = "128M", value_parser = parse_memory)]
+    pub memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=254))]
+    pub vcpus: u8,
+    /// Serial console: stdout, file:PATH or none.
+    #[arg(long, default_value = "stdout")]
+    pub serial: SerialTarget,
+    /// Control socket path.
+    #[arg(long)]
+    pub api_socket: Option<PathBuf>,
+    /// virtio-blk disk backed by a raw file: PATH[,ro] (repeatable).
+    #[arg(long = "disk")]
+    pub disks: Vec<DiskConfig>,
+    /// virtio-net interface on a tap device: tap=NAME[,mac=MAC] (repeatable).
+    #[arg(long = "net")]
+    pub nets: Vec<NetConfig>,
+    /// Restore a snapshot directory (written by `snapshot`) instead of booting.
+    #[arg(long, conflicts_with_all = ["kernel", "incoming"])]
+    pub restore: Option<PathBuf>,
+    /// Wait for an incoming migration on tcp:HOST:PORT instead of booting.
+    #[arg(long, conflicts_with = "kernel")]
+    pub incoming: Option<String>,
+    /// Start with the vCPUs paused.
+    #[arg(long)]
+    pub paused: bool,
 }
 
 /// Everything a VMM process is started with.

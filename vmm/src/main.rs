@@ -2,15 +2,15 @@
 
 use clap::{Args, Parser, Subcommand};
 use novacron_vmm::api;
-use novacron_vmm::config::{
-    parse_memory, parse_rate, parse_size, DiskConfig, MachineConfig, NetConfig, SerialTarget,
-};
+use novacron_vmm::config::{parse_rate, parse_size, MachineConfig, RunArgs};
 use novacron_vmm::control::ExitReason;
 use novacron_vmm::machine::Machine;
-use novacron_vmm::migration::options::Compression;
+use novacron_vmm::migration::options::{Compression, MigrateOptions};
 use novacron_vmm::runtime::{Lifecycle, Runtime};
-use serde_json::json;
-use std::path::PathBuf;
+use novacron_vmm_api::migration::MigrationSummary;
+use novacron_vmm_api::protocol::{Empty, Info, Request, SnapshotReply};
+use serde::{de::DeserializeOwned, Serialize};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -95,46 +95,6 @@ struct SocketArg {
     /// The VMM's control socket.
     #[arg(long)]
     api_socket: PathBuf,
-}
-
-#[derive(Args)]
-struct RunArgs {
-    /// Kernel: ELF vmlinux, bzImage, or the test guest.
-    #[arg(long)]
-    kernel: Option<PathBuf>,
-    /// Initial ramdisk.
-    #[arg(long)]
-    initrd: Option<PathBuf>,
-    /// Kernel command line.
-    #[arg(long, default_value = "")]
-    cmdline: String,
-    /// Guest RAM, e.g. 128M or 1G.
-    #[arg(long, default_value = "128M", value_parser = parse_memory)]
-    memory: u64,
-    /// Number of vCPUs.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=254))]
-    vcpus: u8,
-    /// Serial console: stdout, file:PATH or none.
-    #[arg(long, default_value = "stdout")]
-    serial: SerialTarget,
-    /// Control socket path.
-    #[arg(long)]
-    api_socket: Option<PathBuf>,
-    /// virtio-blk disk backed by a raw file: PATH[,ro] (repeatable).
-    #[arg(long = "disk")]
-    disks: Vec<DiskConfig>,
-    /// virtio-net interface on a tap device: tap=NAME[,mac=MAC] (repeatable).
-    #[arg(long = "net")]
-    nets: Vec<NetConfig>,
-    /// Restore a snapshot directory (written by `snapshot`) instead of booting.
-    #[arg(long, conflicts_with_all = ["kernel", "incoming"])]
-    restore: Option<PathBuf>,
-    /// Wait for an incoming migration on tcp:HOST:PORT instead of booting.
-    #[arg(long, conflicts_with = "kernel")]
-    incoming: Option<String>,
-    /// Start with the vCPUs paused.
-    #[arg(long)]
-    paused: bool,
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -236,10 +196,11 @@ fn finish(reason: ExitReason) -> ExitCode {
     ExitCode::from(code as u8)
 }
 
-fn client(sock: &SocketArg, cmd: &str) -> ExitCode {
-    match api::call(&sock.api_socket, &json!({ "cmd": cmd })) {
+/// Sends `req` and prints the reply as pretty JSON when `print`.
+fn client<T: DeserializeOwned + Serialize>(sock: &Path, req: &Request, print: bool) -> ExitCode {
+    match api::call::<T>(sock, req) {
         Ok(v) => {
-            if cmd == "info" {
+            if print {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             }
             ExitCode::SUCCESS
@@ -249,25 +210,18 @@ fn client(sock: &SocketArg, cmd: &str) -> ExitCode {
 }
 
 fn migrate(a: MigrateArgs) -> ExitCode {
-    let req = json!({
-        "cmd": "migrate",
-        "to": a.to,
-        "downtime_ms": a.downtime_ms,
-        "bandwidth": a.bandwidth,
-        "timeout_s": a.timeout,
-        "auto_converge": a.auto_converge,
-        "compression": a.compression,
-        "verify": a.verify,
-        "cache_bytes": a.cache_size.unwrap_or(0),
-        "encoder_threads": a.encoder_threads.unwrap_or(0),
+    let req = Request::Migrate(MigrateOptions {
+        to: a.to,
+        downtime_ms: a.downtime_ms,
+        bandwidth: a.bandwidth,
+        timeout_s: a.timeout,
+        auto_converge: a.auto_converge,
+        compression: a.compression,
+        verify: a.verify,
+        cache_bytes: a.cache_size.unwrap_or(0),
+        encoder_threads: a.encoder_threads.unwrap_or(0),
     });
-    match api::call(&a.api_socket, &req) {
-        Ok(v) => {
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(e),
-    }
+    client::<MigrationSummary>(&a.api_socket, &req, true)
 }
 
 fn main() -> ExitCode {
@@ -285,20 +239,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Command::Run(a) => run(a),
-        Command::Info(s) => client(&s, "info"),
-        Command::Pause(s) => client(&s, "pause"),
-        Command::Resume(s) => client(&s, "resume"),
-        Command::Shutdown(s) => client(&s, "shutdown"),
+        Command::Info(s) => client::<Info>(&s.api_socket, &Request::Info, true),
+        Command::Pause(s) => client::<Empty>(&s.api_socket, &Request::Pause, false),
+        Command::Resume(s) => client::<Empty>(&s.api_socket, &Request::Resume, false),
+        Command::Shutdown(s) => client::<Empty>(&s.api_socket, &Request::Shutdown, false),
         Command::Migrate(a) => migrate(a),
         Command::Snapshot(a) => {
-            let req = json!({"cmd": "snapshot", "to": a.to, "diff": a.diff});
-            match api::call(&a.api_socket, &req) {
-                Ok(v) => {
-                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(e),
-            }
+            let req = Request::Snapshot {
+                to: a.to,
+                diff: a.diff,
+            };
+            client::<SnapshotReply>(&a.api_socket, &req, true)
         }
     }
 }

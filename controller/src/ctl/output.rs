@@ -69,6 +69,66 @@ pub fn status_json(s: &apb::VmStatus) -> Value {
     })
 }
 
+fn encoding_name(e: i32) -> &'static str {
+    match apb::PageEncoding::try_from(e).unwrap_or(apb::PageEncoding::Raw) {
+        apb::PageEncoding::Raw => "raw",
+        apb::PageEncoding::Zstd => "zstd",
+        apb::PageEncoding::Delta => "delta",
+    }
+}
+
+fn encoding_stats_json(m: Option<&apb::EncodingStats>) -> Value {
+    let m = m.copied().unwrap_or_default();
+    json!({
+        "batches": m.batches, "pages": m.pages, "raw_bytes": m.raw_bytes,
+        "encoded_bytes": m.encoded_bytes, "cpu_ns": m.cpu_ns,
+    })
+}
+
+/// JSON of a VMM migration summary, in the VMM's own layout (`vmm/API.md`).
+pub fn summary_json(s: &apb::MigrationSummary) -> Value {
+    let c = s.codec.unwrap_or_default();
+    let k = c.kinds.unwrap_or_default();
+    json!({
+        "ok": s.ok,
+        "total_ms": s.total_ms,
+        "downtime_ms": s.downtime_ms,
+        "dest_downtime_ms": s.dest_downtime_ms,
+        "rounds": s.rounds,
+        "round_details": s.round_details.iter().map(|r| json!({
+            "round": r.round,
+            "encoding": encoding_name(r.encoding),
+            "pages_by_encoding": r.pages_by_encoding,
+            "pages": r.pages,
+            "zero_pages": r.zero_pages,
+            "bytes": r.bytes,
+            "ms": r.ms,
+            "dirty_pages": r.dirty_pages,
+            "dirty_rate": r.dirty_rate,
+            "throttle_pct": r.throttle_pct,
+        })).collect::<Vec<_>>(),
+        "zero_pages": s.zero_pages,
+        "wire_bytes": s.wire_bytes,
+        "memory_bytes": s.memory_bytes,
+        "throttle_pct": s.throttle_pct,
+        "verified": s.verified,
+        "codec": {
+            "raw": encoding_stats_json(c.raw.as_ref()),
+            "zstd": encoding_stats_json(c.zstd.as_ref()),
+            "delta": encoding_stats_json(c.delta.as_ref()),
+            "kinds": {"zero": k.zero, "raw": k.raw, "delta": k.delta, "dedup": k.dedup},
+            "cache_hits": c.cache_hits,
+            "cache_misses": c.cache_misses,
+            "cache_evictions": c.cache_evictions,
+            "cpu_ns": c.cpu_ns,
+            "wall_ns": c.wall_ns,
+        },
+        "bytes_saved": s.bytes_saved,
+        "cache_hit_rate": s.cache_hit_rate,
+        "encoder_cpu_ms": s.encoder_cpu_ms,
+    })
+}
+
 /// JSON of a VM.
 pub fn vm_json(vm: &pb::Vm) -> Value {
     let spec = vm.spec.clone().unwrap_or_default();
@@ -99,9 +159,10 @@ pub fn vm_json(vm: &pb::Vm) -> Value {
         },
         "status": vm.status.as_ref().map(status_json),
         "migration": vm.migration.as_ref().map(|m| json!({
-            "id": m.id, "source_host": m.source_host, "target_host": m.target_host, "phase": m.phase,
+            "id": m.id, "source_host": m.source_host, "target_host": m.target_host,
+            "phase": crate::agent_client::migration_phase_name(m.phase),
             "started_at_ms": m.started_at_ms, "ended_at_ms": m.ended_at_ms,
-            "summary": serde_json::from_str::<Value>(&m.summary_json).unwrap_or(Value::String(m.summary_json.clone())),
+            "summary": m.summary.as_ref().map(summary_json),
             "error": m.error,
         })),
     })
@@ -227,7 +288,10 @@ pub fn print_vm(vm: &pb::Vm, f: Format) {
             if let Some(m) = &vm.migration {
                 println!(
                     "last migration: {} -> {} ({}) {}",
-                    m.source_host, m.target_host, m.phase, m.error
+                    m.source_host,
+                    m.target_host,
+                    crate::agent_client::migration_phase_name(m.phase),
+                    m.error
                 );
             }
         }
@@ -321,7 +385,7 @@ pub fn print_migration(r: &pb::MigrateVmResponse, f: Format) {
             "source_host": r.source_host,
             "target_host": r.target_host,
             "elapsed_ms": r.elapsed_ms,
-            "summary": serde_json::from_str::<Value>(&r.summary_json).unwrap_or(Value::String(r.summary_json.clone())),
+            "summary": r.summary.as_ref().map(summary_json),
         })),
         Format::Table => {
             let name = r.vm.as_ref().map(|v| v.name.as_str()).unwrap_or("?");
@@ -329,8 +393,8 @@ pub fn print_migration(r: &pb::MigrateVmResponse, f: Format) {
                 "vm {name} migrated {} -> {} in {} ms",
                 r.source_host, r.target_host, r.elapsed_ms
             );
-            if !r.summary_json.is_empty() {
-                println!("vmm: {}", crate::util::short_summary(&r.summary_json));
+            if let Some(s) = &r.summary {
+                println!("vmm: {}", crate::util::short_summary(s));
             }
         }
     }

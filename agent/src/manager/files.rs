@@ -1,0 +1,127 @@
+//! A VM's files and host resources: its directory (config, metadata, disks, taps), its
+//! `novacron-vmm run` command line, free ports for incoming migrations, and console logs.
+
+use std::net::TcpListener;
+use std::path::Path;
+
+use novacron_proto::agent as apb;
+use novacron_vmm_api::machine::{Disk, MachineOptions, Nic, Serial};
+use prost::Message;
+
+use crate::disks::{self, PreparedDisk};
+use crate::net::{self};
+use crate::supervise::{self, now_ms};
+
+use super::{io_err, Manager, ManagerError, Meta};
+
+impl Manager {
+    /// Writes a new VM's directory: config, metadata, disks, taps.
+    pub(super) fn materialise(&self, c: &apb::VmConfig, meta: &Meta) -> Result<(), ManagerError> {
+        let dir = self.vm_dir(&c.id);
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        supervise::write_atomic(&dir.join("config.pb"), &c.encode_to_vec())?;
+        self.write_meta(&dir, meta)?;
+        disks::prepare(&dir, &self.images_dir(), &c.disks)?;
+        for (i, nic) in c.nics.iter().enumerate() {
+            net::ensure_tap(&self.tap(&c.id, i), &nic.bridge)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn tap(&self, vm_id: &str, i: usize) -> String {
+        net::tap_name(&format!("{}{vm_id}", self.cfg.agent_tag), i)
+    }
+
+    pub(super) fn write_meta(&self, dir: &Path, meta: &Meta) -> Result<(), ManagerError> {
+        let b = serde_json::to_vec_pretty(meta).map_err(|e| ManagerError::Io {
+            path: dir.join("meta.json").display().to_string(),
+            source: std::io::Error::other(e),
+        })?;
+        supervise::write_atomic(&dir.join("meta.json"), &b)?;
+        Ok(())
+    }
+
+    /// The `novacron-vmm run` arguments of a VM (a fresh boot, or `--incoming ADDR`).
+    pub fn vmm_args(
+        &self,
+        c: &apb::VmConfig,
+        socket: &Path,
+        incoming: Option<&str>,
+    ) -> Result<Vec<String>, ManagerError> {
+        let dir = self.vm_dir(&c.id);
+        let images = self.images_dir();
+        let boot = incoming.is_none();
+        let resolve = |p: &str| (boot && !p.is_empty()).then(|| disks::resolve(&images, p));
+        let prepared: Vec<PreparedDisk> = disks::prepare(&dir, &images, &c.disks)?;
+        let machine = MachineOptions {
+            kernel: resolve(&c.kernel),
+            initrd: resolve(&c.initrd),
+            cmdline: if boot {
+                c.cmdline.clone()
+            } else {
+                String::new()
+            },
+            memory_mib: c.memory_mib,
+            vcpus: c.vcpus,
+            serial: Serial::File(dir.join("console.log")),
+            api_socket: Some(socket.to_path_buf()),
+            disks: prepared
+                .into_iter()
+                .map(|d| Disk {
+                    path: d.path,
+                    read_only: d.readonly,
+                })
+                .collect(),
+            nets: c
+                .nics
+                .iter()
+                .enumerate()
+                .map(|(i, nic)| Nic {
+                    tap: self.tap(&c.id, i),
+                    mac: (!nic.mac.is_empty()).then(|| nic.mac.clone()),
+                })
+                .collect(),
+            incoming: incoming.map(str::to_string),
+            restore: None,
+            paused: false,
+        };
+        Ok(machine.args())
+    }
+
+    pub(super) fn keep_console_log(&self, id: &str, dir: &Path) {
+        let keep = self.cfg.data_dir.join("migrated");
+        if std::fs::create_dir_all(&keep).is_ok() {
+            let _ = std::fs::rename(
+                dir.join("console.log"),
+                keep.join(format!("{id}.{}.console.log", now_ms())),
+            );
+        }
+    }
+}
+
+/// A free TCP port on `host` (bound and released).
+pub(super) fn free_port(host: &str) -> Result<u16, ManagerError> {
+    let l = TcpListener::bind((host, 0)).map_err(|source| ManagerError::Io {
+        path: format!("tcp {host}:0"),
+        source,
+    })?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|source| ManagerError::Io {
+            path: format!("tcp {host}:0"),
+            source,
+        })
+}
+
+/// The last non-empty line of a log, for error messages.
+pub(super) fn log_tail(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "(no output)".into())
+}

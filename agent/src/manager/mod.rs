@@ -1,0 +1,323 @@
+//! The VM manager: the agent's VMs, each a directory under `<data-dir>/vms/<id>` holding its
+//! configuration (`config.pb`), metadata (`meta.json`), disks, console log, API socket and
+//! the supervision files of [`crate::supervise`]. It creates, starts, stops, reboots and
+//! deletes VMs, prepares incoming migrations and drives outgoing ones, and re-adopts every
+//! VM found in the data directory when the agent starts.
+//!
+//! Each VM has an operation lock (one lifecycle operation at a time) and a data lock held only
+//! briefly, so status queries and heartbeats never wait for a long operation such as a
+//! migration.
+//!
+//! Files: [`vm`] (a VM's record, metadata and status), [`files`] (its directory, command
+//! line, ports and console logs), [`lifecycle`] (launching, waiting for and stopping VMMs),
+//! [`adopt`] (re-adoption after an agent restart), [`migration`] (incoming and outgoing
+//! migrations).
+
+mod adopt;
+mod files;
+mod lifecycle;
+mod migration;
+mod vm;
+
+pub use vm::{Meta, Role, VmData, VmHandle};
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use novacron_proto::agent as apb;
+use novacron_vmm_api::protocol::Lifecycle;
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::disks::{self, DiskError};
+use crate::net::NetError;
+use crate::supervise::{now_ms, SuperviseError};
+use crate::vmm_client::{self, Info, VmmClientError};
+
+/// Errors of VM operations; each maps to one gRPC status code.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// Malformed request.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Unknown VM.
+    #[error("vm {0} not found on this host")]
+    NotFound(String),
+    /// The id is in use by a different VM.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// Not valid in the VM's state.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Transient failure (VMM slow to answer).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The migration failed; the VM keeps running here.
+    #[error("{0}")]
+    Aborted(String),
+    /// A disk could not be prepared.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    /// A tap device could not be set up.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// Supervision files or process.
+    #[error(transparent)]
+    Supervise(#[from] SuperviseError),
+    /// The VMM API.
+    #[error(transparent)]
+    Vmm(#[from] VmmClientError),
+    /// Filesystem.
+    #[error("{path}: {source}")]
+    Io {
+        /// Path.
+        path: String,
+        /// OS error.
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ManagerError + '_ {
+    move |source| ManagerError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Agent settings the manager needs.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// `<data-dir>`.
+    pub data_dir: PathBuf,
+    /// The `novacron-vmm` executable.
+    pub vmm_binary: PathBuf,
+    /// This agent's executable (started as the per-VM supervisor).
+    pub agent_exe: PathBuf,
+    /// Address incoming migrations listen on.
+    pub migration_host: String,
+    /// Default graceful-stop timeout.
+    pub stop_timeout: Duration,
+    /// How long a VMM may take to answer its API after start.
+    pub start_timeout: Duration,
+    /// Short form of the agent id (tap names).
+    pub agent_tag: String,
+}
+
+/// The VM manager. See the module documentation.
+#[derive(Debug)]
+pub struct Manager {
+    cfg: ManagerConfig,
+    vms: Mutex<BTreeMap<String, Arc<VmHandle>>>,
+    create: tokio::sync::Mutex<()>,
+    finished: Mutex<HashMap<String, apb::MigrateOutResponse>>,
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn same_machine(a: &apb::VmConfig, b: &apb::VmConfig) -> bool {
+    a.id == b.id
+        && a.vcpus == b.vcpus
+        && a.memory_mib == b.memory_mib
+        && a.kernel == b.kernel
+        && a.disks == b.disks
+        && a.nics == b.nics
+}
+
+impl Manager {
+    /// A manager over `cfg.data_dir`; call [`Manager::adopt`] next.
+    pub fn new(cfg: ManagerConfig) -> Result<Arc<Self>, ManagerError> {
+        let vms_dir = cfg.data_dir.join("vms");
+        std::fs::create_dir_all(&vms_dir).map_err(io_err(&vms_dir))?;
+        let images = cfg.data_dir.join("images");
+        std::fs::create_dir_all(&images).map_err(io_err(&images))?;
+        Ok(Arc::new(Manager {
+            cfg,
+            vms: Mutex::new(BTreeMap::new()),
+            create: tokio::sync::Mutex::new(()),
+            finished: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ManagerConfig {
+        &self.cfg
+    }
+
+    pub(super) fn map(&self) -> MutexGuard<'_, BTreeMap<String, Arc<VmHandle>>> {
+        self.vms.lock()
+    }
+
+    pub(super) fn handle(&self, id: &str) -> Result<Arc<VmHandle>, ManagerError> {
+        self.map()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ManagerError::NotFound(id.to_string()))
+    }
+
+    pub(super) fn vm_dir(&self, id: &str) -> PathBuf {
+        self.cfg.data_dir.join("vms").join(id)
+    }
+
+    pub(super) fn images_dir(&self) -> PathBuf {
+        self.cfg.data_dir.join("images")
+    }
+
+    pub(super) fn socket_path(&self, id: &str) -> PathBuf {
+        let p = self.vm_dir(id).join("api.sock");
+        if p.as_os_str().len() <= 100 {
+            p
+        } else {
+            std::env::temp_dir().join(format!("nc-{}-{id}.sock", self.cfg.agent_tag))
+        }
+    }
+
+    pub(super) fn validate(
+        &self,
+        c: &apb::VmConfig,
+        need_kernel: bool,
+    ) -> Result<(), ManagerError> {
+        let bad = |m: String| Err(ManagerError::InvalidArgument(m));
+        if !valid_id(&c.id) {
+            return bad(format!("invalid vm id {:?}", c.id));
+        }
+        if c.vcpus == 0 || c.memory_mib == 0 {
+            return bad("vcpus and memory must be positive".into());
+        }
+        if need_kernel {
+            if c.kernel.is_empty() {
+                return bad("a kernel is required".into());
+            }
+            let k = disks::resolve(&self.images_dir(), &c.kernel);
+            if !k.is_file() {
+                return bad(format!("kernel {} not found on this host", k.display()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a VM (idempotent for the same id and machine) and optionally starts it.
+    pub async fn create(
+        &self,
+        c: apb::VmConfig,
+        start: bool,
+    ) -> Result<apb::VmStatus, ManagerError> {
+        self.validate(&c, true)?;
+        let h = {
+            let _g = self.create.lock().await;
+            let existing = self.map().get(&c.id).cloned();
+            match existing {
+                Some(h) => {
+                    if !same_machine(&h.data().config, &c) {
+                        return Err(ManagerError::AlreadyExists(format!(
+                            "vm {} exists here with a different configuration",
+                            c.id
+                        )));
+                    }
+                    h
+                }
+                None => {
+                    let meta = Meta {
+                        socket: self.socket_path(&c.id),
+                        role: Role::Normal,
+                        created_at_ms: now_ms(),
+                        ..Default::default()
+                    };
+                    if let Err(e) = self.materialise(&c, &meta) {
+                        let _ = std::fs::remove_dir_all(self.vm_dir(&c.id));
+                        return Err(e);
+                    }
+                    let data = VmData::created(c.clone(), self.vm_dir(&c.id), meta);
+                    let h = VmHandle::new(data);
+                    self.map().insert(c.id.clone(), Arc::clone(&h));
+                    tracing::info!(vm = %c.name, id = %c.id, "created");
+                    h
+                }
+            }
+        };
+        if start {
+            self.start(&c.id).await
+        } else {
+            let mut d = h.data();
+            d.refresh();
+            Ok(d.status())
+        }
+    }
+
+    /// Status of one VM, with a fresh `info` from its VMM when it runs.
+    pub async fn get(&self, id: &str) -> Result<apb::VmStatus, ManagerError> {
+        let h = self.handle(id)?;
+        let (socket, live) = {
+            let mut d = h.data();
+            d.refresh();
+            (d.meta.socket.clone(), d.pid > 0)
+        };
+        if live {
+            if let Ok(info) = vmm_client::info(&socket, Duration::from_secs(1)).await {
+                self.take_info(&h, info);
+            }
+        }
+        let mut d = h.data();
+        d.refresh();
+        Ok(d.status())
+    }
+
+    /// Records an `info` answer; finishes an incoming migration whose VMM now runs.
+    pub(super) fn take_info(&self, h: &VmHandle, i: Info) {
+        let mut d = h.data();
+        let done_incoming = d.meta.role == Role::Incoming && i.state != Lifecycle::Incoming;
+        d.info = Some(i);
+        if done_incoming {
+            d.meta.role = Role::Normal;
+            d.meta.migration_id.clear();
+            if let Some(m) = d.migration.as_mut() {
+                m.phase = apb::MigrationPhase::Completed as i32;
+                m.elapsed_ms = (now_ms() - m.started_at_ms).max(0) as u64;
+            }
+            let (dir, meta) = (d.dir.clone(), d.meta.clone());
+            if let Err(e) = self.write_meta(&dir, &meta) {
+                tracing::warn!("{e}");
+            }
+            tracing::info!(vm = %d.config.name, "incoming migration completed");
+        }
+        d.refresh();
+    }
+
+    /// Statuses of all VMs, ordered by id.
+    pub fn list(&self) -> Vec<apb::VmStatus> {
+        let hs: Vec<Arc<VmHandle>> = self.map().values().cloned().collect();
+        hs.iter()
+            .map(|h| {
+                let mut d = h.data();
+                d.refresh();
+                d.status()
+            })
+            .collect()
+    }
+
+    /// Refreshes every VM and asks each live VMM for `info` (the monitor's tick). Also
+    /// finishes incoming migrations whose VMM now runs.
+    pub async fn monitor_tick(&self) {
+        let hs: Vec<Arc<VmHandle>> = self.map().values().cloned().collect();
+        for h in hs {
+            let (socket, live) = {
+                let mut d = h.data();
+                d.refresh();
+                (d.meta.socket.clone(), d.pid > 0)
+            };
+            if !live {
+                continue;
+            }
+            match vmm_client::info(&socket, Duration::from_secs(1)).await {
+                Ok(i) => self.take_info(&h, i),
+                Err(e) => tracing::debug!("info of {}: {e}", h.data().config.name),
+            }
+        }
+    }
+}
