@@ -2,8 +2,7 @@
 //! self-checking workloads, plus the fault cases: the destination dies, a byte is corrupted
 //! in transit, the destination is incompatible. In every failure the source keeps running.
 
-mod common;
-use common::*;
+use novacron_testsupport::*;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
@@ -214,7 +213,7 @@ fn guest_doing_disk_io_keeps_its_disk_consistent_across_migration() {
     );
     let log = src.wait_for("CHECK PASS workload=blkloop", 0, T);
     src.wait_for("CHECK PASS workload=blkloop", log.len(), T);
-    let port = free_port();
+    let port = free_port("127.0.0.1");
     let addr = format!("tcp:127.0.0.1:{port}");
     let mut dst = Vmm::start(
         &dir,

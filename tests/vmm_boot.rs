@@ -1,8 +1,7 @@
 //! Boots the test guest on real /dev/kvm and checks its serial output, the control API and
 //! the VMM's exit statuses.
 
-mod common;
-use common::*;
+use novacron_testsupport::*;
 use std::process::Command;
 use std::time::Duration;
 

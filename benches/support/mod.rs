@@ -1,10 +1,11 @@
 //! Helpers shared by the benchmarks: building and locating release binaries, statistics.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use novacron_testsupport::RelayProcess;
 
 /// Builds the release binaries the benchmark drives and returns the release dir.
 pub fn release_bins() -> PathBuf {
@@ -20,7 +21,7 @@ pub fn release_bins() -> PathBuf {
             "-p",
             "novacron-images",
             "-p",
-            "novacron",
+            "novacron-testsupport",
             "--bins",
         ])
         .status()
@@ -62,14 +63,7 @@ pub fn have(prog: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Kills a child process on drop.
-pub struct Kill(pub Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+pub use novacron_testsupport::Kill;
 
 /// Waits until `log` contains `needle`.
 pub fn wait_for(log: &Path, needle: &str, timeout: Duration) -> bool {
@@ -81,26 +75,6 @@ pub fn wait_for(log: &Path, needle: &str, timeout: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     false
-}
-
-/// Starts the WAN relay in front of `to`; returns it and its port.
-pub fn relay(bins: &Path, to: u16, args: &[&str]) -> Option<(Kill, u16)> {
-    let mut c = Command::new(bins.join("novacron-wanrelay"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--to",
-            &format!("127.0.0.1:{to}"),
-        ])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .ok()?;
-    let mut line = String::new();
-    BufReader::new(c.stdout.take()?).read_line(&mut line).ok()?;
-    let port = line.trim().rsplit(':').next()?.parse().ok()?;
-    Some((Kill(c), port))
 }
 
 /// Boots the test guest with `cmdline`, waits for its workload, migrates it to a fresh
@@ -164,8 +138,10 @@ pub fn migrate_once(
     let bins = vmm.parent().ok_or("no binary dir")?;
     let (_relay, target) = match relay_args {
         Some(a) => {
-            let (k, p) = relay(bins, port, a).ok_or("cannot start the relay")?;
-            (Some(k), p)
+            let to = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let r = RelayProcess::try_start(bins, to, a)?;
+            let p = r.port();
+            (Some(r), p)
         }
         None => (None, port),
     };

@@ -33,4 +33,3 @@ pub fn vmm() -> PathBuf {
 pub fn guest() -> PathBuf {
     PathBuf::from(novacron_images::TESTGUEST_ELF)
 }
-

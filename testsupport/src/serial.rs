@@ -20,4 +20,3 @@ pub fn last_ticks(log: &str) -> u64 {
         .max()
         .unwrap_or(0)
 }
-

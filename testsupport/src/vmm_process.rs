@@ -155,4 +155,3 @@ impl Drop for Vmm {
         let _ = self.child.wait();
     }
 }
-

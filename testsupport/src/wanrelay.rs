@@ -338,11 +338,8 @@ impl Relay {
                 continue;
             }
             active.fetch_add(1, Ordering::SeqCst);
-            let (to, link, active2) = (
-                self.to.clone(),
-                Arc::clone(&self.link),
-                Arc::clone(&active),
-            );
+            let (to, link, active2) =
+                (self.to.clone(), Arc::clone(&self.link), Arc::clone(&active));
             let spawned = thread::Builder::new()
                 .name("relay-conn".into())
                 .spawn(move || {

@@ -123,11 +123,11 @@ mod tests {
 
     #[test]
     fn rate_flag_takes_the_shared_units() {
-        let a = Args::try_parse_from(["r", "--listen", "x", "--to", "y", "--rate", "10MB"])
-            .unwrap();
+        let a =
+            Args::try_parse_from(["r", "--listen", "x", "--to", "y", "--rate", "10MB"]).unwrap();
         assert_eq!(a.rate, Some(10 << 20), "10MB means 10 MiB/s");
-        let a = Args::try_parse_from(["r", "--listen", "x", "--to", "y", "--rate", "100mbit"])
-            .unwrap();
+        let a =
+            Args::try_parse_from(["r", "--listen", "x", "--to", "y", "--rate", "100mbit"]).unwrap();
         assert_eq!(a.rate, Some(12_500_000));
         assert!(
             Args::try_parse_from(["r", "--listen", "x", "--to", "y", "--rate", "10mbps"]).is_err()

@@ -3,14 +3,11 @@
 //! Each scenario starts its own controller and agents and cleans them up on drop.
 #![allow(dead_code)]
 
-#[path = "mgmt_harness.rs"]
-pub mod harness;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use harness::*;
 use novacron_proto::controller as pb;
+use novacron_testsupport::mgmt::*;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
