@@ -441,6 +441,14 @@ pub fn pid(vm: &pb::Vm) -> i32 {
     vm.status.as_ref().map(|s| s.pid).unwrap_or(0)
 }
 
+/// The VMM pid of a VM that must have one: panics if the VM reports none (pid 0), so that
+/// "that process is gone" can never pass for a VM that had no process.
+pub fn running_pid(vm: &pb::Vm) -> i32 {
+    let p = pid(vm);
+    assert!(p > 0, "vm {} reports no VMM pid: {:?}", vm.name, vm.status);
+    p
+}
+
 /// Whether a pid is alive.
 pub fn alive(pid: i32) -> bool {
     // SAFETY: kill with signal 0 only checks existence.

@@ -129,15 +129,23 @@ impl Vmm {
         )
     }
 
-    /// Waits for the process to exit; returns its exit code.
+    /// Waits up to `timeout` for the process to exit and returns its exit code (`None` if a
+    /// signal ended it). Panics, with its stderr and serial log, if it is still running at
+    /// the deadline: a hung VMM never passes for one that exited.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return st.code();
+            match self.child.try_wait() {
+                Ok(Some(st)) => return st.code(),
+                Ok(None) => {}
+                Err(e) => panic!("cannot wait for the VMM: {e}"),
             }
             if Instant::now() > deadline {
-                return None;
+                panic!(
+                    "VMM still running {timeout:?} after it was expected to exit\nstderr: {}\nserial:\n{}",
+                    self.err(),
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
