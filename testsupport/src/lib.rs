@@ -3,6 +3,7 @@
 //! processes and their serial logs, private network namespaces with taps, the WAN relay
 //! and the management-plane harness (controller, agents, VMMs).
 
+pub mod bench;
 pub mod mgmt;
 pub mod migration;
 pub mod net;
