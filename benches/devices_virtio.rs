@@ -13,6 +13,8 @@
 
 mod support;
 
+use novacron_testsupport::net::{add_tap, in_private_netns, PacketSocket};
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -139,77 +141,16 @@ fn blk(vmm: &Path, dir: &Path, full: bool) {
     let _ = std::fs::remove_file(&img);
 }
 
-/// An AF_PACKET socket on `ifname` for EtherType `proto`, with a large receive buffer.
-fn packet_socket(ifname: &str, proto: u16) -> i32 {
-    let name = std::ffi::CString::new(ifname).expect("name");
-    // SAFETY: plain libc calls with valid arguments; results are checked.
-    unsafe {
-        let ifindex = libc::if_nametoindex(name.as_ptr());
-        assert!(ifindex > 0, "no interface {ifname}");
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto.to_be()));
-        assert!(
-            fd >= 0,
-            "AF_PACKET socket: {}",
-            std::io::Error::last_os_error()
-        );
-        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = proto.to_be();
-        sll.sll_ifindex = ifindex as i32;
-        let rc = libc::bind(
-            fd,
-            &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        );
-        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-        let buf: libc::c_int = 64 << 20;
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            &buf as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as u32,
-        );
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 200_000,
-        };
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &tv as *const libc::timeval as *const libc::c_void,
-            std::mem::size_of::<libc::timeval>() as u32,
-        );
-        fd
-    }
-}
-
 fn net(vmm: PathBuf, full: bool) {
-    let r = std::thread::spawn(move || {
-        // SAFETY: unshare only changes this thread's namespace membership.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "unshare(CLONE_NEWNET): {}",
-            std::io::Error::last_os_error()
-        );
+    in_private_netns(move || {
         let tap = "ncbench0";
         let frames: u64 = if full { 200_000 } else { 2_000 };
         // The host sends faster than any guest drains, and a tap drops what does not fit
         // its queue: make the queue hold a whole receive run, so that the guest's drain rate
         // is what gets measured.
         let rx_frames = frames.min(50_000);
-        let qlen = (rx_frames + 1000).to_string();
-        for args in [
-            vec!["tuntap", "add", "dev", tap, "mode", "tap"],
-            vec!["link", "set", tap, "txqueuelen", &qlen, "up"],
-        ] {
-            let st = Command::new("ip").args(&args).status().expect("run ip");
-            assert!(st.success(), "ip {args:?}");
-        }
-        let fd = packet_socket(tap, 0x88b6);
+        add_tap(tap, Some(rx_frames + 1000));
+        let sock = PacketSocket::open(tap, 0x88b6, Duration::from_millis(200), Some(64 << 20));
         let size = 1514u64;
         let net_arg = format!("tap={tap},mac=52:54:00:00:be:01");
         println!("virtio-net, tap in a private netns, {size}-byte frames");
@@ -226,24 +167,21 @@ fn net(vmm: PathBuf, full: bool) {
         );
         let (t0, _) = g.wait("BENCH net op=tx size=", Duration::from_secs(30));
         let counter = std::thread::spawn(move || {
-            let mut buf = vec![0u8; 2048];
             let mut n = 0u64;
             let mut idle = 0;
             while idle < 10 {
-                // SAFETY: buf is valid for its length.
-                let r = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-                if r > 0 {
+                if sock.recv().is_some_and(|f| !f.is_empty()) {
                     n += 1;
                     idle = 0;
                 } else {
                     idle += 1;
                 }
             }
-            (n, fd)
+            (n, sock)
         });
         let (t1, _) = g.wait(" done ticks=", Duration::from_secs(300));
         let secs = (t1 - t0).as_secs_f64();
-        let (arrived, fd) = counter.join().expect("counter");
+        let (arrived, sock) = counter.join().expect("counter");
         println!(
             "{:<12} {:>8} {:>8} {:>8.3} {:>10.1} {:>8.1}",
             "guest->tap",
@@ -269,8 +207,8 @@ fn net(vmm: PathBuf, full: bool) {
         frame[12..14].copy_from_slice(&0x88b6u16.to_be_bytes());
         let send_start = Instant::now();
         for _ in 0..rx_frames {
-            // SAFETY: frame is valid for its length.
-            unsafe { libc::send(fd, frame.as_ptr().cast(), frame.len(), 0) };
+            // A full tap queue drops frames; the guest's count says how many arrived.
+            let _ = sock.send(&frame);
         }
         let send_secs = send_start.elapsed().as_secs_f64();
         let (_, line) = g.wait("BENCH net op=rx frames=", Duration::from_secs(300));
@@ -286,13 +224,7 @@ fn net(vmm: PathBuf, full: bool) {
             (got * size) as f64 / secs / (1 << 20) as f64,
             got as f64 / secs / 1e3
         );
-        // SAFETY: fd is ours.
-        unsafe { libc::close(fd) };
-    })
-    .join();
-    if let Err(e) = r {
-        std::panic::resume_unwind(e);
-    }
+    });
 }
 
 fn main() {

@@ -8,13 +8,10 @@
 //! for the contract stand-in, MGMT_BENCH_N for the number of VMs). Without `--bench` (as
 //! under `cargo test --benches`) it runs a short smoke pass with the stand-in.
 
-#[path = "../tests/mgmt_harness.rs"]
-mod harness;
-
 use std::time::{Duration, Instant};
 
-use harness::{console, count_lines, Cluster, Vmm};
 use novacron_proto::controller as pb;
+use novacron_testsupport::mgmt::{console, count_lines, Cluster, Vmm};
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {

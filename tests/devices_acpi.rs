@@ -7,9 +7,7 @@
 //! - the test guest finds them in guest memory, counts the CPUs of the MADT, and powers the
 //!   machine off (exit status 0) or resets it (status 10) through the FADT's registers.
 
-mod common;
-
-use common::{Scratch, Vmm};
+use novacron_testsupport::{Scratch, Vmm};
 use novacron_vmm::acpi;
 use novacron_vmm::devices::virtio::manager::DeviceInfo;
 use std::process::Command;
@@ -168,7 +166,7 @@ fn guest_args(g: &str, cmdline: &str, vcpus: &str) -> Vec<String> {
 #[test]
 fn guest_reads_the_tables_and_powers_off_through_acpi() {
     let dir = Scratch::new("acpi-off");
-    let g = common::guest();
+    let g = novacron_testsupport::guest();
     let mut args = guest_args(
         g.to_str().expect("utf8"),
         "workload=acpi action=poweroff",
@@ -200,7 +198,7 @@ fn guest_reads_the_tables_and_powers_off_through_acpi() {
 #[test]
 fn guest_resets_through_the_acpi_reset_register() {
     let dir = Scratch::new("acpi-reset");
-    let g = common::guest();
+    let g = novacron_testsupport::guest();
     let args = guest_args(g.to_str().expect("utf8"), "workload=acpi action=reset", "1");
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut vm = Vmm::start(&dir, "reset", &refs);

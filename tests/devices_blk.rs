@@ -7,9 +7,7 @@
 //!   the file is left untouched;
 //! - GET_ID reports the image's file name, and a second disk is reachable too.
 
-mod common;
-
-use common::{Scratch, Vmm};
+use novacron_testsupport::{Scratch, Vmm};
 use std::time::Duration;
 
 const SECTOR: u64 = 512;
@@ -48,7 +46,7 @@ fn guest_writes_and_host_reads_back_identical() {
     let disk = dir.path("guest-writes.img");
     std::fs::write(&disk, vec![0u8; 4 << 20]).expect("create image");
     let (start, sectors, seed) = (100u64, 3000u64, 0x5eed);
-    let g = common::guest();
+    let g = novacron_testsupport::guest();
     let cmdline =
         format!("workload=blk sector={start} sectors={sectors} seed={seed} req_sectors=200");
     let disks = [disk.display().to_string()];
@@ -91,7 +89,7 @@ fn host_writes_and_guest_reads_back_identical() {
     // A second disk first, so the guest's target is disk 1.
     let other = dir.path("other.img");
     std::fs::write(&other, vec![0u8; 1 << 20]).expect("create image");
-    let g = common::guest();
+    let g = novacron_testsupport::guest();
     let cmdline = format!("workload=blkread disk=1 sectors=4096 seed={seed}");
     let disks = [other.display().to_string(), disk.display().to_string()];
     let mut vm = Vmm::start(
@@ -112,7 +110,7 @@ fn read_only_disk_refuses_writes_with_ioerr() {
     let disk = dir.path("ro.img");
     let before = pattern(3, 0, 1 << 20);
     std::fs::write(&disk, &before).expect("create image");
-    let g = common::guest();
+    let g = novacron_testsupport::guest();
     let disks = [format!("{},ro", disk.display())];
     let mut vm = Vmm::start(
         &dir,

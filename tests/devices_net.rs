@@ -7,121 +7,13 @@
 //! - frames written to the tap reach the guest, which echoes them back;
 //! - a tap that does not exist yet is created (and brought up) by the VMM.
 
-mod common;
-
-use common::{Scratch, Vmm};
-use std::process::Command;
+use novacron_testsupport::net::{add_tap, in_private_netns, ip, PacketSocket};
+use novacron_testsupport::{Scratch, Vmm};
 use std::time::Duration;
 
 const ETHERTYPE_TEST: u16 = 0x88b5;
 const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xab, 0xcd, 0xef];
 const HOST_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
-
-/// Runs `f` on a thread that has its own network namespace; child processes it spawns
-/// (ip, the VMM) inherit it.
-fn in_private_netns(f: impl FnOnce() + Send + 'static) {
-    let r = std::thread::spawn(move || {
-        // SAFETY: unshare only changes this thread's namespace membership.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "unshare(CLONE_NEWNET): {}",
-            std::io::Error::last_os_error()
-        );
-        f();
-    })
-    .join();
-    if let Err(e) = r {
-        std::panic::resume_unwind(e);
-    }
-}
-
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("run ip (iproute2)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "ip {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
-}
-
-/// An AF_PACKET socket on `ifname` for EtherType `proto`.
-struct PacketSocket(i32);
-
-impl PacketSocket {
-    fn open(ifname: &str, proto: u16) -> PacketSocket {
-        let name = std::ffi::CString::new(ifname).expect("name");
-        // SAFETY: plain libc calls with valid arguments; results are checked.
-        unsafe {
-            let ifindex = libc::if_nametoindex(name.as_ptr());
-            assert!(ifindex > 0, "no interface {ifname}");
-            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto.to_be()));
-            assert!(
-                fd >= 0,
-                "AF_PACKET socket: {}",
-                std::io::Error::last_os_error()
-            );
-            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-            sll.sll_family = libc::AF_PACKET as u16;
-            sll.sll_protocol = proto.to_be();
-            sll.sll_ifindex = ifindex as i32;
-            let rc = libc::bind(
-                fd,
-                &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            );
-            assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-            let tv = libc::timeval {
-                tv_sec: 10,
-                tv_usec: 0,
-            };
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const libc::timeval as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as u32,
-            );
-            PacketSocket(fd)
-        }
-    }
-
-    /// Receives one frame (None on timeout).
-    fn recv(&self) -> Option<Vec<u8>> {
-        let mut buf = vec![0u8; 2048];
-        // SAFETY: buf is valid for its length.
-        let n = unsafe { libc::recv(self.0, buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return None;
-        }
-        buf.truncate(n as usize);
-        Some(buf)
-    }
-
-    fn send(&self, frame: &[u8]) {
-        // SAFETY: frame is valid for its length.
-        let n = unsafe { libc::send(self.0, frame.as_ptr().cast(), frame.len(), 0) };
-        assert_eq!(
-            n,
-            frame.len() as isize,
-            "send: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
-impl Drop for PacketSocket {
-    fn drop(&mut self) {
-        // SAFETY: the fd is owned by this struct.
-        unsafe { libc::close(self.0) };
-    }
-}
 
 fn frame(dst: [u8; 6], src: [u8; 6], payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::new();
@@ -136,11 +28,10 @@ fn frame(dst: [u8; 6], src: [u8; 6], payload: &[u8]) -> Vec<u8> {
 fn frames_flow_between_guest_and_tap_both_ways() {
     in_private_netns(|| {
         let tap = "nctap0";
-        ip(&["tuntap", "add", "dev", tap, "mode", "tap"]);
-        ip(&["link", "set", tap, "up"]);
-        let sock = PacketSocket::open(tap, ETHERTYPE_TEST);
+        add_tap(tap, None);
+        let sock = PacketSocket::open(tap, ETHERTYPE_TEST, Duration::from_secs(10), None);
         let dir = Scratch::new("net");
-        let g = common::guest();
+        let g = novacron_testsupport::guest();
         let net = format!("tap={tap},mac=52:54:00:ab:cd:ef");
         let mut vm = Vmm::start(
             &dir,
@@ -177,7 +68,8 @@ fn frames_flow_between_guest_and_tap_both_ways() {
         // Tap to guest, and the guest's echo back.
         for i in 0..4 {
             let payload = format!("HOST seq={i} {}", "x".repeat(40 + i));
-            sock.send(&frame(GUEST_MAC, HOST_MAC, payload.as_bytes()));
+            sock.send(&frame(GUEST_MAC, HOST_MAC, payload.as_bytes()))
+                .expect("send a frame to the guest");
             let echo = sock
                 .recv()
                 .unwrap_or_else(|| panic!("echo {i} never arrived\n{}", vm.log()));
@@ -204,7 +96,7 @@ fn frames_flow_between_guest_and_tap_both_ways() {
 fn vmm_creates_a_missing_tap_and_brings_it_up() {
     in_private_netns(|| {
         let dir = Scratch::new("net-create");
-        let g = common::guest();
+        let g = novacron_testsupport::guest();
         let mut vm = Vmm::start(
             &dir,
             "netc",

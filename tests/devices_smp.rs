@@ -2,15 +2,13 @@
 //! APs with INIT/SIPI, and every CPU runs the `ab` pattern on its own slice of memory and
 //! reports it passed.
 
-mod common;
-
-use common::{Scratch, Vmm};
+use novacron_testsupport::{Scratch, Vmm};
 use std::time::Duration;
 
 #[test]
 fn four_vcpus_each_run_the_workload() {
     let dir = Scratch::new("smp");
-    let g = common::guest();
+    let g = novacron_testsupport::guest();
     let g = g.to_str().expect("utf8");
     let mut vm = Vmm::start(
         &dir,

@@ -1,14 +1,14 @@
 //! Management-plane end-to-end tests with real processes: a `novacron-controller`, two
 //! `novacron-agent`s on 127.0.0.2 and 127.0.0.3, and real `novacron-vmm` processes on
 //! /dev/kvm booting the in-repo test guest (`workload=ab`). Scenarios live in
-//! `mgmt_scenarios.rs`.
+//! `mgmt_scenarios/`.
 
-#[path = "mgmt_scenarios.rs"]
-mod scenarios;
+mod mgmt_scenarios;
+use mgmt_scenarios as scenarios;
 
 use std::time::Duration;
 
-use scenarios::harness::Vmm;
+use novacron_testsupport::mgmt::Vmm;
 
 #[test]
 fn real_placement_lifecycle_and_errors() {

@@ -4,12 +4,12 @@
 //! the real-VMM tests, not a replacement: it checks the management plane's own logic fast
 //! and independently of the VMM.
 
-#[path = "mgmt_scenarios.rs"]
-mod scenarios;
+mod mgmt_scenarios;
+use mgmt_scenarios as scenarios;
 
 use std::time::Duration;
 
-use scenarios::harness::Vmm;
+use novacron_testsupport::mgmt::Vmm;
 
 #[test]
 fn fake_placement_lifecycle_and_errors() {

@@ -2,11 +2,12 @@
 //! self-checking workloads, plus the fault cases: the destination dies, a byte is corrupted
 //! in transit, the destination is incompatible. In every failure the source keeps running.
 
-mod common;
-use common::*;
+use novacron_testsupport::*;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -95,10 +96,12 @@ fn incompatible_destination_is_refused_before_memory_moves() {
     let (ok, _, err) = migrate(&src, port, &[]);
     assert!(!ok, "migration to a 256M destination should fail");
     assert!(err.contains("memory size differs"), "error: {err}");
-    assert_ne!(
+    // Status 1 within T: a failed incoming migration (vmm/API.md), not success, not a hang.
+    assert_eq!(
         dst.wait_exit(T),
-        Some(0),
-        "destination must not report success"
+        Some(1),
+        "destination must fail its incoming migration: {}",
+        dst.err()
     );
     source_keeps_running(&mut src);
 }
@@ -108,21 +111,37 @@ fn destination_killed_mid_transfer_leaves_source_running() {
     let dir = Scratch::new("mig-kill");
     let (mut src, mut dst, port) = migration_pair(&dir, "workload=ab mib=128", "256M", "256M");
     let sock = src.sock.clone();
-    // A slow stream (20 MB/s) so the kill lands mid-transfer.
+    // Through a counting relay, so the kill provably lands after pages have moved.
+    let (relay_port, forwarded) = relay(port, None);
+    // A slow stream (20 MB/s, 128 MiB of guest memory: several seconds) so the kill lands
+    // mid-transfer.
     let h = std::thread::spawn(move || {
         std::process::Command::new(vmm())
             .args(["migrate", "--api-socket"])
             .arg(&sock)
             .args([
                 "--to",
-                &format!("tcp:127.0.0.1:{port}"),
+                &format!("tcp:127.0.0.1:{relay_port}"),
                 "--bandwidth",
                 "20MB",
             ])
             .output()
             .expect("migrate")
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    // The transfer has started: well past the handshake, 1024 pages and more have reached
+    // the destination, and the migration is still running.
+    const STARTED: u64 = 4 << 20;
+    let deadline = Instant::now() + T;
+    while forwarded.load(Ordering::SeqCst) < STARTED {
+        assert!(
+            Instant::now() < deadline,
+            "the transfer never started: {} bytes reached the destination",
+            forwarded.load(Ordering::SeqCst)
+        );
+        assert!(!h.is_finished(), "migrate ended before the kill");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!h.is_finished(), "migrate ended before the kill");
     let _ = dst.child.kill();
     let out = h.join().expect("join");
     assert!(
@@ -134,10 +153,14 @@ fn destination_killed_mid_transfer_leaves_source_running() {
     source_keeps_running(&mut src);
 }
 
-/// A TCP relay that flips one byte of the forward stream at `offset`.
-fn corrupting_relay(to: u16, offset: u64) -> u16 {
+/// A one-connection TCP relay in front of 127.0.0.1:`to`: returns its port and the count of
+/// bytes it has forwarded to `to` so far; with `flip_at`, byte `flip_at` of the forward stream
+/// has bit 5 flipped.
+fn relay(to: u16, flip_at: Option<u64>) -> (u16, Arc<AtomicU64>) {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind relay");
     let port = l.local_addr().expect("addr").port();
+    let forwarded = Arc::new(AtomicU64::new(0));
+    let count = Arc::clone(&forwarded);
     std::thread::spawn(move || {
         let Ok((mut a, _)) = l.accept() else { return };
         let Ok(mut b) = TcpStream::connect(("127.0.0.1", to)) else {
@@ -154,17 +177,18 @@ fn corrupting_relay(to: u16, offset: u64) -> u16 {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            if offset >= pos && offset < pos + n as u64 {
+            if let Some(offset) = flip_at.filter(|&o| o >= pos && o < pos + n as u64) {
                 buf[(offset - pos) as usize] ^= 0x20;
             }
             pos += n as u64;
             if b.write_all(&buf[..n]).is_err() {
                 break;
             }
+            count.store(pos, Ordering::SeqCst);
         }
         let _ = b.shutdown(std::net::Shutdown::Both);
     });
-    port
+    (port, forwarded)
 }
 
 #[test]
@@ -172,16 +196,17 @@ fn corrupted_byte_in_transit_is_caught_and_source_keeps_running() {
     let dir = Scratch::new("mig-corrupt");
     let (mut src, mut dst, port) = migration_pair(&dir, "workload=ab mib=32", "128M", "128M");
     // Past the handshake, inside the first page batch.
-    let relay = corrupting_relay(port, 100_000);
+    let (relay, _) = relay(port, Some(100_000));
     let (ok, _, err) = migrate(&src, relay, &[]);
     assert!(!ok, "a corrupted stream must not migrate");
     // The source learns of it as an abort or a dropped connection; either way it keeps running.
     assert!(err.contains("still running here"), "error: {err}");
     let code = dst.wait_exit(T);
-    assert_ne!(
+    assert_eq!(
         code,
-        Some(0),
-        "destination must not resume a corrupted guest"
+        Some(1),
+        "destination must fail the corrupted incoming migration (status 1), not resume it: {}",
+        dst.err()
     );
     assert!(
         dst.err().contains("crc32"),
@@ -214,7 +239,7 @@ fn guest_doing_disk_io_keeps_its_disk_consistent_across_migration() {
     );
     let log = src.wait_for("CHECK PASS workload=blkloop", 0, T);
     src.wait_for("CHECK PASS workload=blkloop", log.len(), T);
-    let port = free_port();
+    let port = free_port("127.0.0.1");
     let addr = format!("tcp:127.0.0.1:{port}");
     let mut dst = Vmm::start(
         &dir,
@@ -226,7 +251,11 @@ fn guest_doing_disk_io_keeps_its_disk_consistent_across_migration() {
     assert_eq!(summary["verified"], true);
     assert_eq!(src.wait_exit(T), Some(0), "{}", src.err());
     let src_seeds = field_values(&src.log(), "CHECK PASS", "seed");
-    let last_src = src_seeds.iter().copied().max().unwrap_or(0);
+    let last_src = src_seeds
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or_else(|| panic!("the source reported no seeds:\n{}", src.log()));
     // The destination carries on the same loop: later seeds, every pass verified from disk.
     let mut log = dst.wait_for("CHECK PASS workload=blkloop", 0, T);
     for _ in 0..2 {

@@ -1,8 +1,7 @@
 //! Snapshot to disk and restore in a new VMM process, full and diff, with the `ab` workload's
 //! self-check passing after restore and its tick counter carrying on.
 
-mod common;
-use common::*;
+use novacron_testsupport::*;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);

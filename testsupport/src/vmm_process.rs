@@ -1,69 +1,12 @@
-//! Shared helpers for integration tests: locating the built binaries and the test guest,
-//! spawning VMMs that are killed on drop, and reading their serial logs.
-#![allow(dead_code)]
+//! A `novacron-vmm` process under test: started with its serial log, API socket and stderr
+//! in a scratch directory, driven through its client commands, killed on drop.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// Directory holding the workspace binaries (`target/<profile>`).
-pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>
-    exe.parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .expect("target dir")
-}
-
-/// Path of a workspace binary, built by the README's test command before `cargo test`.
-pub fn bin(name: &str) -> PathBuf {
-    let p = bin_dir().join(name);
-    assert!(
-        p.exists(),
-        "{} not built: run `cargo build --workspace --bins` first (the README test command does)",
-        p.display()
-    );
-    p
-}
-
-/// The novacron-vmm binary.
-pub fn vmm() -> PathBuf {
-    bin("novacron-vmm")
-}
-
-/// The test guest ELF.
-pub fn guest() -> PathBuf {
-    PathBuf::from(novacron_images::TESTGUEST_ELF)
-}
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A fresh scratch directory, removed on drop.
-pub struct Scratch(pub PathBuf);
-
-impl Scratch {
-    /// Creates one named after `tag`.
-    pub fn new(tag: &str) -> Self {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let p = std::env::temp_dir().join(format!("novacron-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("create scratch dir");
-        Scratch(p)
-    }
-
-    /// A path inside it.
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::paths::{guest, vmm};
+use crate::scratch::Scratch;
 
 /// A running VMM process, killed on drop.
 pub struct Vmm {
@@ -186,15 +129,23 @@ impl Vmm {
         )
     }
 
-    /// Waits for the process to exit; returns its exit code.
+    /// Waits up to `timeout` for the process to exit and returns its exit code (`None` if a
+    /// signal ended it). Panics, with its stderr and serial log, if it is still running at
+    /// the deadline: a hung VMM never passes for one that exited.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return st.code();
+            match self.child.try_wait() {
+                Ok(Some(st)) => return st.code(),
+                Ok(None) => {}
+                Err(e) => panic!("cannot wait for the VMM: {e}"),
             }
             if Instant::now() > deadline {
-                return None;
+                panic!(
+                    "VMM still running {timeout:?} after it was expected to exit\nstderr: {}\nserial:\n{}",
+                    self.err(),
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -211,67 +162,4 @@ impl Drop for Vmm {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// All values of `key=<n>` in the log's lines starting with `prefix`.
-pub fn field_values(log: &str, prefix: &str, key: &str) -> Vec<u64> {
-    let pat = format!("{key}=");
-    log.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix(pat.as_str()))
-                .and_then(|v| v.parse().ok())
-        })
-        .collect()
-}
-
-/// The highest tick count reported so far.
-pub fn last_ticks(log: &str) -> u64 {
-    field_values(log, "PROGRESS", "ticks")
-        .into_iter()
-        .max()
-        .unwrap_or(0)
-}
-
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// A source VMM booted with the test guest running `cmdline` in `memory` (past its first
-/// self-check) and a destination VMM of `dst_memory` listening on a free port: (source,
-/// destination, port).
-pub fn migration_pair(
-    dir: &Scratch,
-    cmdline: &str,
-    memory: &str,
-    dst_memory: &str,
-) -> (Vmm, Vmm, u16) {
-    let mut src = Vmm::boot_guest(dir, "src", cmdline, memory);
-    src.wait_for("CHECK PASS", 0, Duration::from_secs(120));
-    let port = free_port();
-    let dst = incoming(dir, "dst", port, dst_memory);
-    (src, dst, port)
-}
-
-/// Starts a destination VMM with `--incoming tcp:127.0.0.1:PORT` and waits until it listens
-/// (so a relay in front of it can connect).
-pub fn incoming(dir: &Scratch, name: &str, port: u16, memory: &str) -> Vmm {
-    let addr = format!("tcp:127.0.0.1:{port}");
-    let mut v = Vmm::start(
-        dir,
-        name,
-        &["--incoming", addr.as_str(), "--memory", memory],
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !v.err().contains("waiting for incoming migration") {
-        assert!(v.alive(), "destination exited: {}", v.err());
-        assert!(Instant::now() < deadline, "destination never listened");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    v
 }

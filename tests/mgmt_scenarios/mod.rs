@@ -1,18 +1,70 @@
 //! The management-plane end-to-end scenarios, run against real processes by
 //! `mgmt_e2e.rs` (real VMM and test guest) and `mgmt_fake_vmm.rs` (the contract stand-in).
 //! Each scenario starts its own controller and agents and cleans them up on drop.
-#![allow(dead_code)]
-
-#[path = "mgmt_harness.rs"]
-pub mod harness;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use harness::*;
 use novacron_proto::controller as pb;
+use novacron_testsupport::mgmt::*;
 use tokio_stream::StreamExt;
 use tonic::Code;
+
+/// A client of the controller's VM service.
+type VmClient =
+    novacron_proto::controller::vm_service_client::VmServiceClient<tonic::transport::Channel>;
+
+/// A client of the controller's host service.
+type HostClient =
+    novacron_proto::controller::host_service_client::HostServiceClient<tonic::transport::Channel>;
+
+/// The status code of a create request that must fail (with a message).
+async fn create_error(c: &mut VmClient, spec: pb::VmSpec) -> Code {
+    code(
+        c.create_vm(pb::CreateVmRequest {
+            spec: Some(spec),
+            ..Default::default()
+        })
+        .await,
+    )
+}
+
+/// Every host's name and allocated resources.
+async fn host_allocations(
+    h: &mut HostClient,
+) -> Vec<(String, Option<novacron_proto::agent::Resources>)> {
+    h.list_hosts(pb::ListHostsRequest::default())
+        .await
+        .expect("hosts")
+        .into_inner()
+        .hosts
+        .into_iter()
+        .map(|h| (h.name, h.allocated))
+        .collect()
+}
+
+/// The events the controller replays to a new watcher: those that arrive until the stream
+/// has been quiet for `quiet`.
+async fn replayed_events(c: &mut VmClient, quiet: Duration) -> Vec<pb::Event> {
+    let mut s = c
+        .watch_events(pb::WatchEventsRequest {
+            replay: true,
+            ..Default::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut events = Vec::new();
+    while let Ok(Some(ev)) = tokio::time::timeout(quiet, s.next()).await {
+        events.push(ev.expect("event"));
+    }
+    events
+}
+
+/// The sequence numbers of the replayed events (quiet after 300 ms).
+async fn replayed_seqs(c: &mut VmClient) -> Vec<u64> {
+    let events = replayed_events(c, Duration::from_millis(300)).await;
+    events.into_iter().map(|e| e.seq).collect()
+}
 
 /// Runs a scenario on a fresh runtime with a deadline, one scenario at a time.
 pub fn run<F: std::future::Future<Output = ()>>(limit: Duration, f: F) {
@@ -54,12 +106,7 @@ fn snapshot(vms: &[pb::Vm]) -> BTreeMap<String, (String, String, i32, i32)> {
         .collect()
 }
 
-async fn create(
-    c: &mut novacron_proto::controller::vm_service_client::VmServiceClient<
-        tonic::transport::Channel,
-    >,
-    spec: pb::VmSpec,
-) -> pb::Vm {
+async fn create(c: &mut VmClient, spec: pb::VmSpec) -> pb::Vm {
     let name = spec.name.clone();
     c.create_vm(pb::CreateVmRequest {
         request_id: String::new(),
@@ -119,37 +166,17 @@ pub async fn placement_lifecycle_and_errors(vmm: Vmm) {
 
     // Bad requests: right code, a message, nothing changed.
     let before = snapshot(&list(&mut c).await);
-    let hosts_before: Vec<_> = h
-        .list_hosts(pb::ListHostsRequest::default())
-        .await
-        .expect("hosts")
-        .into_inner()
-        .hosts
-        .iter()
-        .map(|h| (h.name.clone(), h.allocated))
-        .collect();
+    let hosts_before = host_allocations(&mut h).await;
     assert_eq!(
         code(c.get_vm(pb::GetVmRequest { vm: "nope".into() }).await),
         Code::NotFound
     );
     assert_eq!(
-        code(
-            c.create_vm(pb::CreateVmRequest {
-                spec: Some(cl.spec("neg", -64)),
-                ..Default::default()
-            })
-            .await
-        ),
+        create_error(&mut c, cl.spec("neg", -64)).await,
         Code::InvalidArgument
     );
     assert_eq!(
-        code(
-            c.create_vm(pb::CreateVmRequest {
-                spec: Some(cl.spec("web-0", 64)),
-                ..Default::default()
-            })
-            .await
-        ),
+        create_error(&mut c, cl.spec("web-0", 64)).await,
         Code::AlreadyExists
     );
     let mut pinned = cl.spec("pinned", 64);
@@ -157,34 +184,13 @@ pub async fn placement_lifecycle_and_errors(vmm: Vmm) {
         host: "nohost".into(),
         ..Default::default()
     });
+    assert_eq!(create_error(&mut c, pinned).await, Code::NotFound);
     assert_eq!(
-        code(
-            c.create_vm(pb::CreateVmRequest {
-                spec: Some(pinned),
-                ..Default::default()
-            })
-            .await
-        ),
-        Code::NotFound
-    );
-    assert_eq!(
-        code(
-            c.create_vm(pb::CreateVmRequest {
-                spec: Some(cl.spec("huge", 4096)),
-                ..Default::default()
-            })
-            .await
-        ),
+        create_error(&mut c, cl.spec("huge", 4096)).await,
         Code::ResourceExhausted
     );
     assert_eq!(
-        code(
-            c.create_vm(pb::CreateVmRequest {
-                spec: Some(cl.spec("bad name!", 64)),
-                ..Default::default()
-            })
-            .await
-        ),
+        create_error(&mut c, cl.spec("bad name!", 64)).await,
         Code::InvalidArgument
     );
     assert_eq!(
@@ -243,15 +249,7 @@ pub async fn placement_lifecycle_and_errors(vmm: Vmm) {
         before,
         "a bad request changed the VMs"
     );
-    let hosts_after: Vec<_> = h
-        .list_hosts(pb::ListHostsRequest::default())
-        .await
-        .expect("hosts")
-        .into_inner()
-        .hosts
-        .iter()
-        .map(|h| (h.name.clone(), h.allocated))
-        .collect();
+    let hosts_after = host_allocations(&mut h).await;
     assert_eq!(
         hosts_after, hosts_before,
         "a bad request changed host allocations"
@@ -268,7 +266,7 @@ pub async fn placement_lifecycle_and_errors(vmm: Vmm) {
         .expect("stop")
         .into_inner();
     assert_eq!(stopped.phase, pb::VmPhase::Stopped as i32);
-    assert!(!alive(pid(&old)), "vmm still alive after stop");
+    assert!(!alive(running_pid(&old)), "vmm still alive after stop");
     // Stopping again is fine; a stopped VM cannot migrate.
     c.stop_vm(pb::StopVmRequest {
         vm: "web-1".into(),
@@ -295,7 +293,7 @@ pub async fn placement_lifecycle_and_errors(vmm: Vmm) {
         .expect("start")
         .into_inner();
     assert_eq!(started.phase, pb::VmPhase::Running as i32);
-    assert!(alive(pid(&started)) && pid(&started) != pid(&old));
+    assert!(alive(running_pid(&started)) && running_pid(&started) != running_pid(&old));
     let before_reboot = get(&mut c, "web-2").await;
     let rebooted = c
         .reboot_vm(pb::VmActionRequest {
@@ -306,7 +304,7 @@ pub async fn placement_lifecycle_and_errors(vmm: Vmm) {
         .expect("reboot")
         .into_inner();
     assert_eq!(rebooted.phase, pb::VmPhase::Running as i32);
-    assert_ne!(pid(&rebooted), pid(&before_reboot));
+    assert_ne!(running_pid(&rebooted), running_pid(&before_reboot));
     let doomed = get(&mut c, "web-3").await;
     c.delete_vm(pb::VmActionRequest {
         vm: "web-3".into(),
@@ -318,7 +316,7 @@ pub async fn placement_lifecycle_and_errors(vmm: Vmm) {
         code(c.get_vm(pb::GetVmRequest { vm: "web-3".into() }).await),
         Code::NotFound
     );
-    assert!(!alive(pid(&doomed)));
+    assert!(!alive(running_pid(&doomed)));
     assert!(!console(&doomed).exists(), "vm directory left behind");
 
     // Idempotent retries: the same request id returns the first answer.
@@ -351,18 +349,11 @@ pub async fn placement_lifecycle_and_errors(vmm: Vmm) {
     assert_eq!(page.total as usize, list(&mut c).await.len());
 
     // Events.
-    let mut stream = c
-        .watch_events(pb::WatchEventsRequest {
-            replay: true,
-            ..Default::default()
-        })
+    let kinds: Vec<String> = replayed_events(&mut c, Duration::from_millis(500))
         .await
-        .expect("watch")
-        .into_inner();
-    let mut kinds = Vec::new();
-    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(500), stream.next()).await {
-        kinds.push(ev.expect("event").kind);
-    }
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
     for k in [
         "HostRegistered",
         "VmCreated",
@@ -426,7 +417,7 @@ pub async fn migrate_and_drain(vmm: Vmm) {
     assert_eq!(after.host, r.target_host);
     assert_eq!(after.phase, pb::VmPhase::Running as i32);
     assert_eq!(after.id, before.id);
-    assert!(!alive(pid(&before)), "source vmm still alive");
+    assert!(!alive(running_pid(&before)), "source vmm still alive");
     let dst_console = console(&after);
     assert_ne!(dst_console, console(&before));
     wait_console(&dst_console, "CHECK PASS", 2, guest_timeout(vmm)).await;
@@ -585,7 +576,7 @@ pub async fn agent_restart_readopts(vmm: Vmm) {
         .expect("stop adopted")
         .into_inner();
     assert_eq!(s.phase, pb::VmPhase::Stopped as i32);
-    assert!(!alive(pid(&before[1])));
+    assert!(!alive(running_pid(&before[1])));
 }
 
 /// A controller killed with SIGKILL restarts with every VM, host setting and event.
@@ -615,21 +606,11 @@ pub async fn controller_restart(vmm: Vmm) {
     let vms = list(&mut c).await;
     let before = snapshot(&vms);
     let pids: Vec<i32> = vms.iter().map(pid).collect();
-    let events_before = {
-        let mut s = c
-            .watch_events(pb::WatchEventsRequest {
-                replay: true,
-                ..Default::default()
-            })
-            .await
-            .expect("watch")
-            .into_inner();
-        let mut n = Vec::new();
-        while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(300), s.next()).await {
-            n.push(ev.expect("event").seq);
-        }
-        n
-    };
+    let events_before = replayed_seqs(&mut c).await;
+    assert!(
+        !events_before.is_empty(),
+        "the controller replayed no events before its restart"
+    );
 
     cl.kill("controller");
     cl.start_controller();
@@ -656,18 +637,7 @@ pub async fn controller_restart(vmm: Vmm) {
         .expect("host")
         .into_inner();
     assert!(b.cordoned, "cordon lost");
-    let mut s = c
-        .watch_events(pb::WatchEventsRequest {
-            replay: true,
-            ..Default::default()
-        })
-        .await
-        .expect("watch")
-        .into_inner();
-    let mut after = Vec::new();
-    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(300), s.next()).await {
-        after.push(ev.expect("event").seq);
-    }
+    let after = replayed_seqs(&mut c).await;
     assert!(
         events_before.iter().all(|e| after.contains(e)),
         "events lost"
@@ -846,9 +816,9 @@ pub async fn eviction(vmm: Vmm) {
     cl.start_agent("node-a", "127.0.0.2", &[]);
     cl.wait_ready_hosts(2).await;
     let back = wait_phase(&c, "e-never", pb::VmPhase::Running, Duration::from_secs(15)).await;
-    assert_eq!(pid(&back), pid(&never));
+    assert_eq!(running_pid(&back), running_pid(&never));
     wait_for("stale copy removed", Duration::from_secs(15), || async {
-        (!alive(pid(&always))).then_some(())
+        (!alive(running_pid(&always))).then_some(())
     })
     .await;
     assert_eq!(get(&mut c, "e-always").await.host, "node-b");

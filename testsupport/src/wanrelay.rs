@@ -1,125 +1,66 @@
-//! `novacron-wanrelay`: a userspace TCP relay that emulates a WAN link, for tests and
-//! benchmarks on hosts that have `tc tbf` but no `netem`.
+//! The WAN relay: a userspace TCP relay that emulates a WAN link, for tests and benchmarks
+//! on hosts that have `tc tbf` but no `netem` (the `novacron-wanrelay` binary drives it).
 //!
-//! ```text
-//! novacron-wanrelay --listen 127.0.0.1:0 --to 127.0.0.1:7000 --rtt-ms 40 --rate 100mbit
-//! ```
-//!
-//! For each accepted connection the relay connects to `--to` (and only there) and copies
+//! For each accepted connection the relay connects to its target (and only there) and copies
 //! both directions through an emulated link:
 //!
-//! * **Rate** (`--rate`): each direction is a bottleneck of RATE, shared by all connections
-//!   of the relay, modelled as a token bucket with a small burst (5 ms of RATE, at least
-//!   1500 bytes): a chunk leaves the bottleneck when the bytes queued before it have been
-//!   serialized at RATE. The queue in front of the bottleneck is small: the relay reads at
-//!   most one chunk ahead, and clamps the receive buffer of the sockets it reads from to
+//! * **Rate** ([`LinkConfig::rate`]): each direction is a bottleneck of RATE, shared by all
+//!   connections of the relay, modelled as a token bucket with a small burst (5 ms of RATE,
+//!   at least 1500 bytes): a chunk leaves the bottleneck when the bytes queued before it have
+//!   been serialized at RATE. The queue in front of the bottleneck is small: the relay reads
+//!   at most one chunk ahead, and clamps the receive buffer of the sockets it reads from to
 //!   64 KiB, so a sender sees back-pressure instead of megabytes of hidden buffering.
-//! * **Delay** (`--rtt-ms N`, alias `--delay-ms N`): every chunk is delivered N/2 ms after
-//!   it leaves the bottleneck, in each direction; a request/response round trip through the
-//!   relay therefore takes N ms more than without it. The delay line holds whatever is in
-//!   flight (up to the bandwidth-delay product of the link), so throughput is not limited by
-//!   the delay.
-//! * **Corruption** (`--flip-byte-at N`): byte N (0-based) of each connection's forward
-//!   (client → server) stream is XORed with 0xFF.
+//! * **Delay** ([`LinkConfig::rtt`]): every chunk is delivered RTT/2 after it leaves the
+//!   bottleneck, in each direction; a request/response round trip through the relay
+//!   therefore takes RTT more than without it. The delay line holds whatever is in flight (up
+//!   to the bandwidth-delay product of the link), so throughput is not limited by the delay.
+//! * **Corruption** ([`LinkConfig::flip_byte_at`]): byte N (0-based) of each connection's
+//!   forward (client to server) stream is XORed with 0xFF.
 //!
 //! Limits of the model: the relay terminates TCP on both sides, so the endpoints' TCP sees
 //! a short RTT to the relay (congestion-control dynamics of a long path are not
 //! reproduced), and nothing is ever dropped or reordered.
-//!
-//! When ready it prints one line `LISTENING <addr>` on stdout (with the real port when
-//! `--listen` used port 0). It exits when its stdin reaches end-of-file (unless
-//! `--ignore-stdin`) or on SIGTERM.
 
-use std::io::{self, BufRead as _, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use parking_lot::Mutex;
+use thiserror::Error;
 
-/// Command line of the relay.
-#[derive(Parser, Debug)]
-#[command(
-    name = "novacron-wanrelay",
-    about = "TCP relay emulating a WAN link (rate, delay, corruption) for tests and benchmarks"
-)]
-struct Args {
-    /// Address to listen on, e.g. 127.0.0.1:0 (port 0 picks a free port).
-    #[arg(long, value_name = "HOST:PORT")]
-    listen: String,
-
-    /// Address every accepted connection is relayed to.
-    #[arg(long, value_name = "HOST:PORT")]
-    to: String,
-
-    /// Added round-trip time in milliseconds: each direction delays data by half of it.
-    #[arg(
-        long = "rtt-ms",
-        visible_alias = "delay-ms",
-        value_name = "N",
-        default_value_t = 0
-    )]
-    rtt_ms: u64,
-
-    /// Link capacity per direction, shared by all connections: 100mbit, 5mbit, 10MB, 512KiB,
-    /// or plain bytes per second. Unlimited if not given.
-    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
-    rate: Option<u64>,
-
-    /// XOR 0xFF into byte N (0-based) of each connection's client-to-server stream.
-    #[arg(long, value_name = "N")]
-    flip_byte_at: Option<u64>,
-
-    /// Maximum simultaneously relayed connections; further connections are closed at once.
-    #[arg(long, value_name = "N", default_value_t = 64)]
-    max_conns: usize,
-
-    /// Keep running when stdin reaches end-of-file (for manual use in the background).
-    #[arg(long)]
-    ignore_stdin: bool,
+/// Why the relay could not start.
+#[derive(Debug, Error)]
+pub enum RelayError {
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source} (is the address local and the port free?)")]
+    Listen {
+        /// The address asked for.
+        addr: String,
+        /// What the kernel said.
+        source: io::Error,
+    },
+    /// The bound socket has no local address.
+    #[error("cannot read the listening address: {0}")]
+    LocalAddr(io::Error),
 }
 
-/// Parses a rate into bytes per second. Bit units (`bit`, `kbit`, `mbit`, `gbit`) and byte
-/// units (`B`, `KB`, `MB`, `GB` decimal; `KiB`, `MiB`, `GiB` binary) are case-insensitive;
-/// a plain number is bytes per second. `*bps` is rejected as ambiguous.
-fn parse_rate(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid rate {s:?}: expected a number with an optional unit"))?;
-    let unit = unit.trim().to_ascii_lowercase();
-    let bytes_per_s = match unit.as_str() {
-        "" | "b" => value,
-        "bit" => value / 8.0,
-        "kbit" => value * 1e3 / 8.0,
-        "mbit" => value * 1e6 / 8.0,
-        "gbit" => value * 1e9 / 8.0,
-        "kb" => value * 1e3,
-        "mb" => value * 1e6,
-        "gb" => value * 1e9,
-        "kib" => value * 1024.0,
-        "mib" => value * 1024.0 * 1024.0,
-        "gib" => value * 1024.0 * 1024.0 * 1024.0,
-        u if u.ends_with("bps") => {
-            return Err(format!(
-                "ambiguous rate unit {u:?}: use mbit (bits/s) or MB (bytes/s)"
-            ))
-        }
-        u => return Err(format!("unknown rate unit {u:?}")),
-    };
-    if !(bytes_per_s.is_finite() && bytes_per_s >= 1.0) {
-        return Err(format!("rate {s:?} must be at least 1 byte/s"));
-    }
-    Ok(bytes_per_s as u64)
+/// The emulated link between the relay's clients and its target.
+#[derive(Debug, Clone, Default)]
+pub struct LinkConfig {
+    /// Added round-trip time: each direction delays data by half of it.
+    pub rtt: Duration,
+    /// Capacity per direction in bytes per second, shared by all connections; unlimited
+    /// when `None`.
+    pub rate: Option<u64>,
+    /// XOR 0xFF into this byte (0-based) of each connection's client-to-server stream.
+    pub flip_byte_at: Option<u64>,
+    /// Maximum simultaneously relayed connections; further ones are closed at once.
+    pub max_conns: usize,
 }
 
 /// The bottleneck of one direction: a token bucket that may go into debt, so that
@@ -150,10 +91,7 @@ impl Bottleneck {
     /// Takes `n` bytes through the bottleneck; returns the instant they have left it.
     fn pass(&self, n: usize) -> Instant {
         let now = Instant::now();
-        let mut st = match self.state.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut st = self.state.lock();
         let elapsed = now.duration_since(st.1).as_secs_f64();
         st.0 = (st.0 + elapsed * self.rate).min(self.burst) - n as f64;
         st.1 = now;
@@ -339,97 +277,83 @@ fn relay(client: TcpStream, to: &str, link: Arc<Link>) -> io::Result<()> {
     Ok(())
 }
 
-fn main() -> ExitCode {
-    let args = Args::parse();
-    let listener = match TcpListener::bind(&args.listen) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("novacron-wanrelay: cannot listen on {}: {e}", args.listen);
-            return ExitCode::FAILURE;
-        }
-    };
-    if args.rate.is_some() {
-        // Inherited by accepted sockets: keeps the queue before the bottleneck small.
-        set_sockopt(&listener, libc::SOL_SOCKET, libc::SO_RCVBUF, QUEUE_RCVBUF);
-        set_sockopt(&listener, libc::IPPROTO_TCP, libc::TCP_MAXSEG, LINK_MSS);
-    }
-    let addr: SocketAddr = match listener.local_addr() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("novacron-wanrelay: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let link = Arc::new(Link {
-        one_way: Duration::from_micros(args.rtt_ms.saturating_mul(500)),
-        forward: args.rate.map(Bottleneck::new),
-        reverse: args.rate.map(Bottleneck::new),
-        flip_at: args.flip_byte_at,
-    });
+/// A bound relay, ready to serve.
+pub struct Relay {
+    listener: TcpListener,
+    to: String,
+    link: Arc<Link>,
+    max_conns: usize,
+}
 
-    if !args.ignore_stdin {
-        let spawned = thread::Builder::new().name("stdin-watch".into()).spawn(|| {
-            let mut stdin = io::stdin().lock();
-            loop {
-                match stdin.fill_buf() {
-                    Ok([]) | Err(_) => std::process::exit(0),
-                    Ok(b) => {
-                        let n = b.len();
-                        stdin.consume(n);
-                    }
-                }
-            }
+impl Relay {
+    /// Binds `listen` (port 0 picks a free port); connections will be relayed to `to`.
+    pub fn bind(listen: &str, to: &str, cfg: &LinkConfig) -> Result<Relay, RelayError> {
+        let listener = TcpListener::bind(listen).map_err(|source| RelayError::Listen {
+            addr: listen.to_string(),
+            source,
+        })?;
+        if cfg.rate.is_some() {
+            // Inherited by accepted sockets: keeps the queue before the bottleneck small.
+            set_sockopt(&listener, libc::SOL_SOCKET, libc::SO_RCVBUF, QUEUE_RCVBUF);
+            set_sockopt(&listener, libc::IPPROTO_TCP, libc::TCP_MAXSEG, LINK_MSS);
+        }
+        let link = Arc::new(Link {
+            one_way: cfg.rtt / 2,
+            forward: cfg.rate.map(Bottleneck::new),
+            reverse: cfg.rate.map(Bottleneck::new),
+            flip_at: cfg.flip_byte_at,
         });
-        if let Err(e) = spawned {
-            eprintln!("novacron-wanrelay: {e}");
-            return ExitCode::FAILURE;
-        }
+        Ok(Relay {
+            listener,
+            to: to.to_string(),
+            link,
+            max_conns: cfg.max_conns,
+        })
     }
 
-    {
-        let mut out = io::stdout().lock();
-        if writeln!(out, "LISTENING {addr}")
-            .and_then(|_| out.flush())
-            .is_err()
-        {
-            return ExitCode::FAILURE;
-        }
+    /// The address the relay listens on (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> Result<SocketAddr, RelayError> {
+        self.listener.local_addr().map_err(RelayError::LocalAddr)
     }
 
-    let active = Arc::new(AtomicUsize::new(0));
-    for conn in listener.incoming() {
-        let client = match conn {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("novacron-wanrelay: accept: {e}");
-                thread::sleep(Duration::from_millis(10));
+    /// Accepts and relays connections until the listener fails for good; problems with
+    /// single connections are reported on stderr and do not stop the relay.
+    pub fn serve(self) {
+        let active = Arc::new(AtomicUsize::new(0));
+        for conn in self.listener.incoming() {
+            let client = match conn {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("novacron-wanrelay: accept: {e}");
+                    thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            };
+            if active.load(Ordering::SeqCst) >= self.max_conns {
+                eprintln!(
+                    "novacron-wanrelay: refusing connection: {} already active",
+                    self.max_conns
+                );
+                drop(client);
                 continue;
             }
-        };
-        if active.load(Ordering::SeqCst) >= args.max_conns {
-            eprintln!(
-                "novacron-wanrelay: refusing connection: {} already active",
-                args.max_conns
-            );
-            drop(client);
-            continue;
-        }
-        active.fetch_add(1, Ordering::SeqCst);
-        let (to, link, active2) = (args.to.clone(), Arc::clone(&link), Arc::clone(&active));
-        let spawned = thread::Builder::new()
-            .name("relay-conn".into())
-            .spawn(move || {
-                if let Err(e) = relay(client, &to, link) {
-                    eprintln!("novacron-wanrelay: relaying to {to}: {e}");
-                }
-                active2.fetch_sub(1, Ordering::SeqCst);
-            });
-        if let Err(e) = spawned {
-            eprintln!("novacron-wanrelay: {e}");
-            active.fetch_sub(1, Ordering::SeqCst);
+            active.fetch_add(1, Ordering::SeqCst);
+            let (to, link, active2) =
+                (self.to.clone(), Arc::clone(&self.link), Arc::clone(&active));
+            let spawned = thread::Builder::new()
+                .name("relay-conn".into())
+                .spawn(move || {
+                    if let Err(e) = relay(client, &to, link) {
+                        eprintln!("novacron-wanrelay: relaying to {to}: {e}");
+                    }
+                    active2.fetch_sub(1, Ordering::SeqCst);
+                });
+            if let Err(e) = spawned {
+                eprintln!("novacron-wanrelay: {e}");
+                active.fetch_sub(1, Ordering::SeqCst);
+            }
         }
     }
-    ExitCode::SUCCESS
 }
 
 #[cfg(test)]
@@ -437,11 +361,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rates() {
+    fn rates_use_the_shared_parser() {
+        use novacron_vmm_api::units::parse_rate;
         assert_eq!(parse_rate("100mbit"), Ok(12_500_000));
         assert_eq!(parse_rate("5mbit"), Ok(625_000));
         assert_eq!(parse_rate("8Mbit"), Ok(1_000_000));
-        assert_eq!(parse_rate("10MB"), Ok(10_000_000));
+        assert_eq!(parse_rate("10MB"), Ok(10 << 20));
         assert_eq!(parse_rate("1.5gbit"), Ok(187_500_000));
         assert_eq!(parse_rate("64KiB"), Ok(65_536));
         assert_eq!(parse_rate("500kbit"), Ok(62_500));

@@ -3,16 +3,18 @@
 //! real `novacron-controller` and `novacron-agent` processes on distinct loopback addresses
 //! (127.0.0.2, 127.0.0.3, ...), and cleans up every process it started (including the detached
 //! VMMs and their supervisors, found by the test's private directory in their command line)
-//! even when a test fails. Included with `#[path]` by the test files.
-#![allow(dead_code)]
+//! even when a test fails.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::net::free_port;
+use crate::paths::bin_dir;
 use novacron_proto::agent as apb;
 use novacron_proto::controller as pb;
 use novacron_proto::controller::host_service_client::HostServiceClient;
@@ -28,22 +30,10 @@ pub enum Vmm {
     Fake,
 }
 
-/// Directory of the workspace binaries (`target/<profile>`).
-pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test>-<hash>
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .to_path_buf()
-}
-
 /// Serialises the tests of one binary: they share 2 cores with real guests.
 pub fn serial() -> MutexGuard<'static, ()> {
     static L: OnceLock<Mutex<()>> = OnceLock::new();
-    L.get_or_init(|| Mutex::new(()))
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+    L.get_or_init(|| Mutex::new(())).lock()
 }
 
 /// Builds the binaries the scenarios run (once per test process). `cargo test` builds the
@@ -52,10 +42,7 @@ pub fn serial() -> MutexGuard<'static, ()> {
 /// same target directory and profile.
 pub fn ensure_binaries(vmm: Vmm) {
     static BUILT: OnceLock<Mutex<Vec<Vmm>>> = OnceLock::new();
-    let mut built = BUILT
-        .get_or_init(|| Mutex::new(Vec::new()))
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+    let mut built = BUILT.get_or_init(|| Mutex::new(Vec::new())).lock();
     if built.contains(&vmm) {
         return;
     }
@@ -105,15 +92,6 @@ pub fn ensure_binaries(vmm: Vmm) {
         assert!(p.is_file(), "{} missing after cargo build", p.display());
     }
     built.push(vmm);
-}
-
-/// A free TCP port on `ip`.
-pub fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 /// A controller, agents and their VMs, all inside one private directory.
@@ -461,6 +439,14 @@ pub async fn wait_console(path: &Path, needle: &str, n: usize, timeout: Duration
 /// The VMM pid a VM reports.
 pub fn pid(vm: &pb::Vm) -> i32 {
     vm.status.as_ref().map(|s| s.pid).unwrap_or(0)
+}
+
+/// The VMM pid of a VM that must have one: panics if the VM reports none (pid 0), so that
+/// "that process is gone" can never pass for a VM that had no process.
+pub fn running_pid(vm: &pb::Vm) -> i32 {
+    let p = pid(vm);
+    assert!(p > 0, "vm {} reports no VMM pid: {:?}", vm.name, vm.status);
+    p
 }
 
 /// Whether a pid is alive.

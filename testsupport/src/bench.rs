@@ -1,0 +1,165 @@
+//! Helpers shared by the benchmarks: building and locating release binaries, statistics,
+//! and one migration of the test guest from boot to the destination's self-check.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::relay_process::RelayProcess;
+
+/// Builds the release binaries the benchmark drives and returns the release dir.
+pub fn release_bins() -> PathBuf {
+    // The workspace root: this crate's parent directory.
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = here.parent().unwrap_or(here).to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = Command::new(cargo)
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "novacron-vmm",
+            "-p",
+            "novacron-images",
+            "-p",
+            "novacron-testsupport",
+            "--bins",
+        ])
+        .status()
+        .expect("run cargo build");
+    assert!(st.success(), "building release binaries failed");
+    std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"))
+        .join("release")
+}
+
+/// Median of `v` (sorted copy).
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    s[s.len() / 2]
+}
+
+/// Percentile `p` (0..100) of `v`.
+pub fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p / 100.0) * (s.len() - 1) as f64).round() as usize;
+    s[i.min(s.len() - 1)]
+}
+
+/// Whether a program is on PATH.
+pub fn have(prog: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {prog} >/dev/null 2>&1")])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+pub use crate::process::Kill;
+
+/// Waits until `log` contains `needle`.
+pub fn wait_for(log: &Path, needle: &str, timeout: Duration) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < timeout {
+        if std::fs::read_to_string(log).is_ok_and(|s| s.contains(needle)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Boots the test guest with `cmdline`, waits for its workload, migrates it to a fresh
+/// destination (through the WAN relay with `relay_args` if given) and returns the summary,
+/// or why it failed.
+pub fn migrate_once(
+    vmm: &Path,
+    guest: &Path,
+    dir: &Path,
+    cmdline: &str,
+    mem: &str,
+    extra: &[&str],
+    relay_args: Option<&[&str]>,
+) -> Result<serde_json::Value, String> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let (slog, ssock, dlog) = (dir.join("s.log"), dir.join("s.sock"), dir.join("d.log"));
+    let _src = Kill(
+        Command::new(vmm)
+            .args(["run", "--kernel"])
+            .arg(guest)
+            .args(["--cmdline", cmdline, "--memory", mem, "--serial"])
+            .arg(format!("file:{}", slog.display()))
+            .arg("--api-socket")
+            .arg(&ssock)
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    );
+    let needle = if cmdline.contains("idle") {
+        "PROGRESS"
+    } else {
+        "CHECK PASS"
+    };
+    if !wait_for(&slog, needle, Duration::from_secs(300)) {
+        return Err(format!("the source guest never printed {needle}"));
+    }
+    // Let the workload reach its steady state.
+    std::thread::sleep(Duration::from_millis(500));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| e.to_string())?
+        .local_addr()
+        .map_err(|e| e.to_string())?
+        .port();
+    let _dst = Kill(
+        Command::new(vmm)
+            .args([
+                "run",
+                "--incoming",
+                &format!("tcp:127.0.0.1:{port}"),
+                "--memory",
+                mem,
+                "--serial",
+            ])
+            .arg(format!("file:{}", dlog.display()))
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    let bins = vmm.parent().ok_or("no binary dir")?;
+    let (_relay, target) = match relay_args {
+        Some(a) => {
+            let to = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let r = RelayProcess::try_start(bins, to, a)?;
+            let p = r.port();
+            (Some(r), p)
+        }
+        None => (None, port),
+    };
+    let out = Command::new(vmm)
+        .args(["migrate", "--api-socket"])
+        .arg(&ssock)
+        .args(["--to", &format!("tcp:127.0.0.1:{target}")])
+        .args(extra)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    if !cmdline.contains("idle") && !wait_for(&dlog, "CHECK PASS", Duration::from_secs(60)) {
+        return Err("destination did not report CHECK PASS".into());
+    }
+    Ok(v)
+}
