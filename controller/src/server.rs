@@ -5,12 +5,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use novacron_proto::auth::BearerAuth;
 use novacron_proto::controller::host_service_server::HostServiceServer;
 use novacron_proto::controller::registry_server::RegistryServer;
 use novacron_proto::controller::vm_service_server::VmServiceServer;
 
 use crate::api::{HostApi, RegistryApi, VmApi};
-use crate::auth::BearerAuth;
 use crate::controller::{Config, Controller, ControllerError};
 use crate::reconcile;
 

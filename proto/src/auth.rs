@@ -103,7 +103,11 @@ impl AttachToken {
     /// Attaches `token` when given; a token that cannot be a header value is an error.
     pub fn new(token: Option<&str>) -> Result<Self, AuthError> {
         let header = token
-            .map(|t| format!("Bearer {t}").parse().map_err(|_| AuthError::NotAHeader))
+            .map(|t| {
+                format!("Bearer {t}")
+                    .parse()
+                    .map_err(|_| AuthError::NotAHeader)
+            })
             .transpose()?;
         Ok(Self { header })
     }
@@ -138,10 +142,19 @@ mod tests {
     fn server_checks_the_token() {
         let mut a = BearerAuth::new(Some("s3cret".into()));
         assert!(a.call(with_auth("Bearer s3cret")).is_ok());
-        assert_eq!(message(a.call(with_auth("Bearer nope"))), "invalid bearer token");
+        assert_eq!(
+            message(a.call(with_auth("Bearer nope"))),
+            "invalid bearer token"
+        );
         // A prefix of the token, or the token plus more, is wrong too.
-        assert_eq!(message(a.call(with_auth("Bearer s3cre"))), "invalid bearer token");
-        assert_eq!(message(a.call(with_auth("Bearer s3crets"))), "invalid bearer token");
+        assert_eq!(
+            message(a.call(with_auth("Bearer s3cre"))),
+            "invalid bearer token"
+        );
+        assert_eq!(
+            message(a.call(with_auth("Bearer s3crets"))),
+            "invalid bearer token"
+        );
         assert!(message(a.call(Request::new(()))).starts_with("missing"));
         assert!(message(a.call(with_auth("Basic s3cret"))).starts_with("missing"));
         assert!(BearerAuth::new(None).call(Request::new(())).is_ok());
