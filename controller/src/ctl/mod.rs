@@ -2,6 +2,9 @@
 //! (`vm create|list|get|start|stop|reboot|delete|migrate`, `host list|get|cordon|uncordon|drain`,
 //! `events`); output is a table or JSON (`-o json`). Mutating calls carry a fresh request id and
 //! are retried with the same id when the controller is briefly unavailable.
+//!
+//! [`args`] holds the command line as clap parses it, [`parse`] turns arguments into
+//! requests, [`output`] prints answers; this module connects and runs a command.
 
 pub mod args;
 pub mod output;
@@ -11,16 +14,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use novacron_proto::agent as apb;
+use novacron_proto::auth::{read_token, AttachToken, AuthError};
 use novacron_proto::controller as pb;
 use novacron_proto::controller::host_service_client::HostServiceClient;
 use novacron_proto::controller::vm_service_client::VmServiceClient;
+use novacron_vmm_api::units::UnitError;
 use tokio_stream::StreamExt;
 use tonic::codegen::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
-
-use novacron_proto::auth::{read_token, AttachToken, AuthError};
-use novacron_vmm_api::units::UnitError;
 
 pub use args::{Cli, Command, Format, HostCmd, VmCmd};
 pub use parse::{create_request, parse_mib};
