@@ -4,9 +4,10 @@
 //! feed without gaps or duplicates.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use novacron_proto::controller as pb;
+use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
 use crate::store::{Op, Store, StoreError};
@@ -101,7 +102,7 @@ impl EventBus {
         host: &str,
         message: impl Into<String>,
     ) -> Result<pb::Event, StoreError> {
-        let guard = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = self.order.lock();
         let seq = self.seq.load(Ordering::SeqCst) + 1;
         let (name, id) = vm.unwrap_or(("", ""));
         let ev = pb::Event {
@@ -141,7 +142,7 @@ impl EventBus {
         replay: bool,
     ) -> Result<(Vec<pb::Event>, broadcast::Receiver<pb::Event>), EventError> {
         // Subscribe under the order lock so nothing falls between backlog and live feed.
-        let guard = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = self.order.lock();
         let rx = self.tx.subscribe();
         let backlog = if replay || since > 0 {
             self.store.events_after(since, KEEP_EVENTS as usize)?

@@ -6,11 +6,11 @@
 //! Modules: [`store`] (redb), [`scheduler`] (filters, scores, claims), [`state`] (in-memory
 //! view), [`controller`] (operations), [`migration`] (migrate, drain), [`reconcile`] (the
 //! loop), [`events`] (event log and watch), [`agent_client`] (agents' gRPC clients), [`api`]
-//! (gRPC services), [`auth`] (bearer token), [`server`] (serving), [`ctl`] (novactl).
+//! (gRPC services), [`server`] (serving; bearer tokens
+//! through [`novacron_proto::auth`]), [`ctl`] (novactl).
 
 pub mod agent_client;
 pub mod api;
-pub mod auth;
 pub mod controller;
 pub mod ctl;
 pub mod events;

@@ -532,8 +532,11 @@ impl Scheduler {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Barrier};
+
+    use parking_lot::RwLock;
+
     use super::*;
-    use std::sync::{Arc, Mutex};
 
     fn host(name: &str, vcpus: u64, mem: u64) -> HostSpec {
         HostSpec {
@@ -680,34 +683,64 @@ mod tests {
         assert_eq!(s.allocated("a"), Some(Resources::new(2, 160)));
     }
 
+    /// Eight threads decide from the same snapshot (under a shared read lock, released
+    /// before claiming) and then claim what they chose: every round they all pick the same
+    /// host, so near the end more threads claim a host than it has room for, and only
+    /// [`Scheduler::claim`]'s own check keeps the host from being overbooked. The barriers
+    /// make every round's decisions see one state, so the outcome is exact, not a matter of
+    /// timing.
     #[test]
     fn concurrent_places_never_overbook() {
+        const THREADS: usize = 8;
         let mut s = Scheduler::new(policy(Strategy::Spread));
         s.upsert_host(host("a", 64, 1000));
         s.upsert_host(host("b", 64, 1000));
-        let s = Arc::new(Mutex::new(s));
-        let threads: Vec<_> = (0..8)
+        let s = Arc::new(RwLock::new(s));
+        let barrier = Arc::new(Barrier::new(THREADS));
+        let threads: Vec<_> = (0..THREADS)
             .map(|t| {
                 let s = Arc::clone(&s);
+                let barrier = Arc::clone(&barrier);
                 std::thread::spawn(move || {
                     let none = BTreeMap::new();
-                    let mut ok = 0;
-                    for i in 0..50 {
-                        let id = format!("{t}-{i}");
-                        if s.lock().unwrap().place(&req(&id, 1, 30, &none)).is_ok() {
-                            ok += 1;
+                    let (mut placed, mut refused) = (0usize, 0usize);
+                    for round in 0.. {
+                        let id = format!("{t}-{round}");
+                        let r = req(&id, 1, 30, &none);
+                        barrier.wait();
+                        // Decide on a snapshot; the read lock is gone before the claim.
+                        let chosen = s.read().choose(&r).map(str::to_string);
+                        barrier.wait();
+                        let Ok(host) = chosen else {
+                            // Every thread saw the same full cluster: all stop together.
+                            break;
+                        };
+                        match s.write().claim(&host, &r) {
+                            Ok(()) => placed += 1,
+                            Err(SchedulerError::HostRejected {
+                                reason: Rejection::Capacity,
+                                ..
+                            }) => refused += 1,
+                            Err(e) => panic!("claim of {id} on {host}: {e}"),
                         }
                     }
-                    ok
+                    (placed, refused)
                 })
             })
             .collect();
-        let placed: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
-        let s = s.lock().unwrap();
+        let (placed, refused) = threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .fold((0, 0), |(p, r), (tp, tr)| (p + tp, r + tr));
+        let s = s.read();
         // 1000 MiB / 30 MiB = 33 per host.
         assert_eq!(placed, 66);
         for h in ["a", "b"] {
-            assert!(s.allocated(h).unwrap().memory_mib <= 1000);
+            assert_eq!(s.claim_count(h), 33, "{h}");
+            assert_eq!(s.allocated(h), Some(Resources::new(33, 990)), "{h}");
         }
+        // Rounds of 8 fill each host to 32; in the last round on each, 8 threads go for the
+        // one slot left: 7 claims per host had to be refused.
+        assert_eq!(refused, 2 * (THREADS - 1));
     }
 }

@@ -5,12 +5,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use novacron_proto::auth::BearerAuth;
 use novacron_proto::controller::host_service_server::HostServiceServer;
 use novacron_proto::controller::registry_server::RegistryServer;
 use novacron_proto::controller::vm_service_server::VmServiceServer;
 
 use crate::api::{HostApi, RegistryApi, VmApi};
-use crate::auth::BearerAuth;
 use crate::controller::{Config, Controller, ControllerError};
 use crate::reconcile;
 
@@ -100,4 +100,63 @@ pub async fn serve_with(
     reconciler.abort();
     res?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use novacron_proto::auth::AttachToken;
+    use novacron_proto::controller as pb;
+    use novacron_proto::controller::registry_client::RegistryClient;
+    use novacron_proto::controller::vm_service_client::VmServiceClient;
+    use tonic::transport::Channel;
+
+    use super::*;
+
+    /// With a token configured, the served VM and registry services refuse calls without it
+    /// or with another one, and answer the clients that attach it.
+    #[tokio::test]
+    async fn served_services_require_the_token() {
+        let dir = std::env::temp_dir().join(format!("novacron-auth-{}", uuid::Uuid::new_v4()));
+        let cfg = Config {
+            data_dir: dir.clone(),
+            ..Config::default()
+        };
+        let ctl = Controller::open(cfg).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_with(ctl, listener, Some("s3cret".into()), async {
+            let _ = stopped.await;
+        }));
+        let ch = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let vms = |token: Option<&str>| {
+            VmServiceClient::with_interceptor(ch.clone(), AttachToken::new(token).unwrap())
+        };
+        let list = pb::ListVmsRequest::default();
+        assert_eq!(
+            vms(Some("s3cret")).list_vms(list.clone()).await.unwrap().into_inner().total,
+            0
+        );
+        for (token, message) in [(None, "missing"), (Some("s3cre"), "invalid")] {
+            let s = vms(token).list_vms(list.clone()).await.unwrap_err();
+            assert_eq!(s.code(), tonic::Code::Unauthenticated, "{token:?}");
+            assert!(s.message().starts_with(message), "{token:?}: {}", s.message());
+        }
+        let hb = pb::HeartbeatRequest {
+            name: "h".into(),
+            ..Default::default()
+        };
+        let mut anon = RegistryClient::with_interceptor(ch.clone(), AttachToken::new(None).unwrap());
+        let s = anon.heartbeat(hb.clone()).await.unwrap_err();
+        assert_eq!(s.code(), tonic::Code::Unauthenticated);
+        let mut agent = RegistryClient::with_interceptor(ch, AttachToken::new(Some("s3cret")).unwrap());
+        assert!(agent.heartbeat(hb).await.unwrap().into_inner().reregister);
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

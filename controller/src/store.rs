@@ -368,8 +368,15 @@ mod tests {
             )
             .unwrap();
         }
-        assert!(s.event_count().unwrap() < 400);
-        assert_eq!(s.events_after(0, 1).unwrap()[0].seq, 512 - 100);
+        // Trimmed at seq 512 to the last 100: 412..=600 remain, in order.
+        assert_eq!(s.event_count().unwrap(), 600 - (512 - 100) + 1);
+        let seqs: Vec<u64> = s
+            .events_after(0, 1000)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, (512 - 100..=600).collect::<Vec<u64>>());
         let _ = std::fs::remove_dir_all(dir);
     }
 }

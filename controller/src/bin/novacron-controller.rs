@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use novacron_controller::scheduler::{Policy, Strategy};
-use novacron_controller::{auth, server, Config};
+use novacron_controller::{server, Config};
+use novacron_proto::auth;
 
 /// The NovaCron controller: VM and host API, scheduler, reconcile loop.
 #[derive(Debug, Parser)]

@@ -1,0 +1,100 @@
+//! Calls to the agents on behalf of VM operations, and what their answers mean for a VM.
+
+use std::time::Duration;
+
+use novacron_proto::agent as apb;
+use novacron_proto::controller as pb;
+use tonic::Code;
+
+use super::{agent_err, Controller, ControllerError, Result};
+use crate::agent_client::{request, CALL_TIMEOUT};
+use crate::state::{agent_config, phase_from_report};
+
+impl Controller {
+    /// The address of a Ready host's agent.
+    pub(crate) fn agent_addr(&self, host: &str) -> Result<String> {
+        let st = self.state();
+        let e = st.host(host)?;
+        if !e.ready() {
+            return Err(ControllerError::Unavailable(format!(
+                "host {host} is NotReady"
+            )));
+        }
+        Ok(e.host.address.clone())
+    }
+
+    /// Creates (and optionally starts) `vm` on `host`'s agent.
+    pub(crate) async fn agent_create(
+        &self,
+        host: &str,
+        vm: &pb::Vm,
+        start: bool,
+    ) -> Result<apb::VmStatus> {
+        let mut c = self.agents.client(&self.agent_addr(host)?)?;
+        let req = apb::CreateVmRequest {
+            request_id: String::new(),
+            config: Some(agent_config(vm)),
+            start,
+        };
+        c.create_vm(request(req, CALL_TIMEOUT))
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| agent_err(host, s))
+    }
+
+    pub(crate) async fn agent_delete(&self, host: &str, vm_id: &str) -> Result<()> {
+        let mut c = self.agents.client(&self.agent_addr(host)?)?;
+        let req = apb::VmRequest {
+            request_id: String::new(),
+            vm_id: vm_id.to_string(),
+        };
+        match c.delete_vm(request(req, CALL_TIMEOUT)).await {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(agent_err(host, s)),
+        }
+    }
+
+    pub(crate) async fn agent_start(&self, host: &str, vm: &pb::Vm) -> Result<apb::VmStatus> {
+        let mut c = self.agents.client(&self.agent_addr(host)?)?;
+        let req = apb::VmRequest {
+            request_id: String::new(),
+            vm_id: vm.id.clone(),
+        };
+        match c.start_vm(request(req, CALL_TIMEOUT)).await {
+            Ok(r) => Ok(r.into_inner()),
+            // The agent lost it (or never got it): create it again.
+            Err(s) if s.code() == Code::NotFound => self.agent_create(host, vm, true).await,
+            Err(s) => Err(agent_err(host, s)),
+        }
+    }
+
+    pub(crate) async fn agent_stop(
+        &self,
+        host: &str,
+        vm_id: &str,
+        force: bool,
+        timeout_ms: u32,
+    ) -> Result<apb::VmStatus> {
+        let mut c = self.agents.client(&self.agent_addr(host)?)?;
+        let req = apb::StopVmRequest {
+            request_id: String::new(),
+            vm_id: vm_id.to_string(),
+            timeout_ms,
+            force,
+        };
+        let deadline = Duration::from_millis(timeout_ms as u64) + CALL_TIMEOUT;
+        c.stop_vm(request(req, deadline))
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| agent_err(host, s))
+    }
+
+    /// Sets the VM's status and the phase it implies.
+    pub(crate) fn apply_status(vm: &mut pb::Vm, status: apb::VmStatus) {
+        if let Some(p) = phase_from_report(&status) {
+            vm.phase = p as i32;
+        }
+        vm.status = Some(status);
+    }
+}
