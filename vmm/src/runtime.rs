@@ -104,13 +104,7 @@ impl Runtime {
             m.pause_all();
         }
         let mut base = self.diff_base.lock().unwrap_or_else(|p| p.into_inner());
-        let r = crate::snapshot::write(
-            &m,
-            std::path::Path::new(to),
-            diff,
-            &mut base,
-            m.save_devices(),
-        );
+        let r = crate::snapshot::write(&m, std::path::Path::new(to), diff, &mut base);
         drop(base);
         if was_running {
             m.resume_all();
@@ -137,8 +131,7 @@ impl Runtime {
                 ))
             }
         };
-        let dev = m.clone();
-        match crate::migration::source::migrate(&m, &opts, &move || dev.save_devices()) {
+        match crate::migration::source::migrate(&m, &opts) {
             Ok(summary) => {
                 self.migrated.store(true, Ordering::SeqCst);
                 serde_json::to_value(summary).map_err(|e| e.to_string())
@@ -153,20 +146,19 @@ impl Runtime {
     fn info(&self) -> Value {
         let (vcpus, mib, kernel, dirty_log, dirty_rate) = match self.machine.get() {
             Some(m) => (
-                u32::from(m.config.vcpus),
-                m.config.memory >> 20,
-                m.config
+                u32::from(m.config().vcpus),
+                m.config().memory >> 20,
+                m.config()
                     .kernel
                     .as_ref()
                     .map(|k| k.display().to_string())
                     .unwrap_or_default(),
-                if m.vm.manual_protect {
+                if m.vm().manual_protect() {
                     "manual-protect"
                 } else {
                     "plain"
                 },
-                m.dirty_pages_per_sec
-                    .load(std::sync::atomic::Ordering::Relaxed),
+                m.dirty_pages_per_sec(),
             ),
             None => (0, 0, String::new(), "", 0),
         };

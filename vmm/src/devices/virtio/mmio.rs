@@ -15,6 +15,8 @@ use super::{
 };
 use crate::devices::bus::{BusDevice, GuestEvent};
 use crate::memory::GuestMem;
+use crate::persist::Persist;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use virtio_queue::{Queue, QueueState, QueueT};
@@ -570,6 +572,20 @@ impl BusDevice for MmioTransport {
             self.write_reg(offset, v);
         }
         None
+    }
+}
+
+/// The transport as the device manager shares it with the bus, behind its lock.
+impl Persist for Mutex<MmioTransport> {
+    type State = TransportState;
+    type Error = TransportError;
+
+    fn save(&self) -> Result<TransportState, TransportError> {
+        Ok(self.lock().save())
+    }
+
+    fn restore(&self, state: &TransportState) -> Result<(), TransportError> {
+        self.lock().restore(state)
     }
 }
 
