@@ -240,7 +240,15 @@ fn load_full(m: &Machine, path: &Path) -> Result<(), SnapshotError> {
         // SAFETY: lseek on an open fd we own; SEEK_DATA/SEEK_HOLE only move the offset.
         let data = unsafe { libc::lseek(f.as_raw_fd(), off, libc::SEEK_DATA) };
         if data < 0 {
-            break; // ENXIO: no more data.
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break; // No more data.
+            }
+            return Err(SnapshotError::Io {
+                what: "seek data in",
+                path: path.to_path_buf(),
+                source: e,
+            });
         }
         // SAFETY: as above.
         let hole = unsafe { libc::lseek(f.as_raw_fd(), data, libc::SEEK_HOLE) };

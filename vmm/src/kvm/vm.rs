@@ -180,11 +180,6 @@ impl KvmVm {
         &self.fd
     }
 
-    /// The RAM regions as registered with KVM.
-    pub fn regions(&self) -> &[RegionInfo] {
-        &self.regions
-    }
-
     /// Whether KVM's manual dirty-log protection is on (see [`KvmVm::rearm_dirty_log`]).
     pub fn manual_protect(&self) -> bool {
         self.manual_protect

@@ -292,7 +292,7 @@ impl DeviceManager {
             return;
         }
         c.pause_requested = true;
-        let _ = self.shared.wake.write(1);
+        super::signal(&self.shared.wake, "the virtio device thread");
         while c.running && !c.paused {
             self.shared.cond.wait(&mut c);
         }
@@ -303,7 +303,7 @@ impl DeviceManager {
         let mut c = self.shared.ctl.lock();
         c.pause_requested = false;
         self.shared.cond.notify_all();
-        let _ = self.shared.wake.write(1);
+        super::signal(&self.shared.wake, "the virtio device thread");
     }
 
     /// Whether the device thread is parked.
@@ -318,9 +318,11 @@ impl DeviceManager {
             c.stop = true;
             self.shared.cond.notify_all();
         }
-        let _ = self.shared.wake.write(1);
+        super::signal(&self.shared.wake, "the virtio device thread");
         if let Some(h) = self.thread.lock().take() {
-            let _ = h.join();
+            if h.join().is_err() {
+                tracing::error!("the virtio device thread panicked");
+            }
         }
     }
 }
@@ -428,7 +430,7 @@ fn device_loop(shared: &Shared, transports: &[Arc<Mutex<MmioTransport>>], epoll:
                     let t = t.lock();
                     t.kick_queues();
                     if t.interrupt_status() != 0 {
-                        let _ = t.irq_evt().write(1);
+                        super::signal(t.irq_evt(), "a virtio interrupt");
                     }
                 }
             }

@@ -323,7 +323,7 @@ impl MmioTransport {
     pub fn kick_queues(&self) {
         for (q, evt) in self.queues.iter().zip(&self.queue_evts) {
             if q.ready() {
-                let _ = evt.write(1);
+                super::signal(evt, "a virtio queue");
             }
         }
     }
@@ -515,7 +515,7 @@ impl MmioTransport {
             }
             reg::QUEUE_NOTIFY => {
                 if let Some(evt) = self.queue_evts.get(v as usize) {
-                    let _ = evt.write(1);
+                    super::signal(evt, "a virtio queue");
                 }
             }
             reg::INTERRUPT_ACK => self.interrupt_status &= !v,
