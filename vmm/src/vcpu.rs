@@ -392,3 +392,42 @@ pub fn run_loop(vcpu: &Vcpu, env: &VcpuEnv) {
     }
     env.control.vcpu_thread_done();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kvm::vm::KvmVm;
+
+    #[test]
+    fn state_round_trips_through_persist() {
+        let mem = crate::memory::create(64 << 20).expect("guest memory");
+        let vm = KvmVm::new(&mem).expect("KVM VM");
+        let base = cpuid::supported(vm.kvm()).expect("CPUID");
+        let msrs = vm.saved_msrs().clone();
+        let v0 = Vcpu::new(vm.fd(), &base, msrs.clone(), 0, 2).expect("vCPU 0");
+        let v1 = Vcpu::new(vm.fd(), &base, msrs, 1, 2).expect("vCPU 1");
+        v0.setup_boot(0x10_0000).expect("boot setup");
+        vm.wait_memory().expect("memory slots");
+        assert!(!vm.saved_msrs().is_probed());
+        v0.probe_msrs().expect("MSR probe");
+        assert!(vm.saved_msrs().is_probed());
+
+        let st = v0.save().expect("save");
+        assert_eq!(st.id, 0);
+        assert_eq!(st.regs.rip, 0x10_0000);
+        assert!(!st.msrs.is_empty(), "the probed MSRs are saved");
+        assert!(st.tsc_khz > 0);
+        assert!(matches!(
+            v1.restore(&st),
+            Err(VcpuError::WrongVcpu { id: 1, saved: 0 })
+        ));
+
+        let mut moved = v0.save().expect("save");
+        moved.regs.rip = 0x20_0000;
+        v0.restore(&moved).expect("restore");
+        let again = v0.save().expect("save after restore");
+        assert_eq!(again.regs.rip, 0x20_0000);
+        assert_eq!(again.msrs.len(), st.msrs.len());
+        assert_eq!(again.sregs.cr0, st.sregs.cr0);
+    }
+}

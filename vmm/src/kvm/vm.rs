@@ -376,3 +376,31 @@ pub fn merge_bits(out: &mut [u64], first: u64, bits: &[u64]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_state_round_trips_through_persist() {
+        let mem = memory::create(64 << 20).expect("guest memory");
+        let vm = KvmVm::new(&mem).expect("KVM VM");
+        let st = vm.save().expect("save");
+        assert_eq!(st.ioapic.chip_id, KVM_IRQCHIP_IOAPIC);
+        let json = serde_json::to_string(&st).expect("serialize");
+        let back: VmState = serde_json::from_str(&json).expect("deserialize");
+        let other = KvmVm::new(&mem).expect("second KVM VM");
+        other.restore(&back).expect("restore");
+        let again = other.save().expect("save restored");
+        for (a, b) in [
+            (&st.pic_master, &again.pic_master),
+            (&st.pic_slave, &again.pic_slave),
+            (&st.ioapic, &again.ioapic),
+        ] {
+            assert_eq!(
+                serde_json::to_value(a).expect("chip"),
+                serde_json::to_value(b).expect("chip")
+            );
+        }
+    }
+}
