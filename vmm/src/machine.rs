@@ -25,7 +25,6 @@ use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
 use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -104,8 +103,6 @@ pub struct Machine {
     env: Arc<VcpuEnv>,
     /// The virtio devices and their device thread.
     devices: DeviceManager,
-    /// When the machine was created.
-    created: Instant,
     /// The guest's dirty rate (pages/s) as the latest migration round measured it; 0 before
     /// any migration (dirty logging is off otherwise: it costs the guest a fault per page).
     dirty_pages_per_sec: AtomicU64,
@@ -115,7 +112,6 @@ pub struct Machine {
 impl Machine {
     /// Builds memory, VM, vCPUs (with CPUID) and devices; loads nothing.
     pub fn new(config: MachineConfig) -> Result<Arc<Self>, MachineError> {
-        let created = Instant::now();
         config.validate()?;
         let mem = memory::create(config.memory)?;
         let vm = KvmVm::new(&mem)?;
@@ -167,7 +163,6 @@ impl Machine {
             serial,
             env,
             devices,
-            created,
             dirty_pages_per_sec: AtomicU64::new(0),
             threads: Mutex::new(Vec::new()),
         }))
@@ -246,11 +241,6 @@ impl Machine {
     /// KVM's supported CPUID (before per-vCPU normalisation).
     pub fn cpuid(&self) -> &CpuId {
         &self.cpuid
-    }
-
-    /// When the machine was created.
-    pub fn created(&self) -> Instant {
-        self.created
     }
 
     /// The guest's dirty rate (pages/s) as the latest migration round measured it; 0 before
