@@ -1,7 +1,7 @@
 //! Run control shared by the vCPU threads and the rest of the VMM: pausing and resuming all
 //! vCPUs (kicking them out of KVM_RUN with a signal), and recording why the VM ends.
 
-use std::sync::{Condvar, Mutex, MutexGuard};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// Why the VM stopped; maps to the process exit status documented in `vmm/API.md`.
@@ -76,7 +76,7 @@ pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
 
 impl RunControl {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock()
     }
 
     /// Registers the calling thread as a vCPU thread.
@@ -106,7 +106,7 @@ impl RunControl {
             s.paused += 1;
             self.changed.notify_all();
             while s.pause_requested && s.exit.is_none() {
-                s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+                self.changed.wait(&mut s);
             }
             s.paused -= 1;
             self.changed.notify_all();
@@ -129,11 +129,7 @@ impl RunControl {
         s.pause_requested = true;
         while s.paused < s.running && s.exit.is_none() {
             self.kick_all(&s);
-            s = self
-                .changed
-                .wait_timeout(s, Duration::from_micros(500))
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            self.changed.wait_for(&mut s, Duration::from_micros(500));
         }
     }
 
@@ -168,16 +164,12 @@ impl RunControl {
     pub fn wait_exit(&self) -> ExitReason {
         let mut s = self.lock();
         while s.exit.is_none() {
-            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+            self.changed.wait(&mut s);
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
         while s.running > 0 && std::time::Instant::now() < deadline {
             self.kick_all(&s);
-            s = self
-                .changed
-                .wait_timeout(s, Duration::from_millis(5))
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            self.changed.wait_for(&mut s, Duration::from_millis(5));
         }
         s.exit.clone().unwrap_or(ExitReason::PowerOff)
     }

@@ -3,6 +3,7 @@
 //! view from the host mapping's residency, so memory the guest never touched is never
 //! scanned or sent. Snapshots, diff snapshots and every migration round read this view.
 
+pub use crate::kvm::vm::REARM_WORDS;
 use crate::kvm::vm::{merge_bits, VmError};
 use crate::layout::PAGE_SIZE;
 use crate::machine::Machine;
@@ -72,14 +73,14 @@ impl PageBitmap {
 
 /// Number of page frames spanned by the machine's RAM (including any hole).
 pub fn frame_count(m: &Machine) -> u64 {
-    m.mem.last_addr().0 / PAGE_SIZE + 1
+    m.mem().last_addr().0 / PAGE_SIZE + 1
 }
 
 /// Pages of RAM the host has populated (the guest, the loader or a device wrote or read
 /// them); every other page is still the zero page the mapping started with.
 pub fn touched_pages(m: &Machine) -> PageBitmap {
     let mut bm = PageBitmap::new(frame_count(m));
-    for r in m.mem.iter() {
+    for r in m.mem().iter() {
         let size = r.len() as usize;
         let pages = size / PAGE_SIZE as usize;
         let mut vec = vec![0u8; pages];
@@ -110,55 +111,18 @@ pub fn collect(m: &Machine, out: &mut PageBitmap) -> Result<(), VmError> {
 /// Like [`collect`]; with `rearm_now` false and KVM's manual-protect mode on, the pages stay
 /// writable in KVM until [`rearm`] is called for them (just before they are read).
 fn collect_with(m: &Machine, out: &mut PageBitmap, rearm_now: bool) -> Result<(), VmError> {
-    for (slot, r) in m.mem.iter().enumerate() {
-        let first = r.start_addr().0 / PAGE_SIZE;
-        let mut kvm =
-            m.vm.fd
-                .get_dirty_log(slot as u32, r.len() as usize)
-                .map_err(|source| VmError::Ioctl {
-                    what: "get dirty log",
-                    source,
-                })?;
-        merge_bits(&mut out.words, first, &kvm);
-        if m.vm.manual_protect && rearm_now {
-            for (i, chunk) in kvm.chunks_mut(REARM_WORDS).enumerate() {
-                m.vm.clear_dirty_log(slot as u32, (i * REARM_WORDS * 64) as u64, chunk)?;
-            }
-        }
+    m.vm().collect_dirty_log(&mut out.words, rearm_now)?;
+    for r in m.mem().iter() {
         let vmm_writes = std::ops::Deref::deref(r).bitmap().get_and_reset();
-        merge_bits(&mut out.words, first, &vmm_writes);
+        merge_bits(&mut out.words, r.start_addr().0 / PAGE_SIZE, &vmm_writes);
     }
     Ok(())
 }
 
-/// Bitmap words re-protected per KVM_CLEAR_DIRTY_LOG call (4096 pages, 16 MiB).
-pub const REARM_WORDS: usize = 64;
-
 /// Re-protects in KVM the pages of `words`, a window of `bits` starting at bitmap word
 /// `word_index` (manual-protect mode; a no-op otherwise). Call right before reading them.
 pub fn rearm(m: &Machine, word_index: usize, words: &[u64]) -> Result<(), VmError> {
-    if !m.vm.manual_protect {
-        return Ok(());
-    }
-    let first_pfn = word_index as u64 * 64;
-    for r in &m.vm.regions {
-        let (start, pages) = (r.guest_addr / PAGE_SIZE, r.size / PAGE_SIZE);
-        let end = start + pages;
-        let last_pfn = first_pfn + words.len() as u64 * 64;
-        if last_pfn <= start || first_pfn >= end {
-            continue;
-        }
-        // Regions start on 64-page boundaries, so windows map to whole bitmap words.
-        let lo = first_pfn.max(start);
-        let hi = last_pfn.min(end);
-        let (w0, w1) = (
-            ((lo - first_pfn) / 64) as usize,
-            (hi - first_pfn).div_ceil(64) as usize,
-        );
-        let mut chunk = words[w0..w1.min(words.len())].to_vec();
-        m.vm.clear_dirty_log(r.slot, lo - start, &mut chunk)?;
-    }
-    Ok(())
+    m.vm().rearm_dirty_log(word_index, words)
 }
 
 /// Tracks pages written since the last collection.
@@ -169,7 +133,7 @@ pub struct DirtyTracker<'a> {
 impl<'a> DirtyTracker<'a> {
     /// Turns KVM dirty logging on and clears both logs; writes from now on are tracked.
     pub fn start(m: &'a Machine) -> Result<Self, VmError> {
-        m.vm.set_dirty_logging(true)?;
+        m.vm().set_dirty_logging(true)?;
         let mut t = DirtyTracker { m };
         let mut discard = PageBitmap::new(frame_count(m));
         t.collect_into(&mut discard)?;
@@ -190,7 +154,7 @@ impl<'a> DirtyTracker<'a> {
 
     /// Turns KVM dirty logging off.
     pub fn stop(self) -> Result<(), VmError> {
-        self.m.vm.set_dirty_logging(false)
+        self.m.vm().set_dirty_logging(false)
     }
 }
 

@@ -1,7 +1,8 @@
 //! NovaCron VMM library: one process runs one guest on /dev/kvm. Modules hold one concern
 //! each: `kvm` (VM, vCPU registers, CPUID, MSRs), `memory` and `layout`, `boot` (Linux boot
 //! protocol), `devices` (buses, serial, i8042, CMOS), `vcpu` and `control` (threads, pause,
-//! exit), `machine` (putting it together), `api` and `runtime` (control socket).
+//! exit), `persist` (the save/restore contract), `state` (the machine state and its envelope),
+//! `machine` (putting it together), `api` and `runtime` (control socket).
 
 pub mod acpi;
 pub mod api;
@@ -15,6 +16,7 @@ pub mod layout;
 pub mod machine;
 pub mod memory;
 pub mod migration;
+pub mod persist;
 pub mod runtime;
 pub mod snapshot;
 pub mod state;

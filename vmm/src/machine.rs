@@ -1,5 +1,6 @@
 //! A whole virtual machine: guest memory, the KVM VM, vCPUs and devices, put together from a
-//! [`MachineConfig`], booted or restored, and run on one thread per vCPU.
+//! [`MachineConfig`], booted or restored (its [`MachineState`] is the composition of its
+//! components' [`Persist`] states), and run on one thread per vCPU.
 
 use crate::acpi::{self, AcpiError};
 use crate::boot::{self, BootError};
@@ -8,19 +9,22 @@ use crate::control::{self, ExitReason, RunControl};
 use crate::devices::cmos::Cmos;
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{ConsoleOut, SerialDevice, SerialError};
-use crate::devices::virtio::{DeviceManager, DevicesState, ManagerError};
+use crate::devices::virtio::{DeviceManager, ManagerError};
 use crate::devices::{Bus, BusError};
 use crate::kvm::cpuid;
 use crate::kvm::regs;
 use crate::kvm::vm::{KvmVm, VmError};
 use crate::layout;
 use crate::memory::{self, GuestMem, MemoryError};
+use crate::persist::Persist;
+use crate::state::{MachineState, StateError};
 use crate::vcpu::{self, Vcpu, VcpuEnv, VcpuError};
 use kvm_bindings::CpuId;
+use parking_lot::Mutex;
 use std::io::Read;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
 use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -84,46 +88,45 @@ pub enum MachineError {
 /// A running or runnable VM.
 pub struct Machine {
     /// The configuration it was built from.
-    pub config: MachineConfig,
+    config: MachineConfig,
     /// Guest RAM.
-    pub mem: GuestMem,
+    mem: GuestMem,
     /// The KVM VM.
-    pub vm: KvmVm,
+    vm: KvmVm,
     /// KVM's supported CPUID (before per-vCPU normalisation).
-    pub cpuid: CpuId,
+    cpuid: CpuId,
     /// vCPUs.
-    pub vcpus: Vec<Arc<Vcpu>>,
+    vcpus: Vec<Arc<Vcpu>>,
     /// The serial console.
-    pub serial: Arc<Mutex<SerialDevice>>,
+    serial: Arc<Mutex<SerialDevice>>,
     /// Buses and run control shared with the vCPU threads.
-    pub env: Arc<VcpuEnv>,
+    env: Arc<VcpuEnv>,
     /// The virtio devices and their device thread.
-    pub devices: DeviceManager,
-    /// When the machine was created.
-    pub created: Instant,
+    devices: DeviceManager,
     /// The guest's dirty rate (pages/s) as the latest migration round measured it; 0 before
     /// any migration (dirty logging is off otherwise: it costs the guest a fault per page).
-    pub dirty_pages_per_sec: std::sync::atomic::AtomicU64,
+    dirty_pages_per_sec: AtomicU64,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Machine {
     /// Builds memory, VM, vCPUs (with CPUID) and devices; loads nothing.
     pub fn new(config: MachineConfig) -> Result<Arc<Self>, MachineError> {
-        let created = Instant::now();
         config.validate()?;
         let mem = memory::create(config.memory)?;
         let vm = KvmVm::new(&mem)?;
-        let base = cpuid::supported(&vm.kvm).map_err(MachineError::Cpuid)?;
+        let base = cpuid::supported(vm.kvm()).map_err(MachineError::Cpuid)?;
         let vcpus = (0..config.vcpus)
-            .map(|i| Vcpu::new(&vm.fd, &base, i, config.vcpus).map(Arc::new))
+            .map(|i| {
+                Vcpu::new(vm.fd(), &base, vm.saved_msrs().clone(), i, config.vcpus).map(Arc::new)
+            })
             .collect::<Result<Vec<_>, _>>()?;
 
         let irq_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| MachineError::Irq {
             what: "serial",
             source,
         })?;
-        vm.fd
+        vm.fd()
             .register_irqfd(&irq_evt, layout::SERIAL_IRQ)
             .map_err(|e| MachineError::Irq {
                 what: "serial",
@@ -138,7 +141,7 @@ impl Machine {
         // Data port 0x60 is offset 0, command/status 0x64 offset 4 (0x61 is the PIT's, in KVM).
         pio.insert(0x60, 5, Arc::new(Mutex::new(I8042::default())))?;
         pio.insert(0x70, 2, Arc::new(Mutex::new(Cmos::default())))?;
-        let devices = DeviceManager::new(&vm.fd, &mem, &config.disks, &config.nets)?;
+        let devices = DeviceManager::new(vm.fd(), &mem, &config.disks, &config.nets)?;
         let mut mmio = Bus::new();
         devices.register(&mut mmio)?;
         mmio.insert(
@@ -160,8 +163,7 @@ impl Machine {
             serial,
             env,
             devices,
-            created,
-            dirty_pages_per_sec: std::sync::atomic::AtomicU64::new(0),
+            dirty_pages_per_sec: AtomicU64::new(0),
             threads: Mutex::new(Vec::new()),
         }))
     }
@@ -193,12 +195,12 @@ impl Machine {
     pub fn start(self: &Arc<Self>) -> Result<(), MachineError> {
         control::install_kick_handler().map_err(MachineError::Signal)?;
         self.vm.wait_memory()?;
-        let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        let mut threads = self.threads.lock();
         for v in &self.vcpus {
             let v = v.clone();
             let env = self.env.clone();
             let h = std::thread::Builder::new()
-                .name(format!("vcpu{}", v.id))
+                .name(format!("vcpu{}", v.id()))
                 .stack_size(256 << 10)
                 .spawn(move || vcpu::run_loop(&v, &env))
                 .map_err(|source| MachineError::Thread {
@@ -221,35 +223,55 @@ impl Machine {
         Ok(())
     }
 
-    /// Replaces the serial port's registers with saved ones (restore, incoming migration).
-    pub fn replace_serial_state(
-        &self,
-        st: &vm_superio::serial::SerialState,
-    ) -> Result<(), MachineError> {
-        let mut serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
-        let irq = serial.irq_evt().map_err(|source| MachineError::Irq {
-            what: "serial",
-            source,
-        })?;
-        let out = ConsoleOut::open(&self.config.serial)?;
-        *serial = SerialDevice::from_state(st, irq, out)?;
-        Ok(())
+    /// The configuration it was built from.
+    pub fn config(&self) -> &MachineConfig {
+        &self.config
     }
 
-    /// State of the virtio devices, for snapshots and migration (call with the vCPUs and the
-    /// devices paused: see [`Machine::pause_all`]).
-    pub fn save_devices(&self) -> serde_json::Value {
-        serde_json::to_value(self.devices.save_state()).unwrap_or(serde_json::Value::Null)
+    /// Guest RAM.
+    pub fn mem(&self) -> &GuestMem {
+        &self.mem
     }
 
-    /// Restores the virtio devices from [`Machine::save_devices`] output.
-    pub fn restore_devices(&self, state: &serde_json::Value) -> Result<(), String> {
-        if state.is_null() {
+    /// The KVM VM (memory slots, dirty log).
+    pub fn vm(&self) -> &KvmVm {
+        &self.vm
+    }
+
+    /// KVM's supported CPUID (before per-vCPU normalisation).
+    pub fn cpuid(&self) -> &CpuId {
+        &self.cpuid
+    }
+
+    /// The guest's dirty rate (pages/s) as the latest migration round measured it; 0 before
+    /// any migration.
+    pub fn dirty_pages_per_sec(&self) -> u64 {
+        self.dirty_pages_per_sec.load(Ordering::Relaxed)
+    }
+
+    /// Records the dirty rate a migration round measured.
+    pub fn set_dirty_pages_per_sec(&self, rate: u64) {
+        self.dirty_pages_per_sec.store(rate, Ordering::Relaxed);
+    }
+
+    /// Narrows the list of MSRs saved with each vCPU (once per machine) so a later save,
+    /// inside migration downtime, does not. Briefly pauses the vCPUs if they are running.
+    pub fn prepare_state(&self) -> Result<(), StateError> {
+        let Some(v) = self.vcpus.first() else {
+            return Ok(());
+        };
+        if self.vm.saved_msrs().is_probed() {
             return Ok(());
         }
-        let st: DevicesState = serde_json::from_value(state.clone())
-            .map_err(|e| format!("invalid virtio device state: {e}"))?;
-        self.devices.restore_state(&st).map_err(|e| e.to_string())
+        let was_paused = self.control().is_paused();
+        if !was_paused {
+            self.control().pause();
+        }
+        let probed = v.probe_msrs();
+        if !was_paused {
+            self.control().resume();
+        }
+        Ok(probed?)
     }
 
     /// Pauses the vCPUs, then the virtio device thread: from return until
@@ -273,11 +295,52 @@ impl Machine {
     /// Blocks until the VM ends; flushes the console; returns why it ended.
     pub fn wait(&self) -> ExitReason {
         let reason = self.control().wait_exit();
-        self.serial
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .flush();
+        if let Err(e) = self.serial.lock().flush() {
+            tracing::warn!("serial console: cannot flush output: {e}");
+        }
         reason
+    }
+}
+
+impl Persist for Machine {
+    type State = MachineState;
+    type Error = StateError;
+
+    /// Captures the whole machine; call with the vCPUs and the devices paused (see
+    /// [`Machine::pause_all`]).
+    fn save(&self) -> Result<MachineState, StateError> {
+        Ok(MachineState {
+            memory: self.config.memory,
+            vcpus: self
+                .vcpus
+                .iter()
+                .map(|v| v.save())
+                .collect::<Result<_, _>>()?,
+            vm: self.vm.save()?,
+            serial: self.serial.save()?,
+            devices: self.devices.save()?,
+        })
+    }
+
+    /// Restores a state into this freshly built, not yet started machine of the same shape:
+    /// VM-wide devices, then every vCPU, the serial port and the virtio devices.
+    fn restore(&self, s: &MachineState) -> Result<(), StateError> {
+        if s.memory != self.config.memory || s.vcpus.len() != self.vcpus.len() {
+            return Err(StateError::Mismatch(format!(
+                "state has {} MiB and {} vCPUs, machine has {} MiB and {} vCPUs",
+                s.memory >> 20,
+                s.vcpus.len(),
+                self.config.memory >> 20,
+                self.vcpus.len()
+            )));
+        }
+        self.vm.restore(&s.vm)?;
+        for (v, vs) in self.vcpus.iter().zip(&s.vcpus) {
+            v.restore(vs)?;
+        }
+        self.serial.restore(&s.serial)?;
+        self.devices.restore(&s.devices)?;
+        Ok(())
     }
 }
 
@@ -290,10 +353,7 @@ fn forward_stdin(serial: Arc<Mutex<SerialDevice>>) {
         }
         let mut pending = &buf[..n];
         while !pending.is_empty() {
-            let took = serial
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .enqueue_input(pending);
+            let took = serial.lock().enqueue_input(pending);
             pending = &pending[took..];
             if took == 0 {
                 std::thread::sleep(std::time::Duration::from_millis(5));

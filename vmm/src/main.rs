@@ -144,13 +144,9 @@ fn run(mut args: RunArgs) -> ExitCode {
     }
     match &args.incoming {
         Some(addr) => {
-            let m2 = machine.clone();
-            let r = novacron_vmm::migration::destination::receive(
-                &machine,
-                addr,
-                &move |v| m2.restore_devices(v),
-                &|local| eprintln!("novacron-vmm: waiting for incoming migration on {local}"),
-            );
+            let r = novacron_vmm::migration::destination::receive(&machine, addr, &|local| {
+                eprintln!("novacron-vmm: waiting for incoming migration on {local}")
+            });
             if let Err(e) = r {
                 if let Some(sock) = &args.api_socket {
                     let _ = std::fs::remove_file(sock);
@@ -165,11 +161,8 @@ fn run(mut args: RunArgs) -> ExitCode {
         }
         None => {
             let loaded = match &args.restore {
-                Some(dir) => {
-                    let m2 = machine.clone();
-                    novacron_vmm::snapshot::restore(&machine, dir, &move |v| m2.restore_devices(v))
-                        .map_err(|e| format!("cannot restore {}: {e}", dir.display()))
-                }
+                Some(dir) => novacron_vmm::snapshot::restore(&machine, dir)
+                    .map_err(|e| format!("cannot restore {}: {e}", dir.display())),
                 None => machine.boot().map_err(|e| e.to_string()),
             };
             if let Err(e) = loaded {

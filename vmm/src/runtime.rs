@@ -88,7 +88,7 @@ impl Runtime {
             m.pause_all();
         }
         let mut base = self.diff_base.lock();
-        let r = crate::snapshot::write(&m, to, diff, &mut base, m.save_devices());
+        let r = crate::snapshot::write(&m, to, diff, &mut base);
         drop(base);
         if was_running {
             m.resume_all();
@@ -117,8 +117,7 @@ impl Runtime {
             Ok(_) => Lifecycle::Running,
             Err(s) => return Err(format!("cannot migrate while {}", from_u8(s))),
         };
-        let dev = m.clone();
-        match crate::migration::source::migrate(&m, opts, &move || dev.save_devices()) {
+        match crate::migration::source::migrate(&m, opts) {
             Ok(summary) => {
                 self.migrated.store(true, Ordering::SeqCst);
                 Ok(Reply::Migrated(Box::new(summary)))
@@ -142,20 +141,20 @@ impl Runtime {
             dirty_pages_per_sec: 0,
         };
         if let Some(m) = self.machine.get() {
-            info.vcpus = u32::from(m.config.vcpus);
-            info.memory_mib = m.config.memory >> 20;
+            info.vcpus = u32::from(m.config().vcpus);
+            info.memory_mib = m.config().memory >> 20;
             info.kernel = m
-                .config
+                .config()
                 .kernel
                 .as_ref()
                 .map(|k| k.display().to_string())
                 .unwrap_or_default();
-            info.dirty_log = Some(if m.vm.manual_protect {
+            info.dirty_log = Some(if m.vm().manual_protect() {
                 DirtyLog::ManualProtect
             } else {
                 DirtyLog::Plain
             });
-            info.dirty_pages_per_sec = m.dirty_pages_per_sec.load(Ordering::Relaxed);
+            info.dirty_pages_per_sec = m.dirty_pages_per_sec();
         }
         info
     }

@@ -10,6 +10,7 @@ use crate::dirty::{self, PageBitmap};
 use crate::layout::PAGE_SIZE;
 use crate::machine::Machine;
 use crate::memory::is_zero_page;
+use crate::persist::Persist;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -57,9 +58,9 @@ pub enum SnapshotError {
     /// Guest memory access failed.
     #[error("guest memory: {0}")]
     Memory(#[from] vm_memory::GuestMemoryError),
-    /// Device restore failed.
-    #[error("devices: {0}")]
-    Devices(String),
+    /// meta.json could not be serialised.
+    #[error("cannot serialise snapshot metadata: {0}")]
+    Meta(serde_json::Error),
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SnapshotError + 'a {
@@ -109,15 +110,14 @@ pub struct DiffBase {
     pub last: Option<PathBuf>,
 }
 
-/// Writes a snapshot of `m` (which the caller has paused) to `dir`. With `diff`, only pages
-/// dirtied since the previous snapshot are written. Afterwards dirty logging stays on so the
-/// next diff snapshot can build on this one.
+/// Writes a snapshot of `m` (which the caller has paused, vCPUs and devices) to `dir`. With
+/// `diff`, only pages dirtied since the previous snapshot are written. Afterwards dirty logging
+/// stays on so the next diff snapshot can build on this one.
 pub fn write(
     m: &Machine,
     dir: &Path,
     diff: bool,
     base: &mut DiffBase,
-    devices: serde_json::Value,
 ) -> Result<SnapshotInfo, SnapshotError> {
     let t0 = std::time::Instant::now();
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
@@ -142,7 +142,8 @@ pub fn write(
     let mut buf = [0u8; PAGE_SIZE as usize];
     let (mut written, mut bytes) = (0u64, 0u64);
     for pfn in pages.iter() {
-        m.mem.read_slice(&mut buf, GuestAddress(pfn * PAGE_SIZE))?;
+        m.mem()
+            .read_slice(&mut buf, GuestAddress(pfn * PAGE_SIZE))?;
         if is_zero_page(&buf) {
             continue;
         }
@@ -157,30 +158,31 @@ pub fn write(
         let raw: Vec<u8> = pages.words.iter().flat_map(|w| w.to_le_bytes()).collect();
         std::fs::write(&bm_path, raw).map_err(io("write", &bm_path))?;
     }
-    let state = crate::state::save(m, devices)?;
+    let state = m.save()?;
     let state_path = dir.join("state.bin");
     std::fs::write(&state_path, crate::state::encode(&state)?).map_err(io("write", &state_path))?;
     let meta = SnapshotMeta {
         version: SNAPSHOT_VERSION,
         kind: if diff { "diff" } else { "full" }.into(),
-        memory: m.config.memory,
-        vcpus: m.config.vcpus,
+        memory: m.config().memory,
+        vcpus: m.config().vcpus,
         parent,
         pages: written,
-        cmdline: m.config.cmdline.clone(),
+        cmdline: m.config().cmdline.clone(),
     };
     let meta_path = dir.join("meta.json");
     let mut f = File::create(&meta_path).map_err(io("create", &meta_path))?;
-    f.write_all(&serde_json::to_vec_pretty(&meta).unwrap_or_default())
+    let meta_bytes = serde_json::to_vec_pretty(&meta).map_err(SnapshotError::Meta)?;
+    f.write_all(&meta_bytes)
         .and_then(|_| f.sync_all())
         .map_err(io("write", &meta_path))?;
     // Track dirty pages from here for the next diff snapshot.
     if !diff {
-        m.vm.set_dirty_logging(true)?;
+        m.vm().set_dirty_logging(true)?;
         let mut discard = PageBitmap::new(frames);
         dirty::collect(m, &mut discard)?;
     }
-    base.last = Some(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()));
+    base.last = Some(std::fs::canonicalize(dir).map_err(io("resolve", dir))?);
     Ok(SnapshotInfo {
         pages: written,
         bytes,
@@ -238,7 +240,15 @@ fn load_full(m: &Machine, path: &Path) -> Result<(), SnapshotError> {
         // SAFETY: lseek on an open fd we own; SEEK_DATA/SEEK_HOLE only move the offset.
         let data = unsafe { libc::lseek(f.as_raw_fd(), off, libc::SEEK_DATA) };
         if data < 0 {
-            break; // ENXIO: no more data.
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break; // No more data.
+            }
+            return Err(SnapshotError::Io {
+                what: "seek data in",
+                path: path.to_path_buf(),
+                source: e,
+            });
         }
         // SAFETY: as above.
         let hole = unsafe { libc::lseek(f.as_raw_fd(), data, libc::SEEK_HOLE) };
@@ -249,7 +259,7 @@ fn load_full(m: &Machine, path: &Path) -> Result<(), SnapshotError> {
         while pos < end as u64 {
             let n = ((end as u64 - pos) as usize).min(buf.len());
             f.read_exact(&mut buf[..n]).map_err(io("read", path))?;
-            m.mem.write_slice(&buf[..n], GuestAddress(pos))?;
+            m.mem().write_slice(&buf[..n], GuestAddress(pos))?;
             pos += n as u64;
         }
         off = end;
@@ -272,20 +282,16 @@ fn load_diff(m: &Machine, dir: &Path) -> Result<(), SnapshotError> {
     for pfn in bm.iter() {
         f.read_exact_at(&mut buf, pfn * PAGE_SIZE)
             .map_err(io("read", &mem_path))?;
-        m.mem.write_slice(&buf, GuestAddress(pfn * PAGE_SIZE))?;
+        m.mem().write_slice(&buf, GuestAddress(pfn * PAGE_SIZE))?;
     }
     Ok(())
 }
 
 /// Loads memory (following the diff chain) and state from `dir` into a freshly built,
 /// not yet started machine.
-pub fn restore(
-    m: &Machine,
-    dir: &Path,
-    restore_devices: &dyn Fn(&serde_json::Value) -> Result<(), String>,
-) -> Result<(), SnapshotError> {
+pub fn restore(m: &Machine, dir: &Path) -> Result<(), SnapshotError> {
     for (i, (d, meta)) in chain(dir)?.iter().enumerate() {
-        if meta.memory != m.config.memory || meta.vcpus != m.config.vcpus {
+        if meta.memory != m.config().memory || meta.vcpus != m.config().vcpus {
             return Err(SnapshotError::BadMeta {
                 path: d.clone(),
                 reason: "memory size or vCPU count differs within the snapshot chain".into(),
@@ -300,7 +306,6 @@ pub fn restore(
     let state_path = dir.join("state.bin");
     let raw = std::fs::read(&state_path).map_err(io("read", &state_path))?;
     let state = crate::state::decode(&raw)?;
-    crate::state::restore(m, &state)?;
-    restore_devices(&state.devices).map_err(SnapshotError::Devices)?;
+    m.restore(&state)?;
     Ok(())
 }

@@ -2,7 +2,8 @@
 //! vCPU exit at an address is dispatched to the device owning it with the offset into its
 //! range. Accesses nobody owns read as all-ones and writes are dropped.
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 
 /// Something the guest asked the VMM to do through a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,10 +70,7 @@ impl Bus {
     /// Dispatches a read; unowned addresses read as all-ones.
     pub fn read(&self, addr: u64, data: &mut [u8]) {
         match self.find(addr) {
-            Some((off, d)) => match d.lock() {
-                Ok(mut dev) => dev.read(off, data),
-                Err(_) => data.fill(0xff),
-            },
+            Some((off, d)) => d.lock().read(off, data),
             None => data.fill(0xff),
         }
     }
@@ -80,7 +78,7 @@ impl Bus {
     /// Dispatches a write; unowned addresses drop it.
     pub fn write(&self, addr: u64, data: &[u8]) -> Option<GuestEvent> {
         let (off, d) = self.find(addr)?;
-        d.lock().ok()?.write(off, data)
+        d.lock().write(off, data)
     }
 }
 

@@ -1,8 +1,12 @@
 //! The 16550 UART at 0x3f8 (IRQ 4), from `vm-superio`, with its output sent to stdout, a file
-//! or nowhere, and its interrupt delivered through an irqfd.
+//! or nowhere, its interrupt delivered through an irqfd, and its saved registers
+//! ([`SerialSaved`], through [`Persist`]).
 
 use super::bus::{BusDevice, GuestEvent};
 use crate::config::SerialTarget;
+use crate::persist::Persist;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -22,9 +26,12 @@ pub enum SerialError {
         /// The I/O error.
         source: io::Error,
     },
-    /// The interrupt eventfd could not be created.
+    /// The interrupt eventfd could not be created or duplicated.
     #[error("cannot create serial interrupt eventfd: {0}")]
     EventFd(io::Error),
+    /// The UART refused saved register state.
+    #[error("cannot restore the serial port's registers: {0}")]
+    Restore(String),
 }
 
 /// Raises the UART's interrupt by signalling the irqfd.
@@ -50,6 +57,14 @@ enum Sink {
 }
 
 impl ConsoleOut {
+    /// A console that drops everything.
+    fn discard() -> Self {
+        ConsoleOut {
+            sink: Sink::Discard,
+            line: Vec::new(),
+        }
+    }
+
     /// Opens the console for `target` (files are appended to).
     pub fn open(target: &SerialTarget) -> Result<Self, SerialError> {
         let sink = match target {
@@ -126,28 +141,101 @@ impl SerialDevice {
         out: ConsoleOut,
     ) -> Result<Self, SerialError> {
         let uart = Serial::from_state(state, IrqTrigger(irq), NoEvents, out)
-            .map_err(|e| SerialError::EventFd(io::Error::other(format!("{e:?}"))))?;
+            .map_err(|e| SerialError::Restore(e.to_string()))?;
         Ok(SerialDevice { uart })
     }
 
-    /// The UART's register state, for snapshots.
-    pub fn state(&self) -> SerialState {
-        self.uart.state()
+    /// Rebuilds the UART from `state`, keeping its interrupt eventfd and its console.
+    fn replace_state(&mut self, state: &SerialState) -> Result<(), SerialError> {
+        let irq = self
+            .uart
+            .interrupt_evt()
+            .0
+            .try_clone()
+            .map_err(SerialError::EventFd)?;
+        let out = std::mem::replace(self.uart.writer_mut(), ConsoleOut::discard());
+        *self = SerialDevice::from_state(state, irq, out)?;
+        Ok(())
     }
 
-    /// A duplicate of the interrupt eventfd (to rebuild the UART from saved state).
-    pub fn irq_evt(&self) -> io::Result<EventFd> {
-        self.uart.interrupt_evt().0.try_clone()
-    }
-
-    /// Queues input bytes for the guest; returns how many were accepted.
+    /// Queues input bytes for the guest; returns how many were accepted (0 while the FIFO is
+    /// full).
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
-        self.uart.enqueue_raw_bytes(bytes).unwrap_or(0)
+        let room = self.uart.fifo_capacity().min(bytes.len());
+        match self.uart.enqueue_raw_bytes(bytes) {
+            Ok(n) => n,
+            Err(vm_superio::serial::Error::FullFifo) => 0,
+            Err(e) => {
+                // The bytes are queued; only the interrupt announcing them failed.
+                tracing::warn!("serial input: {e}");
+                room
+            }
+        }
     }
 
     /// Flushes buffered output.
-    pub fn flush(&mut self) {
-        let _ = self.uart.writer_mut().flush();
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.uart.writer_mut().flush()
+    }
+}
+
+/// Saved 16550 registers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialSaved {
+    /// Registers in vm-superio order: DLL, DLM, IER, IIR, LCR, LSR, MCR, MSR, SCR.
+    pub regs: [u8; 9],
+    /// Unread input.
+    pub in_buffer: Vec<u8>,
+}
+
+impl From<&SerialState> for SerialSaved {
+    fn from(s: &SerialState) -> Self {
+        SerialSaved {
+            regs: [
+                s.baud_divisor_low,
+                s.baud_divisor_high,
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            in_buffer: s.in_buffer.clone(),
+        }
+    }
+}
+
+impl From<&SerialSaved> for SerialState {
+    fn from(s: &SerialSaved) -> Self {
+        let r = s.regs;
+        SerialState {
+            baud_divisor_low: r[0],
+            baud_divisor_high: r[1],
+            interrupt_enable: r[2],
+            interrupt_identification: r[3],
+            line_control: r[4],
+            line_status: r[5],
+            modem_control: r[6],
+            modem_status: r[7],
+            scratch: r[8],
+            in_buffer: s.in_buffer.clone(),
+        }
+    }
+}
+
+/// The port as it sits on the bus, behind its lock.
+impl Persist for Mutex<SerialDevice> {
+    type State = SerialSaved;
+    type Error = SerialError;
+
+    fn save(&self) -> Result<SerialSaved, SerialError> {
+        Ok(SerialSaved::from(&self.lock().uart.state()))
+    }
+
+    fn restore(&self, state: &SerialSaved) -> Result<(), SerialError> {
+        self.lock().replace_state(&SerialState::from(state))
     }
 }
 
@@ -166,5 +254,41 @@ impl BusDevice for SerialDevice {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port() -> Mutex<SerialDevice> {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let out = ConsoleOut::open(&SerialTarget::None).expect("console");
+        Mutex::new(SerialDevice::new(irq, out))
+    }
+
+    #[test]
+    fn registers_and_input_round_trip_through_persist() {
+        let a = port();
+        {
+            let mut dev = a.lock();
+            // LCR: 8N1 with DLAB set, then a divisor, then DLAB clear; scratch register.
+            dev.write(3, &[0x83]);
+            dev.write(0, &[0x0c]);
+            dev.write(3, &[0x03]);
+            dev.write(7, &[0x5a]);
+            assert_eq!(dev.enqueue_input(b"hi"), 2);
+        }
+        let saved = a.save().expect("save");
+        assert_eq!(saved.regs[0], 0x0c, "divisor low");
+        assert_eq!(saved.regs[8], 0x5a, "scratch");
+        assert_eq!(saved.in_buffer, b"hi");
+
+        let b = port();
+        b.restore(&saved).expect("restore");
+        assert_eq!(b.save().expect("save"), saved);
+        let mut byte = [0u8; 1];
+        b.lock().read(0, &mut byte);
+        assert_eq!(byte[0], b'h', "restored input is read first");
     }
 }

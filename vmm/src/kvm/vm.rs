@@ -1,17 +1,24 @@
-//! The KVM VM: creation with in-kernel irqchip and PIT, guest memory slots and the KVM side
-//! of dirty-page logging.
+//! The KVM VM: creation with in-kernel irqchip and PIT, guest memory slots (the one place
+//! that numbers them), the KVM side of dirty-page logging, and the saved state of the
+//! VM-wide KVM devices ([`VmState`]: PICs, IOAPIC, PIT, kvmclock).
 
-use crate::layout;
+use crate::kvm::msrs::{MsrError, SavedMsrs};
+use crate::layout::{self, PAGE_SIZE};
 use crate::memory::{self, GuestMem, RegionInfo};
+use crate::persist::Persist;
 use kvm_bindings::{
     kvm_clear_dirty_log, kvm_clear_dirty_log__bindgen_ty_1, kvm_enable_cap, KVMIO,
     KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
 };
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
+    kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2, kvm_userspace_memory_region,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MEM_LOG_DIRTY_PAGES,
+    KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 vmm_sys_util::ioctl_iowr_nr!(KVM_CLEAR_DIRTY_LOG, KVMIO, 0xc0, kvm_clear_dirty_log);
@@ -36,6 +43,12 @@ pub enum VmError {
         /// The errno.
         source: kvm_ioctls::Error,
     },
+    /// The memory-registration thread panicked.
+    #[error("the thread registering guest memory with KVM panicked")]
+    SlotThread,
+    /// Listing the MSRs to save failed.
+    #[error(transparent)]
+    Msrs(#[from] MsrError),
 }
 
 fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -45,17 +58,34 @@ fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 /// A created VM; its memory is registered by a helper thread ([`KvmVm::wait_memory`]).
 pub struct KvmVm {
     /// The /dev/kvm handle.
-    pub kvm: Kvm,
+    kvm: Kvm,
     /// The VM fd.
-    pub fd: Arc<VmFd>,
+    fd: Arc<VmFd>,
     /// The thread registering the memory slots, until [`KvmVm::wait_memory`] joins it.
     pending_slots: Mutex<Option<JoinHandle<Result<(), VmError>>>>,
-    /// The RAM regions as registered with KVM.
-    pub regions: Vec<RegionInfo>,
+    /// The RAM regions as registered with KVM, slot `i` being region `i`.
+    regions: Vec<RegionInfo>,
     /// KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 is on: reading the dirty log does not re-protect
-    /// pages; [`KvmVm::clear_dirty_log`] does, page range by page range, just before those
+    /// pages; [`KvmVm::rearm_dirty_log`] does, page range by page range, just before those
     /// pages are read, so the guest takes fewer write faults between rounds.
-    pub manual_protect: bool,
+    manual_protect: bool,
+    /// The MSRs saved with each vCPU.
+    msrs: Arc<SavedMsrs>,
+}
+
+/// Saved state of the VM-wide KVM devices.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct VmState {
+    /// Master PIC.
+    pub pic_master: kvm_irqchip,
+    /// Slave PIC.
+    pub pic_slave: kvm_irqchip,
+    /// IOAPIC.
+    pub ioapic: kvm_irqchip,
+    /// PIT.
+    pub pit: kvm_pit_state2,
+    /// kvmclock.
+    pub clock: kvm_clock_data,
 }
 
 /// Capabilities the VMM cannot run without.
@@ -86,6 +116,7 @@ impl KvmVm {
                 return Err(VmError::MissingCap(name));
             }
         }
+        let msrs = Arc::new(SavedMsrs::new(&kvm)?);
         let fd = Arc::new(kvm.create_vm().map_err(ioctl("create VM"))?);
         let regions = memory::regions(mem);
         let manual_protect = kvm
@@ -135,24 +166,36 @@ impl KvmVm {
             pending_slots: Mutex::new(pending),
             regions,
             manual_protect,
+            msrs,
         })
+    }
+
+    /// The /dev/kvm handle.
+    pub fn kvm(&self) -> &Kvm {
+        &self.kvm
+    }
+
+    /// The VM fd (for creating vCPUs and wiring interrupts and notifications).
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
+    /// Whether KVM's manual dirty-log protection is on (see [`KvmVm::rearm_dirty_log`]).
+    pub fn manual_protect(&self) -> bool {
+        self.manual_protect
+    }
+
+    /// The MSRs saved with each vCPU of this VM.
+    pub fn saved_msrs(&self) -> &Arc<SavedMsrs> {
+        &self.msrs
     }
 
     /// Waits until the guest memory is registered with KVM (see [`KvmVm::new`]); returns
     /// the registration's error, once. Cheap after the first call.
     pub fn wait_memory(&self) -> Result<(), VmError> {
-        let pending = self
-            .pending_slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let pending = self.pending_slots.lock().take();
         match pending {
-            Some(h) => h.join().unwrap_or_else(|_| {
-                Err(VmError::Ioctl {
-                    what: "set memory region",
-                    source: kvm_ioctls::Error::new(libc::EIO),
-                })
-            }),
+            Some(h) => h.join().map_err(|_| VmError::SlotThread)?,
             None => Ok(()),
         }
     }
@@ -163,19 +206,60 @@ impl KvmVm {
         set_memory_slots(&self.fd, &self.regions, on)
     }
 
+    /// ORs into `out`, a bitmap over guest page frame numbers, the pages KVM logged as written
+    /// since the log was last read (dirty logging must be on). With `rearm_now` false and
+    /// manual protection on, the pages stay writable until [`KvmVm::rearm_dirty_log`].
+    pub fn collect_dirty_log(&self, out: &mut [u64], rearm_now: bool) -> Result<(), VmError> {
+        for r in &self.regions {
+            let mut bits = self
+                .fd
+                .get_dirty_log(r.slot, r.size as usize)
+                .map_err(ioctl("get dirty log"))?;
+            merge_bits(out, r.guest_addr / PAGE_SIZE, &bits);
+            if self.manual_protect && rearm_now {
+                for (i, chunk) in bits.chunks_mut(REARM_WORDS).enumerate() {
+                    self.clear_dirty_log(r.slot, (i * REARM_WORDS * 64) as u64, chunk)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-protects in KVM the pages set in `words`, a window of a guest-PFN bitmap starting at
+    /// word `word_index` (manual-protect mode; a no-op otherwise). Call right before reading
+    /// those pages.
+    pub fn rearm_dirty_log(&self, word_index: usize, words: &[u64]) -> Result<(), VmError> {
+        if !self.manual_protect {
+            return Ok(());
+        }
+        let first_pfn = word_index as u64 * 64;
+        let last_pfn = first_pfn + words.len() as u64 * 64;
+        for r in &self.regions {
+            let (start, pages) = (r.guest_addr / PAGE_SIZE, r.size / PAGE_SIZE);
+            let end = start + pages;
+            if last_pfn <= start || first_pfn >= end {
+                continue;
+            }
+            // Regions start on 64-page boundaries, so windows map to whole bitmap words.
+            let lo = first_pfn.max(start);
+            let hi = last_pfn.min(end);
+            let (w0, w1) = (
+                ((lo - first_pfn) / 64) as usize,
+                (hi - first_pfn).div_ceil(64) as usize,
+            );
+            let mut chunk = words[w0..w1.min(words.len())].to_vec();
+            self.clear_dirty_log(r.slot, lo - start, &mut chunk)?;
+        }
+        Ok(())
+    }
+
     /// Re-protects (clears the dirty bits of) the pages set in `bits`, which covers
-    /// `bits.len() * 64` pages of `slot` from `first_page` (a multiple of 64). Only meaningful
-    /// with [`KvmVm::manual_protect`].
-    pub fn clear_dirty_log(
-        &self,
-        slot: u32,
-        first_page: u64,
-        bits: &mut [u64],
-    ) -> Result<(), VmError> {
+    /// `bits.len() * 64` pages of `slot` from `first_page` (a multiple of 64).
+    fn clear_dirty_log(&self, slot: u32, first_page: u64, bits: &mut [u64]) -> Result<(), VmError> {
         let Some(r) = self.regions.iter().find(|r| r.slot == slot) else {
             return Ok(());
         };
-        let slot_pages = r.size / crate::layout::PAGE_SIZE;
+        let slot_pages = r.size / PAGE_SIZE;
         if first_page >= slot_pages || bits.iter().all(|w| *w == 0) {
             return Ok(());
         }
@@ -191,12 +275,57 @@ impl KvmVm {
         // SAFETY: `c` names a registered slot and a page range inside it; the bitmap pointer
         // is valid for num_pages bits (bits.len() * 64 >= num_pages) and outlives the call.
         let rc =
-            unsafe { vmm_sys_util::ioctl::ioctl_with_ref(&self.fd, KVM_CLEAR_DIRTY_LOG(), &c) };
+            unsafe { vmm_sys_util::ioctl::ioctl_with_ref(&*self.fd, KVM_CLEAR_DIRTY_LOG(), &c) };
         if rc < 0 {
             return Err(VmError::Ioctl {
                 what: "clear dirty log",
                 source: kvm_ioctls::Error::last(),
             });
+        }
+        Ok(())
+    }
+
+    fn get_chip(&self, chip_id: u32, what: &'static str) -> Result<kvm_irqchip, VmError> {
+        let mut chip = kvm_irqchip {
+            chip_id,
+            ..Default::default()
+        };
+        self.fd.get_irqchip(&mut chip).map_err(ioctl(what))?;
+        Ok(chip)
+    }
+}
+
+/// Bitmap words re-protected per KVM_CLEAR_DIRTY_LOG call (4096 pages, 16 MiB).
+pub const REARM_WORDS: usize = 64;
+
+impl Persist for KvmVm {
+    type State = VmState;
+    type Error = VmError;
+
+    fn save(&self) -> Result<VmState, VmError> {
+        Ok(VmState {
+            pic_master: self.get_chip(KVM_IRQCHIP_PIC_MASTER, "get master PIC")?,
+            pic_slave: self.get_chip(KVM_IRQCHIP_PIC_SLAVE, "get slave PIC")?,
+            ioapic: self.get_chip(KVM_IRQCHIP_IOAPIC, "get IOAPIC")?,
+            pit: self.fd.get_pit2().map_err(ioctl("get PIT"))?,
+            clock: self.fd.get_clock().map_err(ioctl("get clock"))?,
+        })
+    }
+
+    /// Restores the PIT, the clock, then the interrupt controllers. Guest-memory-backed state
+    /// (kvmclock's page) is checked against the memslots, so this waits for them first.
+    fn restore(&self, s: &VmState) -> Result<(), VmError> {
+        self.wait_memory()?;
+        self.fd.set_pit2(&s.pit).map_err(ioctl("set PIT"))?;
+        let mut clock = s.clock;
+        clock.flags = 0;
+        self.fd.set_clock(&clock).map_err(ioctl("set clock"))?;
+        for (chip, what) in [
+            (&s.pic_master, "set master PIC"),
+            (&s.pic_slave, "set slave PIC"),
+            (&s.ioapic, "set IOAPIC"),
+        ] {
+            self.fd.set_irqchip(chip).map_err(ioctl(what))?;
         }
         Ok(())
     }
@@ -244,6 +373,34 @@ pub fn merge_bits(out: &mut [u64], first: u64, bits: &[u64]) {
             if let Some(o) = out.get_mut((page / 64) as usize) {
                 *o |= 1 << (page % 64);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_state_round_trips_through_persist() {
+        let mem = memory::create(64 << 20).expect("guest memory");
+        let vm = KvmVm::new(&mem).expect("KVM VM");
+        let st = vm.save().expect("save");
+        assert_eq!(st.ioapic.chip_id, KVM_IRQCHIP_IOAPIC);
+        let json = serde_json::to_string(&st).expect("serialize");
+        let back: VmState = serde_json::from_str(&json).expect("deserialize");
+        let other = KvmVm::new(&mem).expect("second KVM VM");
+        other.restore(&back).expect("restore");
+        let again = other.save().expect("save restored");
+        for (a, b) in [
+            (&st.pic_master, &again.pic_master),
+            (&st.pic_slave, &again.pic_slave),
+            (&st.ioapic, &again.ioapic),
+        ] {
+            assert_eq!(
+                serde_json::to_value(a).expect("chip"),
+                serde_json::to_value(b).expect("chip")
+            );
         }
     }
 }

@@ -11,6 +11,7 @@ use crate::dirty;
 use crate::kvm::cpuid;
 use crate::machine::Machine;
 use crate::memory::is_zero_page;
+use crate::persist::Persist;
 use std::io::{BufReader, BufWriter, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
@@ -34,29 +35,30 @@ pub fn check_hello(m: &Machine, h: &Hello) -> Result<(), String> {
             h.version
         ));
     }
-    if h.memory != m.config.memory {
+    if h.memory != m.config().memory {
         return Err(format!(
             "memory size differs: source {} MiB, destination {} MiB",
             h.memory >> 20,
-            m.config.memory >> 20
+            m.config().memory >> 20
         ));
     }
-    if h.vcpus != m.config.vcpus {
+    if h.vcpus != m.config().vcpus {
         return Err(format!(
             "vCPU count differs: source {}, destination {}",
-            h.vcpus, m.config.vcpus
+            h.vcpus,
+            m.config().vcpus
         ));
     }
-    if h.disks != m.config.disks.len() || h.nets != m.config.nets.len() {
+    if h.disks != m.config().disks.len() || h.nets != m.config().nets.len() {
         return Err(format!(
             "device set differs: source {} disks/{} nets, destination {} disks/{} nets",
             h.disks,
             h.nets,
-            m.config.disks.len(),
-            m.config.nets.len()
+            m.config().disks.len(),
+            m.config().nets.len()
         ));
     }
-    let missing = cpuid::missing_features(&h.cpuid, &cpuid::feature_words(&m.cpuid));
+    let missing = cpuid::missing_features(&h.cpuid, &cpuid::feature_words(m.cpuid()));
     if !missing.is_empty() {
         return Err(format!(
             "destination CPU lacks features the guest may use: {}",
@@ -72,7 +74,6 @@ pub fn check_hello(m: &Machine, h: &Hello) -> Result<(), String> {
 pub fn receive(
     m: &Arc<Machine>,
     addr: &str,
-    restore_devices: &dyn Fn(&serde_json::Value) -> Result<(), String>,
     on_listening: &dyn Fn(std::net::SocketAddr),
 ) -> Result<Received, MigrationError> {
     let sa = parse_tcp(addr)?;
@@ -91,7 +92,7 @@ pub fn receive(
     let _ = stream.set_nodelay(true);
     let mut out = BufWriter::new(stream.try_clone().map_err(protocol::ProtocolError::Io)?);
     let mut input = BufReader::with_capacity(1 << 20, stream);
-    match receive_stream(m, &mut input, &mut out, restore_devices) {
+    match receive_stream(m, &mut input, &mut out) {
         Ok(r) => Ok(r),
         Err(e) => {
             if !matches!(e, MigrationError::Aborted(_) | MigrationError::Protocol(_)) {
@@ -113,7 +114,6 @@ fn receive_stream(
     m: &Arc<Machine>,
     input: &mut BufReader<TcpStream>,
     out: &mut BufWriter<TcpStream>,
-    restore_devices: &dyn Fn(&serde_json::Value) -> Result<(), String>,
 ) -> Result<Received, MigrationError> {
     let first = protocol::read_frame(input)?;
     if first.kind != FrameType::Hello {
@@ -158,7 +158,7 @@ fn receive_stream(
         let f = protocol::read_frame(input)?;
         match f.kind {
             FrameType::Pages => {
-                decoder.decode(&f.payload, &mut GuestMemoryPages(&m.mem))?;
+                decoder.decode(&f.payload, &mut GuestMemoryPages(m.mem()))?;
                 received.batches += 1;
             }
             FrameType::RoundEnd => {
@@ -169,15 +169,14 @@ fn receive_stream(
             FrameType::Switchover => switchover = Some(Instant::now()),
             FrameType::State => {
                 let st = crate::state::decode(&f.payload)?;
-                crate::state::restore(m, &st)?;
-                restore_devices(&st.devices).map_err(MigrationError::Start)?;
+                m.restore(&st)?;
                 have_state = true;
             }
             FrameType::Verify => {
                 let listed =
                     verify.get_or_insert_with(|| dirty::PageBitmap::new(dirty::frame_count(m)));
                 for (pfn, crc) in protocol::decode_verify(&f.payload)? {
-                    m.mem
+                    m.mem()
                         .read_slice(&mut buf, GuestAddress(pfn.saturating_mul(PAGE_SIZE as u64)))
                         .map_err(|_| {
                             MigrationError::Verify(format!("page {pfn:#x} is outside guest memory"))
@@ -198,7 +197,7 @@ fn receive_stream(
                 if let Some(listed) = &verify {
                     // Every page the source did not list must be zero here.
                     for pfn in dirty::touched_pages(m).iter().filter(|p| !listed.get(*p)) {
-                        m.mem
+                        m.mem()
                             .read_slice(&mut buf, GuestAddress(pfn * PAGE_SIZE as u64))?;
                         if !is_zero_page(&buf) {
                             return Err(MigrationError::Verify(format!(
@@ -208,7 +207,7 @@ fn receive_stream(
                     }
                 }
                 // Writes made while receiving are not guest activity.
-                vm_memory::GuestMemoryBackend::iter(&m.mem)
+                vm_memory::GuestMemoryBackend::iter(m.mem())
                     .for_each(|r| std::ops::Deref::deref(r).bitmap().reset());
                 m.start()
                     .map_err(|e| MigrationError::Start(e.to_string()))?;

@@ -23,6 +23,7 @@ use crate::dirty::{self, DirtyTracker, PageBitmap};
 use crate::kvm::cpuid;
 use crate::machine::Machine;
 use crate::memory::is_zero_page;
+use crate::persist::Persist;
 use std::io::{BufReader, BufWriter, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -295,7 +296,7 @@ impl Sender<'_> {
             }
             let shard = pool.shard_of(pfn);
             let buf = pool.slot(shard);
-            m.mem
+            m.mem()
                 .read_slice(buf, GuestAddress(pfn * PAGE_SIZE as u64))?;
             if is_zero_page(buf) {
                 zero += 1;
@@ -393,7 +394,6 @@ fn connect(opts: &MigrateOptions) -> Result<TcpStream, MigrationError> {
 pub fn migrate(
     m: &Arc<Machine>,
     opts: &MigrateOptions,
-    devices_state: &dyn Fn() -> serde_json::Value,
 ) -> Result<MigrationSummary, MigrationError> {
     let t0 = Instant::now();
     let stream = connect(opts)?;
@@ -404,7 +404,7 @@ pub fn migrate(
     let input = BufReader::new(stream.try_clone().map_err(protocol::ProtocolError::Io)?);
     let cache_bytes = match (opts.compression.fixed(), opts.cache_bytes) {
         (Some(Encoding::Raw), _) | (Some(Encoding::Zstd), _) => 0,
-        (_, 0) => (m.config.memory / 2).clamp(16 << 20, 2 << 30) as usize,
+        (_, 0) => (m.config().memory / 2).clamp(16 << 20, 2 << 30) as usize,
         (_, n) => n as usize,
     };
     let threads = opts
@@ -441,11 +441,11 @@ pub fn migrate(
     // Handshake: nothing moves until the destination accepts.
     let hello = Hello {
         version: PROTOCOL_VERSION,
-        memory: m.config.memory,
-        vcpus: m.config.vcpus,
-        cpuid: cpuid::feature_words(&m.cpuid),
-        disks: m.config.disks.len(),
-        nets: m.config.nets.len(),
+        memory: m.config().memory,
+        vcpus: m.config().vcpus,
+        cpuid: cpuid::feature_words(m.cpuid()),
+        disks: m.config().disks.len(),
+        nets: m.config().nets.len(),
         encodings: Encoding::ALL.iter().map(|e| e.name().to_string()).collect(),
     };
     let sent_hello = Instant::now();
@@ -474,22 +474,14 @@ pub fn migrate(
         _ => {}
     }
 
-    crate::state::prepare(m);
+    m.prepare_state()?;
     let tracker = DirtyTracker::start(m)?;
     let throttle = if opts.auto_converge {
         Some(Throttle::new(m))
     } else {
         None
     };
-    let result = precopy(
-        &mut s,
-        m,
-        opts,
-        tracker,
-        throttle.as_ref(),
-        t0,
-        devices_state,
-    );
+    let result = precopy(&mut s, m, opts, tracker, throttle.as_ref(), t0);
     let max_throttle = throttle.as_ref().map(|t| t.get()).unwrap_or(0);
     if let Some(t) = throttle {
         t.halt();
@@ -509,7 +501,7 @@ pub fn migrate(
                 },
             );
             let _ = s.wire.out.flush();
-            m.vm.set_dirty_logging(false).ok();
+            m.vm().set_dirty_logging(false).ok();
             m.resume_all();
             Err(e)
         }
@@ -523,7 +515,6 @@ fn precopy(
     mut tracker: DirtyTracker<'_>,
     throttle: Option<&Throttle>,
     t0: Instant,
-    devices_state: &dyn Fn() -> serde_json::Value,
 ) -> Result<MigrationSummary, MigrationError> {
     let mut rounds: Vec<RoundSummary> = Vec::new();
     let mut dirty = PageBitmap::new(dirty::frame_count(m));
@@ -546,8 +537,7 @@ fn precopy(
         tracker.collect_deferred(&mut dirty)?;
         let n = dirty.count();
         let dirty_rate = n as f64 / (ms / 1e3).max(1e-6);
-        m.dirty_pages_per_sec
-            .store(dirty_rate as u64, std::sync::atomic::Ordering::Relaxed);
+        m.set_dirty_pages_per_sec(dirty_rate as u64);
         // The final pass takes as long as the sender needs for n pages, or the link for
         // their bytes, whichever is longer (the link's propagation delay is not downtime
         // the target can buy down, and is not counted).
@@ -619,7 +609,7 @@ fn precopy(
     // Push the final pages out now: the destination applies them while the state is saved.
     s.wire.flush()?;
     let sent_ms = ms_since(t_pause);
-    let state = crate::state::save(m, devices_state())?;
+    let state = m.save()?;
     protocol::write_frame(
         &mut s.wire.out,
         FrameType::State,
@@ -663,7 +653,7 @@ fn precopy(
         rounds: rounds.len() as u32,
         zero_pages: s.zero_pages,
         wire_bytes: s.wire.out.sent,
-        memory_bytes: m.config.memory,
+        memory_bytes: m.config().memory,
         throttle_pct,
         verified: opts.verify,
         cache_hit_rate: codec.cache_hit_rate(),
@@ -694,7 +684,7 @@ fn send_verify(s: &mut Sender<'_>, m: &Machine) -> Result<(), MigrationError> {
     let mut records = Vec::with_capacity(4096);
     let mut buf = [0u8; PAGE_SIZE];
     for pfn in touched.iter() {
-        m.mem
+        m.mem()
             .read_slice(&mut buf, GuestAddress(pfn * PAGE_SIZE as u64))?;
         if !is_zero_page(&buf) {
             records.push((pfn, crc32fast::hash(&buf)));

@@ -199,7 +199,10 @@ impl Block {
                 }
                 match self.file.sync_data() {
                     Ok(()) => (VIRTIO_BLK_S_OK, 0),
-                    Err(_) => (VIRTIO_BLK_S_IOERR, 0),
+                    Err(e) => {
+                        tracing::warn!("virtio-blk flush: {e}");
+                        (VIRTIO_BLK_S_IOERR, 0)
+                    }
                 }
             }
             VIRTIO_BLK_T_GET_ID => {

@@ -13,12 +13,12 @@
 //!   Notifications and tap frames arriving meanwhile are kept (eventfd counters, the tap's
 //!   queue) and handled after `resume`. Requests run synchronously, so none is in flight
 //!   while paused. Pausing twice is harmless; `resume` undoes any number of `pause` calls.
-//! - [`DeviceManager::save_state`] returns a [`DevicesState`] (serde): per device its transport
+//! - [`DeviceManager::save`] ([`Persist`]) returns a [`DevicesState`] (serde): per device its transport
 //!   registers (feature selectors and accepted features, status, interrupt status, queue
 //!   select, config generation), every queue's size, ready bit, ring addresses and
 //!   `next_avail`/`next_used`, and the configuration space. Call it while paused (vCPUs and
 //!   devices), so the queues and guest memory agree.
-//! - [`DeviceManager::restore_state`] loads such a state into a manager built from the same
+//! - [`DeviceManager::restore`] loads such a state into a manager built from the same
 //!   `--disk`/`--net` options (checked: device count and types, queue counts). Once the
 //!   device thread runs again, every ready queue is re-examined (notifications that were in
 //!   flight when the state was saved are not lost) and a pending interrupt is raised again.
@@ -32,10 +32,12 @@ use crate::config::{DiskConfig, NetConfig};
 use crate::devices::bus::{Bus, BusError};
 use crate::layout::{VIRTIO_IRQ_BASE, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
 use crate::memory::GuestMem;
+use crate::persist::Persist;
 use kvm_ioctls::{IoEventAddress, VmFd};
+use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use thiserror::Error;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -147,12 +149,6 @@ struct Shared {
     cond: Condvar,
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Ctl> {
-        self.ctl.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
 /// The machine's virtio devices and their device thread.
 pub struct DeviceManager {
     transports: Vec<Arc<Mutex<MmioTransport>>>,
@@ -164,10 +160,6 @@ pub struct DeviceManager {
 const TOKEN_WAKE: u64 = 0;
 const KIND_QUEUE: u64 = 1 << 40;
 const KIND_BACKEND: u64 = 2 << 40;
-
-fn lock(t: &Mutex<MmioTransport>) -> MutexGuard<'_, MmioTransport> {
-    t.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 impl DeviceManager {
     /// Opens the disks and taps, creates one device per `--disk` then per `--net`, registers
@@ -256,22 +248,22 @@ impl DeviceManager {
     fn spawn(&self, epoll: Epoll) -> Result<(), ManagerError> {
         let shared = self.shared.clone();
         let transports = self.transports.clone();
-        shared.lock().running = true;
+        shared.ctl.lock().running = true;
         let h = std::thread::Builder::new()
             .name("virtio".into())
             .stack_size(256 << 10)
             .spawn(move || {
                 device_loop(&shared, &transports, &epoll);
-                let mut c = shared.lock();
+                let mut c = shared.ctl.lock();
                 c.running = false;
                 c.paused = false;
                 shared.cond.notify_all();
             })
             .map_err(|e| {
-                self.shared.lock().running = false;
+                self.shared.ctl.lock().running = false;
                 ManagerError::Thread(e)
             })?;
-        *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(h);
+        *self.thread.lock() = Some(h);
         Ok(())
     }
 
@@ -295,72 +287,86 @@ impl DeviceManager {
 
     /// Parks the device thread; see the module documentation.
     pub fn pause(&self) {
-        let mut c = self.shared.lock();
+        let mut c = self.shared.ctl.lock();
         if !c.running {
             return;
         }
         c.pause_requested = true;
-        let _ = self.shared.wake.write(1);
+        super::signal(&self.shared.wake, "the virtio device thread");
         while c.running && !c.paused {
-            c = self.shared.cond.wait(c).unwrap_or_else(|p| p.into_inner());
+            self.shared.cond.wait(&mut c);
         }
     }
 
     /// Lets the device thread run again.
     pub fn resume(&self) {
-        let mut c = self.shared.lock();
+        let mut c = self.shared.ctl.lock();
         c.pause_requested = false;
         self.shared.cond.notify_all();
-        let _ = self.shared.wake.write(1);
+        super::signal(&self.shared.wake, "the virtio device thread");
     }
 
     /// Whether the device thread is parked.
     pub fn is_paused(&self) -> bool {
-        let c = self.shared.lock();
+        let c = self.shared.ctl.lock();
         c.paused || !c.running
     }
 
-    /// Saves every device; call while paused.
-    pub fn save_state(&self) -> DevicesState {
-        DevicesState {
-            devices: self.transports.iter().map(|t| lock(t).save()).collect(),
+    fn stop(&self) {
+        {
+            let mut c = self.shared.ctl.lock();
+            c.stop = true;
+            self.shared.cond.notify_all();
         }
+        super::signal(&self.shared.wake, "the virtio device thread");
+        if let Some(h) = self.thread.lock().take() {
+            if h.join().is_err() {
+                tracing::error!("the virtio device thread panicked");
+            }
+        }
+    }
+}
+
+impl Persist for DeviceManager {
+    type State = DevicesState;
+    type Error = ManagerError;
+
+    /// Saves every device; call while paused.
+    fn save(&self) -> Result<DevicesState, ManagerError> {
+        let devices = self
+            .transports
+            .iter()
+            .enumerate()
+            .map(|(index, t)| {
+                t.save()
+                    .map_err(|source| ManagerError::Transport { index, source })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(DevicesState { devices })
     }
 
     /// Loads `st` into the devices (see the module documentation).
-    pub fn restore_state(&self, st: &DevicesState) -> Result<(), ManagerError> {
+    fn restore(&self, st: &DevicesState) -> Result<(), ManagerError> {
         if st.devices.len() != self.transports.len() {
             return Err(ManagerError::DeviceCount {
                 saved: st.devices.len(),
                 actual: self.transports.len(),
             });
         }
-        let was_paused = self.shared.lock().pause_requested;
+        let was_paused = self.shared.ctl.lock().pause_requested;
         self.pause();
         let mut result = Ok(());
         for (index, (t, s)) in self.transports.iter().zip(&st.devices).enumerate() {
-            if let Err(source) = lock(t).restore(s) {
+            if let Err(source) = Persist::restore(&**t, s) {
                 result = Err(ManagerError::Transport { index, source });
                 break;
             }
         }
-        self.shared.lock().kick_all = true;
+        self.shared.ctl.lock().kick_all = true;
         if !was_paused {
             self.resume();
         }
         result
-    }
-
-    fn stop(&self) {
-        {
-            let mut c = self.shared.lock();
-            c.stop = true;
-            self.shared.cond.notify_all();
-        }
-        let _ = self.shared.wake.write(1);
-        if let Some(h) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = h.join();
-        }
     }
 }
 
@@ -382,7 +388,7 @@ fn build_epoll(
     };
     add(shared.wake.as_raw_fd(), EventSet::IN, TOKEN_WAKE)?;
     for (d, t) in transports.iter().enumerate() {
-        let t = lock(t);
+        let t = t.lock();
         for (q, evt) in t.queue_evts().iter().enumerate() {
             add(
                 evt.as_raw_fd(),
@@ -406,12 +412,12 @@ fn device_loop(shared: &Shared, transports: &[Arc<Mutex<MmioTransport>>], epoll:
     let mut events = vec![EpollEvent::default(); 64];
     loop {
         {
-            let mut c = shared.lock();
+            let mut c = shared.ctl.lock();
             if c.pause_requested && !c.stop {
                 c.paused = true;
                 shared.cond.notify_all();
                 while c.pause_requested && !c.stop {
-                    c = shared.cond.wait(c).unwrap_or_else(|p| p.into_inner());
+                    shared.cond.wait(&mut c);
                 }
                 c.paused = false;
             }
@@ -421,10 +427,10 @@ fn device_loop(shared: &Shared, transports: &[Arc<Mutex<MmioTransport>>], epoll:
             if std::mem::take(&mut c.kick_all) {
                 drop(c);
                 for t in transports {
-                    let t = lock(t);
+                    let t = t.lock();
                     t.kick_queues();
                     if t.interrupt_status() != 0 {
-                        let _ = t.irq_evt().write(1);
+                        super::signal(t.irq_evt(), "a virtio interrupt");
                     }
                 }
             }
@@ -444,7 +450,7 @@ fn device_loop(shared: &Shared, transports: &[Arc<Mutex<MmioTransport>>], epoll:
                     let d = ((token >> 16) & 0xffff) as usize;
                     let q = (token & 0xffff) as usize;
                     if let Some(t) = transports.get(d) {
-                        let mut t = lock(t);
+                        let mut t = t.lock();
                         if let Some(evt) = t.queue_evts().get(q) {
                             let _ = evt.read();
                         }
@@ -453,7 +459,7 @@ fn device_loop(shared: &Shared, transports: &[Arc<Mutex<MmioTransport>>], epoll:
                 }
                 KIND_BACKEND => {
                     if let Some(t) = transports.get((token & 0xffff) as usize) {
-                        lock(t).process_backend();
+                        t.lock().process_backend();
                     }
                 }
                 _ => {
@@ -473,7 +479,7 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress};
 
     fn w(t: &Mutex<MmioTransport>, off: u64, v: u32) {
-        lock(t).write(off, &v.to_le_bytes());
+        t.lock().write(off, &v.to_le_bytes());
     }
 
     fn used_idx(mem: &GuestMem) -> u16 {
@@ -499,7 +505,7 @@ mod tests {
         w(&t, reg::QUEUE_USED_LOW, 0x3000);
         w(&t, reg::QUEUE_READY, 1);
         w(&t, reg::STATUS, 0xf);
-        assert!(lock(&t).is_activated());
+        assert!(t.lock().is_activated());
 
         m.pause();
         assert!(m.is_paused());
@@ -520,7 +526,7 @@ mod tests {
         w(&t, reg::QUEUE_NOTIFY, 0);
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(used_idx(&mem), 0, "nothing may be processed while paused");
-        let st = m.save_state();
+        let st = m.save().expect("save");
         assert_eq!(st.devices[0].queues[0].next_avail, 0);
         let json = serde_json::to_string(&st).expect("serialize");
         let back: DevicesState = serde_json::from_str(&json).expect("deserialize");
@@ -540,7 +546,7 @@ mod tests {
             .expect("reset used idx");
         let blk2 = Block::open(&path, false).expect("blk");
         let m2 = DeviceManager::with_devices(vec![Box::new(blk2)], &mem, None).expect("manager");
-        m2.restore_state(&back).expect("restore");
+        m2.restore(&back).expect("restore");
         let deadline = Instant::now() + Duration::from_secs(5);
         while used_idx(&mem) != 1 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
@@ -550,7 +556,7 @@ mod tests {
             1,
             "restored device completes the pending request"
         );
-        assert!(m2.restore_state(&DevicesState::default()).is_err());
+        assert!(m2.restore(&DevicesState::default()).is_err());
         drop(m);
         drop(m2);
         let _ = std::fs::remove_file(&path);

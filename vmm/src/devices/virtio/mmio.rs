@@ -15,6 +15,8 @@ use super::{
 };
 use crate::devices::bus::{BusDevice, GuestEvent};
 use crate::memory::GuestMem;
+use crate::persist::Persist;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use virtio_queue::{Queue, QueueState, QueueT};
@@ -321,7 +323,7 @@ impl MmioTransport {
     pub fn kick_queues(&self) {
         for (q, evt) in self.queues.iter().zip(&self.queue_evts) {
             if q.ready() {
-                let _ = evt.write(1);
+                super::signal(evt, "a virtio queue");
             }
         }
     }
@@ -513,7 +515,7 @@ impl MmioTransport {
             }
             reg::QUEUE_NOTIFY => {
                 if let Some(evt) = self.queue_evts.get(v as usize) {
-                    let _ = evt.write(1);
+                    super::signal(evt, "a virtio queue");
                 }
             }
             reg::INTERRUPT_ACK => self.interrupt_status &= !v,
@@ -570,6 +572,20 @@ impl BusDevice for MmioTransport {
             self.write_reg(offset, v);
         }
         None
+    }
+}
+
+/// The transport as the device manager shares it with the bus, behind its lock.
+impl Persist for Mutex<MmioTransport> {
+    type State = TransportState;
+    type Error = TransportError;
+
+    fn save(&self) -> Result<TransportState, TransportError> {
+        Ok(self.lock().save())
+    }
+
+    fn restore(&self, state: &TransportState) -> Result<(), TransportError> {
+        self.lock().restore(state)
     }
 }
 

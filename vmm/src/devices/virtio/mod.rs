@@ -26,6 +26,7 @@ pub use mmio::MmioTransport;
 
 use crate::memory::GuestMem;
 use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
 
 /// virtio device ID of a network card.
 pub const TYPE_NET: u32 = 1;
@@ -99,5 +100,15 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     if let Some(src) = config.get(start..) {
         let n = src.len().min(data.len());
         data[..n].copy_from_slice(&src[..n]);
+    }
+}
+
+/// Signals `evt` (a queue notification, an interrupt or a wake-up). A counter that is already
+/// at its limit (EAGAIN) is signalled already; any other failure is logged, naming `what`.
+pub fn signal(evt: &EventFd, what: &str) {
+    if let Err(e) = evt.write(1) {
+        if e.kind() != std::io::ErrorKind::WouldBlock {
+            tracing::warn!("cannot signal {what}: {e}");
+        }
     }
 }
