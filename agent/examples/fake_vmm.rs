@@ -13,9 +13,14 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use novacron_vmm_api::migration::MigrationSummary;
+use novacron_vmm_api::protocol::{
+    decode_request, encode_response, Empty, Info, Lifecycle, Reply, Request,
+};
+use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 #[derive(Default, Clone)]
@@ -32,7 +37,7 @@ struct Opts {
 struct Vm {
     opts: Opts,
     ticks: AtomicU64,
-    state: Mutex<String>,
+    state: Mutex<Lifecycle>,
     paused: AtomicBool,
     started: Instant,
     exit: Mutex<Option<i32>>,
@@ -41,23 +46,18 @@ struct Vm {
 
 impl Vm {
     fn say(&self, line: &str) {
-        if let Some(f) = self
-            .serial
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_mut()
-        {
+        if let Some(f) = self.serial.lock().as_mut() {
             let _ = writeln!(f, "{line}");
         }
     }
-    fn set_state(&self, s: &str) {
-        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = s.to_string();
+    fn set_state(&self, s: Lifecycle) {
+        *self.state.lock() = s;
     }
-    fn state(&self) -> String {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    fn state(&self) -> Lifecycle {
+        *self.state.lock()
     }
     fn exit_with(&self, code: i32) {
-        *self.exit.lock().unwrap_or_else(|p| p.into_inner()) = Some(code);
+        *self.exit.lock() = Some(code);
     }
 }
 
@@ -133,9 +133,9 @@ fn main() {
         opts: opts.clone(),
         ticks: AtomicU64::new(0),
         state: Mutex::new(if opts.incoming.is_empty() {
-            "running".into()
+            Lifecycle::Running
         } else {
-            "incoming".into()
+            Lifecycle::Incoming
         }),
         paused: AtomicBool::new(false),
         started: Instant::now(),
@@ -177,7 +177,7 @@ fn main() {
         match receive(l, &vm) {
             Ok(ticks) => {
                 vm.ticks.store(ticks, Ordering::SeqCst);
-                vm.set_state("running");
+                vm.set_state(Lifecycle::Running);
                 vm.say(&format!("MIGRATED IN ticks={ticks}"));
             }
             Err(e) => {
@@ -193,7 +193,7 @@ fn main() {
     let reset_after = knob(&opts.cmdline, "reset_after_ms");
     let mut last_check = Instant::now();
     loop {
-        if let Some(code) = *vm.exit.lock().unwrap_or_else(|p| p.into_inner()) {
+        if let Some(code) = *vm.exit.lock() {
             let _ = std::fs::remove_file(&opts.api_socket);
             std::process::exit(code);
         }
@@ -206,7 +206,7 @@ fn main() {
             vm.say("RESET requested by guest");
             std::process::exit(10);
         }
-        if !vm.paused.load(Ordering::SeqCst) && vm.state() == "running" {
+        if !vm.paused.load(Ordering::SeqCst) && vm.state() == Lifecycle::Running {
             let t = vm.ticks.fetch_add(1, Ordering::SeqCst) + 1;
             if t.is_multiple_of(5) {
                 vm.say(&format!("PROGRESS workload=fake ticks={t}"));
@@ -239,7 +239,7 @@ fn receive(l: TcpListener, vm: &Vm) -> Result<u64, String> {
     v["ticks"].as_u64().ok_or_else(|| "no ticks".to_string())
 }
 
-fn migrate(vm: &Vm, to: &str) -> Result<Value, String> {
+fn migrate(vm: &Vm, to: &str) -> Result<MigrationSummary, String> {
     let addr = to
         .strip_prefix("tcp:")
         .ok_or_else(|| format!("bad target {to}"))?;
@@ -255,7 +255,7 @@ fn migrate(vm: &Vm, to: &str) -> Result<Value, String> {
         }
     }
     let mut s = s.ok_or_else(|| format!("cannot connect to {addr}"))?;
-    vm.set_state("migrating");
+    vm.set_state(Lifecycle::Migrating);
     let pause = Instant::now();
     vm.paused.store(true, Ordering::SeqCst);
     let ticks = vm.ticks.load(Ordering::SeqCst);
@@ -268,16 +268,17 @@ fn migrate(vm: &Vm, to: &str) -> Result<Value, String> {
     let v: Value = serde_json::from_str(&line).map_err(|e| format!("bad answer {line:?}: {e}"))?;
     if v["ok"] != json!(true) {
         vm.paused.store(false, Ordering::SeqCst);
-        vm.set_state("running");
+        vm.set_state(Lifecycle::Running);
         return Err(format!("destination refused: {}", v["error"]));
     }
-    Ok(json!({
-        "total_ms": t0.elapsed().as_millis() as u64,
-        "downtime_ms": pause.elapsed().as_millis() as u64,
-        "rounds": 1,
-        "bytes": 64,
-        "ticks": ticks,
-    }))
+    Ok(MigrationSummary {
+        ok: true,
+        total_ms: t0.elapsed().as_secs_f64() * 1000.0,
+        downtime_ms: pause.elapsed().as_secs_f64() * 1000.0,
+        rounds: 1,
+        wire_bytes: 64,
+        ..Default::default()
+    })
 }
 
 fn serve_api(conn: UnixStream, vm: Arc<Vm>) {
@@ -285,51 +286,52 @@ fn serve_api(conn: UnixStream, vm: Arc<Vm>) {
     let mut w = conn;
     for line in BufReader::new(read).lines() {
         let Ok(line) = line else { return };
-        let req: Value = match serde_json::from_str(&line) {
-            Ok(v) => v,
+        let req = match decode_request(&line) {
+            Ok(r) => r,
             Err(e) => {
-                let _ = writeln!(
-                    w,
-                    "{}",
-                    json!({"ok": false, "error": format!("bad request: {e}")})
-                );
+                let _ = w.write_all(encode_response::<Reply>(&Err(e.to_string())).as_bytes());
                 continue;
             }
         };
-        let resp = match req["cmd"].as_str().unwrap_or("") {
-            "info" => json!({"ok": true, "data": {
-                "state": if vm.paused.load(Ordering::SeqCst) && vm.state() == "running" { "paused".to_string() } else { vm.state() },
-                "vcpus": vm.opts.vcpus.parse::<u32>().unwrap_or(1),
-                "memory_mib": vm.opts.memory.trim_end_matches('M').parse::<u64>().unwrap_or(0),
-                "pid": std::process::id(),
-                "uptime_ms": vm.started.elapsed().as_millis() as u64,
-                "kernel": vm.opts.kernel,
-                "dirty_pages_per_sec": 100,
-            }}),
-            "pause" => {
+        let reply = match req {
+            Request::Info => Ok(Reply::Info(Info {
+                state: match vm.state() {
+                    Lifecycle::Running if vm.paused.load(Ordering::SeqCst) => Lifecycle::Paused,
+                    s => s,
+                },
+                vcpus: vm.opts.vcpus.parse().unwrap_or(1),
+                memory_mib: vm.opts.memory.trim_end_matches('M').parse().unwrap_or(0),
+                pid: std::process::id(),
+                uptime_ms: vm.started.elapsed().as_millis() as u64,
+                kernel: vm.opts.kernel.clone(),
+                dirty_log: None,
+                dirty_pages_per_sec: 100,
+            })),
+            Request::Pause => {
                 vm.paused.store(true, Ordering::SeqCst);
-                json!({"ok": true, "data": {}})
+                Ok(Reply::Empty(Empty {}))
             }
-            "resume" => {
+            Request::Resume => {
                 vm.paused.store(false, Ordering::SeqCst);
-                json!({"ok": true, "data": {}})
+                Ok(Reply::Empty(Empty {}))
             }
-            "shutdown" => {
-                let _ = writeln!(w, "{}", json!({"ok": true, "data": {}}));
+            Request::Shutdown => {
+                let _ = w.write_all(encode_response(&Ok(Reply::Empty(Empty {}))).as_bytes());
                 vm.exit_with(0);
                 return;
             }
-            "migrate" => match migrate(&vm, req["to"].as_str().unwrap_or("")) {
+            Request::Migrate(o) => match migrate(&vm, &o.to) {
                 Ok(summary) => {
-                    let _ = writeln!(w, "{}", json!({"ok": true, "data": summary}));
+                    let reply = Reply::Migrated(Box::new(summary));
+                    let _ = w.write_all(encode_response(&Ok(reply)).as_bytes());
                     vm.exit_with(0);
                     return;
                 }
-                Err(e) => json!({"ok": false, "error": e}),
+                Err(e) => Err(e),
             },
-            other => json!({"ok": false, "error": format!("unknown command {other:?}")}),
+            Request::Snapshot { .. } => Err("the fake VMM does not write snapshots".to_string()),
         };
-        if writeln!(w, "{resp}").is_err() {
+        if w.write_all(encode_response(&reply).as_bytes()).is_err() {
             return;
         }
     }

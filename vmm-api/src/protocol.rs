@@ -179,9 +179,7 @@ pub enum RequestError {
     #[error("request has no \"cmd\" string")]
     NoCmd,
     /// A command the VMM does not know.
-    #[error(
-        "unknown command '{0}': expected info, pause, resume, shutdown, snapshot or migrate"
-    )]
+    #[error("unknown command '{0}': expected info, pause, resume, shutdown, snapshot or migrate")]
     Unknown(String),
     /// `snapshot` without a usable `"to"`.
     #[error("snapshot needs \"to\": a directory")]
@@ -328,8 +326,8 @@ mod tests {
     #[test]
     fn wire_form_is_the_documented_one() {
         assert_eq!(encode_request(&Request::Info), "{\"cmd\":\"info\"}\n");
-        let m = decode_request(r#"{"cmd":"migrate","to":"tcp:h:1","compression":"delta"}"#)
-            .unwrap();
+        let m =
+            decode_request(r#"{"cmd":"migrate","to":"tcp:h:1","compression":"delta"}"#).unwrap();
         let Request::Migrate(o) = m else {
             panic!("{m:?}")
         };
@@ -349,7 +347,11 @@ mod tests {
     #[test]
     fn bad_requests_keep_their_texts() {
         assert_eq!(
-            decode_request("nope").unwrap_err().to_string().split(':').next(),
+            decode_request("nope")
+                .unwrap_err()
+                .to_string()
+                .split(':')
+                .next(),
             Some("request is not JSON")
         );
         assert_eq!(
@@ -357,7 +359,9 @@ mod tests {
             "request has no \"cmd\" string"
         );
         assert_eq!(
-            decode_request(r#"{"cmd":"reboot"}"#).unwrap_err().to_string(),
+            decode_request(r#"{"cmd":"reboot"}"#)
+                .unwrap_err()
+                .to_string(),
             "unknown command 'reboot': expected info, pause, resume, shutdown, snapshot or migrate"
         );
         assert_eq!(
@@ -368,7 +372,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("invalid migrate request: "), "{e}");
-        let long = format!("{{\"cmd\":\"info\",\"x\":\"{}\"}}", "a".repeat(MAX_REQUEST_LINE));
+        let long = format!(
+            "{{\"cmd\":\"info\",\"x\":\"{}\"}}",
+            "a".repeat(MAX_REQUEST_LINE)
+        );
         assert_eq!(decode_request(&long).unwrap_err(), RequestError::TooLong);
     }
 
@@ -394,7 +401,10 @@ mod tests {
             encode_response(&Ok(Empty {})),
             "{\"ok\":true,\"data\":{}}\n"
         );
-        assert_eq!(decode_response::<Empty>("{\"ok\":true,\"data\":{}}"), Ok(Empty {}));
+        assert_eq!(
+            decode_response::<Empty>("{\"ok\":true,\"data\":{}}"),
+            Ok(Empty {})
+        );
         let refused = encode_response::<Empty>(&Err("cannot pause while migrating".into()));
         assert_eq!(
             refused,

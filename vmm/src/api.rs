@@ -3,8 +3,8 @@
 //! client used by the CLI subcommands.
 
 use novacron_vmm_api::protocol::{
-    decode_request, decode_response, encode_request, encode_response, Reply, ReplyError,
-    Request, MAX_REQUEST_LINE, MAX_RESPONSE_LINE,
+    decode_request, decode_response, encode_request, encode_response, Reply, ReplyError, Request,
+    MAX_REQUEST_LINE, MAX_RESPONSE_LINE,
 };
 use serde::de::DeserializeOwned;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -49,7 +49,9 @@ impl From<ReplyError> for ApiError {
     fn from(e: ReplyError) -> Self {
         match e {
             ReplyError::Refused(m) => ApiError::Refused(m),
-            malformed @ ReplyError::Malformed { .. } => ApiError::BadResponse(malformed.to_string()),
+            malformed @ ReplyError::Malformed { .. } => {
+                ApiError::BadResponse(malformed.to_string())
+            }
         }
     }
 }

@@ -219,7 +219,10 @@ mod tests {
         assert_eq!(a.incoming.as_deref(), Some("tcp:127.0.0.1:4444"));
         assert!(a.kernel.is_none() && a.cmdline.is_empty() && !a.paused);
         assert_eq!(a.serial, SerialTarget::None);
-        assert_eq!((a.memory, a.vcpus, a.disks.len(), a.nets.len()), (512 << 20, 4, 2, 2));
+        assert_eq!(
+            (a.memory, a.vcpus, a.disks.len(), a.nets.len()),
+            (512 << 20, 4, 2, 2)
+        );
 
         let restore = MachineOptions {
             restore: Some("/snap".into()),

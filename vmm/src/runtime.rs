@@ -6,7 +6,9 @@ use crate::control::ExitReason;
 use crate::machine::Machine;
 use crate::migration::options::MigrateOptions;
 pub use novacron_vmm_api::protocol::Lifecycle;
-use novacron_vmm_api::protocol::{DirtyLog, Empty, Info, Reply, Request, SnapshotKind, SnapshotReply};
+use novacron_vmm_api::protocol::{
+    DirtyLog, Empty, Info, Reply, Request, SnapshotKind, SnapshotReply,
+};
 use parking_lot::Mutex;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
