@@ -32,14 +32,9 @@ impl Guest {
     fn start(vmm: &Path, cmdline: &str, extra: &[&str]) -> Guest {
         let mut child = Command::new(vmm)
             .arg("run")
-            .args([
-                "--kernel",
-                novacron_images::TESTGUEST_ELF,
-                "--memory",
-                "256M",
-                "--cmdline",
-                cmdline,
-            ])
+            .arg("--kernel")
+            .arg(novacron_testsupport::guest())
+            .args(["--memory", "256M", "--cmdline", cmdline])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
