@@ -138,22 +138,33 @@ mod tests {
         };
         let list = pb::ListVmsRequest::default();
         assert_eq!(
-            vms(Some("s3cret")).list_vms(list.clone()).await.unwrap().into_inner().total,
+            vms(Some("s3cret"))
+                .list_vms(list.clone())
+                .await
+                .unwrap()
+                .into_inner()
+                .total,
             0
         );
         for (token, message) in [(None, "missing"), (Some("s3cre"), "invalid")] {
             let s = vms(token).list_vms(list.clone()).await.unwrap_err();
             assert_eq!(s.code(), tonic::Code::Unauthenticated, "{token:?}");
-            assert!(s.message().starts_with(message), "{token:?}: {}", s.message());
+            assert!(
+                s.message().starts_with(message),
+                "{token:?}: {}",
+                s.message()
+            );
         }
         let hb = pb::HeartbeatRequest {
             name: "h".into(),
             ..Default::default()
         };
-        let mut anon = RegistryClient::with_interceptor(ch.clone(), AttachToken::new(None).unwrap());
+        let mut anon =
+            RegistryClient::with_interceptor(ch.clone(), AttachToken::new(None).unwrap());
         let s = anon.heartbeat(hb.clone()).await.unwrap_err();
         assert_eq!(s.code(), tonic::Code::Unauthenticated);
-        let mut agent = RegistryClient::with_interceptor(ch, AttachToken::new(Some("s3cret")).unwrap());
+        let mut agent =
+            RegistryClient::with_interceptor(ch, AttachToken::new(Some("s3cret")).unwrap());
         assert!(agent.heartbeat(hb).await.unwrap().into_inner().reregister);
         stop.send(()).unwrap();
         server.await.unwrap().unwrap();
