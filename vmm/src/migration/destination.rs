@@ -3,10 +3,13 @@
 //! is verified by the decoder), restores state, verifies the final memory if asked, and only
 //! then starts the vCPUs and confirms. Anything short of that and the guest never runs here.
 
-use super::encoding::{BatchDecoder, Encoding, GuestMemoryPages, PAGE_SIZE};
+use super::guest_pages::GuestMemoryPages;
 use super::options::parse_tcp;
-use super::protocol::{self, Abort, Confirm, FrameType, Hello, HelloAck, PROTOCOL_VERSION};
 use super::MigrationError;
+use novacron_migration::protocol::{
+    self, Abort, Confirm, FrameType, Hello, HelloAck, PROTOCOL_VERSION,
+};
+use novacron_migration::{BatchDecoder, Encoding, PAGE_SIZE};
 use crate::dirty;
 use crate::kvm::cpuid;
 use crate::machine::Machine;

@@ -1,18 +1,14 @@
-//! Live migration: the wire format (`protocol`), page batch encodings and the source's
-//! sent-page cache (`encoding`, `page_cache`), the source's encoder threads
-//! (`encoder_pool`), link rate (`link`) and `auto` encoding choice (`auto`), the source's precopy loop
-//! (`source`), the destination (`destination`), and the options and summary users see
-//! (`options`).
+//! Live migration, the VMM's side: the engine (`novacron_migration`: wire format, codecs,
+//! encoder threads, switchover decision) driven over this machine's guest memory
+//! (`guest_pages`), the source's precopy (`source`), the destination (`destination`), and
+//! the address syntax (`options`).
 
-pub mod auto;
 pub mod destination;
-pub mod encoder_pool;
-pub mod encoding;
-pub mod link;
+pub mod guest_pages;
 pub mod options;
-pub mod page_cache;
-pub mod protocol;
 pub mod source;
+
+use novacron_migration::{encoder_pool, protocol, CodecError};
 
 use thiserror::Error;
 
@@ -49,7 +45,7 @@ pub enum MigrationError {
     Aborted(String),
     /// Page batch encoding or decoding failed.
     #[error("page batch: {0}")]
-    Codec(#[from] encoding::CodecError),
+    Codec(#[from] CodecError),
     /// The encoder threads failed.
     #[error(transparent)]
     Encoder(#[from] encoder_pool::PoolError),

@@ -10,15 +10,15 @@
 //! over a long link the source's downtime (pause to confirmation) exceeds the target by
 //! about one round trip, while the destination's stays near it.
 
-use super::auto::AutoSelector;
-use super::encoder_pool::{Choice, Encoded, EncoderPool};
-use super::encoding::{EncoderConfig, Encoding, DEFAULT_ZSTD_LEVEL, PAGE_SIZE};
-use super::link::{LinkMeter, LAN_PRIOR, LAN_RTT};
 use super::options::{parse_tcp, MigrateOptions, MigrationSummary, RoundSummary};
-use super::protocol::{
+use super::MigrationError;
+use novacron_migration::auto::AutoSelector;
+use novacron_migration::encoder_pool::{Choice, Encoded, EncoderPool};
+use novacron_migration::link::{LinkMeter, LAN_PRIOR, LAN_RTT};
+use novacron_migration::protocol::{
     self, Abort, Confirm, FrameType, Hello, HelloAck, RoundEnd, PROTOCOL_VERSION,
 };
-use super::MigrationError;
+use novacron_migration::{EncoderConfig, Encoding, DEFAULT_ZSTD_LEVEL, PAGE_SIZE};
 use crate::dirty::{self, DirtyTracker, PageBitmap};
 use crate::kvm::cpuid;
 use crate::machine::Machine;

@@ -21,13 +21,13 @@
 //!                 encodings the source can use
 //! D->S HelloAck   JSON HelloAck: accepted or refused (with the reason) and the encodings
 //!                 the destination decodes; no memory moves before an accept
-//! S->D Pages      one page batch (format in `encoding.rs`), any number of times
+//! S->D Pages      one page batch (format in `batch.rs`), any number of times
 //! S->D RoundEnd   JSON RoundEnd {round}: end of one precopy pass
 //! D->S RoundAck   JSON RoundEnd {round}: everything before it was applied (the source times
 //!                 its rounds by this, so socket buffers do not inflate the measured rate)
 //! S->D Switchover empty: the source has paused its vCPUs (destination downtime starts)
 //! S->D Pages      the final pass
-//! S->D State      the VM state envelope (`state.rs`)
+//! S->D State      the VM state envelope (the VMM's `state.rs`)
 //! S->D Verify     optional, repeated: (u64 page frame number, u32 crc32) records of every
 //!                 page the source holds non-zero; pages not listed must be zero
 //! S->D Complete   empty: resume now
