@@ -2,8 +2,11 @@
 //! batch format and its codecs (`batch`, `delta`, `encoder`, `decoder`, `store`, `shard`,
 //! `stats`, `error`, with the source's sent-page cache `page_cache`), the source's encoder
 //! threads (`encoder_pool`), link rate (`link`), the `auto` encoding choice (`auto`) and the
-//! switchover decision (`convergence`). The VMM supplies guest memory, dirty tracking and
-//! VM state.
+//! switchover decision (`convergence`); and the session itself over a small interface
+//! (`unit`: sources and sinks of numbered fixed-size units): the source's precopy
+//! (`sender`), the destination's receive loop (`receiver`), their errors (`session`). The
+//! VMM supplies guest memory and its dirty tracking as a unit source and sink, and the
+//! hooks for pause, state and start.
 //!
 //! # Page batches
 //!
@@ -123,6 +126,7 @@
 
 pub mod auto;
 pub mod batch;
+pub mod convergence;
 pub mod decoder;
 pub mod delta;
 pub mod encoder;
@@ -131,11 +135,15 @@ pub mod error;
 pub mod link;
 pub mod page_cache;
 pub mod protocol;
+pub mod receiver;
+pub mod sender;
+pub mod session;
 pub mod shard;
 pub mod stats;
 pub mod store;
 #[cfg(any(test, feature = "testdata"))]
 pub mod testdata;
+pub mod unit;
 
 pub use batch::{Encoding, PageKind};
 pub use decoder::BatchDecoder;
