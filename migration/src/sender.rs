@@ -353,7 +353,7 @@ pub fn migrate<S: UnitSource, G: Guest>(
         .set_read_timeout(Some(Duration::from_secs(60)))
         .map_err(ProtocolError::Io)?;
     let input = BufReader::new(stream.try_clone().map_err(ProtocolError::Io)?);
-    let memory = source.count() * PAGE_SIZE as u64;
+    let memory = hello.memory;
     let cache_bytes = match (opts.compression.fixed(), opts.cache_bytes) {
         (Some(Encoding::Raw), _) | (Some(Encoding::Zstd), _) => 0,
         (_, 0) => (memory / 2).clamp(16 << 20, 2 << 30) as usize,
