@@ -597,7 +597,7 @@ mod tests {
             }
             4 => {
                 for _ in 0..(1 + rng.below(32)) {
-                    bytes.push(rng.next() as u8);
+                    bytes.push(rng.next_u64() as u8);
                 }
             }
             _ => {
@@ -605,7 +605,7 @@ mod tests {
                     let i = rng.below(bytes.len() as u64) as usize;
                     let n = (rng.below(16) as usize).min(bytes.len() - i);
                     for b in &mut bytes[i..i + n] {
-                        *b = rng.next() as u8;
+                        *b = rng.next_u64() as u8;
                     }
                 }
             }

@@ -139,13 +139,6 @@ impl BatchEncoder {
         Ok(())
     }
 
-    /// Tells the encoder that the destination's copy of `page_index` changed without going
-    /// through this encoder (e.g. a zero page the caller elided after it had been sent with
-    /// content). Not needed for pages sent through the encoder.
-    pub fn forget_page(&mut self, page_index: u64) {
-        self.cache.forget(page_index);
-    }
-
     /// Forgets everything sent (new destination, or after an error) and clears the
     /// poisoned state and the totals.
     pub fn reset(&mut self) {
