@@ -52,7 +52,9 @@ fn mbps(bytes: u64, ns: u64) -> f64 {
 /// Throughput and ratio on the test data (the figures in the engine's documentation).
 fn measure_throughput() {
     let batch = 256;
-    println!("batch = {batch} pages; MB/s of page data per CPU second; ratio = page bytes / wire bytes");
+    println!(
+        "batch = {batch} pages; MB/s of page data per CPU second; ratio = page bytes / wire bytes"
+    );
     println!(
         "{:<22} {:>7} {:>9} {:>9} | {:>7} {:>9} {:>9} {:>6}",
         "mode", "p1 ratio", "p1 enc", "p1 dec", "p2 ratio", "p2 enc", "p2 dec", "hit%"

@@ -24,9 +24,9 @@
 //! encoded as delta anyway, so that delta's figures follow the guest's data (a guest whose
 //! pages compress 1000x, such as `ab`, is cheaper to send as delta even over loopback).
 
-use crate::encoder_pool::Choice;
 use crate::batch::Encoding;
 use crate::encoder::DEFAULT_ZSTD_LEVEL;
+use crate::encoder_pool::Choice;
 use crate::stats::BatchStats;
 
 /// Weight of a new batch in the per-encoding moving averages.

@@ -158,7 +158,10 @@ mod tests {
     #[test]
     fn switches_over_when_the_final_pass_fits_or_nothing_is_dirty() {
         let mut c = Convergence::new(300, Duration::from_secs(60), false);
-        assert_eq!(c.decide(&measured(10_000, 0)), Decision::Continue { throttle_pct: 0 });
+        assert_eq!(
+            c.decide(&measured(10_000, 0)),
+            Decision::Continue { throttle_pct: 0 }
+        );
         assert_eq!(c.decide(&measured(5_000, 1)), Decision::Switchover);
         let mut c = Convergence::new(0, Duration::from_secs(60), false);
         assert_eq!(c.decide(&measured(0, 0)), Decision::Switchover);
@@ -167,7 +170,10 @@ mod tests {
     #[test]
     fn gives_up_at_the_timeout_without_auto_converge() {
         let mut c = Convergence::new(10, Duration::from_secs(5), false);
-        assert_eq!(c.decide(&measured(50_000, 4)), Decision::Continue { throttle_pct: 0 });
+        assert_eq!(
+            c.decide(&measured(50_000, 4)),
+            Decision::Continue { throttle_pct: 0 }
+        );
         assert_eq!(c.decide(&measured(50_000, 6)), Decision::GiveUp);
     }
 
@@ -175,13 +181,28 @@ mod tests {
     fn auto_converge_throttles_stalled_rounds_then_forces_the_switchover() {
         let mut c = Convergence::new(10, Duration::from_secs(5), true);
         // Progress in the first rounds: no throttle.
-        assert_eq!(c.decide(&measured(50_000, 0)), Decision::Continue { throttle_pct: 0 });
-        assert_eq!(c.decide(&measured(40_000, 0)), Decision::Continue { throttle_pct: 0 });
+        assert_eq!(
+            c.decide(&measured(50_000, 0)),
+            Decision::Continue { throttle_pct: 0 }
+        );
+        assert_eq!(
+            c.decide(&measured(40_000, 0)),
+            Decision::Continue { throttle_pct: 0 }
+        );
         // No progress: 20%, then 10 more per round.
-        assert_eq!(c.decide(&measured(45_000, 1)), Decision::Continue { throttle_pct: 20 });
-        assert_eq!(c.decide(&measured(45_000, 1)), Decision::Continue { throttle_pct: 30 });
+        assert_eq!(
+            c.decide(&measured(45_000, 1)),
+            Decision::Continue { throttle_pct: 20 }
+        );
+        assert_eq!(
+            c.decide(&measured(45_000, 1)),
+            Decision::Continue { throttle_pct: 30 }
+        );
         // After the free rounds even progress is throttled.
-        assert_eq!(c.decide(&measured(30_000, 2)), Decision::Continue { throttle_pct: 40 });
+        assert_eq!(
+            c.decide(&measured(30_000, 2)),
+            Decision::Continue { throttle_pct: 40 }
+        );
         // Past the timeout the throttle keeps rising to its maximum, then switches over.
         let mut last = Decision::GiveUp;
         for _ in 0..10 {

@@ -4,7 +4,9 @@
 use std::fmt;
 use std::time::Instant;
 
-use crate::batch::{le_u32, le_u64, parse_header, Encoding, PageKind, BATCH_HEADER_LEN, ENTRY_HEADER_LEN};
+use crate::batch::{
+    le_u32, le_u64, parse_header, Encoding, PageKind, BATCH_HEADER_LEN, ENTRY_HEADER_LEN,
+};
 use crate::delta::walk_delta;
 use crate::error::CodecError;
 use crate::stats::{thread_cpu_ns, BatchStats, CodecStats, KindCounts};

@@ -5,7 +5,10 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::batch::{put_entry, Encoding, PageKind, BATCH_HEADER_LEN, BATCH_MAGIC, BATCH_VERSION, ENTRY_HEADER_LEN, MAX_BATCH_PAGES};
+use crate::batch::{
+    put_entry, Encoding, PageKind, BATCH_HEADER_LEN, BATCH_MAGIC, BATCH_VERSION, ENTRY_HEADER_LEN,
+    MAX_BATCH_PAGES,
+};
 use crate::delta::{encode_delta, xor_pages, DELTA_LIMIT};
 use crate::error::CodecError;
 use crate::page_cache::SentPageCache;
@@ -669,5 +672,4 @@ mod tests {
         assert!(enc.cache().is_empty());
         assert_eq!(enc.totals().total().pages, 0);
     }
-
 }

@@ -407,11 +407,7 @@ pub fn migrate<S: UnitSource, G: Guest>(
 }
 
 /// Sends Hello and checks the answer: nothing moves until the destination accepts.
-fn handshake(
-    s: &mut Sender,
-    hello: &mut Hello,
-    opts: &MigrateOptions,
-) -> Result<(), SessionError> {
+fn handshake(s: &mut Sender, hello: &mut Hello, opts: &MigrateOptions) -> Result<(), SessionError> {
     hello.version = PROTOCOL_VERSION;
     hello.encodings = Encoding::ALL.iter().map(|e| e.name().to_string()).collect();
     let sent_hello = Instant::now();

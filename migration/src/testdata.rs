@@ -39,8 +39,8 @@ pub type Page = [u8; PAGE_SIZE];
 pub type PageMaker = fn(&mut Rng) -> Page;
 
 const SYLLABLES: [&str; 24] = [
-    "ka", "ro", "ve", "lin", "tor", "mis", "pa", "den", "sul", "ox", "ri", "an", "cel", "ba",
-    "qu", "est", "io", "nar", "pe", "th", "un", "gra", "mo", "sy",
+    "ka", "ro", "ve", "lin", "tor", "mis", "pa", "den", "sul", "ox", "ri", "an", "cel", "ba", "qu",
+    "est", "io", "nar", "pe", "th", "un", "gra", "mo", "sy",
 ];
 const LEVELS: [&str; 4] = ["INFO", "WARN", "DEBUG", "ERROR"];
 

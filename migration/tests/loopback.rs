@@ -174,8 +174,7 @@ fn precopy_over_loopback_converges_and_the_sink_equals_the_source() {
             timeout_s: 60,
             ..MigrateOptions::default()
         };
-        let (sent, received, sink, dest, hooks) =
-            run(&mut guest, &opts, UNITS * PAGE_SIZE as u64);
+        let (sent, received, sink, dest, hooks) = run(&mut guest, &opts, UNITS * PAGE_SIZE as u64);
         let summary = sent.unwrap();
         let received = received.unwrap();
         assert!(hooks.paused && dest.started, "{compression:?}");
@@ -184,7 +183,10 @@ fn precopy_over_loopback_converges_and_the_sink_equals_the_source() {
         assert_eq!(summary.rounds, 6, "{compression:?}: {summary:?}");
         assert_eq!(summary.round_details[1].dirty_pages, 1500);
         assert_eq!(summary.round_details[5].pages, 40);
-        assert!(sink.units() == guest.memory.units(), "{compression:?}: sink differs");
+        assert!(
+            sink.units() == guest.memory.units(),
+            "{compression:?}: sink differs"
+        );
         let nonzero = guest.shadow.iter().filter(|p| !is_zero_page(p)).count() as u64;
         assert!(summary.verified);
         assert_eq!(summary.verified_pages, nonzero);

@@ -40,8 +40,8 @@ impl<M: vm_memory::GuestMemory + ?Sized> PageStore for GuestMemoryPages<'_, M> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use novacron_migration::testdata::*;
     use novacron_migration::stats::BatchStats;
+    use novacron_migration::testdata::*;
     use novacron_migration::{BatchDecoder, CodecError, Encoding};
 
     /// Decodes one batch with a fresh decoder.
