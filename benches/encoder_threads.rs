@@ -9,8 +9,8 @@
 
 mod support;
 
-use novacron_vmm::migration::encoder_pool::{Choice, Encoded, EncoderPool, PoolError};
-use novacron_vmm::migration::encoding::{EncoderConfig, Encoding, PAGE_SIZE};
+use novacron_migration::encoder_pool::{Choice, Encoded, EncoderPool, PoolError};
+use novacron_migration::{EncoderConfig, Encoding, PAGE_SIZE};
 use std::time::Instant;
 
 const PAGES: u64 = 16384;

@@ -40,6 +40,12 @@ fn ab_guest_migrates_and_keeps_passing() {
         summary["verified"], true,
         "destination memory was not verified page by page"
     );
+    let checked = summary["verified_pages"].as_u64().unwrap_or(0);
+    let pages = summary["memory_bytes"].as_u64().unwrap_or(0) / 4096;
+    assert!(
+        checked > 0 && checked <= pages,
+        "destination checked {checked} of {pages} pages: {summary}"
+    );
     assert!(summary["rounds"].as_u64().unwrap_or(0) >= 2, "{summary}");
     assert!(
         summary["wire_bytes"].as_u64().unwrap_or(0) > 64 << 20,
@@ -82,7 +88,13 @@ fn rand_and_fill_guests_migrate() {
             &["--verify", "--compression", "zstd", "--downtime-ms", "30"],
         );
         assert!(ok, "{name}: migration failed: {err}");
-        assert_eq!(summary["verified"], true);
+        assert_eq!(summary["verified"], true, "{name}: {summary}");
+        let checked = summary["verified_pages"].as_u64().unwrap_or(0);
+        let pages = summary["memory_bytes"].as_u64().unwrap_or(0) / 4096;
+        assert!(
+            checked > 0 && checked <= pages,
+            "{name}: destination checked {checked} of {pages} pages: {summary}"
+        );
         let log = dst.wait_for("CHECK PASS", 0, T);
         let log = dst.wait_for("CHECK PASS", log.len(), T);
         assert!(!log.contains("CHECK FAIL"), "{name}: {log}");
@@ -248,7 +260,13 @@ fn guest_doing_disk_io_keeps_its_disk_consistent_across_migration() {
     );
     let (ok, summary, err) = migrate(&src, port, &["--verify"]);
     assert!(ok, "migration failed: {err}");
-    assert_eq!(summary["verified"], true);
+    assert_eq!(summary["verified"], true, "{summary}");
+    let checked = summary["verified_pages"].as_u64().unwrap_or(0);
+    let pages = summary["memory_bytes"].as_u64().unwrap_or(0) / 4096;
+    assert!(
+        checked > 0 && checked <= pages,
+        "destination checked {checked} of {pages} pages: {summary}"
+    );
     assert_eq!(src.wait_exit(T), Some(0), "{}", src.err());
     let src_seeds = field_values(&src.log(), "CHECK PASS", "seed");
     let last_src = src_seeds

@@ -41,6 +41,12 @@ fn migrate_through_relay_with(workload: &str, encoding: &str, extra: &[&str]) ->
     assert!(ok, "{tag}: migration failed: {err}");
     let summary: serde_json::Value = serde_json::from_str(&out).expect("summary JSON");
     assert_eq!(summary["verified"], true, "{tag}: {summary}");
+    let checked = summary["verified_pages"].as_u64().unwrap_or(0);
+    let pages = summary["memory_bytes"].as_u64().unwrap_or(0) / 4096;
+    assert!(
+        checked > 0 && checked <= pages,
+        "{tag}: destination checked {checked} of {pages} pages: {summary}"
+    );
     let log = dst.wait_for("CHECK PASS", 0, T);
     let log = dst.wait_for("CHECK PASS", log.len(), T);
     assert!(!log.contains("CHECK FAIL"), "{tag}: {log}");

@@ -181,8 +181,12 @@ pub struct MigrationSummary {
     pub memory_bytes: u64,
     /// Highest throttle applied (percent).
     pub throttle_pct: u32,
-    /// Whether the final memory was verified page by page.
+    /// Whether the destination verified the final memory page by page.
     pub verified: bool,
+    /// Non-zero pages whose crc32 the destination checked against the source's (0 without
+    /// verification); every other page was checked to be zero.
+    #[serde(default)]
+    pub verified_pages: u64,
     /// Encoder statistics: bytes saved per encoding, cache hit rate, CPU time.
     pub codec: CodecStats,
     /// Bytes saved per encoding (raw page bytes minus encoded bytes).

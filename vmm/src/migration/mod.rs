@@ -1,19 +1,16 @@
-//! Live migration: the wire format (`protocol`), page batch encodings and the source's
-//! sent-page cache (`encoding`, `page_cache`), the source's encoder threads
-//! (`encoder_pool`), link rate (`link`) and `auto` encoding choice (`auto`), the source's precopy loop
-//! (`source`), the destination (`destination`), and the options and summary users see
-//! (`options`).
+//! Live migration, the VMM's side: the engine (`novacron_migration`: wire format, codecs,
+//! encoder threads, switchover decision, precopy and receive loops) driven over this
+//! machine (`glue`: guest memory as unit source and sink, the hooks for pause, state and
+//! start; `guest_pages`: vm-memory as a page store), the source's connection (`source`),
+//! the destination's listener (`destination`), and the address syntax (`options`).
 
-pub mod auto;
 pub mod destination;
-pub mod encoder_pool;
-pub mod encoding;
-pub mod link;
+pub mod glue;
+pub mod guest_pages;
 pub mod options;
-pub mod page_cache;
-pub mod protocol;
 pub mod source;
 
+use novacron_migration::session::SessionError;
 use thiserror::Error;
 
 /// Errors of a migration, on either side.
@@ -38,49 +35,7 @@ pub enum MigrationError {
         /// Error.
         source: std::io::Error,
     },
-    /// Stream error.
+    /// The migration session failed (stream, codecs, refusal, timeout, verification, state).
     #[error(transparent)]
-    Protocol(#[from] protocol::ProtocolError),
-    /// The destination refused the guest.
-    #[error("destination refused the migration: {0}")]
-    Refused(String),
-    /// The peer aborted.
-    #[error("peer aborted the migration: {0}")]
-    Aborted(String),
-    /// Page batch encoding or decoding failed.
-    #[error("page batch: {0}")]
-    Codec(#[from] encoding::CodecError),
-    /// The encoder threads failed.
-    #[error(transparent)]
-    Encoder(#[from] encoder_pool::PoolError),
-    /// State capture or restore failed.
-    #[error(transparent)]
-    State(#[from] crate::state::StateError),
-    /// KVM (dirty log) failed.
-    #[error(transparent)]
-    Vm(#[from] crate::kvm::vm::VmError),
-    /// Guest memory access failed.
-    #[error("guest memory: {0}")]
-    Memory(#[from] vm_memory::GuestMemoryError),
-    /// Precopy did not converge within the timeout.
-    #[error("migration did not converge within {secs} s ({rounds} rounds, {wire_mib:.1} MiB sent, {dirty} pages still dirty: the guest dirties memory faster than the link carries it); try --compression auto, --auto-converge, a larger --downtime-ms or a faster link")]
-    Timeout {
-        /// The timeout.
-        secs: u64,
-        /// Rounds sent.
-        rounds: usize,
-        /// MiB put on the wire.
-        wire_mib: f64,
-        /// Pages dirty when the migration gave up.
-        dirty: u64,
-    },
-    /// Final memory differs between source and destination.
-    #[error("verification failed: {0}")]
-    Verify(String),
-    /// The connection failed.
-    #[error("migration connection failed: {0}")]
-    Io(#[from] std::io::Error),
-    /// Starting the guest on the destination failed.
-    #[error("cannot start the guest: {0}")]
-    Start(String),
+    Session(#[from] SessionError),
 }

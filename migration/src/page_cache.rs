@@ -51,7 +51,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use serde::{Deserialize, Serialize};
 
-use super::encoding::PAGE_SIZE;
+use crate::PAGE_SIZE;
 
 /// Per-slot overhead counted against the byte budget, on top of the page copy itself:
 /// slot metadata (16 B), the page-index map entry and the dedup map entry with their control

@@ -7,7 +7,8 @@
 //! offset size field
 //! 0      4    magic "NCMG"
 //! 4      1    frame type (FrameType)
-//! 5      1    flags (0)
+//! 5      1    source: the unit source (`unit::SourceId`) a Pages or Verify frame is about
+//!             (0 = guest memory; 0 on every other frame)
 //! 6      2    reserved (0)
 //! 8      4    payload length, little endian (at most MAX_PAYLOAD)
 //! 12     4    crc32 of the payload
@@ -21,23 +22,25 @@
 //!                 encodings the source can use
 //! D->S HelloAck   JSON HelloAck: accepted or refused (with the reason) and the encodings
 //!                 the destination decodes; no memory moves before an accept
-//! S->D Pages      one page batch (format in `encoding.rs`), any number of times
+//! S->D Pages      one page batch (format in `batch.rs`) of one source, any number of times
 //! S->D RoundEnd   JSON RoundEnd {round}: end of one precopy pass
 //! D->S RoundAck   JSON RoundEnd {round}: everything before it was applied (the source times
 //!                 its rounds by this, so socket buffers do not inflate the measured rate)
 //! S->D Switchover empty: the source has paused its vCPUs (destination downtime starts)
 //! S->D Pages      the final pass
-//! S->D State      the VM state envelope (`state.rs`)
+//! S->D State      the VM state envelope (the VMM's `state.rs`)
 //! S->D Verify     optional, repeated: (u64 page frame number, u32 crc32) records of every
 //!                 page the source holds non-zero; pages not listed must be zero
 //! S->D Complete   empty: resume now
-//! D->S Confirm    JSON Confirm: ok (destination running) or the reason it refused
+//! D->S Confirm    JSON Confirm: ok (destination running) or the reason it refused, and
+//!                 how many Verify records the destination checked
 //! either Abort    JSON Abort {reason}: the sender gives up; the source resumes its guest
 //! ```
 //!
 //! The source exits only after a positive Confirm; before that, any failure leaves the
 //! source guest running. The destination never resumes a guest it did not fully receive.
 
+use crate::unit::SourceId;
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use thiserror::Error;
@@ -152,6 +155,8 @@ pub enum ProtocolError {
 pub struct Frame {
     /// Its type.
     pub kind: FrameType,
+    /// The unit source it is about (Pages, Verify; 0 otherwise).
+    pub source: SourceId,
     /// Its payload.
     pub payload: Vec<u8>,
 }
@@ -166,10 +171,20 @@ impl Frame {
     }
 }
 
-/// Writes one frame.
+/// Writes one frame that concerns no unit source.
 pub fn write_frame<W: Write>(
     w: &mut W,
     kind: FrameType,
+    payload: &[u8],
+) -> Result<(), ProtocolError> {
+    write_source_frame(w, kind, 0, payload)
+}
+
+/// Writes one frame about the units of `source` (Pages, Verify).
+pub fn write_source_frame<W: Write>(
+    w: &mut W,
+    kind: FrameType,
+    source: SourceId,
     payload: &[u8],
 ) -> Result<(), ProtocolError> {
     if payload.len() > MAX_PAYLOAD {
@@ -178,6 +193,7 @@ pub fn write_frame<W: Write>(
     let mut h = [0u8; HEADER_LEN];
     h[..4].copy_from_slice(&MAGIC);
     h[4] = kind as u8;
+    h[5] = source;
     h[8..12].copy_from_slice(&(payload.len() as u32).to_le_bytes());
     h[12..16].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
     let hcrc = crc32fast::hash(&h[..16]);
@@ -230,7 +246,11 @@ pub fn read_frame<R: Read>(r: &mut R) -> Result<Frame, ProtocolError> {
     if crc32fast::hash(&payload) != u32::from_le_bytes([h[12], h[13], h[14], h[15]]) {
         return Err(ProtocolError::BadCrc { kind });
     }
-    Ok(Frame { kind, payload })
+    Ok(Frame {
+        kind,
+        source: h[5],
+        payload,
+    })
 }
 
 /// The source's handshake.
@@ -283,6 +303,10 @@ pub struct Confirm {
     /// Destination-side downtime: Switchover received to vCPUs running (ms).
     #[serde(default)]
     pub downtime_ms: f64,
+    /// Pages the destination checked against the source's Verify records; `None` if the
+    /// source sent none (no verification asked).
+    #[serde(default)]
+    pub verified_pages: Option<u64>,
 }
 
 /// Giving up.
@@ -333,6 +357,12 @@ mod tests {
         let f = read_frame(&mut &buf[..]).expect("read");
         assert_eq!(f.kind, FrameType::Pages);
         assert_eq!(f.payload, b"hello pages");
+        assert_eq!(f.source, 0);
+        let mut other = Vec::new();
+        write_source_frame(&mut other, FrameType::Pages, 3, b"disk units").expect("write");
+        let f = read_frame(&mut &other[..]).expect("read");
+        assert_eq!((f.kind, f.source), (FrameType::Pages, 3));
+        assert_eq!(f.payload, b"disk units");
         for i in 4..buf.len() {
             let mut bad = buf.clone();
             bad[i] ^= 0x40;

@@ -24,8 +24,10 @@
 //! encoded as delta anyway, so that delta's figures follow the guest's data (a guest whose
 //! pages compress 1000x, such as `ab`, is cheaper to send as delta even over loopback).
 
-use super::encoder_pool::Choice;
-use super::encoding::{BatchStats, Encoding, DEFAULT_ZSTD_LEVEL};
+use crate::batch::Encoding;
+use crate::encoder::DEFAULT_ZSTD_LEVEL;
+use crate::encoder_pool::Choice;
+use crate::stats::BatchStats;
 
 /// Weight of a new batch in the per-encoding moving averages.
 const ALPHA: f64 = 0.2;
@@ -161,7 +163,7 @@ impl AutoSelector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::migration::link::LinkMeter;
+    use crate::link::LinkMeter;
     use std::time::Duration;
 
     fn batch(encoding: Encoding, raw: u64, wire: u64, wall_ms: u64) -> BatchStats {

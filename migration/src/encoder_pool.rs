@@ -23,10 +23,12 @@ use std::sync::mpsc::{
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::encoding::{
-    shard_of, BatchEncoder, BatchStats, CodecError, CodecStats, EncoderConfig, Encoding,
-    MAX_BATCH_PAGES, PAGE_SIZE,
-};
+use crate::batch::{Encoding, MAX_BATCH_PAGES};
+use crate::encoder::{BatchEncoder, EncoderConfig};
+use crate::error::CodecError;
+use crate::shard::shard_of;
+use crate::stats::{BatchStats, CodecStats};
+use crate::PAGE_SIZE;
 
 /// Jobs queued per shard beyond the one its thread is encoding.
 const QUEUE_DEPTH: usize = 1;
@@ -416,7 +418,7 @@ fn worker(shard: usize, mut encoder: BatchEncoder, jobs: Receiver<Job>, done: Se
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::migration::encoding::decode_batch;
+    use crate::decoder::BatchDecoder;
 
     fn page(seed: u64, version: u8) -> [u8; PAGE_SIZE] {
         let mut p = [0u8; PAGE_SIZE];
@@ -455,7 +457,9 @@ mod tests {
             }
             pool.drain(choice, &mut sink).expect("drain");
             for f in frames.drain(..) {
-                decode_batch(&f, &mut dest[..]).expect("decode");
+                BatchDecoder::new()
+                    .and_then(|mut d| d.decode(&f, &mut dest[..]))
+                    .expect("decode");
             }
             for pfn in 0..n {
                 let want = if version == 1 || pfn % 3 == 0 {
