@@ -7,12 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use novacron_proto::agent as apb;
+use novacron_proto::auth::AttachToken;
 use novacron_proto::controller as cpb;
 use novacron_proto::controller::registry_client::RegistryClient;
 use tonic::codegen::InterceptedService;
-use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Status};
 
 use crate::manager::Manager;
 
@@ -27,29 +26,12 @@ pub enum RegistrationError {
         /// Parser message.
         reason: String,
     },
+    /// The token cannot be sent as a header.
+    #[error(transparent)]
+    Auth(#[from] novacron_proto::auth::AuthError),
 }
 
-/// Adds the bearer token to calls to the controller.
-#[derive(Debug, Clone, Default)]
-pub struct Token(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl Token {
-    /// A token interceptor (None: no header).
-    pub fn new(token: Option<&str>) -> Self {
-        Token(token.and_then(|t| format!("Bearer {t}").parse().ok()))
-    }
-}
-
-impl Interceptor for Token {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
-
-type Client = RegistryClient<InterceptedService<Channel, Token>>;
+type Client = RegistryClient<InterceptedService<Channel, AttachToken>>;
 
 /// Connects lazily to the controller at `addr`.
 pub fn client(addr: &str, token: Option<&str>) -> Result<Client, RegistrationError> {
@@ -66,7 +48,10 @@ pub fn client(addr: &str, token: Option<&str>) -> Result<Client, RegistrationErr
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(10))
         .connect_lazy();
-    Ok(RegistryClient::with_interceptor(ch, Token::new(token)))
+    Ok(RegistryClient::with_interceptor(
+        ch,
+        AttachToken::new(token)?,
+    ))
 }
 
 /// Registers and heartbeats forever.

@@ -4,7 +4,7 @@
 use vm_memory::GuestAddress;
 
 /// Guest page size used for dirty tracking and migration.
-pub const PAGE_SIZE: u64 = 4096;
+pub const PAGE_SIZE: u64 = novacron_migration::PAGE_SIZE as u64;
 /// Boot GDT (null, code64, data, tss) written by the VMM for the 64-bit entry.
 pub const BOOT_GDT_START: u64 = 0x500;
 /// An empty IDT for the 64-bit entry.
