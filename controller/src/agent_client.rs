@@ -1,8 +1,8 @@
 //! Clients of the agents' gRPC API, one lazily connected channel per agent address, with the
 //! per-call deadlines the controller uses (short for queries, long for migrations).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use novacron_proto::agent as apb;
@@ -39,7 +39,7 @@ impl AgentPool {
 
     /// A client for the agent at `addr` (HOST:PORT or a URI).
     pub fn client(&self, addr: &str) -> Result<AgentClient<Channel>, AgentClientError> {
-        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.channels.lock();
         if let Some(ch) = map.get(addr) {
             return Ok(AgentClient::new(ch.clone()));
         }
@@ -62,10 +62,7 @@ impl AgentPool {
 
     /// Drops the cached channel of `addr` (after the agent moved or restarted).
     pub fn forget(&self, addr: &str) {
-        self.channels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(addr);
+        self.channels.lock().remove(addr);
     }
 }
 

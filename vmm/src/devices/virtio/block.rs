@@ -49,7 +49,7 @@ pub const ID_BYTES: usize = 20;
 /// Size of the single request queue.
 pub const QUEUE_SIZE: u16 = 256;
 /// Length of the request header.
-const HEADER_LEN: u64 = 16;
+const REQ_HEADER_LEN: u64 = 16;
 /// Length of the configuration space.
 const CONFIG_LEN: usize = 64;
 
@@ -147,7 +147,7 @@ impl Block {
 
     /// Runs one request: returns the status and the data bytes written into the guest.
     fn execute(&mut self, mem: &GuestMem, readable: &[Segment], data_out: &[Segment]) -> (u8, u64) {
-        let mut hdr = [0u8; HEADER_LEN as usize];
+        let mut hdr = [0u8; REQ_HEADER_LEN as usize];
         match chain::read_into(mem, readable, &mut hdr) {
             Ok(n) if n == hdr.len() => {}
             _ => return (VIRTIO_BLK_S_IOERR, 0),
@@ -177,7 +177,7 @@ impl Block {
                 if self.read_only {
                     return (VIRTIO_BLK_S_IOERR, 0);
                 }
-                let data = chain::skip(readable, HEADER_LEN);
+                let data = chain::skip(readable, REQ_HEADER_LEN);
                 let len = chain::total_len(&data);
                 if !len.is_multiple_of(SECTOR_SIZE) || !self.in_bounds(sector, len) {
                     return (VIRTIO_BLK_S_IOERR, 0);
