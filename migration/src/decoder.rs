@@ -248,14 +248,6 @@ mod tests {
     use crate::delta::get_varint;
     use crate::testdata::*;
 
-    /// Decodes one batch with a fresh decoder.
-    fn decode_batch<S: PageStore + ?Sized>(
-        bytes: &[u8],
-        memory: &mut S,
-    ) -> Result<BatchStats, CodecError> {
-        BatchDecoder::new()?.decode(bytes, memory)
-    }
-
     #[test]
     fn stale_base_is_detected_and_page_left_untouched() {
         let mut rng = Rng::new(17);

@@ -312,16 +312,7 @@ mod tests {
     use crate::batch::max_body_len;
     use crate::decoder::BatchDecoder;
     use crate::stats::KindCounts;
-    use crate::store::PageStore;
     use crate::testdata::*;
-
-    /// Decodes one batch with a fresh decoder.
-    fn decode_batch<S: PageStore + ?Sized>(
-        bytes: &[u8],
-        memory: &mut S,
-    ) -> Result<BatchStats, CodecError> {
-        BatchDecoder::new()?.decode(bytes, memory)
-    }
 
     /// Sends `indices` of `mem` in batches of `batch` pages and applies them to `dest`.
     /// Returns (encoder stats, decoder stats) for this send.

@@ -2,7 +2,11 @@
 //! and random pages, a guest image mixing them, and dirty passes over it.
 
 use crate::batch::le_u64;
+use crate::decoder::BatchDecoder;
 use crate::encoder::{BatchEncoder, EncoderConfig};
+use crate::error::CodecError;
+use crate::stats::BatchStats;
+use crate::store::PageStore;
 use crate::PAGE_SIZE;
 
 /// xorshift64* PRNG: deterministic test data without extra dependencies.
@@ -177,4 +181,12 @@ pub fn encoder(encoding_cache: usize, dedup: bool) -> BatchEncoder {
         ..EncoderConfig::default()
     })
     .expect("a single-shard configuration is valid")
+}
+
+/// Decodes one batch with a fresh decoder (the tests' one-shot decode).
+pub fn decode_batch<S: PageStore + ?Sized>(
+    bytes: &[u8],
+    memory: &mut S,
+) -> Result<BatchStats, CodecError> {
+    BatchDecoder::new()?.decode(bytes, memory)
 }

@@ -40,17 +40,8 @@ impl<M: vm_memory::GuestMemory + ?Sized> PageStore for GuestMemoryPages<'_, M> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use novacron_migration::stats::BatchStats;
     use novacron_migration::testdata::*;
-    use novacron_migration::{BatchDecoder, CodecError, Encoding};
-
-    /// Decodes one batch with a fresh decoder.
-    fn decode_batch<S: PageStore + ?Sized>(
-        bytes: &[u8],
-        memory: &mut S,
-    ) -> Result<BatchStats, CodecError> {
-        BatchDecoder::new()?.decode(bytes, memory)
-    }
+    use novacron_migration::{CodecError, Encoding};
 
     #[test]
     fn guest_memory_pages_store() {
