@@ -320,6 +320,7 @@ fn serve_api(conn: UnixStream, vm: Arc<Vm>) {
                 vm.exit_with(0);
                 return;
             }
+            Request::Cancel => Err("no outgoing migration to cancel".to_string()),
             Request::Migrate(o) => match migrate(&vm, &o.to) {
                 Ok(summary) => {
                     let reply = Reply::Migrated(Box::new(summary));

@@ -134,7 +134,7 @@ pub fn migrate_options(
         },
         auto_converge: o.auto_converge,
         compression,
-        verify: true,
+        verify: novacron_vmm_api::migration::VerifyMode::Full,
         ..defaults
     })
 }
@@ -168,7 +168,7 @@ mod tests {
         assert_eq!(o.bandwidth, None);
         assert_eq!(o.timeout_s, MigrateOptions::default().timeout_s);
         assert_eq!(o.compression, Compression::None);
-        assert!(o.verify);
+        assert_eq!(o.verify, novacron_vmm_api::migration::VerifyMode::Full);
         let o = migrate_options(
             "tcp:h:1",
             &apb::MigrateOptions {

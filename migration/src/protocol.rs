@@ -1,7 +1,7 @@
 //! The migration wire format, all in one place.
 //!
 //! A migration is one TCP connection from the source VMM to the destination VMM carrying
-//! frames. Every frame is a 20-byte header followed by its payload:
+//! frames. Every frame is a 24-byte header followed by its payload:
 //!
 //! ```text
 //! offset size field
@@ -11,9 +11,14 @@
 //!             (0 = guest memory; 0 on every other frame)
 //! 6      2    reserved (0)
 //! 8      4    payload length, little endian (at most MAX_PAYLOAD)
-//! 12     4    crc32 of the payload
-//! 16     4    crc32 of header bytes 0..16 (a corrupted length is caught before it is used)
+//! 12     4    sequence number, little endian: 0 for the first frame in each direction,
+//!             then one more per frame (a swapped, dropped or replayed frame is refused)
+//! 16     4    crc32 of the payload
+//! 20     4    crc32 of header bytes 0..20 (a corrupted length is caught before it is used)
 //! ```
+//!
+//! [`FrameWriter`] numbers the frames it writes and [`FrameReader`] refuses any frame whose
+//! number is not the next one.
 //!
 //! Conversation (S = source, D = destination):
 //!
@@ -41,16 +46,17 @@
 //! source guest running. The destination never resumes a guest it did not fully receive.
 
 use crate::unit::SourceId;
+pub use novacron_vmm_api::migration::VerifyMode;
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use thiserror::Error;
 
 /// Protocol version spoken by this build.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Frame magic.
 pub const MAGIC: [u8; 4] = *b"NCMG";
 /// Header size.
-pub const HEADER_LEN: usize = 20;
+pub const HEADER_LEN: usize = 24;
 /// Largest payload accepted (a page batch is at most ~16 MiB).
 pub const MAX_PAYLOAD: usize = 64 << 20;
 
@@ -145,6 +151,18 @@ pub enum ProtocolError {
         /// Parser error.
         source: serde_json::Error,
     },
+    /// A frame carries another sequence number than the next one.
+    #[error(
+        "frame {kind:?} numbered {got} where frame {want} was due (reordered, dropped or replayed)"
+    )]
+    OutOfOrder {
+        /// Frame type.
+        kind: FrameType,
+        /// Its number.
+        got: u32,
+        /// The number due.
+        want: u32,
+    },
     /// A Verify payload is not a whole number of records.
     #[error("malformed Verify payload of {0} bytes")]
     BadVerify(usize),
@@ -157,6 +175,8 @@ pub struct Frame {
     pub kind: FrameType,
     /// The unit source it is about (Pages, Verify; 0 otherwise).
     pub source: SourceId,
+    /// Its sequence number.
+    pub seq: u32,
     /// Its payload.
     pub payload: Vec<u8>,
 }
@@ -171,22 +191,73 @@ impl Frame {
     }
 }
 
-/// Writes one frame that concerns no unit source.
-pub fn write_frame<W: Write>(
-    w: &mut W,
-    kind: FrameType,
-    payload: &[u8],
-) -> Result<(), ProtocolError> {
-    write_source_frame(w, kind, 0, payload)
+/// Writes numbered frames to one direction of a migration stream.
+#[derive(Debug)]
+pub struct FrameWriter<W: Write> {
+    inner: W,
+    seq: u32,
 }
 
-/// Writes one frame about the units of `source` (Pages, Verify).
-pub fn write_source_frame<W: Write>(
-    w: &mut W,
+impl<W: Write> FrameWriter<W> {
+    /// A writer whose first frame is number 0.
+    pub fn new(inner: W) -> Self {
+        FrameWriter { inner, seq: 0 }
+    }
+
+    /// The underlying writer.
+    pub fn get_ref(&self) -> &W {
+        &self.inner
+    }
+
+    /// The underlying writer, mutably (to flush it, or pace it).
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
+    /// The number the next frame gets.
+    pub fn next_seq(&self) -> u32 {
+        self.seq
+    }
+
+    /// Writes one frame that concerns no unit source.
+    pub fn frame(&mut self, kind: FrameType, payload: &[u8]) -> Result<(), ProtocolError> {
+        self.source_frame(kind, 0, payload)
+    }
+
+    /// Writes one frame about the units of `source` (Pages, Verify).
+    pub fn source_frame(
+        &mut self,
+        kind: FrameType,
+        source: SourceId,
+        payload: &[u8],
+    ) -> Result<(), ProtocolError> {
+        let h = encode_header(kind, source, self.seq, payload)?;
+        self.inner.write_all(&h)?;
+        self.inner.write_all(payload)?;
+        self.seq = self.seq.wrapping_add(1);
+        Ok(())
+    }
+
+    /// Writes a frame with a JSON payload.
+    pub fn json<T: Serialize>(&mut self, kind: FrameType, v: &T) -> Result<(), ProtocolError> {
+        let body = serde_json::to_vec(v).map_err(|source| ProtocolError::Json { kind, source })?;
+        self.frame(kind, &body)
+    }
+
+    /// Flushes the underlying writer.
+    pub fn flush(&mut self) -> Result<(), ProtocolError> {
+        self.inner.flush()?;
+        Ok(())
+    }
+}
+
+/// The header of frame number `seq` carrying `payload`.
+pub fn encode_header(
     kind: FrameType,
     source: SourceId,
+    seq: u32,
     payload: &[u8],
-) -> Result<(), ProtocolError> {
+) -> Result<[u8; HEADER_LEN], ProtocolError> {
     if payload.len() > MAX_PAYLOAD {
         return Err(ProtocolError::TooLarge(payload.len()));
     }
@@ -195,60 +266,87 @@ pub fn write_source_frame<W: Write>(
     h[4] = kind as u8;
     h[5] = source;
     h[8..12].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    h[12..16].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    let hcrc = crc32fast::hash(&h[..16]);
-    h[16..20].copy_from_slice(&hcrc.to_le_bytes());
-    w.write_all(&h)?;
-    w.write_all(payload)?;
-    Ok(())
+    h[12..16].copy_from_slice(&seq.to_le_bytes());
+    h[16..20].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    let hcrc = crc32fast::hash(&h[..20]);
+    h[20..24].copy_from_slice(&hcrc.to_le_bytes());
+    Ok(h)
 }
 
-/// Writes a frame with a JSON payload.
-pub fn write_json<W: Write, T: Serialize>(
-    w: &mut W,
-    kind: FrameType,
-    v: &T,
-) -> Result<(), ProtocolError> {
-    let body = serde_json::to_vec(v).map_err(|source| ProtocolError::Json { kind, source })?;
-    write_frame(w, kind, &body)
+/// Reads the numbered frames of one direction of a migration stream.
+#[derive(Debug)]
+pub struct FrameReader<R: Read> {
+    inner: R,
+    seq: u32,
 }
 
-/// Reads one frame, checking magic, size and crc.
-pub fn read_frame<R: Read>(r: &mut R) -> Result<Frame, ProtocolError> {
-    let mut h = [0u8; HEADER_LEN];
-    if let Err(e) = r.read_exact(&mut h) {
-        return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            ProtocolError::Closed
-        } else {
-            ProtocolError::Io(e)
-        });
+impl<R: Read> FrameReader<R> {
+    /// A reader that expects frame number 0 first.
+    pub fn new(inner: R) -> Self {
+        FrameReader { inner, seq: 0 }
     }
-    let magic = [h[0], h[1], h[2], h[3]];
-    if magic != MAGIC {
-        return Err(ProtocolError::BadMagic(magic));
+
+    /// The underlying reader.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
     }
-    if crc32fast::hash(&h[..16]) != u32::from_le_bytes([h[16], h[17], h[18], h[19]]) {
-        return Err(ProtocolError::BadHeaderCrc);
+
+    /// The underlying reader, mutably.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
     }
-    let kind = FrameType::from_u8(h[4]).ok_or(ProtocolError::UnknownType(h[4]))?;
-    let len = u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize;
-    if len > MAX_PAYLOAD {
-        return Err(ProtocolError::TooLarge(len));
+
+    /// Reads the next frame, checking magic, size, crc and number.
+    pub fn read(&mut self) -> Result<Frame, ProtocolError> {
+        let f = read_frame(&mut self.inner)?;
+        if f.seq != self.seq {
+            return Err(ProtocolError::OutOfOrder {
+                kind: f.kind,
+                got: f.seq,
+                want: self.seq,
+            });
+        }
+        self.seq = self.seq.wrapping_add(1);
+        Ok(f)
     }
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload).map_err(|e| {
+}
+
+fn read_exact_or_closed<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<(), ProtocolError> {
+    r.read_exact(buf).map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             ProtocolError::Closed
         } else {
             ProtocolError::Io(e)
         }
-    })?;
-    if crc32fast::hash(&payload) != u32::from_le_bytes([h[12], h[13], h[14], h[15]]) {
+    })
+}
+
+/// Reads one frame, checking magic, size and crc (not its number: see [`FrameReader`]).
+pub fn read_frame<R: Read>(r: &mut R) -> Result<Frame, ProtocolError> {
+    let mut h = [0u8; HEADER_LEN];
+    read_exact_or_closed(r, &mut h)?;
+    let magic = [h[0], h[1], h[2], h[3]];
+    if magic != MAGIC {
+        return Err(ProtocolError::BadMagic(magic));
+    }
+    let word = |at: usize| u32::from_le_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
+    if crc32fast::hash(&h[..20]) != word(20) {
+        return Err(ProtocolError::BadHeaderCrc);
+    }
+    let kind = FrameType::from_u8(h[4]).ok_or(ProtocolError::UnknownType(h[4]))?;
+    let len = word(8) as usize;
+    if len > MAX_PAYLOAD {
+        return Err(ProtocolError::TooLarge(len));
+    }
+    let mut payload = vec![0u8; len];
+    read_exact_or_closed(r, &mut payload)?;
+    if crc32fast::hash(&payload) != word(16) {
         return Err(ProtocolError::BadCrc { kind });
     }
     Ok(Frame {
         kind,
         source: h[5],
+        seq: word(12),
         payload,
     })
 }
@@ -270,6 +368,14 @@ pub struct Hello {
     pub nets: usize,
     /// Page encodings the source may use.
     pub encodings: Vec<String>,
+    /// The migration this stream belongs to: the destination refuses any other id than
+    /// the one it was started with.
+    #[serde(default)]
+    pub migration_id: String,
+    /// How the final memory will be verified: the destination requires the Verify frames
+    /// this mode implies before Complete.
+    #[serde(default)]
+    pub verify: VerifyMode,
 }
 
 /// The destination's answer to Hello.
@@ -352,34 +458,70 @@ mod tests {
 
     #[test]
     fn frame_round_trip_and_corruption() {
-        let mut buf = Vec::new();
-        write_frame(&mut buf, FrameType::Pages, b"hello pages").expect("write");
-        let f = read_frame(&mut &buf[..]).expect("read");
+        let mut w = FrameWriter::new(Vec::new());
+        w.frame(FrameType::Pages, b"hello pages").expect("write");
+        let one = w.get_ref().clone();
+        let f = read_frame(&mut &one[..]).expect("read");
         assert_eq!(f.kind, FrameType::Pages);
         assert_eq!(f.payload, b"hello pages");
-        assert_eq!(f.source, 0);
-        let mut other = Vec::new();
-        write_source_frame(&mut other, FrameType::Pages, 3, b"disk units").expect("write");
-        let f = read_frame(&mut &other[..]).expect("read");
-        assert_eq!((f.kind, f.source), (FrameType::Pages, 3));
+        assert_eq!((f.source, f.seq), (0, 0));
+        w.source_frame(FrameType::Pages, 3, b"disk units")
+            .expect("write");
+        let both = w.get_ref().clone();
+        let mut r = FrameReader::new(&both[..]);
+        r.read().expect("first");
+        let f = r.read().expect("second");
+        assert_eq!((f.kind, f.source, f.seq), (FrameType::Pages, 3, 1));
         assert_eq!(f.payload, b"disk units");
-        for i in 4..buf.len() {
-            let mut bad = buf.clone();
+        for i in 4..one.len() {
+            let mut bad = one.clone();
             bad[i] ^= 0x40;
             assert!(
                 read_frame(&mut &bad[..]).is_err(),
                 "flip at {i} went unnoticed"
             );
         }
-        let mut bad = buf.clone();
+        let mut bad = one.clone();
         bad[0] = b'X';
         assert!(matches!(
             read_frame(&mut &bad[..]),
             Err(ProtocolError::BadMagic(_))
         ));
         assert!(matches!(
-            read_frame(&mut &buf[..10]),
+            read_frame(&mut &one[..10]),
             Err(ProtocolError::Closed)
+        ));
+    }
+
+    #[test]
+    fn frames_out_of_order_are_refused() {
+        let mut w = FrameWriter::new(Vec::new());
+        w.frame(FrameType::Pages, b"first").expect("write");
+        let first_len = w.get_ref().len();
+        w.frame(FrameType::Pages, b"second").expect("write");
+        let bytes = w.get_ref().clone();
+        let mut swapped = bytes[first_len..].to_vec();
+        swapped.extend_from_slice(&bytes[..first_len]);
+        let mut r = FrameReader::new(&swapped[..]);
+        assert!(matches!(
+            r.read(),
+            Err(ProtocolError::OutOfOrder {
+                got: 1,
+                want: 0,
+                ..
+            })
+        ));
+        let mut dup = bytes[..first_len].to_vec();
+        dup.extend_from_slice(&bytes[..first_len]);
+        let mut r = FrameReader::new(&dup[..]);
+        r.read().expect("first");
+        assert!(matches!(
+            r.read(),
+            Err(ProtocolError::OutOfOrder {
+                got: 0,
+                want: 1,
+                ..
+            })
         ));
     }
 
@@ -389,8 +531,8 @@ mod tests {
         h[..4].copy_from_slice(&MAGIC);
         h[4] = FrameType::Pages as u8;
         h[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
-        let c = crc32fast::hash(&h[..16]);
-        h[16..20].copy_from_slice(&c.to_le_bytes());
+        let c = crc32fast::hash(&h[..20]);
+        h[20..24].copy_from_slice(&c.to_le_bytes());
         assert!(matches!(
             read_frame(&mut &h[..]),
             Err(ProtocolError::TooLarge(_))

@@ -4,15 +4,16 @@
 //! then starts the guest and confirms. Anything short of that and the guest never runs
 //! here.
 
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter};
 use std::net::TcpStream;
 use std::time::Instant;
 
 use crate::decoder::BatchDecoder;
 use crate::protocol::{
-    self, Abort, Confirm, Frame, FrameType, Hello, HelloAck, ProtocolError, RoundEnd,
+    Abort, Confirm, Frame, FrameReader, FrameType, FrameWriter, Hello, HelloAck, ProtocolError,
+    RoundEnd,
 };
-use crate::session::{HookError, SessionError};
+use crate::session::{Expect, HookError, SessionError};
 use crate::unit::{UnitSet, UnitSink};
 use crate::{is_zero_page, Encoding, PAGE_SIZE};
 
@@ -43,16 +44,21 @@ pub fn receive<K: UnitSink, T: Takeover>(
     stream: TcpStream,
     sink: &mut K,
     takeover: &mut T,
+    expect: &Expect,
 ) -> Result<Received, SessionError> {
     let _ = stream.set_nodelay(true);
-    let mut out = BufWriter::new(stream.try_clone().map_err(ProtocolError::Io)?);
-    let mut input = BufReader::with_capacity(1 << 20, stream);
-    match receive_stream(&mut input, &mut out, sink, takeover) {
+    stream
+        .set_read_timeout(Some(expect.read_timeout))
+        .map_err(ProtocolError::Io)?;
+    let mut out = FrameWriter::new(BufWriter::new(
+        stream.try_clone().map_err(ProtocolError::Io)?,
+    ));
+    let mut input = FrameReader::new(BufReader::with_capacity(1 << 20, stream));
+    match receive_stream(&mut input, &mut out, sink, takeover, expect) {
         Ok(r) => Ok(r),
         Err(e) => {
             if !matches!(e, SessionError::Aborted(_) | SessionError::Protocol(_)) {
-                let _ = protocol::write_json(
-                    &mut out,
+                let _ = out.json(
                     FrameType::Abort,
                     &Abort {
                         reason: e.to_string(),
@@ -67,12 +73,12 @@ pub fn receive<K: UnitSink, T: Takeover>(
 
 /// Writes a JSON frame and flushes it.
 fn reply<T: serde::Serialize>(
-    out: &mut BufWriter<TcpStream>,
+    out: &mut FrameWriter<BufWriter<TcpStream>>,
     kind: FrameType,
     v: &T,
 ) -> Result<(), SessionError> {
-    protocol::write_json(out, kind, v)?;
-    out.flush().map_err(ProtocolError::Io)?;
+    out.json(kind, v)?;
+    out.flush()?;
     Ok(())
 }
 
@@ -88,12 +94,14 @@ fn check_source<K: UnitSink>(f: &Frame, sink: &K) -> Result<(), SessionError> {
 }
 
 fn receive_stream<K: UnitSink, T: Takeover>(
-    input: &mut BufReader<TcpStream>,
-    out: &mut BufWriter<TcpStream>,
+    input: &mut FrameReader<BufReader<TcpStream>>,
+    out: &mut FrameWriter<BufWriter<TcpStream>>,
     sink: &mut K,
     takeover: &mut T,
+    expect: &Expect,
 ) -> Result<Received, SessionError> {
-    let first = protocol::read_frame(input)?;
+    let _ = expect; // migration id and step order: issue 11 (receiver helper)
+    let first = input.read()?;
     if first.kind != FrameType::Hello {
         return Err(ProtocolError::Unexpected {
             got: first.kind,
@@ -125,7 +133,7 @@ fn receive_stream<K: UnitSink, T: Takeover>(
     let mut listed: Option<UnitSet> = None;
     let mut buf = [0u8; PAGE_SIZE];
     loop {
-        let f = protocol::read_frame(input)?;
+        let f = input.read()?;
         match f.kind {
             FrameType::Pages => {
                 check_source(&f, sink)?;
@@ -147,7 +155,7 @@ fn receive_stream<K: UnitSink, T: Takeover>(
                 check_source(&f, sink)?;
                 let count = sink.count();
                 let set = listed.get_or_insert_with(|| UnitSet::new(count));
-                for (n, crc) in protocol::decode_verify(&f.payload)? {
+                for (n, crc) in crate::protocol::decode_verify(&f.payload)? {
                     if n >= count {
                         return Err(SessionError::Verify(format!(
                             "page {n:#x} is outside guest memory"

@@ -15,17 +15,17 @@ use std::io::{BufReader, BufWriter, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use novacron_vmm_api::migration::{MigrateOptions, MigrationSummary, RoundSummary};
+use novacron_vmm_api::migration::{MigrateOptions, MigrationSummary, RoundSummary, VerifyMode};
 
 use crate::auto::AutoSelector;
 use crate::convergence::{Convergence, Decision, Measured};
 use crate::encoder_pool::{Choice, Encoded, EncoderPool};
 use crate::link::{LinkMeter, LAN_PRIOR, LAN_RTT};
 use crate::protocol::{
-    self, Abort, Confirm, Frame, FrameType, Hello, HelloAck, ProtocolError, RoundEnd,
-    PROTOCOL_VERSION,
+    self, Abort, Confirm, Frame, FrameReader, FrameType, FrameWriter, Hello, HelloAck,
+    ProtocolError, RoundEnd, PROTOCOL_VERSION,
 };
-use crate::session::{HookError, SessionError};
+use crate::session::{Cancel, HookError, SessionError};
 use crate::unit::{SourceId, UnitSet, UnitSource};
 use crate::{is_zero_page, EncoderConfig, Encoding, DEFAULT_ZSTD_LEVEL, PAGE_SIZE};
 
@@ -103,7 +103,7 @@ enum Mode {
 
 /// The outgoing stream: paced writer, encoding choice, link meter and units per encoding.
 struct Wire {
-    out: Paced<BufWriter<TcpStream>>,
+    out: FrameWriter<Paced<BufWriter<TcpStream>>>,
     mode: Mode,
     link: LinkMeter,
     /// Units sent per encoding in the current pass (indexed by `Encoding as usize`).
@@ -122,9 +122,10 @@ impl Wire {
     /// with `auto`, the batch's figures feed the selector.
     fn write_batch(&mut self, source: SourceId, e: Encoded<'_>) -> Result<(), SessionError> {
         let t = Instant::now();
-        let before = self.out.sent;
-        protocol::write_source_frame(&mut self.out, FrameType::Pages, source, e.frame)?;
-        self.link.observe(self.out.sent - before, t.elapsed());
+        let before = self.out.get_ref().sent;
+        self.out.source_frame(FrameType::Pages, source, e.frame)?;
+        self.link
+            .observe(self.out.get_ref().sent - before, t.elapsed());
         if let Mode::Auto(a) = &mut self.mode {
             a.observe_batch(&e.stats);
         }
@@ -135,7 +136,7 @@ impl Wire {
     /// Flushes the stream; the time it blocks counts as link time.
     fn flush(&mut self) -> Result<(), SessionError> {
         let t = Instant::now();
-        self.out.flush().map_err(ProtocolError::Io)?;
+        self.out.flush()?;
         self.link.observe(0, t.elapsed());
         Ok(())
     }
@@ -190,7 +191,7 @@ struct Rates {
 /// The stream and unit machinery of one outgoing migration.
 struct Sender {
     wire: Wire,
-    input: BufReader<TcpStream>,
+    input: FrameReader<BufReader<TcpStream>>,
     pool: EncoderPool,
     zero_units: u64,
 }
@@ -239,7 +240,7 @@ impl Sender {
             ..
         } = self;
         let id = source.id();
-        let before = wire.out.sent;
+        let before = wire.out.get_ref().sent;
         wire.pass_units = [0; Encoding::ALL.len()];
         let (mut sent, mut zero) = (0u64, 0u64);
         let mut prepared_to = 0usize; // bitmap words prepared so far
@@ -281,7 +282,7 @@ impl Sender {
         Ok(PassStats {
             units: sent,
             zero,
-            bytes: wire.out.sent - before,
+            bytes: wire.out.get_ref().sent - before,
             encoding,
             by_encoding,
         })
@@ -289,7 +290,9 @@ impl Sender {
 
     /// Ends a round and waits until the destination has applied it.
     fn end_round(&mut self, round: u32) -> Result<(), SessionError> {
-        protocol::write_json(&mut self.wire.out, FrameType::RoundEnd, &RoundEnd { round })?;
+        self.wire
+            .out
+            .json(FrameType::RoundEnd, &RoundEnd { round })?;
         self.wire.flush()?;
         self.expect_reply(FrameType::RoundAck, "RoundAck")
             .map(|_| ())
@@ -297,8 +300,8 @@ impl Sender {
 
     /// Reads the destination's next frame and checks it is of `kind`.
     fn expect_reply(&mut self, kind: FrameType, want: &'static str) -> Result<Frame, SessionError> {
-        self.wire.out.flush().map_err(ProtocolError::Io)?;
-        let f = protocol::read_frame(&mut self.input)?;
+        self.wire.out.flush()?;
+        let f = self.input.read()?;
         if f.kind == FrameType::Abort {
             let a: Abort = f.json()?;
             return Err(SessionError::Aborted(a.reason));
@@ -326,12 +329,16 @@ impl Sender {
             }
             if records.len() == 1 << 20 {
                 let payload = protocol::encode_verify(&records);
-                protocol::write_source_frame(&mut self.wire.out, FrameType::Verify, id, &payload)?;
+                self.wire
+                    .out
+                    .source_frame(FrameType::Verify, id, &payload)?;
                 records.clear();
             }
         }
         let payload = protocol::encode_verify(&records);
-        protocol::write_source_frame(&mut self.wire.out, FrameType::Verify, id, &payload)?;
+        self.wire
+            .out
+            .source_frame(FrameType::Verify, id, &payload)?;
         Ok(listed)
     }
 }
@@ -346,13 +353,17 @@ pub fn migrate<S: UnitSource, G: Guest>(
     opts: &MigrateOptions,
     source: &mut S,
     guest: &mut G,
+    cancel: &Cancel,
 ) -> Result<MigrationSummary, SessionError> {
+    let _ = cancel; // checked between batches (issue 11: sender helper)
     let t0 = Instant::now();
     let _ = stream.set_nodelay(true);
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .map_err(ProtocolError::Io)?;
-    let input = BufReader::new(stream.try_clone().map_err(ProtocolError::Io)?);
+    let input = FrameReader::new(BufReader::new(
+        stream.try_clone().map_err(ProtocolError::Io)?,
+    ));
     let memory = hello.memory;
     let cache_bytes = match (opts.compression.fixed(), opts.cache_bytes) {
         (Some(Encoding::Raw), _) | (Some(Encoding::Zstd), _) => 0,
@@ -379,7 +390,10 @@ pub fn migrate<S: UnitSource, G: Guest>(
     };
     let mut s = Sender {
         wire: Wire {
-            out: Paced::new(BufWriter::with_capacity(1 << 20, stream), opts.bandwidth),
+            out: FrameWriter::new(Paced::new(
+                BufWriter::with_capacity(1 << 20, stream),
+                opts.bandwidth,
+            )),
             mode,
             link: LinkMeter::new(opts.bandwidth),
             pass_units: [0; Encoding::ALL.len()],
@@ -393,8 +407,7 @@ pub fn migrate<S: UnitSource, G: Guest>(
     if let Err(e) = &result {
         if !matches!(e, SessionError::Aborted(_) | SessionError::Refused(_)) {
             // Tell the destination (best effort).
-            let _ = protocol::write_json(
-                &mut s.wire.out,
+            let _ = s.wire.out.json(
                 FrameType::Abort,
                 &Abort {
                     reason: e.to_string(),
@@ -410,8 +423,10 @@ pub fn migrate<S: UnitSource, G: Guest>(
 fn handshake(s: &mut Sender, hello: &mut Hello, opts: &MigrateOptions) -> Result<(), SessionError> {
     hello.version = PROTOCOL_VERSION;
     hello.encodings = Encoding::ALL.iter().map(|e| e.name().to_string()).collect();
+    hello.migration_id = opts.migration_id.clone();
+    hello.verify = opts.verify;
     let sent_hello = Instant::now();
-    protocol::write_json(&mut s.wire.out, FrameType::Hello, &*hello)?;
+    s.wire.out.json(FrameType::Hello, &*hello)?;
     let reply = s.expect_reply(FrameType::HelloAck, "HelloAck")?;
     if sent_hello.elapsed() < LAN_RTT {
         s.wire.link.set_prior(Some(LAN_PRIOR));
@@ -483,7 +498,7 @@ fn precopy<S: UnitSource, G: Guest>(
                 return Err(SessionError::Timeout {
                     secs: opts.timeout_s,
                     rounds: rounds.len(),
-                    wire_mib: s.wire.out.sent as f64 / 1048576.0,
+                    wire_mib: s.wire.out.get_ref().sent as f64 / 1048576.0,
                     dirty: n,
                 })
             }
@@ -505,7 +520,7 @@ fn precopy<S: UnitSource, G: Guest>(
     let ms_since = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
     guest.pause();
     let paused_ms = ms_since(t_pause);
-    protocol::write_frame(&mut s.wire.out, FrameType::Switchover, &[])?;
+    s.wire.out.frame(FrameType::Switchover, &[])?;
     // `dirty` still holds the units collected when the loop decided to switch over: add
     // what was written since, and send the union.
     source.dirty(&mut dirty, true)?;
@@ -516,14 +531,14 @@ fn precopy<S: UnitSource, G: Guest>(
     s.wire.flush()?;
     let sent_ms = ms_since(t_pause);
     let state = guest.state().map_err(SessionError::Capture)?;
-    protocol::write_frame(&mut s.wire.out, FrameType::State, &state)?;
+    s.wire.out.frame(FrameType::State, &state)?;
     let state_ms = ms_since(t_pause);
-    let listed = if opts.verify {
+    let listed = if opts.verify != VerifyMode::Off {
         Some(s.send_verify(source)?)
     } else {
         None
     };
-    protocol::write_frame(&mut s.wire.out, FrameType::Complete, &[])?;
+    s.wire.out.frame(FrameType::Complete, &[])?;
     let reply = s.expect_reply(FrameType::Confirm, "Confirm")?;
     tracing::debug!(
         paused_ms,
@@ -561,10 +576,13 @@ fn precopy<S: UnitSource, G: Guest>(
         dest_downtime_ms: confirm.downtime_ms,
         rounds: rounds.len() as u32,
         zero_pages: s.zero_units,
-        wire_bytes: s.wire.out.sent,
+        wire_bytes: s.wire.out.get_ref().sent,
         memory_bytes: hello.memory,
         throttle_pct: decision.throttle_pct(),
         verified: confirm.verified_pages.is_some(),
+        verify_mode: opts.verify,
+        verify_ms: 0.0,
+        predicted_downtime_ms: 0.0,
         verified_pages: confirm.verified_pages.unwrap_or(0),
         cache_hit_rate: codec.cache_hit_rate(),
         encoder_cpu_ms: codec.cpu_ns as f64 / 1e6,

@@ -6,6 +6,53 @@ use crate::error::CodecError;
 use crate::protocol::ProtocolError;
 use crate::unit::{SourceId, UnitError};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A handle that stops an outgoing migration from another thread (the VMM's `cancel`
+/// command, or `shutdown` during a migration). The sender checks it between batches; a
+/// cancelled migration ends with [`SessionError::Cancelled`] and the guest resumes here,
+/// unless the destination has already committed.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    /// A handle not yet cancelled.
+    pub fn new() -> Self {
+        Cancel::default()
+    }
+
+    /// Asks the migration to stop.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a stop was asked for.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// What the destination expects of the stream it accepts.
+#[derive(Debug, Clone)]
+pub struct Expect {
+    /// The migration id the Hello must carry (`None`: any, for `--incoming` started by
+    /// hand without `--migration-id`).
+    pub migration_id: Option<String>,
+    /// Longest wait for any one read from the source before the destination gives up.
+    pub read_timeout: Duration,
+}
+
+impl Default for Expect {
+    fn default() -> Self {
+        Expect {
+            migration_id: None,
+            read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// An error of a hook the VMM supplies (state capture or restore, starting the guest).
 pub type HookError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -53,6 +100,15 @@ pub enum SessionError {
         /// Pages dirty when the migration gave up.
         dirty: u64,
     },
+    /// The migration was cancelled before the destination committed.
+    #[error("migration cancelled; the guest keeps running on the source")]
+    Cancelled,
+    /// The source sent Complete but got no Confirm: the destination may or may not be
+    /// running the guest. The source must stay paused until someone who can ask the
+    /// destination decides (the agent and controller); resuming here could leave two
+    /// running copies.
+    #[error("no confirmation from the destination after the final frame ({0}): the destination may be running the guest; the source stays paused")]
+    InDoubt(String),
     /// Final memory differs between source and destination.
     #[error("verification failed: {0}")]
     Verify(String),

@@ -7,11 +7,11 @@
 use novacron_migration::protocol::{Hello, PROTOCOL_VERSION};
 use novacron_migration::receiver::{self, Takeover};
 use novacron_migration::sender::{self, Guest};
-use novacron_migration::session::{HookError, SessionError};
+use novacron_migration::session::{Cancel, Expect, HookError, SessionError};
 use novacron_migration::testdata::{dirty_pass, guest_image, Page, Rng};
 use novacron_migration::unit::{MemoryUnits, UnitError, UnitSet, UnitSource, GUEST_MEMORY};
 use novacron_migration::{is_zero_page, PAGE_SIZE};
-use novacron_vmm_api::migration::{Compression, MigrateOptions};
+use novacron_vmm_api::migration::{Compression, MigrateOptions, VerifyMode};
 use std::net::{TcpListener, TcpStream};
 
 const UNITS: u64 = 4096;
@@ -133,6 +133,8 @@ fn hello(memory: u64) -> Hello {
         disks: 0,
         nets: 0,
         encodings: Vec::new(),
+        migration_id: String::new(),
+        verify: VerifyMode::Off,
     }
 }
 
@@ -154,12 +156,19 @@ fn run(
         let (stream, _) = listener.accept().unwrap();
         let mut sink = MemoryUnits::new(GUEST_MEMORY, UNITS);
         let mut takeover = Dest::default();
-        let r = receiver::receive(stream, &mut sink, &mut takeover);
+        let r = receiver::receive(stream, &mut sink, &mut takeover, &Expect::default());
         (r, sink, takeover)
     });
     let stream = TcpStream::connect(addr).unwrap();
     let mut hooks = Hooks::default();
-    let sent = sender::migrate(stream, hello(memory), opts, guest, &mut hooks);
+    let sent = sender::migrate(
+        stream,
+        hello(memory),
+        opts,
+        guest,
+        &mut hooks,
+        &Cancel::new(),
+    );
     let (received, sink, takeover) = dest.join().unwrap();
     (sent, received, sink, takeover, hooks)
 }
@@ -172,7 +181,7 @@ fn precopy_over_loopback_converges_and_the_sink_equals_the_source() {
             to: "tcp:127.0.0.1:0".into(),
             downtime_ms: 0,
             compression,
-            verify: true,
+            verify: VerifyMode::Full,
             timeout_s: 60,
             ..MigrateOptions::default()
         };

@@ -56,6 +56,12 @@ pub struct MachineOptions {
     pub nets: Vec<Nic>,
     /// Wait for an incoming migration on `tcp:HOST:PORT` instead of booting.
     pub incoming: Option<String>,
+    /// The id the incoming migration's stream must carry (`--migration-id`); a stream
+    /// with any other id is refused and the VMM keeps waiting for its real peer.
+    pub migration_id: Option<String>,
+    /// Seconds to wait for the incoming migration's connection before giving up
+    /// (`--incoming-timeout`; the VMM's default when `None`).
+    pub incoming_timeout_s: Option<u64>,
     /// Restore a snapshot directory instead of booting.
     pub restore: Option<PathBuf>,
     /// Start with the vCPUs paused.
@@ -75,6 +81,8 @@ impl Default for MachineOptions {
             disks: Vec::new(),
             nets: Vec::new(),
             incoming: None,
+            migration_id: None,
+            incoming_timeout_s: None,
             restore: None,
             paused: false,
         }
@@ -125,6 +133,12 @@ impl MachineOptions {
         }
         if let Some(addr) = &self.incoming {
             opt("incoming", addr.clone());
+        }
+        if let Some(id) = &self.migration_id {
+            opt("migration-id", id.clone());
+        }
+        if let Some(t) = self.incoming_timeout_s {
+            opt("incoming-timeout", t.to_string());
         }
         if let Some(dir) = &self.restore {
             opt("restore", dir.display().to_string());

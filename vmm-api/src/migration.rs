@@ -52,6 +52,72 @@ impl Compression {
     }
 }
 
+/// How the destination checks the final memory against the source's before it resumes.
+///
+/// * `off`: only the per-page crc32 of every batch (catches corruption in transit, not a
+///   page the source never sent).
+/// * `sampled` (the management plane's default): crc32 of every page of the final pass
+///   plus a random sample of the others ([`MigrateOptions::verify_sample_pages`]), computed
+///   on several threads while the guest is paused: bounded downtime; catches a page missed
+///   by dirty tracking with the probability the sample covers it.
+/// * `full`: crc32 of every non-zero page and a zero check of every other one: catches any
+///   difference, at the cost of a pass over all of guest memory while paused (tests and
+///   debugging).
+///
+/// Accepts `true` (= full) and `false` (= off) for compatibility with older callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyMode {
+    /// No verification beyond the batches' checksums.
+    #[default]
+    Off,
+    /// The final pass and a sample of the rest.
+    Sampled,
+    /// Every page.
+    Full,
+}
+
+impl VerifyMode {
+    /// The mode's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            VerifyMode::Off => "off",
+            VerifyMode::Sampled => "sampled",
+            VerifyMode::Full => "full",
+        }
+    }
+}
+
+impl std::str::FromStr for VerifyMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" | "none" | "false" => Ok(VerifyMode::Off),
+            "sampled" => Ok(VerifyMode::Sampled),
+            "full" | "true" => Ok(VerifyMode::Full),
+            other => Err(format!(
+                "unknown verification mode '{other}': expected off, sampled or full"
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for VerifyMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Wire {
+            Bool(bool),
+            Name(String),
+        }
+        match Wire::deserialize(d)? {
+            Wire::Bool(true) => Ok(VerifyMode::Full),
+            Wire::Bool(false) => Ok(VerifyMode::Off),
+            Wire::Name(n) => n.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// Options of one outgoing migration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MigrateOptions {
@@ -72,9 +138,20 @@ pub struct MigrateOptions {
     /// Page compression.
     #[serde(default)]
     pub compression: Compression,
-    /// Compare per-page checksums of the final memory before the destination resumes.
+    /// How the final memory is checked before the destination resumes.
     #[serde(default)]
-    pub verify: bool,
+    pub verify: VerifyMode,
+    /// Pages outside the final pass that `sampled` verification checks (0 = automatic).
+    #[serde(default)]
+    pub verify_sample_pages: u64,
+    /// The migration id the destination was started with (`--migration-id`); empty for
+    /// a destination started without one.
+    #[serde(default)]
+    pub migration_id: String,
+    /// Test only: leave out one dirty page of this round (the lowest-numbered one), so
+    /// tests can show that verification catches a lost page. Never set it otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_skip_page_round: Option<u32>,
     /// Bytes of sent-page cache for delta encoding (0 = automatic).
     #[serde(default)]
     pub cache_bytes: u64,
@@ -100,7 +177,10 @@ impl Default for MigrateOptions {
             timeout_s: default_timeout(),
             auto_converge: false,
             compression: Compression::None,
-            verify: false,
+            verify: VerifyMode::Off,
+            verify_sample_pages: 0,
+            migration_id: String::new(),
+            test_skip_page_round: None,
             cache_bytes: 0,
             encoder_threads: 0,
         }
@@ -183,6 +263,15 @@ pub struct MigrationSummary {
     pub throttle_pct: u32,
     /// Whether the destination verified the final memory page by page.
     pub verified: bool,
+    /// The verification mode used.
+    #[serde(default)]
+    pub verify_mode: VerifyMode,
+    /// Time the verification took while the guest was paused (ms; part of the downtime).
+    #[serde(default)]
+    pub verify_ms: f64,
+    /// The final pass's downtime as predicted when the switchover was decided (ms).
+    #[serde(default)]
+    pub predicted_downtime_ms: f64,
     /// Non-zero pages whose crc32 the destination checked against the source's (0 without
     /// verification); every other page was checked to be zero.
     #[serde(default)]

@@ -36,10 +36,15 @@ pub enum Request {
     },
     /// Live-migrate; answered with the [`crate::migration::MigrationSummary`] when the migration ends.
     Migrate(MigrateOptions),
+    /// Stop the outgoing migration in progress and resume the guest here (refused when
+    /// none runs, or once the destination has committed).
+    Cancel,
 }
 
 /// Every command name, in the order the protocol documents them.
-pub const COMMANDS: [&str; 6] = ["info", "pause", "resume", "shutdown", "snapshot", "migrate"];
+pub const COMMANDS: [&str; 7] = [
+    "info", "pause", "resume", "shutdown", "snapshot", "migrate", "cancel",
+];
 
 impl Request {
     /// The command's name on the wire (`"info"`, `"migrate"`, ...).
@@ -51,6 +56,7 @@ impl Request {
             Request::Shutdown => "shutdown",
             Request::Snapshot { .. } => "snapshot",
             Request::Migrate(_) => "migrate",
+            Request::Cancel => "cancel",
         }
     }
 }
@@ -179,7 +185,7 @@ pub enum RequestError {
     #[error("request has no \"cmd\" string")]
     NoCmd,
     /// A command the VMM does not know.
-    #[error("unknown command '{0}': expected info, pause, resume, shutdown, snapshot or migrate")]
+    #[error("unknown command '{0}': expected info, pause, resume, shutdown, snapshot, migrate or cancel")]
     Unknown(String),
     /// `snapshot` without a usable `"to"`.
     #[error("snapshot needs \"to\": a directory")]
@@ -310,7 +316,7 @@ mod tests {
                 to: "tcp:1.2.3.4:5".into(),
                 bandwidth: Some(1000),
                 compression: Compression::Zstd,
-                verify: true,
+                verify: crate::migration::VerifyMode::Full,
                 ..Default::default()
             }),
         ];
@@ -362,7 +368,7 @@ mod tests {
             decode_request(r#"{"cmd":"reboot"}"#)
                 .unwrap_err()
                 .to_string(),
-            "unknown command 'reboot': expected info, pause, resume, shutdown, snapshot or migrate"
+            "unknown command 'reboot': expected info, pause, resume, shutdown, snapshot, migrate or cancel"
         );
         assert_eq!(
             decode_request(r#"{"cmd":"snapshot"}"#).unwrap_err(),

@@ -7,7 +7,7 @@ use novacron_vmm::control::ExitReason;
 use novacron_vmm::machine::Machine;
 use novacron_vmm::migration::options::{Compression, MigrateOptions};
 use novacron_vmm::runtime::{Lifecycle, Runtime};
-use novacron_vmm_api::migration::MigrationSummary;
+use novacron_vmm_api::migration::{MigrationSummary, VerifyMode};
 use novacron_vmm_api::protocol::{Empty, Info, Request, SnapshotReply};
 use serde::{de::DeserializeOwned, Serialize};
 use std::path::{Path, PathBuf};
@@ -78,9 +78,19 @@ struct MigrateArgs {
     /// Page compression: none, zstd, delta or auto.
     #[arg(long, default_value = "none")]
     compression: Compression,
-    /// Verify every page's crc32 at switchover before the destination resumes.
-    #[arg(long)]
-    verify: bool,
+    /// Verify the final memory before the destination resumes: off, sampled (the final
+    /// pass plus a sample of the rest) or full (every page); `--verify` alone means full.
+    #[arg(long, num_args = 0..=1, default_value = "off", default_missing_value = "full")]
+    verify: VerifyMode,
+    /// Pages outside the final pass that sampled verification checks (0 = automatic).
+    #[arg(long, default_value_t = 0)]
+    verify_sample_pages: u64,
+    /// The id the destination was started with (`run --migration-id`).
+    #[arg(long, default_value = "")]
+    migration_id: String,
+    /// Test only: leave out one dirty page in this round, to show verification catch it.
+    #[arg(long, hide = true)]
+    test_skip_page_round: Option<u32>,
     /// Sent-page cache size for delta compression, e.g. 256M (default: half the guest RAM).
     #[arg(long, value_parser = parse_size)]
     cache_size: Option<u64>,
@@ -211,6 +221,9 @@ fn migrate(a: MigrateArgs) -> ExitCode {
         auto_converge: a.auto_converge,
         compression: a.compression,
         verify: a.verify,
+        verify_sample_pages: a.verify_sample_pages,
+        migration_id: a.migration_id,
+        test_skip_page_round: a.test_skip_page_round,
         cache_bytes: a.cache_size.unwrap_or(0),
         encoder_threads: a.encoder_threads.unwrap_or(0),
     });

@@ -203,6 +203,7 @@ impl Handler for Runtime {
                 self.migrate(opts)
             }
             Request::Snapshot { to, diff } => self.snapshot(to, *diff).map(Reply::Snapshot),
+            Request::Cancel => Err("no outgoing migration to cancel".into()),
         }
     }
 

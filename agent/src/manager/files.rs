@@ -82,6 +82,8 @@ impl Manager {
                 })
                 .collect(),
             incoming: incoming.map(str::to_string),
+            migration_id: None,
+            incoming_timeout_s: None,
             restore: None,
             paused: false,
         };

@@ -37,5 +37,6 @@ pub fn receive(
         stream,
         &mut sink,
         &mut takeover,
+        &novacron_migration::session::Expect::default(),
     )?)
 }

@@ -32,6 +32,8 @@ pub fn hello(m: &Machine) -> Hello {
         disks: m.config().disks.len(),
         nets: m.config().nets.len(),
         encodings: Vec::new(),
+        migration_id: String::new(),
+        verify: Default::default(),
     }
 }
 

@@ -43,7 +43,14 @@ pub fn migrate(
     let stream = connect(opts)?;
     let mut source = GuestSource::new(m);
     let mut guest = VmGuest::new(m, opts.auto_converge);
-    match sender::migrate(stream, glue::hello(m), opts, &mut source, &mut guest) {
+    match sender::migrate(
+        stream,
+        glue::hello(m),
+        opts,
+        &mut source,
+        &mut guest,
+        &novacron_migration::session::Cancel::new(),
+    ) {
         Ok(summary) => {
             source.stop();
             Ok(summary)
