@@ -1,49 +1,80 @@
-//! The switchover decision of precopy, as a pure function of measured rates: estimate how
-//! long the final (paused) pass would take, switch over once it fits the downtime target,
-//! throttle the guest harder while rounds make no progress (auto-converge), give up at the
-//! timeout.
+//! The switchover decision of precopy, as a pure function of measured figures: a model
+//! predicts how long the final (paused) pass would take, the decision switches over once the
+//! prediction fits the downtime target, and acts on a plateau (predictions that stopped
+//! improving): throttle the guest with auto-converge, else switch over if the best
+//! prediction fits, else keep sending (paced) until the timeout, which fails with the
+//! downtime that was achievable.
+//!
+//! # The model
+//!
+//! ```text
+//! final pages  = dirty + dirty_rate × collect_s          (written between the dirty-log
+//!                                                          collection and the pause)
+//! final pass   = max(final pages × sender cost per page,  (read + encode, never the wait
+//!                    final pages × wire bytes per page / link rate)   for RoundAck)
+//! downtime     = final pass + fixed_ms                    (state capture/restore and the
+//!                                                          verification of the chosen mode)
+//! ```
+//!
+//! The link's propagation delay is not counted: no target can buy it down.
 
 use std::time::Duration;
 
 use crate::PAGE_SIZE;
 
-/// What the last round measured, the decision's input.
+/// What the last round measured, the model's input.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Measured {
     /// Units dirty now: what the final pass would send.
     pub dirty: u64,
-    /// Units per second the sender read, encoded and wrote in the last pass (`None` before
-    /// any pass sent a unit).
-    pub sender_units_per_s: Option<f64>,
+    /// Units the guest dirties per second (measured over the last round).
+    pub dirty_rate: f64,
+    /// Seconds from the dirty-log collection to the pause (the guest keeps writing then).
+    pub collect_s: f64,
+    /// Seconds of sender work per unit for the current encoding (read + encode + write,
+    /// without the wait for the destination's RoundAck); `None` before any pass sent a unit.
+    pub sender_s_per_unit: Option<f64>,
     /// Wire bytes per unit sent in the last pass.
     pub wire_per_unit: f64,
     /// The link's measured rate (bytes/s), if known.
     pub link_bytes_per_s: Option<f64>,
+    /// The fixed part of the downtime (ms): state capture and restore, verification.
+    pub fixed_ms: f64,
     /// Time since the migration started.
     pub elapsed: Duration,
 }
 
 impl Measured {
-    /// Estimated duration of the final pass (ms): as long as the sender needs for the dirty
-    /// units, or the link for their bytes, whichever is longer (the link's propagation delay
-    /// is not downtime a target can buy down, and is not counted). Without a measured
-    /// sender rate, 1 GB/s is assumed.
+    /// Units the final pass would send.
+    pub fn final_units(&self) -> f64 {
+        self.dirty as f64 + (self.dirty_rate.max(0.0) * self.collect_s.max(0.0))
+    }
+
+    /// Predicted duration of the final pass alone (ms): as long as the sender needs for the
+    /// final units, or the link for their bytes, whichever is longer. Without a measured
+    /// sender cost, 1 GB/s is assumed.
     pub fn final_pass_ms(&self) -> f64 {
-        let n = self.dirty as f64;
-        let sender_ms = match self.sender_units_per_s {
-            Some(r) if r > 0.0 => n / r * 1e3,
+        let n = self.final_units();
+        let sender_ms = match self.sender_s_per_unit {
+            Some(c) if c > 0.0 => n * c * 1e3,
             _ => n * PAGE_SIZE as f64 / 1e9 * 1e3,
         };
         let link_ms = self
             .link_bytes_per_s
+            .filter(|l| *l > 0.0)
             .map(|l| n * self.wire_per_unit / l * 1e3)
             .unwrap_or(0.0);
         sender_ms.max(link_ms)
     }
+
+    /// Predicted downtime (ms): the final pass plus the fixed part.
+    pub fn predicted_downtime_ms(&self) -> f64 {
+        self.final_pass_ms() + self.fixed_ms
+    }
 }
 
 /// What to do after a round.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Decision {
     /// Pause the guest and send the final pass.
     Switchover,
@@ -54,16 +85,21 @@ pub enum Decision {
         throttle_pct: u32,
     },
     /// The timeout passed without convergence (and auto-converge is off).
-    GiveUp,
+    GiveUp {
+        /// The best downtime any round predicted (ms): what was achievable.
+        best_ms: f64,
+    },
 }
 
-/// Throttle share auto-converge starts at, and adds per round without progress.
+/// Throttle share auto-converge starts at, and adds per plateau.
 const THROTTLE_START: u32 = 20;
 const THROTTLE_STEP: u32 = 10;
 /// The highest throttle: at it, auto-converge forces the switchover after the timeout.
 pub const THROTTLE_MAX: u32 = 99;
-/// Dirty rounds after which auto-converge throttles even while rounds still shrink.
-const FREE_ROUNDS: u32 = 4;
+/// A prediction counts as an improvement when it is this much below the best so far.
+pub const IMPROVEMENT: f64 = 0.05;
+/// Rounds without improvement that make a plateau.
+pub const PLATEAU_ROUNDS: u32 = 3;
 
 /// The decision's state across rounds.
 #[derive(Clone, Debug)]
@@ -71,9 +107,10 @@ pub struct Convergence {
     downtime_ms: f64,
     timeout: Duration,
     auto_converge: bool,
-    best: u64,
+    best_ms: f64,
+    stale: u32,
     throttle: u32,
-    round: u32,
+    last_ms: f64,
 }
 
 impl Convergence {
@@ -83,9 +120,10 @@ impl Convergence {
             downtime_ms: downtime_ms as f64,
             timeout,
             auto_converge,
-            best: u64::MAX,
+            best_ms: f64::INFINITY,
+            stale: 0,
             throttle: 0,
-            round: 0,
+            last_ms: f64::NAN,
         }
     }
 
@@ -94,28 +132,59 @@ impl Convergence {
         self.throttle
     }
 
+    /// The best predicted downtime so far (ms; infinite before the first round).
+    pub fn best_ms(&self) -> f64 {
+        self.best_ms
+    }
+
+    /// The prediction of the last decided round (ms).
+    pub fn last_ms(&self) -> f64 {
+        self.last_ms
+    }
+
+    /// Whether the predictions have stopped improving (the sender then paces its rounds
+    /// instead of spinning on tiny ones).
+    pub fn plateaued(&self) -> bool {
+        self.stale >= PLATEAU_ROUNDS
+    }
+
     /// Decides after a round, given what it measured.
     pub fn decide(&mut self, m: &Measured) -> Decision {
-        self.round += 1;
-        if m.final_pass_ms() <= self.downtime_ms || m.dirty == 0 {
+        let predicted = m.predicted_downtime_ms();
+        self.last_ms = predicted;
+        if predicted < self.best_ms * (1.0 - IMPROVEMENT) {
+            self.stale = 0;
+        } else {
+            self.stale += 1;
+        }
+        self.best_ms = self.best_ms.min(predicted);
+        if predicted <= self.downtime_ms || m.dirty == 0 {
+            return Decision::Switchover;
+        }
+        let plateau = self.plateaued();
+        if !self.auto_converge && plateau && self.best_ms <= self.downtime_ms {
+            // An earlier round fitted and this one is within noise of it.
             return Decision::Switchover;
         }
         if m.elapsed > self.timeout {
             if !self.auto_converge {
-                return Decision::GiveUp;
+                return Decision::GiveUp {
+                    best_ms: self.best_ms,
+                };
             }
             if self.throttle >= THROTTLE_MAX {
                 return Decision::Switchover;
             }
         }
-        let progress = m.dirty < self.best;
-        self.best = self.best.min(m.dirty);
-        if self.auto_converge && (!progress || self.round > FREE_ROUNDS) {
+        if self.auto_converge && (plateau || m.elapsed > self.timeout) {
             self.throttle = if self.throttle == 0 {
                 THROTTLE_START
             } else {
                 (self.throttle + THROTTLE_STEP).min(THROTTLE_MAX)
             };
+            // Give the new throttle rounds of its own before judging it.
+            self.stale = 0;
+            self.best_ms = predicted;
         }
         Decision::Continue {
             throttle_pct: self.throttle,
@@ -127,12 +196,16 @@ impl Convergence {
 mod tests {
     use super::*;
 
+    /// `dirty` units, 10 µs each at the sender, 4 KiB each on a 100 MB/s link, no fixed part.
     fn measured(dirty: u64, elapsed_s: u64) -> Measured {
         Measured {
             dirty,
-            sender_units_per_s: Some(100_000.0),
+            dirty_rate: 0.0,
+            collect_s: 0.0,
+            sender_s_per_unit: Some(1e-5),
             wire_per_unit: 4096.0,
             link_bytes_per_s: Some(100e6),
+            fixed_ms: 0.0,
             elapsed: Duration::from_secs(elapsed_s),
         }
     }
@@ -148,11 +221,35 @@ mod tests {
         };
         assert!((fast_link.final_pass_ms() - 100.0).abs() < 1e-6);
         let unmeasured = Measured {
-            sender_units_per_s: None,
+            sender_s_per_unit: None,
             link_bytes_per_s: None,
             ..m
         };
         assert!((unmeasured.final_pass_ms() - 10_000.0 * 4096.0 / 1e6).abs() < 1e-6);
+    }
+
+    #[test]
+    fn prediction_counts_pages_dirtied_before_the_pause_and_the_fixed_part() {
+        // 1000 dirty, 50 000 units/s dirtied for 10 ms until the pause: 1500 units; 9 KiB
+        // per 1000 units on the wire (deltas), 12.5 MB/s link, 1 µs/unit at the sender.
+        let m = Measured {
+            dirty: 1000,
+            dirty_rate: 50_000.0,
+            collect_s: 0.010,
+            sender_s_per_unit: Some(1e-6),
+            wire_per_unit: 9.2,
+            link_bytes_per_s: Some(12.5e6),
+            fixed_ms: 0.8,
+            elapsed: Duration::ZERO,
+        };
+        assert!((m.final_units() - 1500.0).abs() < 1e-9);
+        // Link: 1500 × 9.2 / 12.5e6 = 1.104 ms; sender 1.5 ms: the sender bounds it.
+        assert!((m.final_pass_ms() - 1.5).abs() < 1e-9);
+        assert!((m.predicted_downtime_ms() - 2.3).abs() < 1e-9);
+        let mut c = Convergence::new(2, Duration::from_secs(60), false);
+        assert_eq!(c.decide(&m), Decision::Continue { throttle_pct: 0 });
+        let mut c = Convergence::new(3, Duration::from_secs(60), false);
+        assert_eq!(c.decide(&m), Decision::Switchover);
     }
 
     #[test]
@@ -168,19 +265,58 @@ mod tests {
     }
 
     #[test]
-    fn gives_up_at_the_timeout_without_auto_converge() {
+    fn gives_up_at_the_timeout_with_the_best_prediction() {
         let mut c = Convergence::new(10, Duration::from_secs(5), false);
+        assert_eq!(
+            c.decide(&measured(20_000, 1)),
+            Decision::Continue { throttle_pct: 0 }
+        );
         assert_eq!(
             c.decide(&measured(50_000, 4)),
             Decision::Continue { throttle_pct: 0 }
         );
-        assert_eq!(c.decide(&measured(50_000, 6)), Decision::GiveUp);
+        // 20 000 units × 4096 B / 100 MB/s = 819.2 ms was the best round.
+        match c.decide(&measured(50_000, 6)) {
+            Decision::GiveUp { best_ms } => assert!((best_ms - 819.2).abs() < 1e-6),
+            d => panic!("{d:?}"),
+        }
     }
 
     #[test]
-    fn auto_converge_throttles_stalled_rounds_then_forces_the_switchover() {
+    fn a_plateau_is_detected_after_three_rounds_without_five_percent() {
+        let mut c = Convergence::new(10, Duration::from_secs(600), false);
+        c.decide(&measured(10_000, 0));
+        assert!(!c.plateaued());
+        // 3% better, 1% worse, equal: not improvements.
+        c.decide(&measured(9_700, 0));
+        assert!(!c.plateaued());
+        c.decide(&measured(9_800, 0));
+        assert!(!c.plateaued());
+        c.decide(&measured(9_700, 0));
+        assert!(c.plateaued(), "three rounds without 5% improvement");
+        // A real improvement ends the plateau.
+        c.decide(&measured(5_000, 0));
+        assert!(!c.plateaued());
+    }
+
+    #[test]
+    fn a_round_that_fits_switches_over_at_once() {
+        // Target 40 ms: one round predicted 36.9 ms (900 units), the next ones 41 ms.
+        let mut c = Convergence::new(40, Duration::from_secs(600), false);
+        assert_eq!(
+            c.decide(&measured(1_000, 0)),
+            Decision::Continue { throttle_pct: 0 }
+        );
+        assert_eq!(c.decide(&measured(900, 0)), Decision::Switchover);
+        // A constant dirty set that fits switches over at once, not after a plateau.
+        let mut c = Convergence::new(40, Duration::from_secs(600), false);
+        assert_eq!(c.decide(&measured(900, 0)), Decision::Switchover);
+    }
+
+    #[test]
+    fn auto_converge_throttles_at_a_plateau_then_forces_the_switchover() {
         let mut c = Convergence::new(10, Duration::from_secs(5), true);
-        // Progress in the first rounds: no throttle.
+        // Progress: no throttle.
         assert_eq!(
             c.decide(&measured(50_000, 0)),
             Decision::Continue { throttle_pct: 0 }
@@ -189,22 +325,27 @@ mod tests {
             c.decide(&measured(40_000, 0)),
             Decision::Continue { throttle_pct: 0 }
         );
-        // No progress: 20%, then 10 more per round.
+        // Three rounds without progress: 20%.
+        for _ in 0..2 {
+            assert_eq!(
+                c.decide(&measured(40_000, 1)),
+                Decision::Continue { throttle_pct: 0 }
+            );
+        }
         assert_eq!(
-            c.decide(&measured(45_000, 1)),
+            c.decide(&measured(40_000, 1)),
             Decision::Continue { throttle_pct: 20 }
         );
+        // The next plateau: 30%.
+        for _ in 0..2 {
+            c.decide(&measured(40_000, 2));
+        }
         assert_eq!(
-            c.decide(&measured(45_000, 1)),
+            c.decide(&measured(40_000, 2)),
             Decision::Continue { throttle_pct: 30 }
         );
-        // After the free rounds even progress is throttled.
-        assert_eq!(
-            c.decide(&measured(30_000, 2)),
-            Decision::Continue { throttle_pct: 40 }
-        );
-        // Past the timeout the throttle keeps rising to its maximum, then switches over.
-        let mut last = Decision::GiveUp;
+        // Past the timeout the throttle rises every round to its maximum, then switches over.
+        let mut last = Decision::GiveUp { best_ms: 0.0 };
         for _ in 0..10 {
             last = c.decide(&measured(30_000, 10));
             if last == Decision::Switchover {

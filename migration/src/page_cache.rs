@@ -113,6 +113,14 @@ pub struct CacheCounters {
     pub forgets: u64,
 }
 
+/// The memory of a sent-page cache could not be reserved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("cannot reserve {bytes} bytes for the sent-page cache: use a smaller --cache-size")]
+pub struct CacheAllocError {
+    /// The budget asked for.
+    pub bytes: usize,
+}
+
 /// Byte-bounded cache of the content last sent for each page, with CLOCK eviction and a
 /// content index for dedup. See the module documentation for the policy and the bound.
 pub struct SentPageCache {
@@ -145,21 +153,41 @@ impl std::fmt::Debug for SentPageCache {
 impl SentPageCache {
     /// Creates a cache that never accounts for more than `max_bytes` (page copies plus
     /// metadata). `max_bytes` smaller than one slot gives a disabled cache that stores nothing.
+    ///
+    /// Aborts if the memory cannot be reserved; see [`SentPageCache::try_new`].
     pub fn new(max_bytes: usize) -> Self {
+        match Self::try_new(max_bytes) {
+            Ok(c) => c,
+            Err(e) => std::alloc::handle_alloc_error(e.layout()),
+        }
+    }
+
+    /// Like [`SentPageCache::new`], but a failed reservation is an error, not an abort (an
+    /// oversized `--cache-size` must not take the source VMM and its guest down).
+    pub fn try_new(max_bytes: usize) -> Result<Self, CacheAllocError> {
         // Slot indices are u32; 2^32 slots would be 16 TiB of cache.
         let capacity = (max_bytes / (PAGE_SIZE + SLOT_OVERHEAD_BYTES)).min(u32::MAX as usize);
-        SentPageCache {
+        let fail = |_| CacheAllocError { bytes: max_bytes };
+        let mut data = Vec::new();
+        data.try_reserve_exact(capacity).map_err(fail)?;
+        let mut slots = Vec::new();
+        slots.try_reserve_exact(capacity).map_err(fail)?;
+        let mut index = IntMap::default();
+        index.try_reserve(capacity).map_err(fail)?;
+        let mut by_crc = IntMap::default();
+        by_crc.try_reserve(capacity).map_err(fail)?;
+        Ok(SentPageCache {
             max_bytes,
             capacity,
-            data: Vec::with_capacity(capacity),
-            slots: Vec::with_capacity(capacity),
-            index: IntMap::with_capacity_and_hasher(capacity, Default::default()),
-            by_crc: IntMap::with_capacity_and_hasher(capacity, Default::default()),
+            data,
+            slots,
+            index,
+            by_crc,
             free: Vec::new(),
             hand: 0,
             live: 0,
             counters: CacheCounters::default(),
-        }
+        })
     }
 
     /// The byte budget given to [`SentPageCache::new`].

@@ -88,8 +88,8 @@ pub enum SessionError {
         /// The sink's source.
         have: SourceId,
     },
-    /// Precopy did not converge within the timeout.
-    #[error("migration did not converge within {secs} s ({rounds} rounds, {wire_mib:.1} MiB sent, {dirty} pages still dirty: the guest dirties memory faster than the link carries it); try --compression auto, --auto-converge, a larger --downtime-ms or a faster link")]
+    /// Precopy did not converge within the timeout (or the timeout passed inside a round).
+    #[error("migration did not converge within {secs} s ({rounds} rounds, {wire_mib:.1} MiB sent, {dirty} pages still dirty): the best final pass reached {best_ms:.1} ms against a target of {target_ms} ms; raise --downtime-ms to {best_ms_ceil} or use --auto-converge")]
     Timeout {
         /// The timeout.
         secs: u64,
@@ -99,6 +99,12 @@ pub enum SessionError {
         wire_mib: f64,
         /// Pages dirty when the migration gave up.
         dirty: u64,
+        /// The best predicted downtime of any round (ms): what was achievable.
+        best_ms: f64,
+        /// `best_ms` rounded up, for the advice.
+        best_ms_ceil: u64,
+        /// The downtime target (ms).
+        target_ms: u64,
     },
     /// The migration was cancelled before the destination committed.
     #[error("migration cancelled; the guest keeps running on the source")]

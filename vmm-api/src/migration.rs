@@ -212,6 +212,76 @@ impl MigrateOptions {
     }
 }
 
+/// Slowest `--bandwidth` accepted (bytes/s): below it even a small guest's first pass takes
+/// hours, and every wait of the pacer would outlast any sensible timeout.
+pub const MIN_BANDWIDTH: u64 = 64 << 10;
+/// Largest downtime target (ms).
+pub const MAX_DOWNTIME_MS: u64 = 60_000;
+/// Largest timeout (s): one day.
+pub const MAX_TIMEOUT_S: u64 = 86_400;
+/// Most pages `sampled` verification may be asked to check besides the final pass.
+pub const MAX_VERIFY_SAMPLE_PAGES: u64 = 1 << 26;
+
+impl MigrateOptions {
+    /// Checks the options against the guest (`guest_bytes` of RAM) and the host
+    /// (`host_available_bytes` of available memory; 0 = unknown, not checked) before anything
+    /// is sent, so a bad option never pauses the guest: bandwidth 0 or below
+    /// [`MIN_BANDWIDTH`], a downtime outside 1..=[`MAX_DOWNTIME_MS`] ms, a timeout outside
+    /// 1..=[`MAX_TIMEOUT_S`] s, a delta cache larger than 4 × guest RAM or half the host's
+    /// available memory, a verification sample above [`MAX_VERIFY_SAMPLE_PAGES`], too many
+    /// encoder threads.
+    pub fn validate(&self, guest_bytes: u64, host_available_bytes: u64) -> Result<(), OptionsError> {
+        match self.bandwidth {
+            Some(0) => {
+                return Err(OptionsError(
+                    "bandwidth 0 would never send anything: give a rate (e.g. 100mbit) or leave it unset for no limit".into(),
+                ))
+            }
+            Some(b) if b < MIN_BANDWIDTH => {
+                return Err(OptionsError(format!(
+                    "bandwidth {b} bytes/s is below the minimum of {MIN_BANDWIDTH} bytes/s (512 kbit/s): a migration that slow cannot finish"
+                )))
+            }
+            _ => {}
+        }
+        if !(1..=MAX_DOWNTIME_MS).contains(&self.downtime_ms) {
+            return Err(OptionsError(format!(
+                "downtime_ms {} is out of range: expected 1..={MAX_DOWNTIME_MS}",
+                self.downtime_ms
+            )));
+        }
+        if !(1..=MAX_TIMEOUT_S).contains(&self.timeout_s) {
+            return Err(OptionsError(format!(
+                "timeout_s {} is out of range: expected 1..={MAX_TIMEOUT_S}",
+                self.timeout_s
+            )));
+        }
+        if self.cache_bytes > 0 {
+            let per_guest = guest_bytes.saturating_mul(4);
+            if self.cache_bytes > per_guest {
+                return Err(OptionsError(format!(
+                    "cache size {} bytes is more than 4 x the guest's {guest_bytes} bytes of RAM ({per_guest} bytes): a larger cache cannot hold more pages",
+                    self.cache_bytes
+                )));
+            }
+            if host_available_bytes > 0 && self.cache_bytes > host_available_bytes / 2 {
+                return Err(OptionsError(format!(
+                    "cache size {} bytes is more than half of the host's available memory ({host_available_bytes} bytes available, at most {} allowed): use a smaller --cache-size",
+                    self.cache_bytes,
+                    host_available_bytes / 2
+                )));
+            }
+        }
+        if self.verify_sample_pages > MAX_VERIFY_SAMPLE_PAGES {
+            return Err(OptionsError(format!(
+                "verify_sample_pages {} is too many: at most {MAX_VERIFY_SAMPLE_PAGES} (use verify full to check every page)",
+                self.verify_sample_pages
+            )));
+        }
+        self.encoder_threads().map(|_| ())
+    }
+}
+
 /// One precopy round in the summary.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RoundSummary {
@@ -236,6 +306,10 @@ pub struct RoundSummary {
     pub dirty_rate: f64,
     /// vCPU throttle in effect (percent of time paused).
     pub throttle_pct: u32,
+    /// Downtime the final pass would have taken had it followed this round (ms; 0 for the
+    /// final pass itself).
+    #[serde(default)]
+    pub predicted_downtime_ms: f64,
 }
 
 /// What `migrate` prints.
@@ -284,4 +358,59 @@ pub struct MigrationSummary {
     pub cache_hit_rate: Option<f64>,
     /// Encoder CPU time (ms).
     pub encoder_cpu_ms: f64,
+}
+
+#[cfg(test)]
+mod validate_tests {
+    use super::*;
+
+    fn opts() -> MigrateOptions {
+        MigrateOptions {
+            to: "tcp:127.0.0.1:1".into(),
+            ..MigrateOptions::default()
+        }
+    }
+
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn defaults_pass() {
+        assert_eq!(opts().validate(GIB, 8 * GIB), Ok(()));
+        assert_eq!(opts().validate(GIB, 0), Ok(()));
+    }
+
+    #[test]
+    fn bad_ranges_are_refused_with_the_numbers() {
+        let e = |o: MigrateOptions| o.validate(GIB, 8 * GIB).unwrap_err().0;
+        assert!(e(MigrateOptions { bandwidth: Some(0), ..opts() }).contains("bandwidth 0"));
+        assert!(e(MigrateOptions { bandwidth: Some(1000), ..opts() }).contains("below the minimum"));
+        assert_eq!(
+            MigrateOptions { bandwidth: Some(MIN_BANDWIDTH), ..opts() }.validate(GIB, 0),
+            Ok(())
+        );
+        assert!(e(MigrateOptions { downtime_ms: 0, ..opts() }).contains("downtime_ms 0"));
+        assert!(e(MigrateOptions { downtime_ms: 60_001, ..opts() }).contains("1..=60000"));
+        assert!(e(MigrateOptions { timeout_s: 0, ..opts() }).contains("timeout_s 0"));
+        assert!(e(MigrateOptions { timeout_s: 86_401, ..opts() }).contains("timeout_s"));
+        assert!(e(MigrateOptions { verify_sample_pages: u64::MAX, ..opts() }).contains("verify_sample_pages"));
+        assert!(e(MigrateOptions { encoder_threads: 65, ..opts() }).contains("too many"));
+    }
+
+    #[test]
+    fn a_cache_larger_than_the_host_can_give_is_refused() {
+        // `--compression delta --cache-size 64G` on a 23 GiB host with a 32 GiB guest.
+        let o = MigrateOptions {
+            compression: Compression::Delta,
+            cache_bytes: 64 * GIB,
+            ..opts()
+        };
+        let e = o.validate(32 * GIB, 23 * GIB).unwrap_err().0;
+        assert!(e.contains("half of the host's available memory"), "{e}");
+        assert!(e.contains(&(64 * GIB).to_string()), "{e}");
+        // Larger than 4 x the guest.
+        let e = o.validate(GIB, 1 << 40).unwrap_err().0;
+        assert!(e.contains("4 x the guest"), "{e}");
+        // Unknown host memory: only the guest bound applies.
+        assert_eq!(o.validate(32 * GIB, 0), Ok(()));
+    }
 }
