@@ -144,6 +144,7 @@ pub mod store;
 #[cfg(any(test, feature = "testdata"))]
 pub mod testdata;
 pub mod unit;
+pub mod verify;
 
 pub use batch::{Encoding, PageKind};
 pub use decoder::BatchDecoder;
