@@ -17,6 +17,20 @@
 //! ```
 //!
 //! The link's propagation delay is not counted: no target can buy it down.
+//!
+//! # The policy
+//!
+//! * Switch over as soon as a round's prediction fits the target (or nothing is dirty).
+//! * A prediction is an improvement when it is [`IMPROVEMENT`] (5%) below the best so far;
+//!   [`PLATEAU_ROUNDS`] (3) rounds without one make a plateau.
+//! * At a plateau with `--auto-converge`: throttle the guest up ([`THROTTLE_START`], then
+//!   [`THROTTLE_STEP`] more per plateau, at most [`THROTTLE_MAX`]).
+//! * At a plateau without it: predictions that differ by less than 5% are within the
+//!   model's noise, so if the best is within 5% of the target, switch over at the next
+//!   round within 5% of the best; otherwise keep sending (the best is remembered) until
+//!   the timeout, which gives up with the best prediction: the achievable downtime.
+//! * Past the timeout with `--auto-converge`: throttle up every round; at the maximum,
+//!   switch over whatever the prediction.
 
 use std::time::Duration;
 
@@ -91,9 +105,10 @@ pub enum Decision {
     },
 }
 
-/// Throttle share auto-converge starts at, and adds per plateau.
-const THROTTLE_START: u32 = 20;
-const THROTTLE_STEP: u32 = 10;
+/// Throttle share auto-converge starts at (percent).
+pub const THROTTLE_START: u32 = 20;
+/// Throttle share auto-converge adds per plateau (percent).
+pub const THROTTLE_STEP: u32 = 10;
 /// The highest throttle: at it, auto-converge forces the switchover after the timeout.
 pub const THROTTLE_MAX: u32 = 99;
 /// A prediction counts as an improvement when it is this much below the best so far.
@@ -162,8 +177,13 @@ impl Convergence {
             return Decision::Switchover;
         }
         let plateau = self.plateaued();
-        if !self.auto_converge && plateau && self.best_ms <= self.downtime_ms {
-            // An earlier round fitted and this one is within noise of it.
+        if !self.auto_converge
+            && plateau
+            && self.best_ms <= self.downtime_ms * (1.0 + IMPROVEMENT)
+            && predicted <= self.best_ms * (1.0 + IMPROVEMENT)
+        {
+            // The predictions stopped improving with the best within the model's noise
+            // band of the target, and this round is back near the best: take it.
             return Decision::Switchover;
         }
         if m.elapsed > self.timeout {
@@ -297,6 +317,65 @@ mod tests {
         // A real improvement ends the plateau.
         c.decide(&measured(5_000, 0));
         assert!(!c.plateaued());
+    }
+
+    /// A round predicting `ms` (sender-bound: 1 µs per unit, fast link).
+    fn predicting(ms: f64, elapsed_s: u64) -> Measured {
+        Measured {
+            dirty: (ms * 1000.0).round() as u64,
+            sender_s_per_unit: Some(1e-6),
+            link_bytes_per_s: Some(1e12),
+            ..measured(0, elapsed_s)
+        }
+    }
+
+    #[test]
+    fn a_converging_sequence_switches_over_when_it_fits() {
+        let mut c = Convergence::new(2, Duration::from_secs(60), false);
+        for ms in [400.0, 120.0, 30.0, 8.0] {
+            assert_eq!(
+                c.decide(&predicting(ms, 1)),
+                Decision::Continue { throttle_pct: 0 }
+            );
+            assert!(!c.plateaued());
+        }
+        assert_eq!(c.decide(&predicting(1.9, 2)), Decision::Switchover);
+        assert!((c.last_ms() - 1.9).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_plateau_near_the_target_switches_over_at_a_round_near_the_best() {
+        // Target 2 ms; the predictions settle around 2.05-2.2 ms and never fit exactly.
+        let mut c = Convergence::new(2, Duration::from_secs(600), false);
+        let cont = Decision::Continue { throttle_pct: 0 };
+        assert_eq!(c.decide(&predicting(50.0, 1)), cont);
+        assert_eq!(c.decide(&predicting(2.05, 1)), cont);
+        assert_eq!(c.decide(&predicting(2.2, 1)), cont);
+        assert_eq!(c.decide(&predicting(2.12, 1)), cont);
+        // Third round without improvement: a plateau, but this round is 7% above the best.
+        assert_eq!(c.decide(&predicting(2.2, 1)), cont);
+        assert!(c.plateaued());
+        // A round back within 5% of the best (2.05 ms) is taken.
+        assert_eq!(c.decide(&predicting(2.1, 1)), Decision::Switchover);
+        assert!((c.best_ms() - 2.05).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_plateau_that_does_not_fit_keeps_sending_then_fails_with_the_best() {
+        let mut c = Convergence::new(2, Duration::from_secs(30), false);
+        let cont = Decision::Continue { throttle_pct: 0 };
+        assert_eq!(c.decide(&predicting(80.0, 1)), cont);
+        assert_eq!(c.decide(&predicting(12.0, 2)), cont);
+        // A long plateau around 12-13 ms: no throttle, no switchover.
+        for i in 0..20 {
+            let ms = if i % 2 == 0 { 12.5 } else { 12.9 };
+            assert_eq!(c.decide(&predicting(ms, 3 + i)), cont);
+        }
+        assert!(c.plateaued());
+        match c.decide(&predicting(13.0, 31)) {
+            Decision::GiveUp { best_ms } => assert!((best_ms - 12.0).abs() < 1e-9),
+            d => panic!("{d:?}"),
+        }
     }
 
     #[test]

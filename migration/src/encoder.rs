@@ -108,8 +108,11 @@ impl BatchEncoder {
             zstd::bulk::Compressor::new(config.zstd_level).map_err(CodecError::Compress)?;
         Ok(BatchEncoder {
             config,
-            cache: SentPageCache::try_new(config.cache_bytes)
-                .map_err(|_| CodecError::Config("cannot reserve memory for the sent-page cache: use a smaller --cache-size"))?,
+            cache: SentPageCache::try_new(config.cache_bytes).map_err(|_| {
+                CodecError::Config(
+                    "cannot reserve memory for the sent-page cache: use a smaller --cache-size",
+                )
+            })?,
             compressor,
             body: Vec::new(),
             xor: Box::new([0u8; PAGE_SIZE]),

@@ -154,12 +154,12 @@ impl SentPageCache {
     /// Creates a cache that never accounts for more than `max_bytes` (page copies plus
     /// metadata). `max_bytes` smaller than one slot gives a disabled cache that stores nothing.
     ///
-    /// Aborts if the memory cannot be reserved; see [`SentPageCache::try_new`].
+    /// # Panics
+    ///
+    /// If the memory cannot be reserved (tests and benchmarks); the engine uses
+    /// [`SentPageCache::try_new`].
     pub fn new(max_bytes: usize) -> Self {
-        match Self::try_new(max_bytes) {
-            Ok(c) => c,
-            Err(e) => std::alloc::handle_alloc_error(e.layout()),
-        }
+        Self::try_new(max_bytes).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Like [`SentPageCache::new`], but a failed reservation is an error, not an abort (an

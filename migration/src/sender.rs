@@ -9,17 +9,44 @@
 //! the link's propagation delay is not counted (no downtime target can buy it down), so
 //! over a long link the source's downtime (pause to confirmation) exceeds the target by
 //! about one round trip, while the destination's stays near it.
+//!
+//! # Stopping
+//!
+//! The caller's [`Cancel`] and the deadline (`--timeout`; twice that with auto-converge,
+//! whose decision keeps throttling past the timeout) are checked between batches and inside
+//! the pacer's waits, so a slow link or a huge round never outlives them: the session ends
+//! with [`SessionError::Cancelled`] or [`SessionError::Timeout`] and the caller resumes.
+//! Once `Complete` is written nothing stops the session any more: from then on a missing
+//! `Confirm` (read error, end of stream, timeout) is [`SessionError::InDoubt`], and the
+//! caller must keep the guest paused.
+//!
+//! # Verification
+//!
+//! With `--verify`, the source lists `(unit, crc32)` records ([`crate::verify`]) after the
+//! state and before `Complete`: `full` every non-zero populated unit, `sampled` every unit
+//! of the final pass plus a random sample of the other populated units (fresh seed per
+//! migration), computed on several threads while paused.
+//!
+//! # Test switch: a skipped unit
+//!
+//! `test_skip_page_round = Some(r)` leaves out of round `r` its lowest-numbered unit whose
+//! content is not zero, and removes that unit from every later dirty set (final pass
+//! included), so the destination keeps a stale copy (from an earlier round, or zero) and
+//! only verification can notice.
 
 use std::collections::BTreeMap;
 use std::io::{BufReader, BufWriter, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use novacron_vmm_api::migration::{MigrateOptions, MigrationSummary, RoundSummary, VerifyMode};
+use novacron_vmm_api::migration::{
+    mem_available_bytes, MigrateOptions, MigrationSummary, RoundSummary, VerifyMode,
+};
 
 use crate::auto::AutoSelector;
 use crate::convergence::{Convergence, Decision, Measured};
-use crate::encoder_pool::{Choice, Encoded, EncoderPool};
+use crate::encoder_pool::{Choice, Encoded, EncoderPool, PoolError};
+use crate::error::CodecError;
 use crate::link::{LinkMeter, LAN_PRIOR, LAN_RTT};
 use crate::protocol::{
     self, Abort, Confirm, Frame, FrameReader, FrameType, FrameWriter, Hello, HelloAck,
@@ -27,10 +54,23 @@ use crate::protocol::{
 };
 use crate::session::{Cancel, HookError, SessionError};
 use crate::unit::{SourceId, UnitSet, UnitSource};
+use crate::verify;
 use crate::{is_zero_page, EncoderConfig, Encoding, DEFAULT_ZSTD_LEVEL, PAGE_SIZE};
 
 /// Units per batch frame.
 const BATCH_UNITS: usize = 1024;
+/// Longest wait for any one reply of the destination (HelloAck, RoundAck, Confirm); a
+/// RoundAck wait is also cut at the deadline.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest single sleep of the pacer, so the stop conditions are checked this often.
+const PACER_SLICE: Duration = Duration::from_millis(50);
+/// Verification records per Verify frame (12 B each: 12 MiB, under the frame limit).
+const VERIFY_RECORDS_PER_FRAME: usize = 1 << 20;
+/// Time assumed from the dirty-log collection to the guest being stopped, on top of the
+/// collection itself (the vCPU kicks), for the pages written meanwhile.
+const PAUSE_ALLOWANCE_S: f64 = 0.0005;
+/// Downtime assumed for capturing and restoring the VM state (ms), part of the fixed cost.
+const STATE_ALLOWANCE_MS: f64 = 0.2;
 
 /// What the engine asks of the guest whose units it sends.
 pub trait Guest {
@@ -44,31 +84,92 @@ pub trait Guest {
     fn state(&mut self) -> Result<Vec<u8>, HookError>;
 }
 
-/// A writer that counts bytes and paces them to a rate with a token bucket.
+/// Why a session stopped from outside its protocol (carried inside an `io::Error` out of
+/// the pacer, and turned into [`SessionError::Cancelled`] or [`SessionError::Timeout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum Stopped {
+    /// The caller cancelled.
+    #[error("migration cancelled")]
+    Cancelled,
+    /// The deadline passed.
+    #[error("migration deadline passed")]
+    Deadline,
+}
+
+/// The stop conditions of one session: the caller's cancel and the deadline.
+#[derive(Clone, Debug)]
+struct Stop {
+    cancel: Cancel,
+    deadline: Instant,
+}
+
+impl Stop {
+    /// Fails if the session must stop now.
+    fn check(&self) -> Result<(), SessionError> {
+        self.io().map_err(|e| ProtocolError::Io(e).into())
+    }
+
+    /// [`Stop::check`] as an I/O error, for the pacer.
+    fn io(&self) -> std::io::Result<()> {
+        if self.cancel.is_cancelled() {
+            Err(std::io::Error::other(Stopped::Cancelled))
+        } else if Instant::now() >= self.deadline {
+            Err(std::io::Error::other(Stopped::Deadline))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Why `e` stopped the session, if a stop condition did: a [`Stopped`] from the pacer
+    /// or a batch boundary, or a read that timed out at the deadline.
+    fn reason(&self, e: &SessionError) -> Option<Stopped> {
+        if self.cancel.is_cancelled() {
+            return Some(Stopped::Cancelled);
+        }
+        let SessionError::Protocol(ProtocolError::Io(io)) = e else {
+            return None;
+        };
+        if let Some(s) = io.get_ref().and_then(|i| i.downcast_ref::<Stopped>()) {
+            return Some(*s);
+        }
+        let timed_out = matches!(
+            io.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        );
+        (timed_out && Instant::now() >= self.deadline).then_some(Stopped::Deadline)
+    }
+}
+
+/// A writer that counts bytes and paces them to a rate with a token bucket; its waits
+/// end early when the session must stop (while `stop` is armed).
 struct Paced<W: Write> {
     inner: W,
     rate: Option<u64>,
     tokens: f64,
     last: Instant,
     sent: u64,
+    stop: Option<Stop>,
 }
 
 impl<W: Write> Paced<W> {
-    fn new(inner: W, rate: Option<u64>) -> Self {
+    fn new(inner: W, rate: Option<u64>, stop: Stop) -> Self {
         Paced {
             inner,
             rate,
             tokens: 0.0,
             last: Instant::now(),
             sent: 0,
+            stop: Some(stop),
         }
     }
 }
 
 impl<W: Write> Write for Paced<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = buf.len().min(64 << 10);
+        let mut n = buf.len().min(64 << 10);
         if let Some(rate) = self.rate {
+            // Slow links take small steps, so no single step waits long.
+            n = n.min(((rate / 20) as usize).max(512));
             let burst = (rate as f64 / 50.0).max(64.0 * 1024.0);
             loop {
                 let now = Instant::now();
@@ -79,9 +180,12 @@ impl<W: Write> Write for Paced<W> {
                 if self.tokens >= n as f64 {
                     break;
                 }
+                if let Some(stop) = &self.stop {
+                    stop.io()?;
+                }
                 let wait = (n as f64 - self.tokens) / rate as f64;
                 self.inner.flush()?;
-                std::thread::sleep(Duration::from_secs_f64(wait.min(0.05)));
+                std::thread::sleep(Duration::from_secs_f64(wait).min(PACER_SLICE));
             }
             self.tokens -= n as f64;
         }
@@ -140,6 +244,11 @@ impl Wire {
         self.link.observe(0, t.elapsed());
         Ok(())
     }
+
+    /// Wire bytes so far.
+    fn sent(&self) -> u64 {
+        self.out.get_ref().sent
+    }
 }
 
 /// One pass's figures.
@@ -174,26 +283,60 @@ impl PassStats {
             dirty_pages,
             dirty_rate,
             throttle_pct,
+            predicted_downtime_ms: 0.0,
         }
     }
 }
 
-/// Sender throughput and wire cost per unit as the last precopy round measured them, for
-/// estimating the final pass.
+/// Sender cost and wire cost per unit as the last precopy round measured them, for the
+/// convergence model.
 struct Rates {
-    /// Units/s from the start of a pass to its last byte written (the destination's
-    /// acknowledgement not included).
-    units_per_s: Option<f64>,
+    /// Seconds of sender work per unit read (read + encode + write, from the start of a
+    /// pass to its last byte written; the destination's acknowledgement not included).
+    s_per_unit: Option<f64>,
     /// Wire bytes per unit sent.
     wire_per_unit: f64,
+    /// Seconds to crc one unit on one thread (measured after the first pass).
+    crc_s_per_unit: f64,
+}
+
+/// The unit the test switch left out, and in which round.
+#[derive(Clone, Copy, Debug, Default)]
+struct Skip {
+    round: Option<u32>,
+    unit: Option<u64>,
+}
+
+impl Skip {
+    /// Removes the skipped unit from `set` (it must stay stale at the destination).
+    fn exclude(&self, set: &mut UnitSet) {
+        if let Some(n) = self.unit {
+            if let Some(w) = set.words_mut().get_mut((n / 64) as usize) {
+                *w &= !(1u64 << (n % 64));
+            }
+        }
+    }
+}
+
+/// What the session has done so far, for the error it may end with.
+#[derive(Clone, Copy, Debug)]
+struct Progress {
+    rounds: usize,
+    dirty: u64,
+    best_ms: f64,
 }
 
 /// The stream and unit machinery of one outgoing migration.
 struct Sender {
     wire: Wire,
     input: FrameReader<BufReader<TcpStream>>,
+    /// The socket, for read deadlines.
+    socket: TcpStream,
     pool: EncoderPool,
     zero_units: u64,
+    stop: Stop,
+    skip: Skip,
+    progress: Progress,
 }
 
 impl Sender {
@@ -208,45 +351,55 @@ impl Sender {
         rates: &mut Rates,
     ) -> Result<(PassStats, f64), SessionError> {
         let start = Instant::now();
-        let st = self.send_pass(source, units, first, !first)?;
+        let skip = self.skip.round == Some(round);
+        let st = self.send_pass(source, units, first, !first, skip)?;
         self.wire.flush()?;
         let send_s = start.elapsed().as_secs_f64();
         self.end_round(round)?;
-        // Round 0 reads zero units too (and skips them): they count towards its rate.
+        // Round 0 reads zero units too (and skips them): they count towards its cost.
         let read = if first { st.units + st.zero } else { st.units };
-        if send_s > 0.0 && st.units > 0 {
-            rates.units_per_s = Some(read as f64 / send_s);
+        if send_s > 0.0 && read > 0 {
+            rates.s_per_unit = Some(send_s / read as f64);
+        }
+        if st.units > 0 {
             rates.wire_per_unit = st.bytes as f64 / st.units as f64;
         }
+        self.progress.rounds += 1;
         Ok((st, start.elapsed().as_secs_f64() * 1e3))
     }
 
     /// Sends the units set in `units`; zero units are skipped when `skip_zero` (the
     /// destination starts zeroed), else sent as zero markers. With `prepare`, the source
     /// prepares each window of units just before it is read (e.g. re-arms write
-    /// protection). Units are read straight into the batch of their encoder shard; finished
-    /// batches are written as they come back, so reading, encoding and sending overlap.
+    /// protection). With `skip_one`, the first non-zero unit is left out (test switch).
+    /// Units are read straight into the batch of their encoder shard; finished batches are
+    /// written as they come back, so reading, encoding and sending overlap. The stop
+    /// conditions are checked at every batch.
     fn send_pass<S: UnitSource>(
         &mut self,
         source: &mut S,
         units: &UnitSet,
         skip_zero: bool,
         prepare: bool,
+        mut skip_one: bool,
     ) -> Result<PassStats, SessionError> {
         let Sender {
             wire,
             pool,
             zero_units,
+            stop,
+            skip,
             ..
         } = self;
         let id = source.id();
-        let before = wire.out.get_ref().sent;
+        let before = wire.sent();
         wire.pass_units = [0; Encoding::ALL.len()];
         let (mut sent, mut zero) = (0u64, 0u64);
         let mut prepared_to = 0usize; // bitmap words prepared so far
         for n in units.iter() {
             let word = (n / 64) as usize;
             if prepare && word >= prepared_to {
+                stop.check()?;
                 prepared_to = source.prepare(units, word)?.max(word + 1);
             }
             let shard = pool.shard_of(n);
@@ -257,9 +410,15 @@ impl Sender {
                 if skip_zero {
                     continue;
                 }
+            } else if skip_one {
+                skip_one = false;
+                skip.unit = Some(n);
+                tracing::warn!(unit = n, "test switch: unit left out of the pass");
+                continue;
             }
             sent += 1;
             if pool.keep(shard, n) {
+                stop.check()?;
                 let choice = wire.choose();
                 pool.submit(shard, choice, &mut |e| wire.write_batch(id, e))?;
                 pool.poll(&mut |e| wire.write_batch(id, e))?;
@@ -282,18 +441,27 @@ impl Sender {
         Ok(PassStats {
             units: sent,
             zero,
-            bytes: wire.out.get_ref().sent - before,
+            bytes: wire.sent() - before,
             encoding,
             by_encoding,
         })
     }
 
-    /// Ends a round and waits until the destination has applied it.
+    /// Ends a round and waits until the destination has applied it (at most until the
+    /// deadline).
     fn end_round(&mut self, round: u32) -> Result<(), SessionError> {
         self.wire
             .out
             .json(FrameType::RoundEnd, &RoundEnd { round })?;
         self.wire.flush()?;
+        let left = self
+            .stop
+            .deadline
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_millis(10), REPLY_TIMEOUT);
+        self.socket
+            .set_read_timeout(Some(left))
+            .map_err(ProtocolError::Io)?;
         self.expect_reply(FrameType::RoundAck, "RoundAck")
             .map(|_| ())
     }
@@ -312,42 +480,70 @@ impl Sender {
         Ok(f)
     }
 
-    /// Sends (unit, crc32) for every non-zero unit of the final (paused) source; returns
-    /// how many it listed.
-    fn send_verify<S: UnitSource>(&mut self, source: &mut S) -> Result<u64, SessionError> {
+    /// Computes the verification records of `mode` on several threads (`final_pass`: the
+    /// units of the final pass) and sends them; returns how many it listed.
+    fn send_verify<S: UnitSource + Sync>(
+        &mut self,
+        source: &mut S,
+        mode: VerifyMode,
+        final_pass: &UnitSet,
+        sample: u64,
+    ) -> Result<u64, SessionError> {
         let mut populated = UnitSet::new(source.count());
         source.populated(&mut populated)?;
-        let mut records = Vec::with_capacity(4096);
-        let mut listed = 0u64;
-        let mut buf = [0u8; PAGE_SIZE];
+        let (units, skip_zero): (Vec<u64>, bool) = match mode {
+            VerifyMode::Off => return Ok(0),
+            VerifyMode::Full => (populated.iter().collect(), true),
+            VerifyMode::Sampled => {
+                let seed = verify::random_seed();
+                let set = verify::sampled_set(final_pass, &populated, sample, seed);
+                (set.iter().collect(), false)
+            }
+        };
+        let src: &S = source;
+        let records =
+            verify::crc_records(&units, verify::default_threads(), skip_zero, &|n, b| {
+                src.read(n, b)
+            })?;
         let id = source.id();
-        for n in populated.iter() {
-            source.read(n, &mut buf)?;
-            if !is_zero_page(&buf) {
-                records.push((n, crc32fast::hash(&buf)));
-                listed += 1;
-            }
-            if records.len() == 1 << 20 {
-                let payload = protocol::encode_verify(&records);
-                self.wire
-                    .out
-                    .source_frame(FrameType::Verify, id, &payload)?;
-                records.clear();
-            }
+        for chunk in records.chunks(VERIFY_RECORDS_PER_FRAME) {
+            let payload = protocol::encode_verify(chunk);
+            self.wire
+                .out
+                .source_frame(FrameType::Verify, id, &payload)?;
         }
-        let payload = protocol::encode_verify(&records);
-        self.wire
-            .out
-            .source_frame(FrameType::Verify, id, &payload)?;
-        Ok(listed)
+        if records.is_empty() {
+            self.wire
+                .out
+                .source_frame(FrameType::Verify, id, &protocol::encode_verify(&[]))?;
+        }
+        Ok(records.len() as u64)
     }
 }
 
+/// Seconds one thread needs to crc a unit, measured on up to 64 units of `populated`.
+fn crc_cost<S: UnitSource>(source: &S, populated: &UnitSet) -> f64 {
+    let mut buf = [0u8; PAGE_SIZE];
+    let t = Instant::now();
+    let mut n = 0u32;
+    for u in populated.iter().take(64) {
+        if source.read(u, &mut buf).is_ok() {
+            std::hint::black_box(crc32fast::hash(&buf));
+            n += 1;
+        }
+    }
+    if n == 0 {
+        return 1e-6;
+    }
+    t.elapsed().as_secs_f64() / f64::from(n)
+}
+
 /// Migrates the units of `source` over `stream` (connected to the destination), announcing
-/// the guest with `hello` (its `version` and `encodings` are filled in here). On success
-/// the destination runs the guest; on error the caller resumes its own (the destination
-/// has been told, best effort).
-pub fn migrate<S: UnitSource, G: Guest>(
+/// the guest with `hello` (its `version` and `encodings` are filled in here). The options
+/// are validated against the guest and the host first. On success the destination runs the
+/// guest; on [`SessionError::InDoubt`] the caller must keep its guest paused; on any other
+/// error the caller resumes its own (the destination has been told, best effort).
+pub fn migrate<S: UnitSource + Sync, G: Guest>(
     stream: TcpStream,
     mut hello: Hello,
     opts: &MigrateOptions,
@@ -355,20 +551,28 @@ pub fn migrate<S: UnitSource, G: Guest>(
     guest: &mut G,
     cancel: &Cancel,
 ) -> Result<MigrationSummary, SessionError> {
-    let _ = cancel; // checked between batches (issue 11: sender helper)
     let t0 = Instant::now();
+    let memory = hello.memory;
+    let host = mem_available_bytes().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read MemAvailable: the cache size is checked against the guest only");
+        0
+    });
+    opts.validate(memory, host)
+        .map_err(|e| SessionError::Options(e.to_string()))?;
     let _ = stream.set_nodelay(true);
     stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
+        .set_read_timeout(Some(REPLY_TIMEOUT))
         .map_err(ProtocolError::Io)?;
     let input = FrameReader::new(BufReader::new(
         stream.try_clone().map_err(ProtocolError::Io)?,
     ));
-    let memory = hello.memory;
+    let socket = stream.try_clone().map_err(ProtocolError::Io)?;
     let cache_bytes = match (opts.compression.fixed(), opts.cache_bytes) {
         (Some(Encoding::Raw), _) | (Some(Encoding::Zstd), _) => 0,
         (_, 0) => (memory / 2).clamp(16 << 20, 2 << 30) as usize,
-        (_, n) => n as usize,
+        (_, n) => usize::try_from(n).map_err(|_| {
+            SessionError::Options(format!("cache size {n} bytes does not fit this host"))
+        })?,
     };
     let threads = opts
         .encoder_threads()
@@ -380,7 +584,16 @@ pub fn migrate<S: UnitSource, G: Guest>(
         },
         threads,
         BATCH_UNITS,
-    )?;
+    )
+    .map_err(|e| match e {
+        PoolError::Codec {
+            source: CodecError::Config(_),
+            ..
+        } => SessionError::Options(format!(
+            "cannot set up the encoders with a {cache_bytes}-byte sent-page cache: {e}"
+        )),
+        e => e.into(),
+    })?;
     let mode = match opts.compression.fixed() {
         Some(encoding) => Mode::Fixed(Choice {
             encoding,
@@ -388,25 +601,52 @@ pub fn migrate<S: UnitSource, G: Guest>(
         }),
         None => Mode::Auto(AutoSelector::new(threads as usize)),
     };
+    // Auto-converge keeps throttling past the timeout (see `convergence`): its hard
+    // deadline is twice the timeout.
+    let limit = Duration::from_secs(
+        opts.timeout_s
+            .saturating_mul(1 + u64::from(opts.auto_converge)),
+    );
+    let stop = Stop {
+        cancel: cancel.clone(),
+        deadline: t0 + limit,
+    };
     let mut s = Sender {
         wire: Wire {
             out: FrameWriter::new(Paced::new(
                 BufWriter::with_capacity(1 << 20, stream),
                 opts.bandwidth,
+                stop.clone(),
             )),
             mode,
             link: LinkMeter::new(opts.bandwidth),
             pass_units: [0; Encoding::ALL.len()],
         },
         input,
+        socket,
         pool,
         zero_units: 0,
+        stop,
+        skip: Skip {
+            round: opts.test_skip_page_round,
+            unit: None,
+        },
+        progress: Progress {
+            rounds: 0,
+            dirty: 0,
+            best_ms: f64::INFINITY,
+        },
     };
     let result = handshake(&mut s, &mut hello, opts)
         .and_then(|()| precopy(&mut s, source, guest, opts, &hello, t0));
+    let result = result.map_err(|e| stopped(&s, e, opts));
     if let Err(e) = &result {
-        if !matches!(e, SessionError::Aborted(_) | SessionError::Refused(_)) {
-            // Tell the destination (best effort).
+        if !matches!(
+            e,
+            SessionError::Aborted(_) | SessionError::Refused(_) | SessionError::InDoubt(_)
+        ) {
+            // Tell the destination (best effort, without the pacer's stop conditions).
+            s.wire.out.get_mut().stop = None;
             let _ = s.wire.out.json(
                 FrameType::Abort,
                 &Abort {
@@ -417,6 +657,26 @@ pub fn migrate<S: UnitSource, G: Guest>(
         }
     }
     result
+}
+
+/// Turns an error caused by a stop condition into [`SessionError::Cancelled`] or
+/// [`SessionError::Timeout`] (with the achievable downtime); other errors pass.
+fn stopped(s: &Sender, e: SessionError, opts: &MigrateOptions) -> SessionError {
+    if matches!(e, SessionError::InDoubt(_)) {
+        return e;
+    }
+    match s.stop.reason(&e) {
+        Some(Stopped::Cancelled) => SessionError::Cancelled,
+        Some(Stopped::Deadline) => SessionError::Timeout {
+            secs: opts.timeout_s,
+            rounds: s.progress.rounds,
+            wire_mib: s.wire.sent() as f64 / 1048576.0,
+            dirty: s.progress.dirty,
+            best_ms: s.progress.best_ms,
+            target_ms: opts.downtime_ms,
+        },
+        None => e,
+    }
 }
 
 /// Sends Hello and checks the answer: nothing moves until the destination accepts.
@@ -448,7 +708,33 @@ fn handshake(s: &mut Sender, hello: &mut Hello, opts: &MigrateOptions) -> Result
     }
 }
 
-fn precopy<S: UnitSource, G: Guest>(
+/// The fixed part of the predicted downtime (ms): the state, and the verification of
+/// `mode` over `final_units` final-pass units (`populated` units in all), computed on the
+/// source and checked on the destination on `threads` threads each, plus its records on
+/// the wire.
+fn fixed_ms(
+    mode: VerifyMode,
+    final_units: f64,
+    populated: u64,
+    sample: u64,
+    rates: &Rates,
+    link: Option<f64>,
+) -> f64 {
+    let listed = match mode {
+        VerifyMode::Off => 0.0,
+        VerifyMode::Sampled => final_units + sample.min(populated) as f64,
+        VerifyMode::Full => populated as f64,
+    };
+    let threads = verify::default_threads() as f64;
+    let compute_ms = 2.0 * listed * rates.crc_s_per_unit / threads * 1e3;
+    let wire_ms = link
+        .filter(|l| *l > 0.0)
+        .map(|l| listed * 12.0 / l * 1e3)
+        .unwrap_or(0.0);
+    STATE_ALLOWANCE_MS + compute_ms + wire_ms
+}
+
+fn precopy<S: UnitSource + Sync, G: Guest>(
     s: &mut Sender,
     source: &mut S,
     guest: &mut G,
@@ -459,47 +745,77 @@ fn precopy<S: UnitSource, G: Guest>(
     let mut rounds: Vec<RoundSummary> = Vec::new();
     let mut dirty = UnitSet::new(source.count());
     let mut rates = Rates {
-        units_per_s: None,
+        s_per_unit: None,
         wire_per_unit: PAGE_SIZE as f64,
+        crc_s_per_unit: 1e-6,
     };
     let mut decision = Convergence::new(
         opts.downtime_ms,
         Duration::from_secs(opts.timeout_s),
         opts.auto_converge,
     );
+    let sample = opts.verify_sample();
 
     // Round 0: every unit holding data; the rest is never read.
     source.track()?;
     let mut populated = UnitSet::new(source.count());
     source.populated(&mut populated)?;
+    let populated_count = populated.count();
+    if opts.verify != VerifyMode::Off {
+        rates.crc_s_per_unit = crc_cost(source, &populated);
+    }
     let (st, mut ms) = s.round(source, &populated, true, 0, &mut rates)?;
-    rounds.push(st.summary(0, ms, populated.count(), 0.0, 0));
+    rounds.push(st.summary(0, ms, populated_count, 0.0, 0));
     drop(populated);
 
     // Dirty rounds until the final pass fits the downtime target.
     let mut round = 1u32;
     let mut throttle_pct = 0;
-    loop {
+    let predicted = loop {
+        s.stop.check()?;
         dirty.clear();
+        let collect = Instant::now();
         source.dirty(&mut dirty, false)?;
+        let collect_s = collect.elapsed().as_secs_f64();
+        s.skip.exclude(&mut dirty);
         let n = dirty.count();
+        s.progress.dirty = n;
         let dirty_rate = n as f64 / (ms / 1e3).max(1e-6);
         guest.dirty_rate(dirty_rate);
+        let link = s.wire.link.rate();
+        let final_units = n as f64 + dirty_rate * (collect_s + PAUSE_ALLOWANCE_S);
         let measured = Measured {
             dirty: n,
-            sender_units_per_s: rates.units_per_s,
+            dirty_rate,
+            collect_s: collect_s + PAUSE_ALLOWANCE_S,
+            sender_s_per_unit: rates.s_per_unit,
             wire_per_unit: rates.wire_per_unit,
-            link_bytes_per_s: s.wire.link.rate(),
+            link_bytes_per_s: link,
+            fixed_ms: fixed_ms(
+                opts.verify,
+                final_units,
+                populated_count,
+                sample,
+                &rates,
+                link,
+            ),
             elapsed: t0.elapsed(),
         };
-        match decision.decide(&measured) {
-            Decision::Switchover => break,
-            Decision::GiveUp => {
+        let d = decision.decide(&measured);
+        s.progress.best_ms = decision.best_ms();
+        if let Some(last) = rounds.last_mut() {
+            last.predicted_downtime_ms = decision.last_ms();
+        }
+        match d {
+            Decision::Switchover => break decision.last_ms(),
+            Decision::GiveUp { best_ms } => {
                 return Err(SessionError::Timeout {
                     secs: opts.timeout_s,
                     rounds: rounds.len(),
-                    wire_mib: s.wire.out.get_ref().sent as f64 / 1048576.0,
+                    wire_mib: s.wire.sent() as f64 / 1048576.0,
                     dirty: n,
+                    best_ms,
+                    target_ms: opts.downtime_ms,
                 })
             }
             Decision::Continue { throttle_pct: pct } => {
@@ -513,7 +829,7 @@ fn precopy<S: UnitSource, G: Guest>(
         ms = round_ms;
         rounds.push(st.summary(round, ms, n, dirty_rate, throttle_pct));
         round += 1;
-    }
+    };
 
     // Switchover: pause, final pass, state. Downtime starts when the guest is asked to stop.
     let t_pause = Instant::now();
@@ -524,40 +840,43 @@ fn precopy<S: UnitSource, G: Guest>(
     // `dirty` still holds the units collected when the loop decided to switch over: add
     // what was written since, and send the union.
     source.dirty(&mut dirty, true)?;
+    s.skip.exclude(&mut dirty);
     let n = dirty.count();
     let collected_ms = ms_since(t_pause);
-    let st = s.send_pass(source, &dirty, false, false)?;
+    let skip_final = s.skip.round == Some(round);
+    let st = s.send_pass(source, &dirty, false, false, skip_final)?;
     // Push the final units out now: the destination applies them while the state is saved.
     s.wire.flush()?;
     let sent_ms = ms_since(t_pause);
     let state = guest.state().map_err(SessionError::Capture)?;
     s.wire.out.frame(FrameType::State, &state)?;
     let state_ms = ms_since(t_pause);
-    let listed = if opts.verify != VerifyMode::Off {
-        Some(s.send_verify(source)?)
-    } else {
-        None
-    };
-    s.wire.out.frame(FrameType::Complete, &[])?;
-    let reply = s.expect_reply(FrameType::Confirm, "Confirm")?;
+    let t_verify = Instant::now();
+    let listed = s.send_verify(source, opts.verify, &dirty, sample)?;
+    let verify_ms = ms_since(t_verify);
+    s.wire.flush()?;
+    // The last moment to stop: after Complete the destination may commit.
+    s.stop.check()?;
+    s.wire.out.get_mut().stop = None;
+    let confirm = confirm(s)?;
     tracing::debug!(
         paused_ms,
         collected_ms,
         sent_ms,
         state_ms,
+        verify_ms,
         confirmed_ms = ms_since(t_pause),
         pages = n,
         "switchover"
     );
-    let confirm: Confirm = reply.json()?;
-    if !confirm.ok {
-        return Err(SessionError::Refused(confirm.error));
-    }
-    if confirm.verified_pages != listed {
-        return Err(SessionError::Verify(format!(
-            "the source listed {listed:?} pages for verification, the destination checked {:?}",
-            confirm.verified_pages
-        )));
+    let expected = (opts.verify != VerifyMode::Off).then_some(listed);
+    if confirm.verified_pages != expected {
+        // The destination has committed: this is worth a warning, never a resume here.
+        tracing::warn!(
+            listed = ?expected,
+            checked = ?confirm.verified_pages,
+            "the destination checked another number of verification records than the source listed"
+        );
     }
     let downtime = t_pause.elapsed().as_secs_f64() * 1e3;
     rounds.push(st.summary(round, downtime, n, 0.0, throttle_pct));
@@ -576,13 +895,13 @@ fn precopy<S: UnitSource, G: Guest>(
         dest_downtime_ms: confirm.downtime_ms,
         rounds: rounds.len() as u32,
         zero_pages: s.zero_units,
-        wire_bytes: s.wire.out.get_ref().sent,
+        wire_bytes: s.wire.sent(),
         memory_bytes: hello.memory,
         throttle_pct: decision.throttle_pct(),
         verified: confirm.verified_pages.is_some(),
         verify_mode: opts.verify,
-        verify_ms: 0.0,
-        predicted_downtime_ms: 0.0,
+        verify_ms,
+        predicted_downtime_ms: predicted,
         verified_pages: confirm.verified_pages.unwrap_or(0),
         cache_hit_rate: codec.cache_hit_rate(),
         encoder_cpu_ms: codec.cpu_ns as f64 / 1e6,
@@ -590,4 +909,29 @@ fn precopy<S: UnitSource, G: Guest>(
         bytes_saved: saved,
         round_details: rounds,
     })
+}
+
+/// Sends `Complete` and reads the destination's answer. A refusal (Abort, or a Confirm
+/// that is not ok) means the destination will not run the guest: a normal error. No answer
+/// at all (write or read error, end of stream, timeout, garbage) is
+/// [`SessionError::InDoubt`]: the destination may have committed.
+fn confirm(s: &mut Sender) -> Result<Confirm, SessionError> {
+    let in_doubt = |e: &dyn std::fmt::Display| SessionError::InDoubt(e.to_string());
+    s.wire
+        .out
+        .frame(FrameType::Complete, &[])
+        .map_err(|e| in_doubt(&e))?;
+    s.socket
+        .set_read_timeout(Some(REPLY_TIMEOUT))
+        .map_err(|e| in_doubt(&e))?;
+    let reply = match s.expect_reply(FrameType::Confirm, "Confirm") {
+        Ok(f) => f,
+        Err(e @ SessionError::Aborted(_)) => return Err(e),
+        Err(e) => return Err(in_doubt(&e)),
+    };
+    let confirm: Confirm = reply.json().map_err(|e| in_doubt(&e))?;
+    if !confirm.ok {
+        return Err(SessionError::Refused(confirm.error));
+    }
+    Ok(confirm)
 }

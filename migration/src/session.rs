@@ -89,7 +89,9 @@ pub enum SessionError {
         have: SourceId,
     },
     /// Precopy did not converge within the timeout (or the timeout passed inside a round).
-    #[error("migration did not converge within {secs} s ({rounds} rounds, {wire_mib:.1} MiB sent, {dirty} pages still dirty): the best final pass reached {best_ms:.1} ms against a target of {target_ms} ms; raise --downtime-ms to {best_ms_ceil} or use --auto-converge")]
+    /// The message states the downtime that was achievable: the best prediction of any
+    /// round ([`crate::convergence`]).
+    #[error("migration did not converge within {secs} s ({rounds} rounds, {wire_mib:.1} MiB sent, {dirty} pages still dirty): {}", achievable(*.best_ms, *.target_ms))]
     Timeout {
         /// The timeout.
         secs: u64,
@@ -99,10 +101,9 @@ pub enum SessionError {
         wire_mib: f64,
         /// Pages dirty when the migration gave up.
         dirty: u64,
-        /// The best predicted downtime of any round (ms): what was achievable.
+        /// The best predicted downtime of any round (ms; infinite if no dirty round was
+        /// predicted yet, e.g. the first pass did not finish).
         best_ms: f64,
-        /// `best_ms` rounded up, for the advice.
-        best_ms_ceil: u64,
         /// The downtime target (ms).
         target_ms: u64,
     },
@@ -132,4 +133,16 @@ pub enum SessionError {
     /// Starting the guest on the destination failed.
     #[error("cannot start the guest: {0}")]
     Start(#[source] HookError),
+}
+
+/// The advice of [`SessionError::Timeout`]: the achievable downtime, or why none is known.
+fn achievable(best_ms: f64, target_ms: u64) -> String {
+    if best_ms.is_finite() {
+        format!(
+            "the achievable downtime was {best_ms:.1} ms (best predicted final pass) against a target of {target_ms} ms; raise --downtime-ms to {} or use --auto-converge",
+            best_ms.ceil() as u64
+        )
+    } else {
+        "the first pass did not finish, so no downtime is predicted yet; raise --timeout or --bandwidth".to_string()
+    }
 }

@@ -290,7 +290,7 @@ mod tests {
         let units: Vec<u64> = (0..20_000).collect();
         let read = |n: u64, buf: &mut [u8; PAGE_SIZE]| -> Result<(), String> {
             buf.fill(0);
-            if n % 5 != 0 {
+            if !n.is_multiple_of(5) {
                 buf[..8].copy_from_slice(&n.to_le_bytes());
             }
             Ok(())
@@ -301,7 +301,7 @@ mod tests {
         assert_eq!(one, many);
         let nonzero = crc_records(&units, 4, true, &read).expect("records");
         assert_eq!(nonzero.len(), 16_000);
-        assert!(nonzero.iter().all(|(n, _)| n % 5 != 0));
+        assert!(nonzero.iter().all(|(n, _)| !n.is_multiple_of(5)));
         let failing = |n: u64, _: &mut [u8; PAGE_SIZE]| -> Result<(), String> {
             if n == 15_000 {
                 Err(format!("unit {n} unreadable"))
