@@ -6,31 +6,33 @@
 //! also serves as the index for content dedup ("the destination already holds these exact
 //! bytes at page `j`").
 //!
-//! # Eviction policy: CLOCK (second chance) with cold insertion
+//! # Eviction policy: segmented (probationary / protected), CLOCK in each
 //!
 //! A cached copy only pays off when the page is sent *again*, i.e. when the guest re-dirties
 //! it during pre-copy. The access pattern of a migration is:
 //!
-//! * pass 1 streams every non-zero page once: a huge one-time scan;
+//! * pass 1 streams every non-zero page once: a huge one-time scan, often larger than the
+//!   cache;
 //! * each later pass re-sends the working set: the same hot pages again and again.
 //!
-//! Plain LRU is flushed by the pass-1 scan and by any large cold burst. This cache uses CLOCK
-//! with *cold insertion*: a page enters with its reference bit clear and gets the bit only
-//! when it is sent again while cached (a proven re-dirtier). The clock hand evicts the first
-//! page whose bit is clear and clears the bits it passes over, so:
+//! Plain LRU is flushed by the pass-1 scan and by any large cold burst. This cache keeps two
+//! segments (segmented LRU / 2Q, each approximated by CLOCK):
 //!
-//! * pages sent once and never re-dirtied are evicted first, in roughly FIFO order (a freshly
-//!   inserted page survives at least one full turn of the hand, i.e. `capacity` insertions,
-//!   which gives the next dirty pass time to hit it);
-//! * a page that keeps being re-dirtied has its bit set on every pass and survives sweeps
-//!   caused by cold traffic; it is evicted only if it stops being re-sent for a full turn.
+//! * **probationary**: a page recorded for the first time (pass 1, or a page first written
+//!   during the migration). When room is needed, probationary pages go first, oldest first.
+//! * **protected**: a page recorded a second time, whether its copy is still cached or was
+//!   evicted meanwhile (a bitmap of the pages ever recorded remembers them, 1 bit per page
+//!   index): a re-dirtied page, the hot set. Protected pages are evicted only when no
+//!   probationary page is left; among them, CLOCK with the reference bit set on every
+//!   re-send.
+//! * The protected segment holds at most [`PROTECTED_SHARE`] of the slots; beyond it, the
+//!   protected page the demotion hand finds unreferenced becomes probationary again, so a
+//!   quarter of the slots always admits new pages cheaply.
 //!
-//! This is the scan resistance of 2Q at the cost of one bit per slot, with O(1) amortised
-//! work per insertion and no per-access list manipulation. (2Q's ghost queue would also
-//! remember re-dirtied pages that were already evicted; in practice the dirty set of a pass
-//! is much smaller than the cache, so misses on hot pages are rare after the second pass and
-//! the extra bookkeeping does not pay for itself.)
-//!
+//! So a first pass larger than the cache costs the hot pages it evicted one miss (their
+//! first re-send), after which no amount of one-time traffic evicts them; and a re-dirtied
+//! page still cached when it is re-sent is protected at once.
+
 //! # Memory bound
 //!
 //! Page copies live in one slab that is reserved once (virtual memory only; it becomes
@@ -55,8 +57,12 @@ use crate::PAGE_SIZE;
 
 /// Per-slot overhead counted against the byte budget, on top of the page copy itself:
 /// slot metadata (16 B), the page-index map entry and the dedup map entry with their control
-/// bytes at the maps' load factor (≈ 30 B), rounded up generously.
+/// bytes at the maps' load factor (≈ 30 B), rounded up generously. (The bitmap of pages
+/// ever recorded, 1 bit per page index, is not counted: 32 KiB per GiB of guest.)
 pub const SLOT_OVERHEAD_BYTES: usize = 64;
+
+/// Share of the slots the protected segment may hold (numerator over 4): 3/4.
+pub const PROTECTED_SHARE: usize = 3;
 
 /// Fast hasher for the cache's integer keys (page indices, crc32 values).
 ///
@@ -97,6 +103,8 @@ struct Slot {
     crc: u32,
     live: bool,
     referenced: bool,
+    /// In the protected segment (re-dirtied), else probationary.
+    protected: bool,
 }
 
 /// Counters of cache maintenance (lookups and hit rates are counted by the encoder, which
@@ -134,8 +142,17 @@ pub struct SentPageCache {
     /// crc32 of content -> a slot holding content with that crc (verified by memcmp on use).
     by_crc: IntMap<u32, u32>,
     free: Vec<u32>,
+    /// The eviction hand.
     hand: usize,
+    /// The demotion hand (protected segment full).
+    demote_hand: usize,
     live: usize,
+    /// Live protected slots.
+    protected: usize,
+    /// Most protected slots.
+    max_protected: usize,
+    /// Bit `p` set: page `p` was recorded before (grows on demand).
+    seen: Vec<u64>,
     counters: CacheCounters,
 }
 
@@ -185,7 +202,11 @@ impl SentPageCache {
             by_crc,
             free: Vec::new(),
             hand: 0,
+            demote_hand: 0,
             live: 0,
+            protected: 0,
+            max_protected: (capacity * PROTECTED_SHARE / 4).max(1),
+            seen: Vec::new(),
             counters: CacheCounters::default(),
         })
     }
@@ -243,12 +264,15 @@ impl SentPageCache {
     }
 
     /// Records that `content` (crc32 `crc`) was sent for `page`, so the destination now
-    /// holds it. A page already cached is overwritten in place and marked referenced; a new
-    /// page takes a free slot or evicts one with the clock hand. No-op on a disabled cache.
+    /// holds it. A page already cached is overwritten in place, marked referenced and
+    /// protected; a new page takes a free slot or evicts one, and enters the protected
+    /// segment if it was recorded before (re-dirtied), else the probationary one. No-op on a
+    /// disabled cache.
     pub fn record_sent(&mut self, page: u64, crc: u32, content: &[u8; PAGE_SIZE]) {
         if self.capacity == 0 {
             return;
         }
+        let resent = self.mark_seen(page);
         if let Some(&slot) = self.index.get(&page) {
             let s = slot as usize;
             let old_crc = self.slots[s].crc;
@@ -260,6 +284,7 @@ impl SentPageCache {
             self.slots[s].referenced = true;
             self.by_crc.insert(crc, slot);
             self.counters.updates += 1;
+            self.protect(slot);
             return;
         }
         let slot = self.allocate_slot();
@@ -268,7 +293,8 @@ impl SentPageCache {
             page,
             crc,
             live: true,
-            referenced: false,
+            referenced: resent,
+            protected: false,
         };
         if s == self.data.len() {
             self.data.push(*content);
@@ -281,6 +307,73 @@ impl SentPageCache {
         self.by_crc.insert(crc, slot);
         self.live += 1;
         self.counters.insertions += 1;
+        if resent {
+            self.protect(slot);
+        }
+    }
+
+    /// True if `page` is protected (re-dirtied) in the cache.
+    pub fn is_protected(&self, page: u64) -> bool {
+        self.index
+            .get(&page)
+            .and_then(|&s| self.slots.get(s as usize))
+            .is_some_and(|m| m.protected)
+    }
+
+    /// Marks `page` as recorded; returns whether it was recorded before. If the bitmap
+    /// cannot grow (no memory), the page counts as new: only the policy suffers.
+    fn mark_seen(&mut self, page: u64) -> bool {
+        let Ok(word) = usize::try_from(page / 64) else {
+            return false;
+        };
+        if word >= self.seen.len() {
+            let want = (word + 1).max(self.seen.len() * 2);
+            if self.seen.try_reserve(want - self.seen.len()).is_err() {
+                return false;
+            }
+            self.seen.resize(want, 0);
+        }
+        let bit = 1u64 << (page % 64);
+        let before = self.seen[word] & bit != 0;
+        self.seen[word] |= bit;
+        before
+    }
+
+    /// Moves `slot` into the protected segment, demoting another protected page first if
+    /// the segment is full.
+    fn protect(&mut self, slot: u32) {
+        let s = slot as usize;
+        if self.slots[s].protected {
+            return;
+        }
+        if self.protected >= self.max_protected {
+            self.demote_one(s);
+        }
+        self.slots[s].protected = true;
+        self.protected += 1;
+    }
+
+    /// Demotes one protected page (not `keep`) to probationary: the first the demotion hand
+    /// finds unreferenced, clearing the bits it passes over.
+    fn demote_one(&mut self, keep: usize) {
+        let n = self.slots.len();
+        // Terminates within two turns: a live protected slot other than `keep` exists
+        // (protected >= max_protected >= 1 and `keep` is not protected).
+        for _ in 0..2 * n + 1 {
+            let s = self.demote_hand;
+            self.demote_hand = (self.demote_hand + 1) % n;
+            let meta = &mut self.slots[s];
+            if s == keep || !meta.live || !meta.protected {
+                continue;
+            }
+            if meta.referenced {
+                meta.referenced = false;
+                continue;
+            }
+            meta.protected = false;
+            self.protected -= 1;
+            return;
+        }
     }
 
     /// Drops the cached copy of `page`: the destination no longer holds what was cached
@@ -301,7 +394,10 @@ impl SentPageCache {
         self.by_crc.clear();
         self.free.clear();
         self.hand = 0;
+        self.demote_hand = 0;
         self.live = 0;
+        self.protected = 0;
+        self.seen.clear();
         self.counters = CacheCounters::default();
     }
 
@@ -312,12 +408,18 @@ impl SentPageCache {
         if self.by_crc.get(&crc) == Some(&slot) {
             self.by_crc.remove(&crc);
         }
+        if self.slots[s].protected {
+            self.protected -= 1;
+        }
         self.slots[s].live = false;
         self.slots[s].referenced = false;
+        self.slots[s].protected = false;
         self.live -= 1;
     }
 
-    /// Returns a slot to fill: a free one, a never-used one, or a CLOCK victim.
+    /// Returns a slot to fill: a free one, a never-used one, or a victim: the first
+    /// probationary page the hand finds while there are any (at least a quarter of the
+    /// slots once full), else a protected one by CLOCK.
     fn allocate_slot(&mut self) -> u32 {
         if let Some(slot) = self.free.pop() {
             return slot;
@@ -325,9 +427,11 @@ impl SentPageCache {
         if self.data.len() < self.capacity {
             return self.data.len() as u32;
         }
-        // All slots are live (free list empty): sweep. Terminates within two turns because
-        // every referenced slot passed over loses its bit.
+        // All slots are live (free list empty): sweep. With probationary pages, one turn
+        // finds one; without, CLOCK terminates within two turns because every referenced
+        // slot passed over loses its bit.
         let n = self.slots.len();
+        let probationary = self.live > self.protected;
         loop {
             let s = self.hand;
             self.hand = (self.hand + 1) % n;
@@ -335,9 +439,14 @@ impl SentPageCache {
             if !meta.live {
                 return s as u32;
             }
-            if meta.referenced {
-                meta.referenced = false;
-                continue;
+            if meta.protected {
+                if probationary {
+                    continue;
+                }
+                if meta.referenced {
+                    meta.referenced = false;
+                    continue;
+                }
             }
             let page = meta.page;
             self.index.remove(&page);
@@ -427,15 +536,72 @@ mod tests {
         for i in 4..16u64 {
             assert!(c.get(i).is_none(), "cold page {i} kept");
         }
-        // Without further hits the hot pages lose their bit and go on the next full turn.
-        for i in 200..232u64 {
+        // Protected, they survive any amount of first-time traffic.
+        for i in 200..264u64 {
             let p = page(i);
             c.record_sent(i, crc(&p), &p);
         }
         for i in 0..4u64 {
-            assert!(c.get(i).is_none());
+            assert_eq!(c.get(i), Some(&page(i + 1000)), "hot page {i} evicted");
+            assert!(c.is_protected(i));
         }
         assert_eq!(c.len(), 16);
+    }
+
+    #[test]
+    fn after_a_first_pass_larger_than_the_cache_the_re_dirtied_set_still_hits() {
+        let cap = 64u64;
+        let mut c = SentPageCache::new(cap as usize * (PAGE_SIZE + SLOT_OVERHEAD_BYTES));
+        // Pass 1: 4x the cache; the hot set (every 10th of the first 200 pages) is evicted
+        // by the rest of the pass, as in any policy.
+        for i in 0..4 * cap {
+            let p = page(i);
+            c.record_sent(i, crc(&p), &p);
+        }
+        let hot: Vec<u64> = (0..200).step_by(10).collect();
+        assert!(hot.iter().all(|&h| !c.contains(h)));
+        // Round 1: the hot set is re-sent (misses, recorded as re-dirtied), and so are
+        // 3x the cache of pages first written during the migration.
+        for &h in &hot {
+            let p = page(h + 7);
+            c.record_sent(h, crc(&p), &p);
+        }
+        for i in 10_000..10_000 + 3 * cap {
+            let p = page(i);
+            c.record_sent(i, crc(&p), &p);
+        }
+        // Round 2: every hot page hits, with the content of round 1.
+        for &h in &hot {
+            assert_eq!(c.get(h), Some(&page(h + 7)), "hot page {h} evicted");
+        }
+        // And a page recorded once, still cached and re-sent, is protected at once.
+        let last = 10_000 + 3 * cap - 1;
+        assert!(c.contains(last) && !c.is_protected(last));
+        let p = page(last + 1);
+        c.record_sent(last, crc(&p), &p);
+        assert!(c.is_protected(last));
+    }
+
+    #[test]
+    fn the_protected_segment_keeps_room_for_new_pages() {
+        let cap = 16usize;
+        let mut c = SentPageCache::new(cap * (PAGE_SIZE + SLOT_OVERHEAD_BYTES));
+        // Every page re-sent: all want protection, at most 3/4 get it.
+        for round in 0..3u64 {
+            for i in 0..cap as u64 {
+                let p = page(i + round * 100);
+                c.record_sent(i, crc(&p), &p);
+            }
+        }
+        assert!(c.protected <= cap * PROTECTED_SHARE / 4);
+        assert_eq!(c.protected, cap * PROTECTED_SHARE / 4);
+        // New pages still get in.
+        for i in 500..600u64 {
+            let p = page(i);
+            c.record_sent(i, crc(&p), &p);
+            assert!(c.contains(i));
+            assert!(c.len() <= cap);
+        }
     }
 
     #[test]
