@@ -64,6 +64,9 @@ const BATCH_UNITS: usize = 1024;
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest single sleep of the pacer, so the stop conditions are checked this often.
 const PACER_SLICE: Duration = Duration::from_millis(50);
+/// The socket's write timeout: a peer that takes no data blocks a write at most this long
+/// before the stop conditions are checked again.
+const WRITE_SLICE: Duration = Duration::from_millis(250);
 /// Verification records per Verify frame (12 B each: 12 MiB, under the frame limit).
 const VERIFY_RECORDS_PER_FRAME: usize = 1 << 20;
 /// Time assumed from the dirty-log collection to the guest being stopped, on top of the
@@ -140,15 +143,26 @@ impl Stop {
     }
 }
 
+/// How long the outgoing stream waits, in the pacer and on a socket that does not take
+/// data (the socket has a short write timeout, [`WRITE_SLICE`]).
+#[derive(Clone, Debug)]
+enum Patience {
+    /// Until the session must stop (precopy, final pass, state, verification).
+    Until(Stop),
+    /// At most this long blocked on the socket (`Complete`: then in doubt; the best-effort
+    /// Abort: zero).
+    For(Duration),
+}
+
 /// A writer that counts bytes and paces them to a rate with a token bucket; its waits
-/// end early when the session must stop (while `stop` is armed).
+/// (for tokens, and for a socket that does not take data) end as its [`Patience`] says.
 struct Paced<W: Write> {
     inner: W,
     rate: Option<u64>,
     tokens: f64,
     last: Instant,
     sent: u64,
-    stop: Option<Stop>,
+    patience: Patience,
 }
 
 impl<W: Write> Paced<W> {
@@ -159,7 +173,33 @@ impl<W: Write> Paced<W> {
             tokens: 0.0,
             last: Instant::now(),
             sent: 0,
-            stop: Some(stop),
+            patience: Patience::Until(stop),
+        }
+    }
+
+    /// Runs `op` on the inner writer, retrying while the socket's write timeout expires
+    /// and the patience lasts.
+    fn patiently<T>(
+        &mut self,
+        mut op: impl FnMut(&mut W) -> std::io::Result<T>,
+    ) -> std::io::Result<T> {
+        let start = Instant::now();
+        loop {
+            match op(&mut self.inner) {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    match &self.patience {
+                        Patience::Until(stop) => stop.io()?,
+                        Patience::For(d) if start.elapsed() < *d => {}
+                        Patience::For(_) => return Err(e),
+                    }
+                }
+                r => return r,
+            }
         }
     }
 }
@@ -180,22 +220,22 @@ impl<W: Write> Write for Paced<W> {
                 if self.tokens >= n as f64 {
                     break;
                 }
-                if let Some(stop) = &self.stop {
+                if let Patience::Until(stop) = &self.patience {
                     stop.io()?;
                 }
                 let wait = (n as f64 - self.tokens) / rate as f64;
-                self.inner.flush()?;
+                self.patiently(|w| w.flush())?;
                 std::thread::sleep(Duration::from_secs_f64(wait).min(PACER_SLICE));
             }
             self.tokens -= n as f64;
         }
-        let w = self.inner.write(&buf[..n])?;
+        let w = self.patiently(|w| w.write(&buf[..n]))?;
         self.sent += w as u64;
         Ok(w)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
+        self.patiently(|w| w.flush())
     }
 }
 
@@ -563,6 +603,9 @@ pub fn migrate<S: UnitSource + Sync, G: Guest>(
     stream
         .set_read_timeout(Some(REPLY_TIMEOUT))
         .map_err(ProtocolError::Io)?;
+    stream
+        .set_write_timeout(Some(WRITE_SLICE))
+        .map_err(ProtocolError::Io)?;
     let input = FrameReader::new(BufReader::new(
         stream.try_clone().map_err(ProtocolError::Io)?,
     ));
@@ -645,8 +688,10 @@ pub fn migrate<S: UnitSource + Sync, G: Guest>(
             e,
             SessionError::Aborted(_) | SessionError::Refused(_) | SessionError::InDoubt(_)
         ) {
-            // Tell the destination (best effort, without the pacer's stop conditions).
-            s.wire.out.get_mut().stop = None;
+            // Tell the destination (best effort: unpaced, no waiting on a full socket).
+            let paced = s.wire.out.get_mut();
+            paced.rate = None;
+            paced.patience = Patience::For(Duration::ZERO);
             let _ = s.wire.out.json(
                 FrameType::Abort,
                 &Abort {
@@ -857,7 +902,7 @@ fn precopy<S: UnitSource + Sync, G: Guest>(
     s.wire.flush()?;
     // The last moment to stop: after Complete the destination may commit.
     s.stop.check()?;
-    s.wire.out.get_mut().stop = None;
+    s.wire.out.get_mut().patience = Patience::For(REPLY_TIMEOUT);
     let confirm = confirm(s)?;
     tracing::debug!(
         paused_ms,
