@@ -148,8 +148,9 @@ pub struct MigrateOptions {
     /// a destination started without one.
     #[serde(default)]
     pub migration_id: String,
-    /// Test only: leave out one dirty page of this round (the lowest-numbered one), so
-    /// tests can show that verification catches a lost page. Never set it otherwise.
+    /// Test only: leave out of this round its lowest-numbered non-zero page, and keep that
+    /// page out of every later round and the final pass, so the destination holds a stale
+    /// copy and tests can show which verification mode catches it. Never set it otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_skip_page_round: Option<u32>,
     /// Bytes of sent-page cache for delta encoding (0 = automatic).
@@ -379,10 +380,13 @@ pub struct MigrationSummary {
     /// The verification mode used.
     #[serde(default)]
     pub verify_mode: VerifyMode,
-    /// Time the verification took while the guest was paused (ms; part of the downtime).
+    /// Time the source took to compute the verification records while the guest was
+    /// paused (ms, on several threads; part of the downtime; the destination's check is in
+    /// `dest_downtime_ms`).
     #[serde(default)]
     pub verify_ms: f64,
-    /// The final pass's downtime as predicted when the switchover was decided (ms).
+    /// The final pass's downtime as the convergence model predicted it when the switchover
+    /// was decided (ms; compare with `downtime_ms` and `dest_downtime_ms`).
     #[serde(default)]
     pub predicted_downtime_ms: f64,
     /// Non-zero pages whose crc32 the destination checked against the source's (0 without
