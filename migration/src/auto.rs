@@ -18,7 +18,7 @@
 //! uses zstd level 3, which sends 7-10% fewer bytes for ~1.4x the CPU.
 //!
 //! Until a figure is measured a prior stands in (raw: ratio 1, 2 GB/s per thread; delta:
-//! ratio 2.5, 300 MB/s per thread; both from the measurements in [`super::encoding`]), and
+//! ratio 2.5, 300 MB/s per thread; both from the measurements in [`crate`]), and
 //! until the link is measured (or given a prior, see [`super::link`]) it counts as slow, so
 //! a migration starts compressed. While raw is chosen, every [`EXPLORE_EVERY`]th batch is
 //! encoded as delta anyway, so that delta's figures follow the guest's data (a guest whose

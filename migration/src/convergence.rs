@@ -2,16 +2,16 @@
 //! predicts how long the final (paused) pass would take, the decision switches over once the
 //! prediction fits the downtime target, and acts on a plateau (predictions that stopped
 //! improving): throttle the guest with auto-converge, else switch over if the best
-//! prediction fits, else keep sending (paced) until the timeout, which fails with the
-//! downtime that was achievable.
+//! prediction fits, else keep sending until the timeout, which fails with the downtime
+//! that was achievable.
 //!
 //! # The model
 //!
 //! ```text
 //! final pages  = dirty + dirty_rate × collect_s          (written between the dirty-log
 //!                                                          collection and the pause)
-//! final pass   = max(final pages × sender cost per page,  (read + encode, never the wait
-//!                    final pages × wire bytes per page / link rate)   for RoundAck)
+//! final pass   = max(final pages × sender cost per page,  (read + encode + write, not the
+//!                    final pages × wire bytes per page / link rate)   RoundAck wait)
 //! downtime     = final pass + fixed_ms                    (state capture/restore and the
 //!                                                          verification of the chosen mode)
 //! ```
@@ -157,8 +157,8 @@ impl Convergence {
         self.last_ms
     }
 
-    /// Whether the predictions have stopped improving (the sender then paces its rounds
-    /// instead of spinning on tiny ones).
+    /// Whether the predictions have stopped improving ([`PLATEAU_ROUNDS`] rounds without
+    /// an [`IMPROVEMENT`]).
     pub fn plateaued(&self) -> bool {
         self.stale >= PLATEAU_ROUNDS
     }

@@ -7,7 +7,7 @@
 //! ([`EncoderPool::submit`]), and writes finished batches as they come back. Each shard's
 //! batches come back in the order they were submitted, so the destination applies them in
 //! that order; batches of different shards may interleave (see the ordering contract in
-//! [`super::encoding`]). Buffers go back to their shard and are reused, so a pass allocates
+//! [`crate`]). Buffers go back to their shard and are reused, so a pass allocates
 //! nothing once every shard has cycled its buffers.
 //!
 //! Even with one thread the pool pipelines: the shard's thread encodes while the sender

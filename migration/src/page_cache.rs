@@ -1,6 +1,6 @@
 //! Source-side cache of the page contents the migration destination already holds.
 //!
-//! The XOR delta encoding ([`super::encoding::Encoding::Delta`]) needs, for every page it
+//! The XOR delta encoding ([`crate::Encoding::Delta`]) needs, for every page it
 //! re-sends, the exact bytes that the destination currently has for that page: the content
 //! this source sent last. [`SentPageCache`] keeps those copies within a fixed byte budget and
 //! also serves as the index for content dedup ("the destination already holds these exact
@@ -45,7 +45,7 @@
 //! # Sharding
 //!
 //! The cache has no interior locking. Parallel encoders each own one cache for a disjoint
-//! set of page indices (see [`super::encoding::shard_of`]), so nothing is shared on the hot
+//! set of page indices (see [`crate::shard::shard_of`]), so nothing is shared on the hot
 //! path and a page's history lives in exactly one cache.
 
 use std::collections::HashMap;

@@ -1,12 +1,15 @@
 //! The source side of precopy over a [`UnitSource`]: handshake, a full pass over the units
 //! holding data, dirty passes until the [`Convergence`] decision switches over (throttling
 //! the guest if asked), then pause, final pass, state, optional verification, and the
-//! destination's confirmation. The caller resumes its guest on any error.
+//! destination's confirmation. The caller resumes its guest on any error except
+//! [`SessionError::InDoubt`].
 //!
 //! Units are read into the batches of the encoder threads ([`crate::encoder_pool`]) and
-//! written as the threads finish them. The final pass is estimated from the sender's
-//! measured unit rate and the link's measured rate ([`crate::link`]), whichever is slower;
-//! the link's propagation delay is not counted (no downtime target can buy it down), so
+//! written as the threads finish them. After each round the sender feeds the convergence
+//! model ([`crate::convergence`]) what it measured: the dirty units and rate, its own cost
+//! per unit, wire bytes per unit, the link's rate ([`crate::link`]), and the fixed part
+//! (state, and the verification of the chosen mode at the measured crc cost). The link's
+//! propagation delay is not counted (no downtime target can buy it down), so
 //! over a long link the source's downtime (pause to confirmation) exceeds the target by
 //! about one round trip, while the destination's stays near it.
 //!
@@ -599,6 +602,9 @@ pub fn migrate<S: UnitSource + Sync, G: Guest>(
     });
     opts.validate(memory, host)
         .map_err(|e| SessionError::Options(e.to_string()))?;
+    if cancel.is_cancelled() {
+        return Err(SessionError::Cancelled);
+    }
     let _ = stream.set_nodelay(true);
     stream
         .set_read_timeout(Some(REPLY_TIMEOUT))
