@@ -92,10 +92,14 @@ impl UnitSource for DirtyingGuest {
 #[derive(Default)]
 struct Hooks {
     paused: bool,
+    /// Throttles asked for, in order.
+    throttles: Vec<u32>,
 }
 
 impl Guest for Hooks {
-    fn throttle(&mut self, _pct: u32) {}
+    fn throttle(&mut self, pct: u32) {
+        self.throttles.push(pct);
+    }
     fn dirty_rate(&mut self, _units_per_s: f64) {}
     fn pause(&mut self) {
         self.paused = true;
@@ -631,4 +635,61 @@ fn a_destination_that_stops_reading_times_out_at_the_deadline() {
     assert!(took < Duration::from_millis(3300), "took {took:?}");
     assert!(!hooks.paused);
     dest.join().unwrap();
+}
+
+#[test]
+fn a_plateau_that_never_fits_fails_at_the_timeout_with_the_achievable_downtime() {
+    // 300 units dirty every round, a target only an idle guest meets.
+    let mut guest = DirtyingGuest::new(vec![300; 1_000_000]);
+    let opts = MigrateOptions {
+        timeout_s: 1,
+        ..verified(VerifyMode::Off)
+    };
+    let t = Instant::now();
+    let (sent, received, _, dest, hooks) = run(&mut guest, &opts, UNITS * PAGE_SIZE as u64);
+    assert!(
+        t.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        t.elapsed()
+    );
+    match sent {
+        Err(
+            e @ SessionError::Timeout {
+                best_ms, rounds, ..
+            },
+        ) => {
+            assert!(best_ms.is_finite() && best_ms > 0.0, "{best_ms}");
+            assert!(rounds > 3, "{rounds}");
+            let msg = e.to_string();
+            assert!(msg.contains("achievable downtime was"), "{msg}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        hooks.throttles.is_empty(),
+        "no throttle without auto-converge"
+    );
+    assert!(received.is_err() && !dest.started && !hooks.paused);
+}
+
+#[test]
+fn auto_converge_throttles_at_plateaus_then_forces_the_switchover() {
+    let mut guest = DirtyingGuest::new(vec![300; 1_000_000]);
+    let opts = MigrateOptions {
+        timeout_s: 1,
+        auto_converge: true,
+        ..verified(VerifyMode::Full)
+    };
+    let (sent, received, sink, dest, hooks) = run(&mut guest, &opts, UNITS * PAGE_SIZE as u64);
+    let summary = sent.unwrap();
+    received.unwrap();
+    assert!(dest.started && hooks.paused);
+    assert!(sink.units() == guest.memory.units());
+    assert_eq!(summary.throttle_pct, 99);
+    assert_eq!(hooks.throttles.first(), Some(&20));
+    assert!(
+        hooks.throttles.windows(2).all(|w| w[0] < w[1]),
+        "{:?}",
+        hooks.throttles
+    );
 }
