@@ -131,6 +131,14 @@ impl BatchEncoder {
         &self.cache
     }
 
+    /// Protects the cached copies of `pages` (re-dirtied pages, known from the dirty log
+    /// before they are sent again): see [`SentPageCache::protect_page`].
+    pub fn protect_pages(&mut self, pages: &[u64]) {
+        for &p in pages {
+            self.cache.protect_page(p);
+        }
+    }
+
     /// Cumulative statistics of all batches encoded since creation or reset.
     pub fn totals(&self) -> &CodecStats {
         &self.totals

@@ -74,6 +74,9 @@ struct Batch {
     pfns: Vec<u64>,
     pages: Vec<[u8; PAGE_SIZE]>,
     frame: Vec<u8>,
+    /// Pages of this shard to protect in the sent-page cache once the batch is encoded
+    /// (see [`EncoderPool::protect`]).
+    protect: Vec<u64>,
 }
 
 impl Batch {
@@ -82,6 +85,7 @@ impl Batch {
             pfns: Vec::with_capacity(capacity),
             pages: vec![[0u8; PAGE_SIZE]; capacity],
             frame: Vec::new(),
+            protect: Vec::new(),
         }
     }
 }
@@ -198,6 +202,14 @@ impl EncoderPool {
         &mut b.pages[at]
     }
 
+    /// Asks the sent-page cache of `pfn`'s shard to protect `pfn` (it was re-dirtied: see
+    /// [`crate::page_cache`]). Applied after the shard's next batch is encoded, so a page
+    /// kept in a batch still in flight is protected once it is cached.
+    pub fn protect(&mut self, pfn: u64) {
+        let shard = self.shard_of(pfn);
+        self.shards[shard].filling.protect.push(pfn);
+    }
+
     /// Keeps the page just read into `slot(shard)` as page `pfn`; true when the shard's
     /// batch is full and must be submitted.
     pub fn keep(&mut self, shard: usize, pfn: u64) -> bool {
@@ -224,8 +236,13 @@ impl EncoderPool {
             ..
         } = &mut self.shards[shard];
         if let Some(encoder) = inline.as_mut() {
-            let Batch { pfns, pages, frame } = filling;
-            let r = encode(encoder, choice, pfns, pages, frame);
+            let Batch {
+                pfns,
+                pages,
+                frame,
+                protect,
+            } = filling;
+            let r = encode(encoder, choice, pfns, pages, frame, protect);
             *totals = *encoder.totals();
             let stats = r.map_err(|source| PoolError::Codec { shard, source })?;
             let out = sink(Encoded { frame, stats });
@@ -377,20 +394,29 @@ fn encode(
     pfns: &[u64],
     pages: &[[u8; PAGE_SIZE]],
     frame: &mut Vec<u8>,
+    protect: &mut Vec<u64>,
 ) -> Result<BatchStats, CodecError> {
     if choice.encoding != Encoding::Raw && encoder.config().zstd_level != choice.level {
         encoder.set_zstd_level(choice.level)?;
     }
     let refs: Vec<(u64, &[u8; PAGE_SIZE])> = pfns.iter().copied().zip(pages.iter()).collect();
-    encoder.encode_into(choice.encoding, &refs, frame)
+    let r = encoder.encode_into(choice.encoding, &refs, frame);
+    encoder.protect_pages(protect);
+    protect.clear();
+    r
 }
 
 /// A shard's thread: encodes its jobs in order and reports each one.
 fn worker(shard: usize, mut encoder: BatchEncoder, jobs: Receiver<Job>, done: Sender<Done>) {
     while let Ok(Job { choice, mut batch }) = jobs.recv() {
-        let Batch { pfns, pages, frame } = &mut batch;
+        let Batch {
+            pfns,
+            pages,
+            frame,
+            protect,
+        } = &mut batch;
         let run = catch_unwind(AssertUnwindSafe(|| {
-            encode(&mut encoder, choice, pfns, pages, frame)
+            encode(&mut encoder, choice, pfns, pages, frame, protect)
         }));
         let (result, stop) = match run {
             Ok(r) => {

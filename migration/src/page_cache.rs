@@ -31,7 +31,11 @@
 //!
 //! So a first pass larger than the cache costs the hot pages it evicted one miss (their
 //! first re-send), after which no amount of one-time traffic evicts them; and a re-dirtied
-//! page still cached when it is re-sent is protected at once.
+//! page still cached when it is re-sent is protected at once. To avoid even that miss, the
+//! sender looks at the dirty log during a first pass larger than the cache (every quarter
+//! of the cache's capacity) and protects the pages already sent that the guest re-dirtied
+//! ([`SentPageCache::protect_page`]): they are still cached at that point, so the hot set
+//! survives the first pass and its first re-send is a delta.
 
 //! # Memory bound
 //!
@@ -308,6 +312,16 @@ impl SentPageCache {
         self.live += 1;
         self.counters.insertions += 1;
         if resent {
+            self.protect(slot);
+        }
+    }
+
+    /// Moves the cached copy of `page`, if any, into the protected segment: the caller
+    /// knows it was re-dirtied (the dirty log says so) before it is sent again. No-op for a
+    /// page not cached.
+    pub fn protect_page(&mut self, page: u64) {
+        if let Some(&slot) = self.index.get(&page) {
+            self.slots[slot as usize].referenced = true;
             self.protect(slot);
         }
     }

@@ -51,6 +51,7 @@ use crate::convergence::{Convergence, Decision, Measured};
 use crate::encoder_pool::{Choice, Encoded, EncoderPool, PoolError};
 use crate::error::CodecError;
 use crate::link::{LinkMeter, LAN_PRIOR, LAN_RTT};
+use crate::page_cache::SLOT_OVERHEAD_BYTES;
 use crate::protocol::{
     self, Abort, Confirm, Frame, FrameReader, FrameType, FrameWriter, Hello, HelloAck,
     ProtocolError, RoundEnd, PROTOCOL_VERSION,
@@ -380,6 +381,23 @@ struct Sender {
     stop: Stop,
     skip: Skip,
     progress: Progress,
+    /// First-pass hot-set detection: see [`Peek`].
+    peek: Peek,
+}
+
+/// Looks at the dirty log during a first pass larger than the sent-page cache, so the
+/// pages the guest re-dirties are protected in the cache before the rest of the pass
+/// evicts them (their next send is then a delta). What it collects joins the next dirty
+/// set (round 1 re-protects each window before reading it, as for any collected unit).
+struct Peek {
+    /// Units read between looks (0: never look).
+    every: u64,
+    /// Sent-page cache capacity (units): looking pays only when the first pass exceeds it.
+    cache_units: u64,
+    /// Units collected by the looks, for the next dirty set.
+    collected: UnitSet,
+    /// One look's units.
+    scratch: UnitSet,
 }
 
 impl Sender {
@@ -432,6 +450,7 @@ impl Sender {
             zero_units,
             stop,
             skip,
+            peek,
             ..
         } = self;
         let id = source.id();
@@ -439,7 +458,30 @@ impl Sender {
         wire.pass_units = [0; Encoding::ALL.len()];
         let (mut sent, mut zero) = (0u64, 0u64);
         let mut prepared_to = 0usize; // bitmap words prepared so far
+                                      // Only a first pass larger than the cache looks at the dirty log as it goes.
+        let peek_every = if skip_zero && units.count() > peek.cache_units {
+            peek.every
+        } else {
+            0
+        };
+        let mut read = 0u64;
         for n in units.iter() {
+            read += 1;
+            if peek_every > 0 && read.is_multiple_of(peek_every) {
+                peek.scratch.clear();
+                source.dirty(&mut peek.scratch, false)?;
+                for u in peek.scratch.iter().filter(|u| *u < n) {
+                    pool.protect(u);
+                }
+                for (o, w) in peek
+                    .collected
+                    .words_mut()
+                    .iter_mut()
+                    .zip(peek.scratch.words())
+                {
+                    *o |= w;
+                }
+            }
             let word = (n / 64) as usize;
             if prepare && word >= prepared_to {
                 stop.check()?;
@@ -623,6 +665,7 @@ pub fn migrate<S: UnitSource + Sync, G: Guest>(
             SessionError::Options(format!("cache size {n} bytes does not fit this host"))
         })?,
     };
+    let cache_units = cache_bytes / (PAGE_SIZE + SLOT_OVERHEAD_BYTES);
     let threads = opts
         .encoder_threads()
         .map_err(|e| SessionError::Options(e.to_string()))?;
@@ -684,6 +727,12 @@ pub fn migrate<S: UnitSource + Sync, G: Guest>(
             rounds: 0,
             dirty: 0,
             best_ms: f64::INFINITY,
+        },
+        peek: Peek {
+            every: (cache_units / 4) as u64,
+            cache_units: cache_units as u64,
+            collected: UnitSet::new(source.count()),
+            scratch: UnitSet::new(source.count()),
         },
     };
     let result = handshake(&mut s, &mut hello, opts)
@@ -828,6 +877,10 @@ fn precopy<S: UnitSource + Sync, G: Guest>(
         let collect = Instant::now();
         source.dirty(&mut dirty, false)?;
         let collect_s = collect.elapsed().as_secs_f64();
+        for (o, w) in dirty.words_mut().iter_mut().zip(s.peek.collected.words()) {
+            *o |= w;
+        }
+        s.peek.collected.clear();
         s.skip.exclude(&mut dirty);
         let n = dirty.count();
         s.progress.dirty = n;
