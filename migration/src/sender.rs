@@ -464,6 +464,10 @@ impl Sender {
         } else {
             0
         };
+        if peek_every > 0 && peek.scratch.len() != units.len() {
+            peek.scratch = UnitSet::new(units.len());
+            peek.collected = UnitSet::new(units.len());
+        }
         let mut read = 0u64;
         for n in units.iter() {
             read += 1;
@@ -473,14 +477,7 @@ impl Sender {
                 for u in peek.scratch.iter().filter(|u| *u < n) {
                     pool.protect(u);
                 }
-                for (o, w) in peek
-                    .collected
-                    .words_mut()
-                    .iter_mut()
-                    .zip(peek.scratch.words())
-                {
-                    *o |= w;
-                }
+                union_into(&mut peek.collected, &peek.scratch);
             }
             let word = (n / 64) as usize;
             if prepare && word >= prepared_to {
@@ -566,7 +563,8 @@ impl Sender {
     }
 
     /// Computes the verification records of `mode` on several threads (`final_pass`: the
-    /// units of the final pass) and sends them; returns how many it listed.
+    /// units of the final pass) and sends them, [`VERIFY_RECORDS_PER_FRAME`] units at a time
+    /// (memory stays bounded for any guest size); returns how many records it listed.
     fn send_verify<S: UnitSource + Sync>(
         &mut self,
         source: &mut S,
@@ -576,33 +574,43 @@ impl Sender {
     ) -> Result<u64, SessionError> {
         let mut populated = UnitSet::new(source.count());
         source.populated(&mut populated)?;
-        let (units, skip_zero): (Vec<u64>, bool) = match mode {
+        let (set, skip_zero) = match mode {
             VerifyMode::Off => return Ok(0),
-            VerifyMode::Full => (populated.iter().collect(), true),
+            VerifyMode::Full => (populated, true),
             VerifyMode::Sampled => {
                 let seed = verify::random_seed();
-                let set = verify::sampled_set(final_pass, &populated, sample, seed);
-                (set.iter().collect(), false)
+                (
+                    verify::sampled_set(final_pass, &populated, sample, seed),
+                    false,
+                )
             }
         };
-        let src: &S = source;
-        let records =
-            verify::crc_records(&units, verify::default_threads(), skip_zero, &|n, b| {
-                src.read(n, b)
-            })?;
         let id = source.id();
-        for chunk in records.chunks(VERIFY_RECORDS_PER_FRAME) {
-            let payload = protocol::encode_verify(chunk);
+        let src: &S = source;
+        let threads = verify::default_threads();
+        let mut units = Vec::with_capacity(VERIFY_RECORDS_PER_FRAME.min(set.count() as usize));
+        let mut all = set.iter().peekable();
+        let mut listed = 0u64;
+        loop {
+            units.clear();
+            units.extend(all.by_ref().take(VERIFY_RECORDS_PER_FRAME));
+            let records = verify::crc_records(&units, threads, skip_zero, &|n, b| src.read(n, b))?;
+            listed += records.len() as u64;
+            let payload = protocol::encode_verify(&records);
             self.wire
                 .out
                 .source_frame(FrameType::Verify, id, &payload)?;
+            if all.peek().is_none() {
+                return Ok(listed);
+            }
         }
-        if records.is_empty() {
-            self.wire
-                .out
-                .source_frame(FrameType::Verify, id, &protocol::encode_verify(&[]))?;
-        }
-        Ok(records.len() as u64)
+    }
+}
+
+/// Adds the units of `src` to `dst` (sets of the same source).
+fn union_into(dst: &mut UnitSet, src: &UnitSet) {
+    for (o, w) in dst.words_mut().iter_mut().zip(src.words()) {
+        *o |= w;
     }
 }
 
@@ -731,8 +739,9 @@ pub fn migrate<S: UnitSource + Sync, G: Guest>(
         peek: Peek {
             every: (cache_units / 4) as u64,
             cache_units: cache_units as u64,
-            collected: UnitSet::new(source.count()),
-            scratch: UnitSet::new(source.count()),
+            // Allocated by the first pass that looks.
+            collected: UnitSet::new(0),
+            scratch: UnitSet::new(0),
         },
     };
     let result = handshake(&mut s, &mut hello, opts)
@@ -877,9 +886,7 @@ fn precopy<S: UnitSource + Sync, G: Guest>(
         let collect = Instant::now();
         source.dirty(&mut dirty, false)?;
         let collect_s = collect.elapsed().as_secs_f64();
-        for (o, w) in dirty.words_mut().iter_mut().zip(s.peek.collected.words()) {
-            *o |= w;
-        }
+        union_into(&mut dirty, &s.peek.collected);
         s.peek.collected.clear();
         s.skip.exclude(&mut dirty);
         let n = dirty.count();
