@@ -529,23 +529,52 @@ impl Sender {
         })
     }
 
-    /// Ends a round and waits until the destination has applied it (at most until the
-    /// deadline).
+    /// Ends a round and waits until the destination has applied it.
     fn end_round(&mut self, round: u32) -> Result<(), SessionError> {
         self.wire
             .out
             .json(FrameType::RoundEnd, &RoundEnd { round })?;
         self.wire.flush()?;
-        let left = self
-            .stop
-            .deadline
-            .saturating_duration_since(Instant::now())
-            .clamp(Duration::from_millis(10), REPLY_TIMEOUT);
-        self.socket
-            .set_read_timeout(Some(left))
-            .map_err(ProtocolError::Io)?;
+        self.wait_reply()?;
         self.expect_reply(FrameType::RoundAck, "RoundAck")
             .map(|_| ())
+    }
+
+    /// Waits until the destination's next frame starts arriving, at most
+    /// [`REPLY_TIMEOUT`], checking the stop conditions every [`WRITE_SLICE`]: a reply wait
+    /// before the commit point never outlasts a cancel or the deadline. (It peeks at the
+    /// socket, so no byte of the frame is consumed before the frame is read.)
+    fn wait_reply(&mut self) -> Result<(), SessionError> {
+        let end = Instant::now() + REPLY_TIMEOUT;
+        let io = |e| SessionError::from(ProtocolError::Io(e));
+        self.socket
+            .set_read_timeout(Some(WRITE_SLICE))
+            .map_err(io)?;
+        loop {
+            if !self.input.get_ref().buffer().is_empty() {
+                break;
+            }
+            self.stop.check()?;
+            match self.socket.peek(&mut [0u8; 1]) {
+                // Data, or the end of the stream (the read reports it).
+                Ok(_) => break,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if Instant::now() >= end {
+                        return Err(io(e));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+        self.socket
+            .set_read_timeout(Some(REPLY_TIMEOUT))
+            .map_err(io)
     }
 
     /// Reads the destination's next frame and checks it is of `kind`.
@@ -796,6 +825,8 @@ fn handshake(s: &mut Sender, hello: &mut Hello, opts: &MigrateOptions) -> Result
     hello.verify = opts.verify;
     let sent_hello = Instant::now();
     s.wire.out.json(FrameType::Hello, &*hello)?;
+    s.wire.flush()?;
+    s.wait_reply()?;
     let reply = s.expect_reply(FrameType::HelloAck, "HelloAck")?;
     if sent_hello.elapsed() < LAN_RTT {
         s.wire.link.set_prior(Some(LAN_PRIOR));

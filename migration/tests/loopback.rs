@@ -797,3 +797,34 @@ fn the_hot_set_stays_cached_through_a_first_pass_larger_than_the_cache() {
         summary.codec
     );
 }
+
+#[test]
+fn cancel_while_waiting_for_a_silent_destination_is_quick() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Accepts, then never answers the Hello.
+    let dest = std::thread::spawn(move || {
+        let (_stream, _) = listener.accept().unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+    });
+    let cancel = Cancel::new();
+    let c = cancel.clone();
+    let canceller = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        c.cancel();
+    });
+    let mut guest = DirtyingGuest::new(vec![0]);
+    let t = Instant::now();
+    let sent = sender::migrate(
+        TcpStream::connect(addr).unwrap(),
+        hello(UNITS * PAGE_SIZE as u64),
+        &verified(VerifyMode::Off),
+        &mut guest,
+        &mut Hooks::default(),
+        &cancel,
+    );
+    assert!(matches!(sent, Err(SessionError::Cancelled)), "{sent:?}");
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    canceller.join().unwrap();
+    dest.join().unwrap();
+}
