@@ -28,7 +28,8 @@
 //! With `--verify`, the source lists `(unit, crc32)` records ([`crate::verify`]) after the
 //! state and before `Complete`: `full` every non-zero populated unit, `sampled` every unit
 //! of the final pass plus a random sample of the other populated units (fresh seed per
-//! migration), computed on several threads while paused.
+//! migration, drawn just before the pause so it costs no downtime); the records are
+//! computed on several threads while paused.
 //!
 //! # Test switch: a skipped unit
 //!
@@ -591,27 +592,27 @@ impl Sender {
         Ok(f)
     }
 
-    /// Computes the verification records of `mode` on several threads (`final_pass`: the
-    /// units of the final pass) and sends them, [`VERIFY_RECORDS_PER_FRAME`] units at a time
-    /// (memory stays bounded for any guest size); returns how many records it listed.
+    /// Computes the verification records of `mode` on several threads and sends them,
+    /// [`VERIFY_RECORDS_PER_FRAME`] units at a time (memory stays bounded for any guest
+    /// size); returns how many records it listed. Sampled mode lists `final_pass` and
+    /// `sample` (drawn before the pause, [`draw_sample`]).
     fn send_verify<S: UnitSource + Sync>(
         &mut self,
         source: &mut S,
         mode: VerifyMode,
         final_pass: &UnitSet,
-        sample: u64,
+        sample: Option<UnitSet>,
     ) -> Result<u64, SessionError> {
-        let mut populated = UnitSet::new(source.count());
-        source.populated(&mut populated)?;
-        let (set, skip_zero) = match mode {
-            VerifyMode::Off => return Ok(0),
-            VerifyMode::Full => (populated, true),
-            VerifyMode::Sampled => {
-                let seed = verify::random_seed();
-                (
-                    verify::sampled_set(final_pass, &populated, sample, seed),
-                    false,
-                )
+        let (set, skip_zero) = match (mode, sample) {
+            (VerifyMode::Off, _) => return Ok(0),
+            (VerifyMode::Sampled, Some(mut sample)) => {
+                union_into(&mut sample, final_pass);
+                (sample, false)
+            }
+            _ => {
+                let mut populated = UnitSet::new(source.count());
+                source.populated(&mut populated)?;
+                (populated, true)
             }
         };
         let id = source.id();
@@ -634,6 +635,24 @@ impl Sender {
             }
         }
     }
+}
+
+/// Sampled verification's sample, drawn before the pause so it costs no downtime:
+/// `sample` random populated units outside `dirty` (the units the final pass will send,
+/// as known at the switchover decision), with a fresh random seed.
+fn draw_sample<S: UnitSource>(
+    source: &mut S,
+    dirty: &UnitSet,
+    sample: u64,
+) -> Result<UnitSet, SessionError> {
+    let mut populated = UnitSet::new(source.count());
+    source.populated(&mut populated)?;
+    Ok(verify::sampled_set(
+        dirty,
+        &populated,
+        sample,
+        verify::random_seed(),
+    ))
 }
 
 /// Adds the units of `src` to `dst` (sets of the same source).
@@ -974,6 +993,10 @@ fn precopy<S: UnitSource + Sync, G: Guest>(
     };
 
     // Switchover: pause, final pass, state. Downtime starts when the guest is asked to stop.
+    let drawn = match opts.verify {
+        VerifyMode::Sampled => Some(draw_sample(source, &dirty, sample)?),
+        _ => None,
+    };
     let t_pause = Instant::now();
     let ms_since = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
     guest.pause();
@@ -994,7 +1017,7 @@ fn precopy<S: UnitSource + Sync, G: Guest>(
     s.wire.out.frame(FrameType::State, &state)?;
     let state_ms = ms_since(t_pause);
     let t_verify = Instant::now();
-    let listed = s.send_verify(source, opts.verify, &dirty, sample)?;
+    let listed = s.send_verify(source, opts.verify, &dirty, drawn)?;
     let verify_ms = ms_since(t_verify);
     s.wire.flush()?;
     // The last moment to stop: after Complete the destination may commit.
