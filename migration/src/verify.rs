@@ -19,8 +19,9 @@ use std::hash::{BuildHasher, Hasher};
 use crate::unit::UnitSet;
 use crate::{is_zero_page, PAGE_SIZE};
 
-/// Units per thread below which the records are computed on the calling thread only.
-const MIN_UNITS_PER_THREAD: usize = 4096;
+/// Fewest units worth a thread of their own (a thread costs tens of µs to start, a unit
+/// about half a µs to read and crc).
+const MIN_UNITS_PER_THREAD: usize = 512;
 /// Most threads [`crc_records`] uses.
 pub const MAX_VERIFY_THREADS: usize = 8;
 
