@@ -28,8 +28,8 @@
 //! With `--verify`, the source lists `(unit, crc32)` records ([`crate::verify`]) after the
 //! state and before `Complete`: `full` every non-zero populated unit, `sampled` every unit
 //! of the final pass plus a random sample of the other populated units (fresh seed per
-//! migration, drawn just before the pause so it costs no downtime); the records are
-//! computed on several threads while paused.
+//! migration, drawn in tens of µs just before the pause, outside the dirty set known
+//! then); the records are computed on several threads while paused.
 //!
 //! # Test switch: a skipped unit
 //!
@@ -595,7 +595,7 @@ impl Sender {
     /// Computes the verification records of `mode` on several threads and sends them,
     /// [`VERIFY_RECORDS_PER_FRAME`] units at a time (memory stays bounded for any guest
     /// size); returns how many records it listed. Sampled mode lists `final_pass` and
-    /// `sample` (drawn before the pause, [`draw_sample`]).
+    /// `sample` (drawn just before the pause).
     fn send_verify<S: UnitSource + Sync>(
         &mut self,
         source: &mut S,
@@ -635,24 +635,6 @@ impl Sender {
             }
         }
     }
-}
-
-/// Sampled verification's sample, drawn before the pause so it costs no downtime:
-/// `sample` random populated units outside `dirty` (the units the final pass will send,
-/// as known at the switchover decision), with a fresh random seed.
-fn draw_sample<S: UnitSource>(
-    source: &mut S,
-    dirty: &UnitSet,
-    sample: u64,
-) -> Result<UnitSet, SessionError> {
-    let mut populated = UnitSet::new(source.count());
-    source.populated(&mut populated)?;
-    Ok(verify::sampled_set(
-        dirty,
-        &populated,
-        sample,
-        verify::random_seed(),
-    ))
 }
 
 /// Adds the units of `src` to `dst` (sets of the same source).
@@ -944,24 +926,24 @@ fn precopy<S: UnitSource + Sync, G: Guest>(
         let dirty_rate = n as f64 / (ms / 1e3).max(1e-6);
         guest.dirty_rate(dirty_rate);
         let link = s.wire.link.rate();
-        let final_units = n as f64 + dirty_rate * (collect_s + PAUSE_ALLOWANCE_S);
-        let measured = Measured {
+        let mut measured = Measured {
             dirty: n,
             dirty_rate,
             collect_s: collect_s + PAUSE_ALLOWANCE_S,
             sender_s_per_unit: rates.s_per_unit,
             wire_per_unit: rates.wire_per_unit,
             link_bytes_per_s: link,
-            fixed_ms: fixed_ms(
-                opts.verify,
-                final_units,
-                populated_count,
-                sample,
-                &rates,
-                link,
-            ),
+            fixed_ms: 0.0,
             elapsed: t0.elapsed(),
         };
+        measured.fixed_ms = fixed_ms(
+            opts.verify,
+            measured.final_units(),
+            populated_count,
+            sample,
+            &rates,
+            link,
+        );
         let d = decision.decide(&measured);
         s.progress.best_ms = decision.best_ms();
         if let Some(last) = rounds.last_mut() {
@@ -993,8 +975,19 @@ fn precopy<S: UnitSource + Sync, G: Guest>(
     };
 
     // Switchover: pause, final pass, state. Downtime starts when the guest is asked to stop.
+    // Sampled verification's sample is drawn just before (tens of µs): populated units
+    // outside the dirty set known now.
     let drawn = match opts.verify {
-        VerifyMode::Sampled => Some(draw_sample(source, &dirty, sample)?),
+        VerifyMode::Sampled => {
+            let mut populated = UnitSet::new(source.count());
+            source.populated(&mut populated)?;
+            Some(verify::sampled_set(
+                &dirty,
+                &populated,
+                sample,
+                verify::random_seed(),
+            ))
+        }
         _ => None,
     };
     let t_pause = Instant::now();

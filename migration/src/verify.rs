@@ -67,26 +67,69 @@ pub fn random_seed() -> u64 {
 
 /// The units sampled verification lists: every unit of `final_pass`, plus `sample` units
 /// drawn uniformly without replacement from the units of `populated` outside the final
-/// pass (all of them if there are fewer). Selection sampling (Knuth's algorithm S): one
-/// pass, exact uniformity, ascending output.
+/// pass (all of them if there are fewer). Robert Floyd's algorithm picks `sample` distinct
+/// ranks among the candidates, and one walk over the bitmap words (popcounts) maps ranks
+/// to units: O(words + sample log sample), about 50 µs for 1 GiB of guest and the default
+/// sample, so it can run just before the pause.
 pub fn sampled_set(final_pass: &UnitSet, populated: &UnitSet, sample: u64, seed: u64) -> UnitSet {
     let len = populated.len().max(final_pass.len());
     let mut out = UnitSet::new(len);
-    for n in final_pass.iter() {
-        out.set(n);
+    let fp = final_pass.words();
+    let candidates = |i: usize, w: u64| w & !fp.get(i).copied().unwrap_or(0);
+    for (o, w) in out.words_mut().iter_mut().zip(fp) {
+        *o |= w;
     }
-    let mut remaining = populated.iter().filter(|n| !final_pass.get(*n)).count() as u64;
-    let mut wanted = sample.min(remaining);
+    let total: u64 = populated
+        .words()
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| u64::from(candidates(i, w).count_ones()))
+        .sum();
+    if sample >= total {
+        for (i, (o, &w)) in out
+            .words_mut()
+            .iter_mut()
+            .zip(populated.words())
+            .enumerate()
+        {
+            *o |= candidates(i, w);
+        }
+        return out;
+    }
+    // Floyd: for j in total-s..total, pick t in 0..=j; take t, or j if t is taken.
     let mut rng = SampleRng::new(seed);
-    for n in populated.iter().filter(|n| !final_pass.get(*n)) {
-        if wanted == 0 {
+    let mut chosen = std::collections::HashSet::with_capacity(sample as usize);
+    for j in total - sample..total {
+        let t = rng.below(j + 1);
+        if !chosen.insert(t) {
+            chosen.insert(j);
+        }
+    }
+    let mut ranks: Vec<u64> = chosen.into_iter().collect();
+    ranks.sort_unstable();
+    // Map ranks (positions among the candidates, ascending) to units.
+    let mut next = ranks.iter().copied().peekable();
+    let mut before = 0u64; // candidates in the words already walked
+    for (i, &w) in populated.words().iter().enumerate() {
+        let mut c = candidates(i, w);
+        let here = u64::from(c.count_ones());
+        let mut rank = before;
+        while let Some(&r) = next.peek() {
+            if r >= before + here {
+                break;
+            }
+            // Drop the candidates below rank r in this word, then take the lowest.
+            while rank < r {
+                c &= c - 1;
+                rank += 1;
+            }
+            out.set(i as u64 * 64 + u64::from(c.trailing_zeros()));
+            next.next();
+        }
+        before += here;
+        if next.peek().is_none() {
             break;
         }
-        if rng.below(remaining) < wanted {
-            out.set(n);
-            wanted -= 1;
-        }
-        remaining -= 1;
     }
     out
 }
@@ -246,6 +289,22 @@ mod tests {
         // A sample at least as large as the candidates takes them all.
         let all = sampled_set(&final_pass, &populated, candidates + 10, 1);
         assert_eq!(all.count(), candidates + 4);
+    }
+
+    #[test]
+    fn a_guest_sized_sample_is_exact() {
+        // 1 GiB of units, all populated, a final pass of every 7th unit.
+        let n = 262_144u64;
+        let populated = set_of(n, 0..n);
+        let final_pass = set_of(n, (0..n).step_by(7));
+        let s = sampled_set(&final_pass, &populated, 1024, 42);
+        assert_eq!(s.count(), final_pass.count() + 1024);
+        let others = s.iter().filter(|u| !final_pass.get(*u)).count();
+        assert_eq!(others, 1024);
+        // The last candidate can be drawn: a sample of all but one misses exactly one.
+        let candidates = n - final_pass.count();
+        let almost = sampled_set(&final_pass, &populated, candidates - 1, 3);
+        assert_eq!(almost.count(), n - 1);
     }
 
     #[test]
