@@ -177,6 +177,7 @@ impl UnitSource for GuestSource<'_> {
 pub struct GuestSink<'a> {
     m: &'a Machine,
     pages: GuestMemoryPages<'a, GuestMem>,
+    written: bool,
 }
 
 impl<'a> GuestSink<'a> {
@@ -185,7 +186,14 @@ impl<'a> GuestSink<'a> {
         GuestSink {
             m,
             pages: GuestMemoryPages(m.mem()),
+            written: false,
         }
+    }
+
+    /// Whether any page has been written into guest memory (after that a failed stream
+    /// leaves the guest damaged: the destination cannot wait for another source).
+    pub fn written(&self) -> bool {
+        self.written
     }
 }
 
@@ -199,6 +207,7 @@ impl PageStore for GuestSink<'_> {
     }
 
     fn write_page(&mut self, index: u64, data: &[u8; PAGE_SIZE]) -> bool {
+        self.written = true;
         self.pages.write_page(index, data)
     }
 }
@@ -318,12 +327,18 @@ impl Guest for VmGuest<'_> {
 /// The destination machine's hooks: Hello check, state restore, start.
 pub struct VmTakeover<'a> {
     m: &'a Arc<Machine>,
+    restored: bool,
 }
 
 impl<'a> VmTakeover<'a> {
     /// Hooks for `m`, built but not started.
     pub fn new(m: &'a Arc<Machine>) -> Self {
-        VmTakeover { m }
+        VmTakeover { m, restored: false }
+    }
+
+    /// Whether the VM state was restored (or the restore was attempted).
+    pub fn restored(&self) -> bool {
+        self.restored
     }
 }
 
@@ -333,6 +348,7 @@ impl Takeover for VmTakeover<'_> {
     }
 
     fn restore(&mut self, state: &[u8]) -> Result<(), HookError> {
+        self.restored = true;
         let st = crate::state::decode(state)?;
         self.m.restore(&st)?;
         Ok(())
