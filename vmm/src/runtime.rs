@@ -55,7 +55,11 @@ pub const COMMIT_GRACE: Duration = Duration::from_secs(2);
 
 /// How long `cancel` waits for the engine to notice the cancellation before it also shuts
 /// the migration connection down.
-const CANCEL_GRACE: Duration = Duration::from_secs(3);
+const CANCEL_GRACE: Duration = Duration::from_secs(2);
+
+/// Backstop for the migration's own `timeout_s` (enforced by the engine): a migration still
+/// running this long after its timeout is cancelled by the VMM (unless it auto-converges).
+const TIMEOUT_GRACE: Duration = Duration::from_secs(2);
 
 /// How long `cancel` waits in all for the migration to stop.
 const CANCEL_WAIT: Duration = Duration::from_secs(30);
@@ -172,6 +176,9 @@ impl Runtime {
 
     fn migrate(&self, opts: &MigrateOptions) -> Result<Reply, String> {
         let m = self.machine()?.clone();
+        // Bad options are answered at once; the guest never pauses for them.
+        crate::migration::options::validate(opts, m.config().memory)
+            .map_err(|e| format!("migration refused, guest still running here: {e}"))?;
         let cancel = Cancel::new();
         {
             // Under the slot's lock, so `cancel` sees either no migration or this one.
@@ -189,12 +196,59 @@ impl Runtime {
                 conn: None,
             });
         }
-        let r = crate::migration::source::migrate(&m, opts, &cancel, &|conn| {
-            if let Some(o) = self.outgoing.lock().current.as_mut() {
-                o.conn = conn.try_clone().ok();
+        let timed_out = AtomicBool::new(false);
+        let deadline = Duration::from_secs(opts.timeout_s)
+            .checked_add(TIMEOUT_GRACE)
+            .and_then(|d| Instant::now().checked_add(d))
+            .filter(|_| !opts.auto_converge);
+        std::thread::scope(|s| {
+            if let Some(deadline) = deadline {
+                let fired = &timed_out;
+                s.spawn(move || self.watchdog(deadline, fired));
             }
-        });
-        let (outcome, reply) = match r {
+            let r = crate::migration::source::migrate(&m, opts, &cancel, &|conn| {
+                if let Some(o) = self.outgoing.lock().current.as_mut() {
+                    o.conn = conn.try_clone().ok();
+                }
+            });
+            let (outcome, reply) = self.outcome(&m, r, &cancel, &timed_out, opts.timeout_s);
+            let mut slot = self.outgoing.lock();
+            slot.current = None;
+            slot.last = Some(outcome);
+            self.outgoing_done.notify_all();
+            reply
+        })
+    }
+
+    /// Waits until the outgoing migration ends or `deadline` passes; then stops it.
+    fn watchdog(&self, deadline: Instant, fired: &AtomicBool) {
+        let mut slot = self.outgoing.lock();
+        while slot.current.is_some() {
+            if self
+                .outgoing_done
+                .wait_until(&mut slot, deadline)
+                .timed_out()
+                && slot.current.is_some()
+            {
+                fired.store(true, Ordering::SeqCst);
+                drop(slot);
+                tracing::warn!("outgoing migration still running past its timeout: cancelling it");
+                self.stop_migration();
+                return;
+            }
+        }
+    }
+
+    /// What the migration's result means for this VMM: its outcome and the `migrate` reply.
+    fn outcome(
+        &self,
+        m: &Arc<Machine>,
+        r: Result<crate::migration::options::MigrationSummary, MigrationError>,
+        cancel: &Cancel,
+        timed_out: &AtomicBool,
+        timeout_s: u64,
+    ) -> (Outcome, Result<Reply, String>) {
+        match r {
             Ok(summary) => {
                 // The commit point: the destination runs the guest. End here whatever
                 // happens to the reply.
@@ -219,22 +273,19 @@ impl Runtime {
             }
             Err(e) => {
                 self.set_state(Lifecycle::Running);
-                let what = if cancel.is_cancelled() {
-                    "migration cancelled"
+                let what = if timed_out.load(Ordering::SeqCst) {
+                    format!("migration timed out (still running {timeout_s} s after it started) and was cancelled")
+                } else if cancel.is_cancelled() {
+                    "migration cancelled".to_string()
                 } else {
-                    "migration failed"
+                    "migration failed".to_string()
                 };
                 (
                     Outcome::Resumed,
                     Err(format!("{what}, guest still running here: {e}")),
                 )
             }
-        };
-        let mut slot = self.outgoing.lock();
-        slot.current = None;
-        slot.last = Some(outcome);
-        self.outgoing_done.notify_all();
-        reply
+        }
     }
 
     /// Stops the outgoing migration and waits until it ended; `None` if none runs.
