@@ -75,8 +75,9 @@ fn bind_error(path: &Path, kind: std::io::ErrorKind, msg: String) -> ApiError {
 }
 
 /// Binds a Unix socket at `path`, mode 0600 whatever the umask: it is bound inside a fresh
-/// private (0700) directory next to `path`, chmod-ed, then renamed into place, so it is never
-/// reachable with wider permissions.
+/// private (0700) directory next to `path`, chmod-ed, then hard-linked into place (which,
+/// unlike a rename, fails if something appeared at `path` meanwhile: nothing is ever
+/// replaced), so it is never reachable with wider permissions.
 fn bind_private(path: &Path) -> Result<UnixListener, ApiError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let err = |source| ApiError::Bind {
@@ -107,7 +108,7 @@ fn bind_private(path: &Path) -> Result<UnixListener, ApiError> {
     let r = UnixListener::bind(&inner)
         .and_then(|l| {
             std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o600))?;
-            std::fs::rename(&inner, path)?;
+            std::fs::hard_link(&inner, path)?;
             Ok(l)
         })
         .map_err(err);
@@ -254,4 +255,93 @@ pub fn call<T: DeserializeOwned>(path: &Path, req: &Request) -> Result<T, ApiErr
         .take(MAX_RESPONSE_LINE as u64 + 1)
         .read_line(&mut resp)?;
     Ok(decode_response(&resp)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use novacron_vmm_api::protocol::{Empty, Reply};
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+
+    struct Echo;
+    impl Handler for Echo {
+        fn handle(&self, req: &Request) -> Result<Reply, String> {
+            match req {
+                Request::Info => Ok(Reply::Empty(Empty {})),
+                other => Err(format!("{} refused", other.name())),
+            }
+        }
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("nc-api-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn over_long_line_gets_one_error_and_its_rest_is_discarded() {
+        let (mut client, server) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || serve_conn(server, Arc::new(Echo)));
+        // An over-long line whose tail looks like a request: it must not be parsed.
+        let mut line = vec![b'x'; MAX_REQUEST_LINE + 10];
+        line.extend_from_slice(b"{\"cmd\":\"pause\"}\n{\"cmd\":\"info\"}\n");
+        client.write_all(&line).unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut out = String::new();
+        client.read_to_string(&mut out).unwrap();
+        t.join().unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        assert!(lines[0].contains("request too long"), "{out}");
+        assert!(!out.contains("pause refused"), "{out}");
+        assert!(lines[1].contains("\"ok\":true"), "{out}");
+    }
+
+    #[test]
+    fn binary_and_partial_lines_get_error_replies() {
+        let (mut client, server) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || serve_conn(server, Arc::new(Echo)));
+        client
+            .write_all(b"\xff\xfe\x00\n{\"cmd\":\n{\"cmd\":\"info\"}")
+            .unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut out = String::new();
+        client.read_to_string(&mut out).unwrap();
+        t.join().unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(lines[0].contains("not UTF-8"), "{out}");
+        assert!(lines[1].contains("\"ok\":false"), "{out}");
+        assert!(lines[2].contains("\"ok\":true"), "{out}");
+    }
+
+    #[test]
+    fn socket_is_private_and_a_regular_file_is_never_replaced() {
+        let d = scratch("bind");
+        let file = d.join("not-a-socket");
+        std::fs::write(&file, b"keep me").unwrap();
+        let e = serve(&file, Arc::new(Echo)).unwrap_err().to_string();
+        assert!(e.contains("is not a socket"), "{e}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+
+        let sock = d.join("api.sock");
+        serve(&sock, Arc::new(Echo)).unwrap();
+        let meta = std::fs::symlink_metadata(&sock).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let _: Empty = call(&sock, &Request::Info).unwrap();
+        // A second VMM on the same live socket is refused.
+        let e = serve(&sock, Arc::new(Echo)).unwrap_err().to_string();
+        assert!(e.contains("another VMM"), "{e}");
+        // No temporary left behind.
+        let names: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
 }

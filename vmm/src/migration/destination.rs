@@ -2,18 +2,20 @@
 //! for and runs the engine's receive loop ([`novacron_migration::receiver`]) into this
 //! machine, which starts only once memory, state and (if asked) verification are complete.
 //!
-//! The listener keeps accepting until the accept deadline (`--incoming-timeout`): a
-//! connection that is not the awaited migration (a port scan that connects and closes, junk,
-//! a Hello with another migration id, a peer that sends nothing until the read timeout) is
-//! logged and dropped, as long as it wrote nothing into guest memory. Once pages have
-//! arrived, a failed stream ends the VMM: the guest memory is no longer clean.
+//! The listener keeps accepting until the accept deadline (`--incoming-timeout`, default
+//! [`DEFAULT_INCOMING_TIMEOUT`]), then fails with [`MigrationError::NoIncoming`]. A stray
+//! connection (a port scan that connects and closes, junk, a peer silent until the read
+//! timeout, a Hello of another migration id: [`SessionError::Stray`], or any failure before
+//! a Hello of the awaited migration) is logged, counted and dropped; it changed nothing
+//! here. Once the awaited source's Hello has been accepted, a failed stream ends the VMM
+//! with an error (the guest never ran here).
 
 use super::glue::{GuestSink, VmTakeover};
 use super::options::parse_tcp;
 use super::MigrationError;
 use crate::machine::Machine;
 pub use novacron_migration::receiver::Received;
-use novacron_migration::session::Expect;
+use novacron_migration::session::{Expect, SessionError};
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +25,9 @@ pub const DEFAULT_INCOMING_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Longest wait for any one read from a source (and so for a silent stray connection).
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often the accept loop looks at the deadline while nobody connects.
+const ACCEPT_POLL: Duration = Duration::from_millis(20);
 
 /// What the destination waits for.
 #[derive(Debug, Clone)]
@@ -54,7 +59,7 @@ pub fn receive(
     if let Ok(local) = listener.local_addr() {
         on_listening(local);
     }
-    let deadline = Instant::now() + inc.accept_timeout;
+    let deadline = Instant::now().checked_add(inc.accept_timeout);
     let expect = Expect {
         migration_id: inc.migration_id.clone(),
         read_timeout: READ_TIMEOUT.min(inc.accept_timeout.max(Duration::from_secs(1))),
@@ -67,35 +72,27 @@ pub fn receive(
                 if e.kind() == std::io::ErrorKind::WouldBlock
                     || e.kind() == std::io::ErrorKind::Interrupted =>
             {
-                if Instant::now() >= deadline {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
                     return Err(MigrationError::NoIncoming {
                         addr: addr.to_string(),
                         secs: inc.accept_timeout.as_secs(),
                         strays,
                     });
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(ACCEPT_POLL);
                 continue;
             }
             Err(source) => return Err(listen_err(source)),
         };
         stream.set_nonblocking(false).map_err(listen_err)?;
         let mut sink = GuestSink::new(m);
-        let mut takeover = VmTakeover::new(m);
+        let mut takeover = VmTakeover::new(m, inc.migration_id.clone());
         match novacron_migration::receiver::receive(stream, &mut sink, &mut takeover, &expect) {
             Ok(r) => return Ok(r),
-            // TODO(integrator): once engine-rx's `SessionError::Stray` lands, it is covered
-            // here too (it is returned before any page arrives); the rule below is the one
-            // that keeps the guest safe either way: a connection that wrote nothing into
-            // guest memory (closed before a Hello, junk, a wrong migration id, a refused
-            // Hello, a read timeout) is stray, and the listener keeps waiting.
-            Err(e) if !sink.written() && !takeover.restored() => {
+            Err(e) if matches!(e, SessionError::Stray(_)) || !takeover.accepted_hello() => {
                 strays += 1;
                 tracing::warn!(
-                    "incoming migration: connection from {peer} is not the awaited migration ({e}); still waiting"
-                );
-                eprintln!(
-                    "novacron-vmm: ignored a connection from {peer}: {e}; still waiting for the migration"
+                    "incoming migration: ignored connection {strays} from {peer}, not the awaited migration ({e}); still waiting"
                 );
             }
             Err(e) => return Err(e.into()),

@@ -16,6 +16,7 @@ use novacron_migration::sender::Guest;
 use novacron_migration::session::HookError;
 use novacron_migration::unit::{SourceId, UnitError, UnitSet, UnitSink, UnitSource, GUEST_MEMORY};
 use novacron_migration::{PageStore, PAGE_SIZE};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -177,7 +178,6 @@ impl UnitSource for GuestSource<'_> {
 pub struct GuestSink<'a> {
     m: &'a Machine,
     pages: GuestMemoryPages<'a, GuestMem>,
-    written: bool,
 }
 
 impl<'a> GuestSink<'a> {
@@ -186,14 +186,7 @@ impl<'a> GuestSink<'a> {
         GuestSink {
             m,
             pages: GuestMemoryPages(m.mem()),
-            written: false,
         }
-    }
-
-    /// Whether any page has been written into guest memory (after that a failed stream
-    /// leaves the guest damaged: the destination cannot wait for another source).
-    pub fn written(&self) -> bool {
-        self.written
     }
 }
 
@@ -207,7 +200,6 @@ impl PageStore for GuestSink<'_> {
     }
 
     fn write_page(&mut self, index: u64, data: &[u8; PAGE_SIZE]) -> bool {
-        self.written = true;
         self.pages.write_page(index, data)
     }
 }
@@ -327,28 +319,45 @@ impl Guest for VmGuest<'_> {
 /// The destination machine's hooks: Hello check, state restore, start.
 pub struct VmTakeover<'a> {
     m: &'a Arc<Machine>,
-    restored: bool,
+    /// The migration id the Hello must carry (`None`: any).
+    migration_id: Option<String>,
+    /// Set once a Hello carrying the awaited migration id reached the compatibility check.
+    accepted_hello: Cell<bool>,
 }
 
 impl<'a> VmTakeover<'a> {
-    /// Hooks for `m`, built but not started.
-    pub fn new(m: &'a Arc<Machine>) -> Self {
-        VmTakeover { m, restored: false }
+    /// Hooks for `m`, built but not started, awaiting the migration `migration_id` (if set).
+    pub fn new(m: &'a Arc<Machine>, migration_id: Option<String>) -> Self {
+        VmTakeover {
+            m,
+            migration_id,
+            accepted_hello: Cell::new(false),
+        }
     }
 
-    /// Whether the VM state was restored (or the restore was attempted).
-    pub fn restored(&self) -> bool {
-        self.restored
+    /// Whether this connection carried a Hello of the awaited migration. A connection that
+    /// failed before that (closed, junk, silent, another migration id) is stray: it changed
+    /// nothing here and the destination keeps waiting for its source.
+    pub fn accepted_hello(&self) -> bool {
+        self.accepted_hello.get()
     }
 }
 
 impl Takeover for VmTakeover<'_> {
     fn check(&self, hello: &Hello) -> Result<(), String> {
+        if let Some(id) = &self.migration_id {
+            if &hello.migration_id != id {
+                return Err(format!(
+                    "stream is for migration '{}', this destination awaits '{id}'",
+                    hello.migration_id
+                ));
+            }
+        }
+        self.accepted_hello.set(true);
         check_hello(self.m, hello)
     }
 
     fn restore(&mut self, state: &[u8]) -> Result<(), HookError> {
-        self.restored = true;
         let st = crate::state::decode(state)?;
         self.m.restore(&st)?;
         Ok(())
