@@ -19,7 +19,13 @@ const SECTOR: usize = 512;
 /// `images/testguest/src/workloads/counter.rs`: the record magic.
 const MAGIC: &[u8; 8] = b"NCCOUNT1";
 const PAUSES: usize = 1000;
+/// Migrations by default; `NOVACRON_PAUSE_MIGRATIONS` asks for more (a vCPU is in the middle
+/// of an I/O exit at a given pause only a few times in a hundred, so a longer run gives the
+/// check more chances).
 const MIGRATIONS: usize = 20;
+/// What a VMM logs (at `NOVACRON_LOG=debug`) when a pause found a vCPU with an I/O exit
+/// pending and completed its instruction before parking (`vmm/src/vcpu.rs`).
+const COMPLETED_IO: &str = "completing its instruction first";
 
 /// The `COUNT n=<n>` values of the complete lines of `log`, in order, and the problems found:
 /// any complete line in the counter's stream that does not parse.
@@ -103,6 +109,8 @@ fn wait_counting(vm: &mut Vmm, from: usize, more: usize) -> usize {
 
 #[test]
 fn counter_survives_1000_pauses_and_20_migrations_without_duplicate_or_gap() {
+    // The VMMs inherit it: their stderr then tells how often a pause met a pending I/O.
+    std::env::set_var("NOVACRON_LOG", "debug");
     let dir = Scratch::new("pause-resume");
     let disk = dir.path("counter.img");
     std::fs::write(&disk, vec![0u8; SECTORS as usize * SECTOR]).expect("disk image");
@@ -139,8 +147,13 @@ fn counter_survives_1000_pauses_and_20_migrations_without_duplicate_or_gap() {
     drop(c);
 
     // 20 migrations, each destination on the same disk file.
+    let migrations = std::env::var("NOVACRON_PAUSE_MIGRATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(MIGRATIONS);
     let mut logs = Vec::new();
-    for i in 1..=MIGRATIONS {
+    let mut completed_io = std::collections::BTreeMap::<String, u32>::new();
+    for i in 1..=migrations {
         wait_counting(&mut vm, at, 20);
         let port = free_port("127.0.0.1");
         let addr = format!("tcp:127.0.0.1:{port}");
@@ -159,6 +172,12 @@ fn counter_survives_1000_pauses_and_20_migrations_without_duplicate_or_gap() {
         assert!(ok, "migration {i} failed: {err}");
         assert_eq!(summary["ok"], true, "migration {i}: {summary}");
         assert_eq!(vm.wait_exit(T), Some(0), "source {i}: {}", vm.err());
+        for line in vm.err().lines().filter(|l| l.contains(COMPLETED_IO)) {
+            let kind = line.split(" with a ").nth(1).unwrap_or(line);
+            *completed_io
+                .entry(kind.split(" exit").next().unwrap_or(kind).to_string())
+                .or_insert(0) += 1;
+        }
         logs.push(vm.log());
         vm = dst;
         at = 0;
@@ -178,7 +197,7 @@ fn counter_survives_1000_pauses_and_20_migrations_without_duplicate_or_gap() {
     );
     let last = assert_consecutive("serial", &serial);
     assert!(
-        last > (MIGRATIONS * 20) as u64,
+        last > (migrations * 20) as u64,
         "too few values to mean anything: {last}"
     );
 
@@ -190,6 +209,12 @@ fn counter_survives_1000_pauses_and_20_migrations_without_duplicate_or_gap() {
     assert!(
         top == last || top == last + 1,
         "disk holds records up to {top}, serial up to {last}"
+    );
+    eprintln!(
+        "counter: {} serial values (last {last}), {} records on disk (newest {top}); sources' pauses that completed a pending I/O instruction first: \
+         {completed_io:?}",
+        serial.len(),
+        on_disk.len()
     );
     let expect_from = (top + 1).saturating_sub(SECTORS);
     assert_eq!(on_disk.first().copied(), Some(expect_from), "oldest record");

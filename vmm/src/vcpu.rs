@@ -362,14 +362,14 @@ pub fn run_loop(vcpu: &Vcpu, env: &VcpuEnv) {
     ctl.register_vcpu_thread();
     // The last KVM_RUN returned a port-I/O or MMIO exit: its instruction completes only when
     // KVM is entered again.
-    let mut pending_io = false;
+    let mut pending_io: Option<&'static str> = None;
     loop {
         if ctl.exit_requested() {
             break;
         }
         let mut fd = vcpu.fd.lock();
         let pausing = ctl.pause_requested();
-        if pausing && !pending_io {
+        if pausing && pending_io.is_none() {
             kvmclock_paused(vcpu.id, &fd);
             drop(fd);
             if !ctl.park() {
@@ -377,26 +377,30 @@ pub fn run_loop(vcpu: &Vcpu, env: &VcpuEnv) {
             }
             continue;
         }
-        if pausing {
+        if let (true, Some(kind)) = (pausing, pending_io) {
             // Complete the pending instruction without running further guest code.
+            tracing::debug!(
+                "vCPU {}: pause with a {kind} exit pending: completing its instruction first",
+                vcpu.id
+            );
             fd.set_kvm_immediate_exit(1);
         }
         let step = match fd.run() {
             Ok(exit) => {
-                pending_io = matches!(
-                    exit,
-                    VcpuExit::IoIn(..)
-                        | VcpuExit::IoOut(..)
-                        | VcpuExit::MmioRead(..)
-                        | VcpuExit::MmioWrite(..)
-                );
+                pending_io = match &exit {
+                    VcpuExit::IoIn(..) => Some("port-I/O read"),
+                    VcpuExit::IoOut(..) => Some("port-I/O write"),
+                    VcpuExit::MmioRead(..) => Some("MMIO read"),
+                    VcpuExit::MmioWrite(..) => Some("MMIO write"),
+                    _ => None,
+                };
                 dispatch(exit, env)
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 // Cleared before the pause flag is read again at the top of the loop, so a
                 // kick that lands in between is not lost (its pause flag was set first).
                 fd.set_kvm_immediate_exit(0);
-                pending_io = false;
+                pending_io = None;
                 Step::Continue
             }
             Err(e) => Step::Exit(ExitReason::Error(format!(
