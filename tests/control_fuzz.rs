@@ -175,7 +175,7 @@ fn expected_replies(payload: &[u8]) -> usize {
 #[test]
 fn control_socket_survives_random_input_and_the_guest_keeps_running() {
     let seed = env_u64("NOVACRON_FUZZ_SEED", 0x5eed_0011);
-    let cases = env_u64("NOVACRON_FUZZ_CASES", 600);
+    let cases = env_u64("NOVACRON_FUZZ_CASES", 2000);
     let dir = Scratch::new("control-fuzz");
     let mut vm = Vmm::boot_guest(&dir, "fuzz", "workload=ab mib=16", "128M");
     vm.wait_for("CHECK PASS", 0, Duration::from_secs(120));

@@ -240,6 +240,20 @@ fn destination_nobody_connects_to_gives_up_at_its_deadline() {
 }
 
 #[test]
+fn shutdown_of_a_waiting_destination_ends_it() {
+    let dir = Scratch::new("bad-dst-shutdown");
+    let port = free_port("127.0.0.1");
+    let mut dst = waiting_destination(&dir, "dst", port, "64M", &[]);
+    assert_eq!(state(&dst), "incoming");
+    let (ok, _, err) = dst.client("cancel", &[]);
+    assert!(!ok && err.contains("no outgoing migration"), "{err}");
+    let (ok, _, err) = dst.client("shutdown", &[]);
+    assert!(ok, "{err}");
+    assert_eq!(dst.wait_exit(T), Some(0), "{}", dst.err());
+    assert!(!dst.sock.exists(), "the API socket is removed");
+}
+
+#[test]
 fn snapshot_with_an_empty_path_is_refused() {
     let dir = Scratch::new("bad-snap");
     let mut src = source(&dir, "workload=ab mib=16", "128M");

@@ -144,7 +144,16 @@ fn run(mut args: RunArgs) -> ExitCode {
         (None, true) => Lifecycle::Paused,
         (None, false) => Lifecycle::Running,
     };
-    let rt = Runtime::new(initial, Box::new(|_| std::process::exit(0)));
+    let sock = args.api_socket.clone();
+    let rt = Runtime::new(
+        initial,
+        Box::new(move |reason| {
+            if let Some(sock) = &sock {
+                let _ = std::fs::remove_file(sock);
+            }
+            std::process::exit(reason.code())
+        }),
+    );
     let _ = rt.machine.set(machine.clone());
     if let Some(sock) = &args.api_socket {
         if let Err(e) = api::serve(sock, rt.clone()) {

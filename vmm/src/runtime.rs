@@ -81,6 +81,17 @@ enum Outcome {
     InDoubt,
 }
 
+/// What stopping the outgoing migration found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// No outgoing migration was running.
+    NoneRunning,
+    /// It ended, this way.
+    Ended(Outcome),
+    /// It did not stop in time.
+    Stuck,
+}
+
 #[derive(Default)]
 struct MigrationSlot {
     current: Option<Outgoing>,
@@ -103,7 +114,8 @@ pub struct Runtime {
     outgoing: Mutex<MigrationSlot>,
     /// Signalled when an outgoing migration ends.
     outgoing_done: Condvar,
-    /// Exit hook: ends the VM with a reason (used when no machine exists yet).
+    /// Exit hook: ends the process with a reason (used when no guest runs yet: no machine, or
+    /// a destination waiting for its migration).
     pub on_exit: Box<dyn Fn(ExitReason) + Send + Sync>,
 }
 
@@ -288,10 +300,12 @@ impl Runtime {
         }
     }
 
-    /// Stops the outgoing migration and waits until it ended; `None` if none runs.
-    fn stop_migration(&self) -> Option<Outcome> {
+    /// Stops the outgoing migration, if one runs, and waits until it ended.
+    fn stop_migration(&self) -> Stop {
         let mut slot = self.outgoing.lock();
-        let o = slot.current.as_ref()?;
+        let Some(o) = slot.current.as_ref() else {
+            return Stop::NoneRunning;
+        };
         o.cancel.cancel();
         let start = Instant::now();
         let mut shut = false;
@@ -306,32 +320,30 @@ impl Runtime {
                 shut = true;
             }
             if start.elapsed() >= CANCEL_WAIT {
-                return None;
+                return Stop::Stuck;
             }
             self.outgoing_done
                 .wait_for(&mut slot, Duration::from_millis(100));
         }
-        slot.last
+        slot.last.map_or(Stop::NoneRunning, Stop::Ended)
     }
 
     fn cancel(&self) -> Result<Reply, String> {
-        if self.outgoing.lock().current.is_none() {
-            return Err(format!(
-                "no outgoing migration to cancel (the VMM is {})",
-                self.state()
-            ));
-        }
         match self.stop_migration() {
-            Some(Outcome::Resumed) => Ok(Reply::Empty(Empty {})),
-            Some(Outcome::Committed) => Err(
+            Stop::Ended(Outcome::Resumed) => Ok(Reply::Empty(Empty {})),
+            Stop::Ended(Outcome::Committed) => Err(
                 "too late to cancel: the destination had already confirmed; the guest runs there and this VMM exits"
                     .into(),
             ),
-            Some(Outcome::InDoubt) => Err(
+            Stop::Ended(Outcome::InDoubt) => Err(
                 "cancel came after the final frame and the destination never confirmed: the migration is in doubt, the vCPUs stay paused here; send `resume` if the destination does not run the guest, or `shutdown` if it does"
                     .into(),
             ),
-            None => Err(format!(
+            Stop::NoneRunning => Err(format!(
+                "no outgoing migration to cancel (the VMM is {})",
+                self.state()
+            )),
+            Stop::Stuck => Err(format!(
                 "the migration did not stop within {} s of the cancel request",
                 CANCEL_WAIT.as_secs()
             )),
@@ -339,21 +351,16 @@ impl Runtime {
     }
 
     fn shutdown(&self) -> Result<Reply, String> {
-        if self.state() == Lifecycle::Migrating {
-            match self.stop_migration() {
-                Some(Outcome::Committed) => {
-                    // The VMM is exiting as migrated; nothing more to do.
-                    return Ok(Reply::Empty(Empty {}));
-                }
-                Some(Outcome::Resumed) | Some(Outcome::InDoubt) => {}
-                None if self.state() == Lifecycle::Migrating => {
-                    return Err(format!(
-                        "cannot shut down: the outgoing migration did not stop within {} s",
-                        CANCEL_WAIT.as_secs()
-                    ))
-                }
-                None => {}
+        match self.stop_migration() {
+            // The VMM is exiting as migrated away; nothing more to do.
+            Stop::Ended(Outcome::Committed) => return Ok(Reply::Empty(Empty {})),
+            Stop::Stuck => {
+                return Err(format!(
+                    "cannot shut down: the outgoing migration did not stop within {} s",
+                    CANCEL_WAIT.as_secs()
+                ))
             }
+            Stop::Ended(Outcome::Resumed | Outcome::InDoubt) | Stop::NoneRunning => {}
         }
         self.shutdown.store(true, Ordering::SeqCst);
         Ok(Reply::Empty(Empty {}))
@@ -458,8 +465,11 @@ impl Handler for Runtime {
         }
         if matches!(req, Request::Shutdown) && self.shutdown.load(Ordering::SeqCst) {
             match self.machine.get() {
-                Some(m) => m.control().request_exit(ExitReason::PowerOff),
-                None => (self.on_exit)(ExitReason::PowerOff),
+                // A destination still waiting runs no vCPUs: nothing would see the request.
+                Some(m) if self.state() != Lifecycle::Incoming => {
+                    m.control().request_exit(ExitReason::PowerOff)
+                }
+                _ => (self.on_exit)(ExitReason::PowerOff),
             }
         }
     }
