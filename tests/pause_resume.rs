@@ -3,8 +3,15 @@
 //! loop, every step a port-I/O or MMIO exit. It is paused and resumed 1000 times and then
 //! migrated 20 times over loopback (each destination taking over the same disk file); the
 //! serial sequence, read across every VMM's log in order, and the records on the disk must
-//! show every value exactly once: a vCPU saved in the middle of an `out` would repeat it on
-//! the destination (a duplicated byte), a lost request would leave a gap.
+//! show every value exactly once, with no gap.
+//!
+//! What this can and cannot catch: a vCPU saved in the middle of an I/O instruction resumes
+//! on the destination at that instruction and performs its access again. On the CI hosts'
+//! kernel (6.18) KVM has already moved RIP past an `out` when it exits to the VMM, while an
+//! `in` stays at the instruction until KVM is re-entered (both measured); the counter's reads
+//! have no side effects, so here the end-to-end check passes even with the completion step
+//! removed (measured: 150 migrations). The VMMs run with `NOVACRON_LOG=debug` and the test prints how
+//! many of the sources' pauses found an I/O exit pending and completed it before parking.
 
 mod vmm_conn;
 
