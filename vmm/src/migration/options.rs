@@ -77,3 +77,67 @@ pub fn validate(opts: &MigrateOptions, guest_bytes: u64) -> Result<(), Migration
         .map(|_| ())
         .map_err(|e| MigrationError::Options(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn opts() -> MigrateOptions {
+        MigrateOptions {
+            to: "tcp:127.0.0.1:4444".into(),
+            ..MigrateOptions::default()
+        }
+    }
+
+    fn refusal(o: MigrateOptions) -> String {
+        validate(&o, GIB).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn sane_options_pass() {
+        validate(&opts(), GIB).unwrap();
+        let o = MigrateOptions {
+            bandwidth: Some(100 << 20),
+            cache_bytes: 64 << 20,
+            ..opts()
+        };
+        validate(&o, GIB).unwrap();
+    }
+
+    #[test]
+    fn bad_options_are_refused_with_the_reason() {
+        let bw = |b| MigrateOptions {
+            bandwidth: Some(b),
+            ..opts()
+        };
+        assert!(refusal(bw(0)).contains("bandwidth 0"));
+        assert!(refusal(bw(1000)).contains("below the minimum"));
+        let cache = MigrateOptions {
+            cache_bytes: 64 * GIB,
+            ..opts()
+        };
+        assert!(refusal(cache).contains("cache size"));
+        let timeout = MigrateOptions {
+            timeout_s: 0,
+            ..opts()
+        };
+        assert!(refusal(timeout).contains("timeout_s 0"));
+        let threads = MigrateOptions {
+            encoder_threads: 1000,
+            ..opts()
+        };
+        assert!(refusal(threads).contains("too many"));
+        let addr = MigrateOptions {
+            to: "udp:x".into(),
+            ..opts()
+        };
+        assert!(refusal(addr).contains("expected tcp:HOST:PORT"));
+    }
+
+    #[test]
+    fn host_memory_is_read() {
+        assert!(host_available_bytes() > 0, "/proc/meminfo has MemAvailable");
+    }
+}
