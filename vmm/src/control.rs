@@ -260,3 +260,74 @@ impl RunControl {
         s.exit.clone().unwrap_or(ExitReason::PowerOff)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// Threads standing in for vCPU threads: check the flags the way `vcpu::run_loop` does,
+    /// count their steps ("guest instructions").
+    fn spawn(
+        ctl: &Arc<RunControl>,
+        steps: &Arc<std::sync::atomic::AtomicU64>,
+    ) -> Vec<std::thread::JoinHandle<()>> {
+        (0..3)
+            .map(|_| {
+                let (ctl, steps) = (ctl.clone(), steps.clone());
+                std::thread::spawn(move || {
+                    ctl.register_vcpu_thread();
+                    while !ctl.exit_requested() {
+                        if ctl.pause_requested() {
+                            if !ctl.park() {
+                                break;
+                            }
+                            continue;
+                        }
+                        steps.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_micros(50));
+                    }
+                    ctl.vcpu_thread_done();
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pause_returns_once_every_thread_parked_and_resume_releases_them() {
+        install_kick_handler().unwrap();
+        let ctl = Arc::new(RunControl::default());
+        let steps = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let threads = spawn(&ctl, &steps);
+        while ctl.lock().running < 3 {
+            std::thread::yield_now();
+        }
+        for _ in 0..200 {
+            ctl.pause();
+            assert_eq!(
+                ctl.lock().paused,
+                3,
+                "pause returned before every thread parked"
+            );
+            let before = steps.load(Ordering::SeqCst);
+            std::thread::sleep(Duration::from_micros(200));
+            assert_eq!(
+                steps.load(Ordering::SeqCst),
+                before,
+                "a thread ran while paused"
+            );
+            ctl.resume();
+        }
+        let before = steps.load(Ordering::SeqCst);
+        while steps.load(Ordering::SeqCst) == before {
+            std::thread::yield_now();
+        }
+        ctl.pause();
+        ctl.request_exit(ExitReason::PowerOff);
+        assert_eq!(ctl.wait_exit(), ExitReason::PowerOff);
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(ctl.lock().running, 0);
+    }
+}
