@@ -3,7 +3,8 @@
 //! afterwards. Covers `migrate` options (an oversized delta cache, bandwidth 0 through the API,
 //! a link too slow for the timeout), `cancel` and `shutdown` during a migration, a port scan
 //! of a waiting `--incoming` VMM, a destination nobody connects to, and the control socket
-//! (an empty snapshot path, an over-long line, `--api-socket` on a regular file).
+//! (an empty snapshot path, an over-long line, `--api-socket` on a regular file), and a
+//! `migrate` client that goes away: after the destination's commit the source still exits.
 
 mod vmm_conn;
 
@@ -223,6 +224,30 @@ fn port_scan_and_wrong_migration_id_do_not_end_a_waiting_destination() {
         err.matches("ignored connection").count() >= 6,
         "strays should be logged: {err}"
     );
+}
+
+#[test]
+fn source_exits_after_the_commit_even_if_nobody_reads_the_reply() {
+    let dir = Scratch::new("bad-noreader");
+    let mut src = source(&dir, "workload=ab mib=16", "128M");
+    let port = free_port("127.0.0.1");
+    let mut dst = waiting_destination(&dir, "dst", port, "128M", &[]);
+    // The client asks for the migration and goes away at once: the reply cannot be written.
+    {
+        let mut c = Conn::open(&src.sock, T);
+        let req = format!(r#"{{"cmd":"migrate","to":"tcp:127.0.0.1:{port}"}}"#);
+        c.send(format!("{req}\n").as_bytes()).expect("send migrate");
+    }
+    assert_eq!(
+        src.wait_exit(T),
+        Some(0),
+        "source must exit after the commit: {}",
+        src.err()
+    );
+    let log = dst.wait_for("CHECK PASS", 0, T);
+    let more = dst.wait_for("CHECK PASS", log.len(), T);
+    assert!(!more.contains("CHECK FAIL"), "{more}");
+    assert_eq!(state(&dst), "running");
 }
 
 #[test]
