@@ -26,8 +26,32 @@ pub const DEFAULT_INCOMING_TIMEOUT: Duration = Duration::from_secs(600);
 /// Longest wait for any one read from a source (and so for a silent stray connection).
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How often the accept loop looks at the deadline while nobody connects.
-const ACCEPT_POLL: Duration = Duration::from_millis(20);
+/// Longest single wait for a connection (without a deadline the loop just waits again).
+const ACCEPT_POLL_MAX: Duration = Duration::from_secs(60);
+
+/// Waits up to `timeout` for a connection to accept on `listener` (no polling delay: the
+/// source's connection is accepted as soon as it arrives); false on timeout or a signal.
+fn wait_readable(listener: &TcpListener, timeout: Duration) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `pfd` is a valid pollfd for the duration of the call and the count is 1; the fd
+    // stays open (borrowed from `listener`).
+    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        return if e.kind() == std::io::ErrorKind::Interrupted {
+            Ok(false)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(n > 0)
+}
 
 /// What the destination waits for.
 #[derive(Debug, Clone)]
@@ -55,7 +79,6 @@ pub fn receive(
         source,
     };
     let listener = TcpListener::bind(sa).map_err(listen_err)?;
-    listener.set_nonblocking(true).map_err(listen_err)?;
     if let Ok(local) = listener.local_addr() {
         on_listening(local);
     }
@@ -66,25 +89,22 @@ pub fn receive(
     };
     let mut strays = 0u32;
     loop {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|l| l.is_zero()) {
+            return Err(MigrationError::NoIncoming {
+                addr: addr.to_string(),
+                secs: inc.accept_timeout.as_secs(),
+                strays,
+            });
+        }
+        if !wait_readable(&listener, left.unwrap_or(ACCEPT_POLL_MAX)).map_err(listen_err)? {
+            continue;
+        }
         let (stream, peer) = match listener.accept() {
             Ok(c) => c,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::Interrupted =>
-            {
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Err(MigrationError::NoIncoming {
-                        addr: addr.to_string(),
-                        secs: inc.accept_timeout.as_secs(),
-                        strays,
-                    });
-                }
-                std::thread::sleep(ACCEPT_POLL);
-                continue;
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(source) => return Err(listen_err(source)),
         };
-        stream.set_nonblocking(false).map_err(listen_err)?;
         let mut sink = GuestSink::new(m);
         let mut takeover = VmTakeover::new(m, inc.migration_id.clone());
         match novacron_migration::receiver::receive(stream, &mut sink, &mut takeover, &expect) {
