@@ -474,3 +474,76 @@ impl Handler for Runtime {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicI32;
+    use std::sync::Arc;
+
+    /// A runtime with no machine in `state`, whose exit hook records the status it was given.
+    fn runtime(state: Lifecycle) -> (Arc<Runtime>, Arc<AtomicI32>) {
+        let exited = Arc::new(AtomicI32::new(-1));
+        let e = exited.clone();
+        let rt = Runtime::new(
+            state,
+            Box::new(move |r| e.store(r.code(), Ordering::SeqCst)),
+        );
+        (rt, exited)
+    }
+
+    fn refused(rt: &Runtime, req: Request) -> String {
+        match rt.handle(&req) {
+            Err(e) => e,
+            Ok(r) => panic!("{} accepted: {r:?}", req.name()),
+        }
+    }
+
+    #[test]
+    fn in_doubt_accepts_only_info_resume_and_shutdown() {
+        let (rt, exited) = runtime(Lifecycle::InDoubt);
+        match rt.handle(&Request::Info) {
+            Ok(Reply::Info(i)) => assert_eq!(i.state, Lifecycle::InDoubt),
+            other => panic!("info: {other:?}"),
+        }
+        assert!(refused(&rt, Request::Pause).contains("in doubt"));
+        let migrate = Request::Migrate(MigrateOptions {
+            to: "tcp:127.0.0.1:1".into(),
+            ..MigrateOptions::default()
+        });
+        assert!(refused(&rt, migrate).contains("in doubt"));
+        let snap = Request::Snapshot {
+            to: "/tmp/x".into(),
+            diff: false,
+        };
+        assert!(refused(&rt, snap).contains("in doubt"));
+        assert!(refused(&rt, Request::Cancel).contains("no outgoing migration"));
+        assert!(rt.handle(&Request::Shutdown).is_ok());
+        rt.after_response(&Request::Shutdown);
+        assert_eq!(
+            exited.load(Ordering::SeqCst),
+            0,
+            "shutdown ends the process with 0"
+        );
+    }
+
+    #[test]
+    fn empty_snapshot_path_is_refused_before_anything_else() {
+        let (rt, _) = runtime(Lifecycle::Running);
+        for to in ["", "  "] {
+            let req = Request::Snapshot {
+                to: to.into(),
+                diff: false,
+            };
+            assert!(refused(&rt, req).contains("\"to\" is empty"));
+        }
+    }
+
+    #[test]
+    fn shutdown_of_a_waiting_destination_exits() {
+        let (rt, exited) = runtime(Lifecycle::Incoming);
+        assert!(rt.handle(&Request::Shutdown).is_ok());
+        rt.after_response(&Request::Shutdown);
+        assert_eq!(exited.load(Ordering::SeqCst), 0);
+    }
+}
