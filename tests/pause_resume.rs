@@ -145,6 +145,20 @@ fn counter_survives_1000_pauses_and_20_migrations_without_duplicate_or_gap() {
     for i in 0..PAUSES {
         let v = c.request(r#"{"cmd":"pause"}"#);
         assert_eq!(v["ok"], true, "pause {i}: {v}");
+        if i % 100 == 0 {
+            // Paused means stopped: neither the serial log nor the disk changes.
+            let (log, image) = (vm.log(), std::fs::read(&disk).expect("read disk"));
+            std::thread::sleep(Duration::from_millis(50));
+            assert_eq!(
+                vm.log().len(),
+                log.len(),
+                "pause {i}: the guest still prints"
+            );
+            assert!(
+                std::fs::read(&disk).expect("read disk") == image,
+                "pause {i}: the disk still changes"
+            );
+        }
         let v = c.request(r#"{"cmd":"resume"}"#);
         assert_eq!(v["ok"], true, "resume {i}: {v}");
         if i % 100 == 99 {
