@@ -73,6 +73,11 @@ pub enum Lifecycle {
     Incoming,
     /// An outgoing migration is in progress.
     Migrating,
+    /// The source sent the final frame but never saw the destination's confirmation: the
+    /// destination may be running the guest. vCPUs stay paused here; only `resume` (the
+    /// destination is known not to run it) and `shutdown` (it is) are accepted.
+    #[serde(rename = "indoubt")]
+    InDoubt,
 }
 
 impl Lifecycle {
@@ -83,6 +88,7 @@ impl Lifecycle {
             Lifecycle::Paused => "paused",
             Lifecycle::Incoming => "incoming",
             Lifecycle::Migrating => "migrating",
+            Lifecycle::InDoubt => "indoubt",
         }
     }
 }

@@ -213,10 +213,14 @@ mod tests {
             paused: false,
             serial: Serial::None,
             incoming: Some("tcp:127.0.0.1:4444".into()),
+            migration_id: Some("mig-7".into()),
+            incoming_timeout_s: Some(45),
             ..boot.clone()
         };
         let a = parse_run(&incoming);
         assert_eq!(a.incoming.as_deref(), Some("tcp:127.0.0.1:4444"));
+        assert_eq!(a.migration_id.as_deref(), Some("mig-7"));
+        assert_eq!(a.incoming_timeout, Some(45));
         assert!(a.kernel.is_none() && a.cmdline.is_empty() && !a.paused);
         assert_eq!(a.serial, SerialTarget::None);
         assert_eq!(
@@ -231,6 +235,8 @@ mod tests {
         };
         let restore = MachineOptions {
             incoming: None,
+            migration_id: None,
+            incoming_timeout_s: None,
             ..restore
         };
         let a = parse_run(&restore);
@@ -276,6 +282,14 @@ pub struct RunArgs {
     /// Wait for an incoming migration on tcp:HOST:PORT instead of booting.
     #[arg(long, conflicts_with = "kernel")]
     pub incoming: Option<String>,
+    /// With --incoming: the migration id the source's stream must carry; streams with
+    /// another id are refused and the VMM keeps waiting.
+    #[arg(long, requires = "incoming")]
+    pub migration_id: Option<String>,
+    /// With --incoming: give up (exit with an error) if no migration has started within this
+    /// many seconds [default: 600].
+    #[arg(long, requires = "incoming", value_parser = clap::value_parser!(u64).range(1..))]
+    pub incoming_timeout: Option<u64>,
     /// Start with the vCPUs paused.
     #[arg(long)]
     pub paused: bool,

@@ -40,6 +40,8 @@ enum Command {
     Snapshot(SnapshotArgs),
     /// Live-migrate the VM to a destination started with --incoming; prints a JSON summary.
     Migrate(MigrateArgs),
+    /// Cancel the running outgoing migration; answers once the guest runs here again.
+    Cancel(SocketArg),
 }
 
 #[derive(Args)]
@@ -142,7 +144,16 @@ fn run(mut args: RunArgs) -> ExitCode {
         (None, true) => Lifecycle::Paused,
         (None, false) => Lifecycle::Running,
     };
-    let rt = Runtime::new(initial, Box::new(|_| std::process::exit(0)));
+    let sock = args.api_socket.clone();
+    let rt = Runtime::new(
+        initial,
+        Box::new(move |reason| {
+            if let Some(sock) = &sock {
+                let _ = std::fs::remove_file(sock);
+            }
+            std::process::exit(reason.code())
+        }),
+    );
     let _ = rt.machine.set(machine.clone());
     if let Some(sock) = &args.api_socket {
         if let Err(e) = api::serve(sock, rt.clone()) {
@@ -154,7 +165,16 @@ fn run(mut args: RunArgs) -> ExitCode {
     }
     match &args.incoming {
         Some(addr) => {
-            let r = novacron_vmm::migration::destination::receive(&machine, addr, &|local| {
+            use novacron_vmm::migration::destination::{self, Incoming};
+            let inc = Incoming {
+                addr: addr.clone(),
+                migration_id: args.migration_id.clone(),
+                accept_timeout: args
+                    .incoming_timeout
+                    .map(std::time::Duration::from_secs)
+                    .unwrap_or(destination::DEFAULT_INCOMING_TIMEOUT),
+            };
+            let r = destination::receive(&machine, &inc, &|local| {
                 eprintln!("novacron-vmm: waiting for incoming migration on {local}")
             });
             if let Err(e) = r {
@@ -250,6 +270,7 @@ fn main() -> ExitCode {
         Command::Resume(s) => client::<Empty>(&s.api_socket, &Request::Resume, false),
         Command::Shutdown(s) => client::<Empty>(&s.api_socket, &Request::Shutdown, false),
         Command::Migrate(a) => migrate(a),
+        Command::Cancel(s) => client::<Empty>(&s.api_socket, &Request::Cancel, false),
         Command::Snapshot(a) => {
             let req = Request::Snapshot {
                 to: a.to,

@@ -1,6 +1,14 @@
 //! vCPUs: creation and boot setup, their saved state ([`VcpuState`], through [`Persist`]), and
 //! the thread that runs each one, dispatching its exits to the device buses and turning
 //! terminal exits into an [`ExitReason`].
+//!
+//! Pausing ([`run_loop`], mechanism in the `control` module docs): before every `KVM_RUN`
+//! the thread reads the pause flag. A vCPU parks only at an instruction boundary: if its last
+//! exit was port I/O or MMIO it first re-enters `KVM_RUN` with `kvm_run.immediate_exit = 1`,
+//! so KVM finishes that instruction (an `in` or MMIO read lands in the guest's registers,
+//! string I/O advances) and returns `EINTR` without running guest code. Then it issues
+//! `KVM_KVMCLOCK_CTRL` and parks; the saved state therefore never holds a half-done I/O
+//! instruction that the destination would execute again.
 
 use crate::control::{ExitReason, RunControl};
 use crate::devices::{Bus, GuestEvent};
@@ -329,44 +337,70 @@ enum Step {
     Fatal(String),
 }
 
-/// Body of a vCPU thread: runs until the VM ends.
+/// Tells KVM the guest was paused (`KVM_KVMCLOCK_CTRL`), so the guest's watchdogs do not take
+/// the pause for a lockup. EINVAL means the guest has not set up kvmclock: nothing to tell.
+fn kvmclock_paused(id: u8, fd: &VcpuFd) {
+    if let Err(e) = fd.kvmclock_ctrl() {
+        if e.errno() != libc::EINVAL {
+            tracing::debug!("vCPU {id}: KVM_KVMCLOCK_CTRL failed: {e}");
+        }
+    }
+}
+
+/// Body of a vCPU thread: runs until the VM ends. Pauses park the thread only at an
+/// instruction boundary (see the `control` module docs): after a port-I/O or MMIO exit the
+/// vCPU first re-enters KVM with `immediate_exit` set, so KVM completes the instruction.
 pub fn run_loop(vcpu: &Vcpu, env: &VcpuEnv) {
-    env.control.register_vcpu_thread();
-    while env.control.checkpoint() {
+    let ctl = &env.control;
+    {
         let mut fd = vcpu.fd.lock();
+        let target: *mut u8 = &mut fd.get_kvm_run().immediate_exit;
+        // SAFETY: the pointer is into the kvm_run mapping of this vCPU's fd, which `vcpu`
+        // (borrowed for this whole function) owns; it is unregistered before returning.
+        unsafe { crate::control::set_kick_target(target) };
+    }
+    ctl.register_vcpu_thread();
+    // The last KVM_RUN returned a port-I/O or MMIO exit: its instruction completes only when
+    // KVM is entered again.
+    let mut pending_io: Option<&'static str> = None;
+    loop {
+        if ctl.exit_requested() {
+            break;
+        }
+        let mut fd = vcpu.fd.lock();
+        let pausing = ctl.pause_requested();
+        if pausing && pending_io.is_none() {
+            kvmclock_paused(vcpu.id, &fd);
+            drop(fd);
+            if !ctl.park() {
+                break;
+            }
+            continue;
+        }
+        if let (true, Some(kind)) = (pausing, pending_io) {
+            // Complete the pending instruction without running further guest code.
+            tracing::debug!(
+                "vCPU {}: pause with a {kind} exit pending: completing its instruction first",
+                vcpu.id
+            );
+            fd.set_kvm_immediate_exit(1);
+        }
         let step = match fd.run() {
-            Ok(exit) => match exit {
-                VcpuExit::IoIn(port, data) => {
-                    env.pio.read(u64::from(port), data);
-                    Step::Continue
-                }
-                VcpuExit::IoOut(port, data) => match env.pio.write(u64::from(port), data) {
-                    Some(ev) => Step::Exit(ev.into()),
-                    None => Step::Continue,
-                },
-                VcpuExit::MmioRead(addr, data) => {
-                    env.mmio.read(addr, data);
-                    Step::Continue
-                }
-                VcpuExit::MmioWrite(addr, data) => match env.mmio.write(addr, data) {
-                    Some(ev) => Step::Exit(ev.into()),
-                    None => Step::Continue,
-                },
-                VcpuExit::Hlt | VcpuExit::Intr | VcpuExit::IrqWindowOpen => Step::Continue,
-                VcpuExit::Shutdown => Step::Exit(ExitReason::TripleFault),
-                VcpuExit::SystemEvent(kind, _) => match kind {
-                    KVM_SYSTEM_EVENT_SHUTDOWN => Step::Exit(ExitReason::PowerOff),
-                    KVM_SYSTEM_EVENT_RESET => Step::Exit(ExitReason::Reset),
-                    other => Step::Fatal(format!("unhandled system event {other}")),
-                },
-                VcpuExit::InternalError => Step::Fatal("KVM_EXIT_INTERNAL_ERROR".into()),
-                VcpuExit::FailEntry(reason, cpu) => Step::Fatal(format!(
-                    "KVM_EXIT_FAIL_ENTRY reason {reason:#x} on host cpu {cpu}"
-                )),
-                other => Step::Fatal(format!("unhandled exit {other:?}")),
-            },
+            Ok(exit) => {
+                pending_io = match &exit {
+                    VcpuExit::IoIn(..) => Some("port-I/O read"),
+                    VcpuExit::IoOut(..) => Some("port-I/O write"),
+                    VcpuExit::MmioRead(..) => Some("MMIO read"),
+                    VcpuExit::MmioWrite(..) => Some("MMIO write"),
+                    _ => None,
+                };
+                dispatch(exit, env)
+            }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                // Cleared before the pause flag is read again at the top of the loop, so a
+                // kick that lands in between is not lost (its pause flag was set first).
                 fd.set_kvm_immediate_exit(0);
+                pending_io = None;
                 Step::Continue
             }
             Err(e) => Step::Exit(ExitReason::Error(format!(
@@ -378,19 +412,55 @@ pub fn run_loop(vcpu: &Vcpu, env: &VcpuEnv) {
             Step::Continue => {}
             Step::Exit(r) => {
                 drop(fd);
-                env.control.request_exit(r);
+                ctl.request_exit(r);
             }
             Step::Fatal(what) => {
                 let regs = dump_registers(&fd);
                 drop(fd);
-                env.control.request_exit(ExitReason::InternalError(format!(
+                ctl.request_exit(ExitReason::InternalError(format!(
                     "vCPU {}: {what}; {regs}",
                     vcpu.id
                 )));
             }
         }
     }
-    env.control.vcpu_thread_done();
+    // SAFETY: null unregisters; nothing is written through it afterwards.
+    unsafe { crate::control::set_kick_target(std::ptr::null_mut()) };
+    ctl.vcpu_thread_done();
+}
+
+/// Handles one exit of KVM_RUN.
+fn dispatch(exit: VcpuExit<'_>, env: &VcpuEnv) -> Step {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            env.pio.read(u64::from(port), data);
+            Step::Continue
+        }
+        VcpuExit::IoOut(port, data) => match env.pio.write(u64::from(port), data) {
+            Some(ev) => Step::Exit(ev.into()),
+            None => Step::Continue,
+        },
+        VcpuExit::MmioRead(addr, data) => {
+            env.mmio.read(addr, data);
+            Step::Continue
+        }
+        VcpuExit::MmioWrite(addr, data) => match env.mmio.write(addr, data) {
+            Some(ev) => Step::Exit(ev.into()),
+            None => Step::Continue,
+        },
+        VcpuExit::Hlt | VcpuExit::Intr | VcpuExit::IrqWindowOpen => Step::Continue,
+        VcpuExit::Shutdown => Step::Exit(ExitReason::TripleFault),
+        VcpuExit::SystemEvent(kind, _) => match kind {
+            KVM_SYSTEM_EVENT_SHUTDOWN => Step::Exit(ExitReason::PowerOff),
+            KVM_SYSTEM_EVENT_RESET => Step::Exit(ExitReason::Reset),
+            other => Step::Fatal(format!("unhandled system event {other}")),
+        },
+        VcpuExit::InternalError => Step::Fatal("KVM_EXIT_INTERNAL_ERROR".into()),
+        VcpuExit::FailEntry(reason, cpu) => Step::Fatal(format!(
+            "KVM_EXIT_FAIL_ENTRY reason {reason:#x} on host cpu {cpu}"
+        )),
+        other => Step::Fatal(format!("unhandled exit {other:?}")),
+    }
 }
 
 #[cfg(test)]

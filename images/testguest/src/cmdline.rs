@@ -13,6 +13,7 @@ pub enum Workload {
     Fill,
     Reset,
     TripleFault,
+    Counter,
 }
 
 impl Workload {
@@ -24,6 +25,7 @@ impl Workload {
             Workload::Fill => "fill",
             Workload::Reset => "reset",
             Workload::TripleFault => "triplefault",
+            Workload::Counter => "counter",
         }
     }
 
@@ -138,6 +140,7 @@ pub fn parse(cmdline: &'static [u8]) -> Result<Config, ParseError> {
                 b"fill" => Workload::Fill,
                 b"reset" => Workload::Reset,
                 b"triplefault" => Workload::TripleFault,
+                b"counter" => Workload::Counter,
                 _ => return Err(err("unknown workload")),
             };
         } else {

@@ -16,6 +16,7 @@ use novacron_migration::sender::Guest;
 use novacron_migration::session::HookError;
 use novacron_migration::unit::{SourceId, UnitError, UnitSet, UnitSink, UnitSource, GUEST_MEMORY};
 use novacron_migration::{PageStore, PAGE_SIZE};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -318,17 +319,41 @@ impl Guest for VmGuest<'_> {
 /// The destination machine's hooks: Hello check, state restore, start.
 pub struct VmTakeover<'a> {
     m: &'a Arc<Machine>,
+    /// The migration id the Hello must carry (`None`: any).
+    migration_id: Option<String>,
+    /// Set once a Hello carrying the awaited migration id reached the compatibility check.
+    accepted_hello: Cell<bool>,
 }
 
 impl<'a> VmTakeover<'a> {
-    /// Hooks for `m`, built but not started.
-    pub fn new(m: &'a Arc<Machine>) -> Self {
-        VmTakeover { m }
+    /// Hooks for `m`, built but not started, awaiting the migration `migration_id` (if set).
+    pub fn new(m: &'a Arc<Machine>, migration_id: Option<String>) -> Self {
+        VmTakeover {
+            m,
+            migration_id,
+            accepted_hello: Cell::new(false),
+        }
+    }
+
+    /// Whether this connection carried a Hello of the awaited migration. A connection that
+    /// failed before that (closed, junk, silent, another migration id) is stray: it changed
+    /// nothing here and the destination keeps waiting for its source.
+    pub fn accepted_hello(&self) -> bool {
+        self.accepted_hello.get()
     }
 }
 
 impl Takeover for VmTakeover<'_> {
     fn check(&self, hello: &Hello) -> Result<(), String> {
+        if let Some(id) = &self.migration_id {
+            if &hello.migration_id != id {
+                return Err(format!(
+                    "stream is for migration '{}', this destination awaits '{id}'",
+                    hello.migration_id
+                ));
+            }
+        }
+        self.accepted_hello.set(true);
         check_hello(self.m, hello)
     }
 

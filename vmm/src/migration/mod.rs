@@ -35,6 +35,16 @@ pub enum MigrationError {
         /// Error.
         source: std::io::Error,
     },
+    /// No migration arrived before the accept deadline.
+    #[error("no incoming migration arrived on {addr} within {secs} s (--incoming-timeout); {strays} other connection(s) were refused")]
+    NoIncoming {
+        /// Address listened on.
+        addr: String,
+        /// The deadline.
+        secs: u64,
+        /// Connections refused as not the awaited migration.
+        strays: u32,
+    },
     /// The migration session failed (stream, codecs, refusal, timeout, verification, state).
     #[error(transparent)]
     Session(#[from] SessionError),

@@ -7,6 +7,7 @@ use super::options::{parse_tcp, MigrateOptions, MigrationSummary};
 use super::MigrationError;
 use crate::machine::Machine;
 use novacron_migration::sender;
+use novacron_migration::session::{Cancel, SessionError};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,12 +36,20 @@ fn connect(opts: &MigrateOptions) -> Result<TcpStream, MigrationError> {
 }
 
 /// Migrates `m` to `opts.to`. On success the destination runs the guest and the caller must
-/// end this VM; on error the guest keeps running here.
+/// end this VM. On [`SessionError::InDoubt`] (final frame sent, no confirmation) the vCPUs
+/// stay paused: the caller must not resume them until it knows the destination does not run
+/// the guest. On any other error the guest keeps running here.
+///
+/// `cancel` stops the migration from another thread; `on_connected` gets a clone of the
+/// connection (so a canceller can shut it down if the engine is stuck in a write).
 pub fn migrate(
     m: &Arc<Machine>,
     opts: &MigrateOptions,
+    cancel: &Cancel,
+    on_connected: &dyn Fn(&TcpStream),
 ) -> Result<MigrationSummary, MigrationError> {
     let stream = connect(opts)?;
+    on_connected(&stream);
     let mut source = GuestSource::new(m);
     let mut guest = VmGuest::new(m, opts.auto_converge);
     match sender::migrate(
@@ -49,11 +58,16 @@ pub fn migrate(
         opts,
         &mut source,
         &mut guest,
-        &novacron_migration::session::Cancel::new(),
+        cancel,
     ) {
         Ok(summary) => {
             source.stop();
             Ok(summary)
+        }
+        Err(e @ SessionError::InDoubt(_)) => {
+            // Dropping `guest` stops the throttle; the vCPUs stay paused.
+            drop(guest);
+            Err(e.into())
         }
         Err(e) => {
             guest.resume();

@@ -2,6 +2,7 @@
 //! per-page checksum table, the random generator, progress reporting and rate pacing.
 
 pub mod ab;
+pub mod counter;
 pub mod fill;
 pub mod paged;
 pub mod rand;
