@@ -137,6 +137,6 @@ mod tests {
         let bound =
             BATCH_HEADER_LEN + zstd::zstd_safe::compress_bound(max_body_len(MAX_BATCH_PAGES));
         assert!(bound <= MAX_BATCH_LEN);
-        assert!(MAX_BATCH_LEN <= crate::protocol::MAX_PAYLOAD);
+        const { assert!(MAX_BATCH_LEN <= crate::protocol::MAX_PAYLOAD) };
     }
 }

@@ -548,7 +548,7 @@ impl Hello {
         if self.vcpus == 0 {
             return bad("no vCPUs".into());
         }
-        if self.memory == 0 || self.memory % crate::PAGE_SIZE as u64 != 0 {
+        if self.memory == 0 || !self.memory.is_multiple_of(crate::PAGE_SIZE as u64) {
             return bad(format!(
                 "memory size {} is not a positive multiple of the {}-byte page",
                 self.memory,

@@ -337,6 +337,10 @@ impl<'a> Campaign<'a> {
                 None
             }
             Ok(o) => {
+                if std::env::var_os("MUTATION_VERBOSE").is_some() {
+                    let how = o.result.as_ref().map(|_| "taken".to_string());
+                    eprintln!("{name}: {}", how.unwrap_or_else(|e| e.to_string()));
+                }
                 if o.elapsed > READ_TIMEOUT * 4 {
                     self.failures
                         .push(format!("{name}: took {:?} (hang?)", o.elapsed));
