@@ -747,6 +747,121 @@ mod tests {
     }
 
     #[test]
+    fn pages_frames_carry_their_pass_and_other_frames_none() {
+        let mut w = FrameWriter::new(Vec::new());
+        w.frame(FrameType::Pages, b"round 0").expect("write");
+        w.json(FrameType::RoundEnd, &RoundEnd { round: 0 })
+            .expect("write");
+        w.frame(FrameType::Pages, b"round 1").expect("write");
+        w.frame(FrameType::Switchover, &[]).expect("write");
+        let bytes = w.get_ref().clone();
+        let mut r = FrameReader::new(&bytes[..]);
+        let passes: Vec<(FrameType, u16)> = (0..4)
+            .map(|_| r.read().map(|f| (f.kind, f.pass)).expect("read"))
+            .collect();
+        assert_eq!(
+            passes,
+            [
+                (FrameType::Pages, 0),
+                (FrameType::RoundEnd, 0),
+                (FrameType::Pages, 1),
+                (FrameType::Switchover, 0)
+            ]
+        );
+        // A pass on a frame that has none is refused, even with a valid header crc.
+        let f = Frame {
+            kind: FrameType::State,
+            source: 0,
+            pass: 3,
+            seq: 0,
+            payload: b"state".to_vec(),
+        };
+        let bytes = f.to_bytes().expect("encode");
+        assert!(matches!(
+            read_frame(&mut &bytes[..]),
+            Err(ProtocolError::StrayPass { pass: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn each_frame_type_has_its_own_payload_limit() {
+        for (kind, len) in [
+            (FrameType::Hello, MAX_HELLO + 1),
+            (FrameType::Complete, 1),
+            (FrameType::Switchover, 1),
+            (FrameType::Abort, MAX_CONTROL + 1),
+            (FrameType::Verify, MAX_VERIFY_RECORDS * VERIFY_RECORD + 1),
+            (FrameType::Pages, MAX_BATCH_LEN + 1),
+        ] {
+            let mut h = [0u8; HEADER_LEN];
+            h[..4].copy_from_slice(&MAGIC);
+            h[4] = kind as u8;
+            h[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+            let c = crc32fast::hash(&h[..20]);
+            h[20..24].copy_from_slice(&c.to_le_bytes());
+            assert!(
+                matches!(
+                    read_frame(&mut &h[..]),
+                    Err(ProtocolError::KindTooLarge { kind: k, .. }) if k == kind
+                ),
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn hello_bounds() {
+        let ok = Hello {
+            version: PROTOCOL_VERSION,
+            memory: 1 << 30,
+            vcpus: 2,
+            cpuid: vec![(1, 0, [0; 4]); MAX_CPUID_ENTRIES],
+            disks: 1,
+            nets: 1,
+            encodings: vec!["raw".into(), "delta".into()],
+            migration_id: "9b2c-4f".into(),
+            verify: VerifyMode::Sampled,
+        };
+        ok.validate().expect("in bounds");
+        let bad = [
+            Hello {
+                cpuid: vec![(1, 0, [0; 4]); MAX_CPUID_ENTRIES + 1],
+                ..ok.clone()
+            },
+            Hello {
+                vcpus: 0,
+                ..ok.clone()
+            },
+            Hello {
+                memory: 4097,
+                ..ok.clone()
+            },
+            Hello {
+                nets: MAX_DEVICES + 1,
+                ..ok.clone()
+            },
+            Hello {
+                encodings: vec!["x".repeat(MAX_ENCODING_NAME + 1)],
+                ..ok.clone()
+            },
+            Hello {
+                migration_id: "a".repeat(MAX_MIGRATION_ID + 1),
+                ..ok.clone()
+            },
+            Hello {
+                migration_id: "two words".into(),
+                ..ok.clone()
+            },
+        ];
+        for h in bad {
+            assert!(
+                matches!(h.validate(), Err(ProtocolError::BadHello(_))),
+                "{h:?}"
+            );
+        }
+    }
+
+    #[test]
     fn verify_records() {
         let r = vec![(1u64, 2u32), (u64::MAX, 7)];
         assert_eq!(decode_verify(&encode_verify(&r)).expect("decode"), r);
