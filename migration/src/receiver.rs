@@ -76,6 +76,10 @@ pub struct Received {
 
 /// Records checked on one thread at least (below this, threads cost more than they save).
 const VERIFY_CHUNK: usize = 4096;
+/// Bitmap words per span of the Full mode's zero check (4096 units).
+const SPAN_WORDS: usize = 64;
+/// Spans checked on one thread at least.
+const SPANS_PER_THREAD: usize = 4;
 
 /// The destination's end of the connection: until the Hello has arrived every read waits
 /// at most until one deadline (a peer that trickles bytes cannot hold the destination),
@@ -435,7 +439,7 @@ fn check_verify_frame<K: UnitSink + Sync>(
         }
         v.listed.set(n);
     }
-    first_failure(&records, |&(n, crc)| {
+    first_failure(&records, VERIFY_CHUNK, |&(n, crc)| {
         let mut buf = [0u8; PAGE_SIZE];
         match sink.checksum(n, &mut buf) {
             None => Some(format!("page {n:#x} cannot be read here")),
@@ -451,28 +455,46 @@ fn check_verify_frame<K: UnitSink + Sync>(
     Ok(())
 }
 
-/// Full mode: every populated unit the source did not list must be zero here.
+/// Full mode: every populated unit the source did not list must be zero here. The bitmap
+/// is walked in spans of [`SPAN_WORDS`] words, several spans per thread (no list of the
+/// unlisted units is built: it could be most of a large guest).
 fn check_unlisted_zero<K: UnitSink + Sync>(sink: &K, listed: &UnitSet) -> Result<(), SessionError> {
     let mut populated = UnitSet::new(sink.count());
     sink.populated(&mut populated);
-    let unlisted: Vec<u64> = populated.iter().filter(|n| !listed.get(*n)).collect();
-    first_failure(&unlisted, |&n| {
+    let words = populated.words().len();
+    let spans: Vec<(usize, usize)> = (0..words.div_ceil(SPAN_WORDS))
+        .map(|i| (i * SPAN_WORDS, ((i + 1) * SPAN_WORDS).min(words)))
+        .collect();
+    let (populated, listed) = (populated.words(), listed.words());
+    first_failure(&spans, SPANS_PER_THREAD, |&(from, to)| {
         let mut buf = [0u8; PAGE_SIZE];
-        (!sink.read_page(n, &mut buf) || !is_zero_page(&buf))
-            .then(|| format!("page {n:#x} is non-zero here but zero at the source"))
+        (from..to).find_map(|w| {
+            let mut bits = populated[w] & !listed.get(w).copied().unwrap_or(0);
+            while bits != 0 {
+                let n = w as u64 * 64 + u64::from(bits.trailing_zeros());
+                bits &= bits - 1;
+                if !sink.read_page(n, &mut buf) || !is_zero_page(&buf) {
+                    return Some(format!(
+                        "page {n:#x} is non-zero here but zero at the source"
+                    ));
+                }
+            }
+            None
+        })
     })
     .map_or(Ok(()), |m| Err(SessionError::Verify(m)))
 }
 
-/// Runs `check` over `items` on up to one thread per core; the failure of the first item
-/// (in order) that fails, if any.
+/// Runs `check` over `items` on up to one thread per core, each thread taking at least
+/// `min_per_thread` items; the failure of the first item (in order) that fails, if any.
 fn first_failure<I: Sync>(
     items: &[I],
+    min_per_thread: usize,
     check: impl Fn(&I) -> Option<String> + Sync,
 ) -> Option<String> {
     let threads = std::thread::available_parallelism()
         .map_or(1, NonZeroUsize::get)
-        .min(items.len().div_ceil(VERIFY_CHUNK))
+        .min(items.len().div_ceil(min_per_thread.max(1)))
         .max(1);
     if threads == 1 {
         return items.iter().find_map(&check);
@@ -500,10 +522,13 @@ mod tests {
     fn first_failure_is_the_first_in_order_whatever_the_threads() {
         let items: Vec<u64> = (0..100_000).collect();
         let bad = |&n: &u64| (n % 30_001 == 30_000).then(|| format!("bad {n}"));
-        assert_eq!(first_failure(&items, bad), Some("bad 30000".into()));
-        assert_eq!(first_failure(&items, |_| None), None);
-        assert_eq!(first_failure(&items[..10], bad), None);
+        assert_eq!(
+            first_failure(&items, VERIFY_CHUNK, bad),
+            Some("bad 30000".into())
+        );
+        assert_eq!(first_failure(&items, VERIFY_CHUNK, |_| None), None);
+        assert_eq!(first_failure(&items[..10], VERIFY_CHUNK, bad), None);
         let empty: [u64; 0] = [];
-        assert_eq!(first_failure(&empty, bad), None);
+        assert_eq!(first_failure(&empty, 1, bad), None);
     }
 }
