@@ -50,6 +50,11 @@ pub const fn max_body_len(pages: usize) -> usize {
     pages * (ENTRY_HEADER_LEN + PAGE_SIZE)
 }
 
+/// Upper bound of a whole encoded batch (header and body, compressed or not): the largest
+/// body plus zstd's worst-case expansion of it (`compress_bound` is n + n/256 + a little).
+pub const MAX_BATCH_LEN: usize =
+    BATCH_HEADER_LEN + max_body_len(MAX_BATCH_PAGES) + max_body_len(MAX_BATCH_PAGES) / 128 + 4096;
+
 /// Parsed batch header.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Header {
@@ -121,4 +126,17 @@ pub(crate) fn le_u64(b: &[u8]) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[..8]);
     u64::from_le_bytes(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_batch_bound_covers_zstd_expansion() {
+        let bound =
+            BATCH_HEADER_LEN + zstd::zstd_safe::compress_bound(max_body_len(MAX_BATCH_PAGES));
+        assert!(bound <= MAX_BATCH_LEN);
+        const { assert!(MAX_BATCH_LEN <= crate::protocol::MAX_PAYLOAD) };
+    }
 }

@@ -9,16 +9,29 @@
 //! 4      1    frame type (FrameType)
 //! 5      1    source: the unit source (`unit::SourceId`) a Pages or Verify frame is about
 //!             (0 = guest memory; 0 on every other frame)
-//! 6      2    reserved (0)
-//! 8      4    payload length, little endian (at most MAX_PAYLOAD)
+//! 6      2    pass, little endian: on a Pages frame the precopy pass the batch belongs to
+//!             (the number of RoundEnd frames written before it, modulo 2^16; the final
+//!             pass is the one after the last RoundEnd); 0 on every other frame
+//! 8      4    payload length, little endian (at most the frame type's limit,
+//!             FrameType::max_payload, itself at most MAX_PAYLOAD)
 //! 12     4    sequence number, little endian: 0 for the first frame in each direction,
 //!             then one more per frame (a swapped, dropped or replayed frame is refused)
 //! 16     4    crc32 of the payload
 //! 20     4    crc32 of header bytes 0..20 (a corrupted length is caught before it is used)
 //! ```
 //!
-//! [`FrameWriter`] numbers the frames it writes and [`FrameReader`] refuses any frame whose
-//! number is not the next one.
+//! [`FrameWriter`] numbers the frames it writes and tags each Pages frame with its pass;
+//! [`FrameReader`] refuses any frame whose number is not the next one. The pass tag lets
+//! the destination refuse a batch that arrives in another pass than the one it was sent
+//! in (`receiver.rs` enforces the conversation below step by step).
+//!
+//! # Limits
+//!
+//! Every size a peer sends is bounded before anything is allocated for it: the payload of
+//! each frame type ([`FrameType::max_payload`], checked from the header), the fields of a
+//! Hello ([`Hello::validate`]: CPUID entries, encodings, devices, the migration id), the
+//! number of Verify records per frame ([`MAX_VERIFY_RECORDS`]), and the VM state
+//! ([`MAX_STATE`]; its contents are decoded and bounded by the VMM).
 //!
 //! Conversation (S = source, D = destination):
 //!
@@ -45,6 +58,7 @@
 //! The source exits only after a positive Confirm; before that, any failure leaves the
 //! source guest running. The destination never resumes a guest it did not fully receive.
 
+use crate::batch::MAX_BATCH_LEN;
 use crate::unit::SourceId;
 pub use novacron_vmm_api::migration::VerifyMode;
 use serde::{Deserialize, Serialize};
@@ -57,8 +71,26 @@ pub const PROTOCOL_VERSION: u32 = 2;
 pub const MAGIC: [u8; 4] = *b"NCMG";
 /// Header size.
 pub const HEADER_LEN: usize = 24;
-/// Largest payload accepted (a page batch is at most ~16 MiB).
+/// Largest payload of any frame (the VM state's limit; a page batch is at most ~17 MiB).
 pub const MAX_PAYLOAD: usize = 64 << 20;
+/// Largest JSON handshake (Hello, HelloAck) payload.
+pub const MAX_HELLO: usize = 1 << 20;
+/// Largest payload of the small JSON frames (RoundEnd, RoundAck, Confirm, Abort).
+pub const MAX_CONTROL: usize = 64 << 10;
+/// Largest VM state envelope.
+pub const MAX_STATE: usize = MAX_PAYLOAD;
+/// Most Verify records in one frame (the source splits longer lists).
+pub const MAX_VERIFY_RECORDS: usize = 1 << 20;
+/// Most CPUID entries a Hello may carry (KVM's own limit on a vCPU's table is 256).
+pub const MAX_CPUID_ENTRIES: usize = 512;
+/// Most encoding names a Hello or HelloAck may list.
+pub const MAX_ENCODINGS: usize = 16;
+/// Longest encoding name.
+pub const MAX_ENCODING_NAME: usize = 32;
+/// Longest migration id.
+pub const MAX_MIGRATION_ID: usize = 128;
+/// Most disks or network interfaces a Hello may announce.
+pub const MAX_DEVICES: usize = 64;
 
 /// Frame types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +121,22 @@ pub enum FrameType {
 }
 
 impl FrameType {
-    fn from_u8(v: u8) -> Option<Self> {
+    /// The largest payload a frame of this type may carry; a header announcing more is
+    /// refused before the payload is read.
+    pub const fn max_payload(self) -> usize {
+        use FrameType::*;
+        match self {
+            Hello | HelloAck => MAX_HELLO,
+            Pages => MAX_BATCH_LEN,
+            RoundEnd | RoundAck | Confirm | Abort => MAX_CONTROL,
+            Switchover | Complete => 0,
+            State => MAX_STATE,
+            Verify => MAX_VERIFY_RECORDS * VERIFY_RECORD,
+        }
+    }
+
+    /// The frame type of wire byte `v`.
+    pub fn from_u8(v: u8) -> Option<Self> {
         use FrameType::*;
         Some(match v {
             1 => Hello,
@@ -126,6 +173,55 @@ pub enum ProtocolError {
     /// Oversized frame.
     #[error("frame of {0} bytes exceeds the {MAX_PAYLOAD}-byte limit")]
     TooLarge(usize),
+    /// A frame's payload exceeds the limit of its type.
+    #[error("{kind:?} frame of {len} bytes exceeds the {limit}-byte limit of its type")]
+    KindTooLarge {
+        /// Frame type.
+        kind: FrameType,
+        /// Announced payload length.
+        len: usize,
+        /// The limit of the type.
+        limit: usize,
+    },
+    /// A frame that carries no pass has a non-zero pass field.
+    #[error("{kind:?} frame carries pass {pass}, but only Pages frames have a pass")]
+    StrayPass {
+        /// Frame type.
+        kind: FrameType,
+        /// The pass field.
+        pass: u16,
+    },
+    /// A frame arrived at a step of the conversation where it has no place.
+    #[error("{got:?} frame out of place {step}: expected {want}")]
+    OutOfStep {
+        /// What came.
+        got: FrameType,
+        /// Where the conversation was.
+        step: &'static str,
+        /// What may come there.
+        want: &'static str,
+    },
+    /// A page batch tagged with another pass than the one in progress.
+    #[error(
+        "page batch of pass {got} arrived during pass {want} (moved or replayed from another pass)"
+    )]
+    WrongPass {
+        /// The batch's pass tag.
+        got: u16,
+        /// The pass in progress (modulo 2^16).
+        want: u16,
+    },
+    /// A RoundEnd with another round number than the round in progress.
+    #[error("RoundEnd of round {got} during round {want}")]
+    WrongRound {
+        /// The RoundEnd's number.
+        got: u32,
+        /// The round in progress.
+        want: u32,
+    },
+    /// A Hello field is out of bounds.
+    #[error("Hello refused: {0}")]
+    BadHello(String),
     /// A frame header failed its checksum.
     #[error("frame header failed its crc32 check (corrupted in transit)")]
     BadHeaderCrc,
@@ -175,6 +271,8 @@ pub struct Frame {
     pub kind: FrameType,
     /// The unit source it is about (Pages, Verify; 0 otherwise).
     pub source: SourceId,
+    /// The precopy pass of a Pages frame (0 on other frames).
+    pub pass: u16,
     /// Its sequence number.
     pub seq: u32,
     /// Its payload.
@@ -182,6 +280,16 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// The frame as it goes on the wire: header (with this frame's pass and number, and
+    /// freshly computed crcs) and payload. Test tools rewrite recorded streams with it.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, ProtocolError> {
+        let h = encode_header_pass(self.kind, self.source, self.pass, self.seq, &self.payload)?;
+        let mut out = Vec::with_capacity(HEADER_LEN + self.payload.len());
+        out.extend_from_slice(&h);
+        out.extend_from_slice(&self.payload);
+        Ok(out)
+    }
+
     /// Parses the payload as JSON.
     pub fn json<T: for<'de> Deserialize<'de>>(&self) -> Result<T, ProtocolError> {
         serde_json::from_slice(&self.payload).map_err(|source| ProtocolError::Json {
@@ -196,12 +304,18 @@ impl Frame {
 pub struct FrameWriter<W: Write> {
     inner: W,
     seq: u32,
+    /// RoundEnd frames written so far: the pass of the next Pages frame.
+    pass: u16,
 }
 
 impl<W: Write> FrameWriter<W> {
     /// A writer whose first frame is number 0.
     pub fn new(inner: W) -> Self {
-        FrameWriter { inner, seq: 0 }
+        FrameWriter {
+            inner,
+            seq: 0,
+            pass: 0,
+        }
     }
 
     /// The underlying writer.
@@ -231,10 +345,18 @@ impl<W: Write> FrameWriter<W> {
         source: SourceId,
         payload: &[u8],
     ) -> Result<(), ProtocolError> {
-        let h = encode_header(kind, source, self.seq, payload)?;
+        let pass = if kind == FrameType::Pages {
+            self.pass
+        } else {
+            0
+        };
+        let h = encode_header_pass(kind, source, pass, self.seq, payload)?;
         self.inner.write_all(&h)?;
         self.inner.write_all(payload)?;
         self.seq = self.seq.wrapping_add(1);
+        if kind == FrameType::RoundEnd {
+            self.pass = self.pass.wrapping_add(1);
+        }
         Ok(())
     }
 
@@ -251,10 +373,21 @@ impl<W: Write> FrameWriter<W> {
     }
 }
 
-/// The header of frame number `seq` carrying `payload`.
+/// The header of frame number `seq` carrying `payload` (pass 0: any frame but Pages).
 pub fn encode_header(
     kind: FrameType,
     source: SourceId,
+    seq: u32,
+    payload: &[u8],
+) -> Result<[u8; HEADER_LEN], ProtocolError> {
+    encode_header_pass(kind, source, 0, seq, payload)
+}
+
+/// The header of frame number `seq` carrying `payload` in precopy pass `pass` (Pages).
+pub fn encode_header_pass(
+    kind: FrameType,
+    source: SourceId,
+    pass: u16,
     seq: u32,
     payload: &[u8],
 ) -> Result<[u8; HEADER_LEN], ProtocolError> {
@@ -265,6 +398,7 @@ pub fn encode_header(
     h[..4].copy_from_slice(&MAGIC);
     h[4] = kind as u8;
     h[5] = source;
+    h[6..8].copy_from_slice(&pass.to_le_bytes());
     h[8..12].copy_from_slice(&(payload.len() as u32).to_le_bytes());
     h[12..16].copy_from_slice(&seq.to_le_bytes());
     h[16..20].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
@@ -321,7 +455,8 @@ fn read_exact_or_closed<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<(), Protoc
     })
 }
 
-/// Reads one frame, checking magic, size and crc (not its number: see [`FrameReader`]).
+/// Reads one frame, checking magic, size (against its type's limit, before allocating),
+/// crc and pass field (not its number: see [`FrameReader`]).
 pub fn read_frame<R: Read>(r: &mut R) -> Result<Frame, ProtocolError> {
     let mut h = [0u8; HEADER_LEN];
     read_exact_or_closed(r, &mut h)?;
@@ -338,6 +473,14 @@ pub fn read_frame<R: Read>(r: &mut R) -> Result<Frame, ProtocolError> {
     if len > MAX_PAYLOAD {
         return Err(ProtocolError::TooLarge(len));
     }
+    let limit = kind.max_payload();
+    if len > limit {
+        return Err(ProtocolError::KindTooLarge { kind, len, limit });
+    }
+    let pass = u16::from_le_bytes([h[6], h[7]]);
+    if pass != 0 && kind != FrameType::Pages {
+        return Err(ProtocolError::StrayPass { kind, pass });
+    }
     let mut payload = vec![0u8; len];
     read_exact_or_closed(r, &mut payload)?;
     if crc32fast::hash(&payload) != word(16) {
@@ -346,6 +489,7 @@ pub fn read_frame<R: Read>(r: &mut R) -> Result<Frame, ProtocolError> {
     Ok(Frame {
         kind,
         source: h[5],
+        pass,
         seq: word(12),
         payload,
     })
@@ -376,6 +520,66 @@ pub struct Hello {
     /// this mode implies before Complete.
     #[serde(default)]
     pub verify: VerifyMode,
+}
+
+impl Hello {
+    /// Checks every field against the protocol's bounds (before the VMM compares the Hello
+    /// with its machine): a peer cannot make the destination hold or walk more than these.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        let bad = |m: String| Err(ProtocolError::BadHello(m));
+        if self.cpuid.len() > MAX_CPUID_ENTRIES {
+            return bad(format!(
+                "{} CPUID entries, at most {MAX_CPUID_ENTRIES} allowed",
+                self.cpuid.len()
+            ));
+        }
+        if self.encodings.len() > MAX_ENCODINGS {
+            return bad(format!(
+                "{} encodings listed, at most {MAX_ENCODINGS} allowed",
+                self.encodings.len()
+            ));
+        }
+        if let Some(e) = self.encodings.iter().find(|e| e.len() > MAX_ENCODING_NAME) {
+            return bad(format!(
+                "encoding name of {} bytes, at most {MAX_ENCODING_NAME} allowed",
+                e.len()
+            ));
+        }
+        if self.vcpus == 0 {
+            return bad("no vCPUs".into());
+        }
+        if self.memory == 0 || !self.memory.is_multiple_of(crate::PAGE_SIZE as u64) {
+            return bad(format!(
+                "memory size {} is not a positive multiple of the {}-byte page",
+                self.memory,
+                crate::PAGE_SIZE
+            ));
+        }
+        if self.disks > MAX_DEVICES || self.nets > MAX_DEVICES {
+            return bad(format!(
+                "{} disks and {} nets announced, at most {MAX_DEVICES} of each allowed",
+                self.disks, self.nets
+            ));
+        }
+        check_migration_id(&self.migration_id).map_err(ProtocolError::BadHello)
+    }
+}
+
+/// Checks a migration id: at most [`MAX_MIGRATION_ID`] bytes of printable ASCII (the
+/// management plane's ids are UUIDs or names). The reason if not.
+pub fn check_migration_id(id: &str) -> Result<(), String> {
+    if id.len() > MAX_MIGRATION_ID {
+        return Err(format!(
+            "migration id of {} bytes, at most {MAX_MIGRATION_ID} allowed",
+            id.len()
+        ));
+    }
+    if !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "migration id {id:?} holds characters other than printable ASCII"
+        ));
+    }
+    Ok(())
 }
 
 /// The destination's answer to Hello.
@@ -413,6 +617,9 @@ pub struct Confirm {
     /// source sent none (no verification asked).
     #[serde(default)]
     pub verified_pages: Option<u64>,
+    /// Time the destination spent checking the Verify records (ms; 0 without them).
+    #[serde(default)]
+    pub verify_ms: f64,
 }
 
 /// Giving up.
@@ -537,6 +744,121 @@ mod tests {
             read_frame(&mut &h[..]),
             Err(ProtocolError::TooLarge(_))
         ));
+    }
+
+    #[test]
+    fn pages_frames_carry_their_pass_and_other_frames_none() {
+        let mut w = FrameWriter::new(Vec::new());
+        w.frame(FrameType::Pages, b"round 0").expect("write");
+        w.json(FrameType::RoundEnd, &RoundEnd { round: 0 })
+            .expect("write");
+        w.frame(FrameType::Pages, b"round 1").expect("write");
+        w.frame(FrameType::Switchover, &[]).expect("write");
+        let bytes = w.get_ref().clone();
+        let mut r = FrameReader::new(&bytes[..]);
+        let passes: Vec<(FrameType, u16)> = (0..4)
+            .map(|_| r.read().map(|f| (f.kind, f.pass)).expect("read"))
+            .collect();
+        assert_eq!(
+            passes,
+            [
+                (FrameType::Pages, 0),
+                (FrameType::RoundEnd, 0),
+                (FrameType::Pages, 1),
+                (FrameType::Switchover, 0)
+            ]
+        );
+        // A pass on a frame that has none is refused, even with a valid header crc.
+        let f = Frame {
+            kind: FrameType::State,
+            source: 0,
+            pass: 3,
+            seq: 0,
+            payload: b"state".to_vec(),
+        };
+        let bytes = f.to_bytes().expect("encode");
+        assert!(matches!(
+            read_frame(&mut &bytes[..]),
+            Err(ProtocolError::StrayPass { pass: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn each_frame_type_has_its_own_payload_limit() {
+        for (kind, len) in [
+            (FrameType::Hello, MAX_HELLO + 1),
+            (FrameType::Complete, 1),
+            (FrameType::Switchover, 1),
+            (FrameType::Abort, MAX_CONTROL + 1),
+            (FrameType::Verify, MAX_VERIFY_RECORDS * VERIFY_RECORD + 1),
+            (FrameType::Pages, MAX_BATCH_LEN + 1),
+        ] {
+            let mut h = [0u8; HEADER_LEN];
+            h[..4].copy_from_slice(&MAGIC);
+            h[4] = kind as u8;
+            h[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+            let c = crc32fast::hash(&h[..20]);
+            h[20..24].copy_from_slice(&c.to_le_bytes());
+            assert!(
+                matches!(
+                    read_frame(&mut &h[..]),
+                    Err(ProtocolError::KindTooLarge { kind: k, .. }) if k == kind
+                ),
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn hello_bounds() {
+        let ok = Hello {
+            version: PROTOCOL_VERSION,
+            memory: 1 << 30,
+            vcpus: 2,
+            cpuid: vec![(1, 0, [0; 4]); MAX_CPUID_ENTRIES],
+            disks: 1,
+            nets: 1,
+            encodings: vec!["raw".into(), "delta".into()],
+            migration_id: "9b2c-4f".into(),
+            verify: VerifyMode::Sampled,
+        };
+        ok.validate().expect("in bounds");
+        let bad = [
+            Hello {
+                cpuid: vec![(1, 0, [0; 4]); MAX_CPUID_ENTRIES + 1],
+                ..ok.clone()
+            },
+            Hello {
+                vcpus: 0,
+                ..ok.clone()
+            },
+            Hello {
+                memory: 4097,
+                ..ok.clone()
+            },
+            Hello {
+                nets: MAX_DEVICES + 1,
+                ..ok.clone()
+            },
+            Hello {
+                encodings: vec!["x".repeat(MAX_ENCODING_NAME + 1)],
+                ..ok.clone()
+            },
+            Hello {
+                migration_id: "a".repeat(MAX_MIGRATION_ID + 1),
+                ..ok.clone()
+            },
+            Hello {
+                migration_id: "two words".into(),
+                ..ok.clone()
+            },
+        ];
+        for h in bad {
+            assert!(
+                matches!(h.validate(), Err(ProtocolError::BadHello(_))),
+                "{h:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,17 +1,49 @@
-//! The destination side over a [`UnitSink`]: checks the handshake (through the VMM's
-//! [`Takeover`] hooks), applies page batches (every unit's crc32 is verified by the
-//! decoder), restores state, verifies the final units if the source lists them, and only
-//! then starts the guest and confirms. Anything short of that and the guest never runs
-//! here.
+//! The destination side over a [`UnitSink`]: checks the handshake (the awaited migration
+//! id, the Hello's bounds, then the VMM's [`Takeover`] hooks), applies page batches (every
+//! unit's crc32 is verified by the decoder), restores state, verifies the final units as
+//! the Hello's verification mode asks, and only then starts the guest and confirms.
+//! Anything short of that and the guest never runs here.
+//!
+//! # The conversation, enforced
+//!
+//! The receiver is a state machine over the frames of `protocol.rs`; a frame anywhere
+//! else than its step is refused ([`ProtocolError::OutOfStep`]), never skipped:
+//!
+//! ```text
+//! Hello                      first frame, within Expect::read_timeout of the connection;
+//!                            with Expect::migration_id, carrying that id
+//! (Pages* RoundEnd{r})*      precopy rounds r = 0, 1, 2, ... in order; every batch tagged
+//!                            with the pass in progress (the number of RoundEnds so far)
+//! Switchover Pages*          the final pass: batches tagged with the pass after the last
+//!                            RoundEnd
+//! State                      exactly once, after the final pass
+//! Verify*                    only after State; required when Hello::verify is not Off
+//! Complete                   last: the guest starts, Confirm goes back
+//! Abort                      anywhere after the Hello: the source gave up
+//! ```
+//!
+//! Before a valid Hello nothing is answered but a refusal: a connection that closes, times
+//! out, sends anything but a well-formed Hello, or another migration id is
+//! [`SessionError::Stray`], and the VMM keeps waiting for its real peer. After the Hello
+//! every read waits at most `Expect::read_timeout`.
+//!
+//! # Verification
+//!
+//! The Verify records, (unit, crc32) pairs, are checked on several threads as they
+//! arrive. In `Full` mode the source lists every non-zero unit, so every populated unit it
+//! did not list must be zero here; in `Sampled` mode (and for records sent unasked) only
+//! the listed units are checked. The first mismatch, in record order, is reported and the
+//! guest does not start.
 
-use std::io::{BufReader, BufWriter};
+use std::io::{BufReader, BufWriter, ErrorKind, Read};
 use std::net::TcpStream;
-use std::time::Instant;
+use std::num::NonZeroUsize;
+use std::time::{Duration, Instant};
 
 use crate::decoder::BatchDecoder;
 use crate::protocol::{
-    Abort, Confirm, Frame, FrameReader, FrameType, FrameWriter, Hello, HelloAck, ProtocolError,
-    RoundEnd,
+    decode_verify, Abort, Confirm, Frame, FrameReader, FrameType, FrameWriter, Hello, HelloAck,
+    ProtocolError, RoundEnd, VerifyMode,
 };
 use crate::session::{Expect, HookError, SessionError};
 use crate::unit::{UnitSet, UnitSink};
@@ -32,54 +64,184 @@ pub trait Takeover {
 pub struct Received {
     /// Page batches applied.
     pub batches: u64,
+    /// Precopy rounds received (the final pass not counted).
+    pub rounds: u32,
     /// Downtime seen here: Switchover to guest running (ms).
     pub downtime_ms: f64,
     /// Units checked against the source's Verify records (`None`: no verification).
     pub verified_pages: Option<u64>,
+    /// Time spent checking them (ms), zero-checks of unlisted units included.
+    pub verify_ms: f64,
 }
 
+/// Records checked on one thread at least (below this, threads cost more than they save).
+const VERIFY_CHUNK: usize = 4096;
+/// Bitmap words per span of the Full mode's zero check (4096 units).
+const SPAN_WORDS: usize = 64;
+/// Spans checked on one thread at least.
+const SPANS_PER_THREAD: usize = 4;
+
+/// The destination's end of the connection: until the Hello has arrived every read waits
+/// at most until one deadline (a peer that trickles bytes cannot hold the destination),
+/// afterwards each read at most the socket's read timeout. A timeout reads as
+/// [`ErrorKind::TimedOut`] with the wait in its message.
+struct Incoming {
+    stream: TcpStream,
+    deadline: Option<Instant>,
+    timeout: Duration,
+}
+
+impl Read for Incoming {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.timed_out());
+            }
+            self.stream.set_read_timeout(Some(left))?;
+        }
+        self.stream.read(buf).map_err(|e| match e.kind() {
+            ErrorKind::WouldBlock | ErrorKind::TimedOut => self.timed_out(),
+            _ => e,
+        })
+    }
+}
+
+impl Incoming {
+    fn timed_out(&self) -> std::io::Error {
+        let what = if self.deadline.is_some() {
+            "no complete Hello"
+        } else {
+            "no data from the source"
+        };
+        std::io::Error::new(
+            ErrorKind::TimedOut,
+            format!("{what} within {:.1} s", self.timeout.as_secs_f64()),
+        )
+    }
+}
+
+type Input = FrameReader<BufReader<Incoming>>;
+type Output = FrameWriter<BufWriter<TcpStream>>;
+
 /// Receives one migration from `stream` into `sink`. On success the guest is running
-/// here; on error the source has been told (best effort) and the guest never ran.
-pub fn receive<K: UnitSink, T: Takeover>(
+/// here; on error the source has been told (best effort) and the guest never ran. A
+/// connection that is not the awaited migration ends in [`SessionError::Stray`] having
+/// touched nothing: the caller may accept the next one.
+pub fn receive<K: UnitSink + Sync, T: Takeover>(
     stream: TcpStream,
     sink: &mut K,
     takeover: &mut T,
     expect: &Expect,
 ) -> Result<Received, SessionError> {
     let _ = stream.set_nodelay(true);
+    let stray = |e: std::io::Error| SessionError::Stray(format!("connection unusable: {e}"));
     stream
-        .set_read_timeout(Some(expect.read_timeout))
-        .map_err(ProtocolError::Io)?;
-    let mut out = FrameWriter::new(BufWriter::new(
-        stream.try_clone().map_err(ProtocolError::Io)?,
-    ));
-    let mut input = FrameReader::new(BufReader::with_capacity(1 << 20, stream));
-    match receive_stream(&mut input, &mut out, sink, takeover, expect) {
-        Ok(r) => Ok(r),
-        Err(e) => {
-            if !matches!(e, SessionError::Aborted(_) | SessionError::Protocol(_)) {
-                let _ = out.json(
-                    FrameType::Abort,
-                    &Abort {
-                        reason: e.to_string(),
-                    },
-                );
-                let _ = out.flush();
-            }
-            Err(e)
+        .set_write_timeout(Some(expect.read_timeout))
+        .map_err(stray)?;
+    let mut out = FrameWriter::new(BufWriter::new(stream.try_clone().map_err(stray)?));
+    let incoming = Incoming {
+        stream,
+        deadline: Some(Instant::now() + expect.read_timeout),
+        timeout: expect.read_timeout,
+    };
+    let mut input = FrameReader::new(BufReader::with_capacity(1 << 20, incoming));
+    let result = accept_hello(&mut input, &mut out, sink, takeover, expect).and_then(|hello| {
+        let conn = input.get_mut().get_mut();
+        conn.deadline = None;
+        conn.stream
+            .set_read_timeout(Some(expect.read_timeout))
+            .map_err(ProtocolError::Io)?;
+        receive_stream(&mut input, &mut out, sink, takeover, &hello)
+    });
+    if let Err(e) = &result {
+        if !matches!(e, SessionError::Aborted(_) | SessionError::Stray(_)) {
+            let _ = out.json(
+                FrameType::Abort,
+                &Abort {
+                    reason: e.to_string(),
+                },
+            );
+            let _ = out.flush();
         }
     }
+    result
 }
 
 /// Writes a JSON frame and flushes it.
 fn reply<T: serde::Serialize>(
-    out: &mut FrameWriter<BufWriter<TcpStream>>,
+    out: &mut Output,
     kind: FrameType,
     v: &T,
 ) -> Result<(), SessionError> {
     out.json(kind, v)?;
     out.flush()?;
     Ok(())
+}
+
+/// Refuses the Hello with `reason` (best effort: the peer may be gone).
+fn refuse_hello(out: &mut Output, reason: &str) {
+    let ack = HelloAck {
+        ok: false,
+        error: reason.to_string(),
+        encodings: vec![],
+    };
+    let _ = reply(out, FrameType::HelloAck, &ack);
+}
+
+/// Reads and checks the Hello: the awaited migration (else [`SessionError::Stray`]), in
+/// bounds and fitting this destination (else refused), accepted by the VMM.
+fn accept_hello<K: UnitSink, T: Takeover>(
+    input: &mut Input,
+    out: &mut Output,
+    sink: &K,
+    takeover: &T,
+    expect: &Expect,
+) -> Result<Hello, SessionError> {
+    let first = input
+        .read()
+        .map_err(|e| SessionError::Stray(format!("no Hello: {e}")))?;
+    if first.kind != FrameType::Hello {
+        return Err(SessionError::Stray(format!(
+            "first frame is {:?}, not Hello",
+            first.kind
+        )));
+    }
+    let hello: Hello = first
+        .json()
+        .map_err(|e| SessionError::Stray(e.to_string()))?;
+    if let Some(want) = &expect.migration_id {
+        if hello.migration_id != *want {
+            let reason = format!(
+                "this destination awaits migration {want:?}, not {:?}",
+                hello.migration_id
+            );
+            refuse_hello(out, &reason);
+            return Err(SessionError::Stray(reason));
+        }
+    }
+    let capacity = sink.count().saturating_mul(PAGE_SIZE as u64);
+    let checked = hello.validate().map_err(|e| e.to_string()).and_then(|()| {
+        if hello.memory > capacity {
+            return Err(format!(
+                "the source's {} MiB of memory exceed the {} MiB this destination holds",
+                hello.memory >> 20,
+                capacity >> 20
+            ));
+        }
+        takeover.check(&hello)
+    });
+    if let Err(reason) = checked {
+        refuse_hello(out, &reason);
+        return Err(SessionError::Refused(reason));
+    }
+    let ack = HelloAck {
+        ok: true,
+        error: String::new(),
+        encodings: Encoding::ALL.iter().map(|e| e.name().to_string()).collect(),
+    };
+    reply(out, FrameType::HelloAck, &ack)?;
+    Ok(hello)
 }
 
 /// Checks a frame is about the sink's source.
@@ -93,102 +255,135 @@ fn check_source<K: UnitSink>(f: &Frame, sink: &K) -> Result<(), SessionError> {
     Ok(())
 }
 
-fn receive_stream<K: UnitSink, T: Takeover>(
-    input: &mut FrameReader<BufReader<TcpStream>>,
-    out: &mut FrameWriter<BufWriter<TcpStream>>,
+/// Where the conversation is after the Hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// A precopy round is open: its batches, its RoundEnd, or the Switchover.
+    Precopy,
+    /// The source has paused: final-pass batches, then State.
+    FinalPass,
+    /// State restored: Verify frames, then Complete.
+    Restored,
+}
+
+impl Step {
+    fn name(self) -> &'static str {
+        match self {
+            Step::Precopy => "during precopy",
+            Step::FinalPass => "during the final pass",
+            Step::Restored => "after the VM state",
+        }
+    }
+
+    fn allowed(self) -> &'static str {
+        match self {
+            Step::Precopy => "Pages, RoundEnd or Switchover",
+            Step::FinalPass => "Pages or State",
+            Step::Restored => "Verify or Complete",
+        }
+    }
+}
+
+/// The Verify records received so far and what checking them cost.
+struct Verification {
+    /// Units listed (for the Full mode's check that the rest is zero).
+    listed: UnitSet,
+    records: u64,
+    elapsed: Duration,
+}
+
+fn receive_stream<K: UnitSink + Sync, T: Takeover>(
+    input: &mut Input,
+    out: &mut Output,
     sink: &mut K,
     takeover: &mut T,
-    expect: &Expect,
+    hello: &Hello,
 ) -> Result<Received, SessionError> {
-    let _ = expect; // migration id and step order: issue 11 (receiver helper)
-    let first = input.read()?;
-    if first.kind != FrameType::Hello {
-        return Err(ProtocolError::Unexpected {
-            got: first.kind,
-            want: "Hello",
-        }
-        .into());
-    }
-    let hello: Hello = first.json()?;
-    if let Err(reason) = takeover.check(&hello) {
-        let ack = HelloAck {
-            ok: false,
-            error: reason.clone(),
-            encodings: vec![],
-        };
-        reply(out, FrameType::HelloAck, &ack)?;
-        return Err(SessionError::Refused(reason));
-    }
-    let ack = HelloAck {
-        ok: true,
-        error: String::new(),
-        encodings: Encoding::ALL.iter().map(|e| e.name().to_string()).collect(),
-    };
-    reply(out, FrameType::HelloAck, &ack)?;
-
     let mut decoder = BatchDecoder::new()?;
     let mut received = Received::default();
+    let mut step = Step::Precopy;
+    // The pass in progress: RoundEnds received so far (the final pass is the one after).
+    let mut pass: u32 = 0;
     let mut switchover: Option<Instant> = None;
-    let mut have_state = false;
-    let mut listed: Option<UnitSet> = None;
-    let mut buf = [0u8; PAGE_SIZE];
+    let mut verification: Option<Verification> = None;
     loop {
         let f = input.read()?;
-        match f.kind {
-            FrameType::Pages => {
+        match (step, f.kind) {
+            (_, FrameType::Abort) => {
+                let a: Abort = f.json()?;
+                return Err(SessionError::Aborted(a.reason));
+            }
+            (Step::Precopy | Step::FinalPass, FrameType::Pages) => {
                 check_source(&f, sink)?;
+                if f.pass != pass as u16 {
+                    return Err(ProtocolError::WrongPass {
+                        got: f.pass,
+                        want: pass as u16,
+                    }
+                    .into());
+                }
                 decoder.decode(&f.payload, sink)?;
                 received.batches += 1;
             }
-            FrameType::RoundEnd => {
+            (Step::Precopy, FrameType::RoundEnd) => {
                 let r: RoundEnd = f.json()?;
+                if r.round != pass {
+                    return Err(ProtocolError::WrongRound {
+                        got: r.round,
+                        want: pass,
+                    }
+                    .into());
+                }
                 reply(out, FrameType::RoundAck, &r)?;
+                pass = pass.checked_add(1).ok_or(ProtocolError::WrongRound {
+                    got: r.round,
+                    want: pass,
+                })?;
+                received.rounds = pass;
             }
-            FrameType::Switchover => switchover = Some(Instant::now()),
-            FrameType::State => {
+            (Step::Precopy, FrameType::Switchover) => {
+                if pass == 0 {
+                    // The full pass (round 0) always precedes the switchover.
+                    return Err(ProtocolError::OutOfStep {
+                        got: f.kind,
+                        step: "before the end of round 0",
+                        want: "Pages or RoundEnd",
+                    }
+                    .into());
+                }
+                switchover = Some(Instant::now());
+                step = Step::FinalPass;
+            }
+            (Step::FinalPass, FrameType::State) => {
                 takeover
                     .restore(&f.payload)
                     .map_err(SessionError::Restore)?;
-                have_state = true;
+                step = Step::Restored;
             }
-            FrameType::Verify => {
+            (Step::Restored, FrameType::Verify) => {
                 check_source(&f, sink)?;
-                let count = sink.count();
-                let set = listed.get_or_insert_with(|| UnitSet::new(count));
-                for (n, crc) in crate::protocol::decode_verify(&f.payload)? {
-                    if n >= count {
-                        return Err(SessionError::Verify(format!(
-                            "page {n:#x} is outside guest memory"
-                        )));
-                    }
-                    let got = sink.checksum(n, &mut buf).ok_or_else(|| {
-                        SessionError::Verify(format!("page {n:#x} cannot be read here"))
-                    })?;
-                    if got != crc {
-                        return Err(SessionError::Verify(format!(
-                            "page {n:#x}: crc32 {got:#010x} here, {crc:#010x} at the source"
-                        )));
-                    }
-                    set.set(n);
-                    *received.verified_pages.get_or_insert(0) += 1;
-                }
-                received.verified_pages.get_or_insert(0);
+                let v = verification.get_or_insert_with(|| Verification {
+                    listed: UnitSet::new(sink.count()),
+                    records: 0,
+                    elapsed: Duration::ZERO,
+                });
+                check_verify_frame(&f.payload, &*sink, v)?;
             }
-            FrameType::Complete => {
-                if !have_state {
-                    return Err(SessionError::Verify("Complete before State".into()));
-                }
-                if let Some(listed) = &listed {
-                    // Every unit the source did not list must be zero here.
-                    let mut populated = UnitSet::new(sink.count());
-                    sink.populated(&mut populated);
-                    for n in populated.iter().filter(|n| !listed.get(*n)) {
-                        if !sink.read_page(n, &mut buf) || !is_zero_page(&buf) {
-                            return Err(SessionError::Verify(format!(
-                                "page {n:#x} is non-zero here but zero at the source"
-                            )));
-                        }
+            (Step::Restored, FrameType::Complete) => {
+                if let Some(v) = &mut verification {
+                    if hello.verify == VerifyMode::Full {
+                        let t = Instant::now();
+                        check_unlisted_zero(&*sink, &v.listed)?;
+                        v.elapsed += t.elapsed();
                     }
+                    received.verified_pages = Some(v.records);
+                    received.verify_ms = v.elapsed.as_secs_f64() * 1e3;
+                } else if hello.verify != VerifyMode::Off {
+                    return Err(SessionError::Verify(format!(
+                        "the source announced {:?} verification but sent no Verify records \
+                         before Complete",
+                        hello.verify
+                    )));
                 }
                 takeover.start().map_err(SessionError::Start)?;
                 received.downtime_ms = switchover
@@ -199,21 +394,141 @@ fn receive_stream<K: UnitSink, T: Takeover>(
                     error: String::new(),
                     downtime_ms: received.downtime_ms,
                     verified_pages: received.verified_pages,
+                    verify_ms: received.verify_ms,
                 };
                 reply(out, FrameType::Confirm, &confirm)?;
                 return Ok(received);
             }
-            FrameType::Abort => {
-                let a: Abort = f.json()?;
-                return Err(SessionError::Aborted(a.reason));
-            }
-            other => {
-                return Err(ProtocolError::Unexpected {
-                    got: other,
-                    want: "Pages, State, Verify or Complete",
+            (step, got) => {
+                return Err(ProtocolError::OutOfStep {
+                    got,
+                    step: step.name(),
+                    want: step.allowed(),
                 }
                 .into())
             }
         }
+    }
+}
+
+/// Checks one Verify frame's records against the sink, on several threads.
+fn check_verify_frame<K: UnitSink + Sync>(
+    payload: &[u8],
+    sink: &K,
+    v: &mut Verification,
+) -> Result<(), SessionError> {
+    let t = Instant::now();
+    let records = decode_verify(payload)?;
+    let count = sink.count();
+    let total = v.records.saturating_add(records.len() as u64);
+    if total > count {
+        return Err(SessionError::Verify(format!(
+            "{total} Verify records for {count} pages"
+        )));
+    }
+    for &(n, _) in &records {
+        if n >= count {
+            return Err(SessionError::Verify(format!(
+                "page {n:#x} is outside guest memory ({count} pages)"
+            )));
+        }
+        if v.listed.get(n) {
+            return Err(SessionError::Verify(format!(
+                "page {n:#x} is listed twice in the Verify records"
+            )));
+        }
+        v.listed.set(n);
+    }
+    first_failure(&records, VERIFY_CHUNK, |&(n, crc)| {
+        let mut buf = [0u8; PAGE_SIZE];
+        match sink.checksum(n, &mut buf) {
+            None => Some(format!("page {n:#x} cannot be read here")),
+            Some(got) if got != crc => Some(format!(
+                "page {n:#x}: crc32 {got:#010x} here, {crc:#010x} at the source"
+            )),
+            Some(_) => None,
+        }
+    })
+    .map_or(Ok(()), |m| Err(SessionError::Verify(m)))?;
+    v.records = total;
+    v.elapsed += t.elapsed();
+    Ok(())
+}
+
+/// Full mode: every populated unit the source did not list must be zero here. The bitmap
+/// is walked in spans of [`SPAN_WORDS`] words, several spans per thread (no list of the
+/// unlisted units is built: it could be most of a large guest).
+fn check_unlisted_zero<K: UnitSink + Sync>(sink: &K, listed: &UnitSet) -> Result<(), SessionError> {
+    let mut populated = UnitSet::new(sink.count());
+    sink.populated(&mut populated);
+    let words = populated.words().len();
+    let spans: Vec<(usize, usize)> = (0..words.div_ceil(SPAN_WORDS))
+        .map(|i| (i * SPAN_WORDS, ((i + 1) * SPAN_WORDS).min(words)))
+        .collect();
+    let (populated, listed) = (populated.words(), listed.words());
+    first_failure(&spans, SPANS_PER_THREAD, |&(from, to)| {
+        let mut buf = [0u8; PAGE_SIZE];
+        (from..to).find_map(|w| {
+            let mut bits = populated[w] & !listed.get(w).copied().unwrap_or(0);
+            while bits != 0 {
+                let n = w as u64 * 64 + u64::from(bits.trailing_zeros());
+                bits &= bits - 1;
+                if !sink.read_page(n, &mut buf) || !is_zero_page(&buf) {
+                    return Some(format!(
+                        "page {n:#x} is non-zero here but zero at the source"
+                    ));
+                }
+            }
+            None
+        })
+    })
+    .map_or(Ok(()), |m| Err(SessionError::Verify(m)))
+}
+
+/// Runs `check` over `items` on up to one thread per core, each thread taking at least
+/// `min_per_thread` items; the failure of the first item (in order) that fails, if any.
+fn first_failure<I: Sync>(
+    items: &[I],
+    min_per_thread: usize,
+    check: impl Fn(&I) -> Option<String> + Sync,
+) -> Option<String> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, NonZeroUsize::get)
+        .min(items.len().div_ceil(min_per_thread.max(1)))
+        .max(1);
+    if threads == 1 {
+        return items.iter().find_map(&check);
+    }
+    let chunk = items.len().div_ceil(threads);
+    let check = &check;
+    std::thread::scope(|s| {
+        let workers: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| s.spawn(move || part.iter().find_map(check)))
+            .collect();
+        // Chunks are in order: the first chunk with a failure holds the first failure.
+        workers.into_iter().find_map(|w| {
+            w.join()
+                .unwrap_or_else(|_| Some("a verification thread panicked".into()))
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_failure_is_the_first_in_order_whatever_the_threads() {
+        let items: Vec<u64> = (0..100_000).collect();
+        let bad = |&n: &u64| (n % 30_001 == 30_000).then(|| format!("bad {n}"));
+        assert_eq!(
+            first_failure(&items, VERIFY_CHUNK, bad),
+            Some("bad 30000".into())
+        );
+        assert_eq!(first_failure(&items, VERIFY_CHUNK, |_| None), None);
+        assert_eq!(first_failure(&items[..10], VERIFY_CHUNK, bad), None);
+        let empty: [u64; 0] = [];
+        assert_eq!(first_failure(&empty, 1, bad), None);
     }
 }
