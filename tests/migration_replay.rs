@@ -1,13 +1,9 @@
 //! Mutating replay of a recorded stream against a real `novacron-vmm run --incoming`: the
-//! stream of a real migration (a booted test guest rewriting its memory, `--verify full`) is recorded through a
-//! relay, then replayed, intact and damaged, to fresh destination VMMs. The intact replay
+//! stream of a real migration (a booted test guest rewriting its memory,
+//! `--verify full`) is recorded through a relay, then replayed, intact and damaged, to fresh destination VMMs. The intact replay
 //! resumes the guest (its self-check passes: the harness replays faithfully); no damaged
 //! replay ever resumes it: the VMM exits non-zero, or keeps waiting, and its serial port
 //! stays silent. After a stray connection the destination still accepts the real stream.
-//!
-//! The cases that need `run --migration-id` and the destination's keep-waiting accept loop
-//! (helper `vmm`'s branch) are `#[ignore]`d here with that reason; after the merge run them
-//! with `cargo test --test migration_replay -- --include-ignored` (and drop the ignores).
 
 use novacron_migration::protocol::{self, Frame, FrameType, Hello};
 use novacron_testsupport::*;
@@ -277,7 +273,6 @@ fn damaged_replays_of_a_real_stream_never_resume_the_guest() {
 }
 
 #[test]
-#[ignore = "needs `run --migration-id` and the keep-waiting accept loop (helper vmm's branch)"]
 fn a_wrong_id_or_a_stray_connection_leaves_the_destination_waiting_for_the_real_stream() {
     let dir = Scratch::new("mig-replay-stray");
     let rec = record(&dir);

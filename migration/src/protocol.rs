@@ -47,8 +47,10 @@
 //! S->D Switchover empty: the source has paused its vCPUs (destination downtime starts)
 //! S->D Pages      the final pass
 //! S->D State      the VM state envelope (the VMM's `state.rs`)
-//! S->D Verify     optional, repeated: (u64 page frame number, u32 crc32) records of every
-//!                 page the source holds non-zero; pages not listed must be zero
+//! S->D Verify     as Hello::verify announced: `full`, repeated: (u64 page frame number,
+//!                 u32 crc32) records of every page the source holds non-zero (pages not
+//!                 listed must be zero); `sampled`, once: a [`SampledVerify`] (seed and two
+//!                 digests, 32 bytes); `off`: none
 //! S->D Complete   empty: resume now
 //! D->S Confirm    JSON Confirm: ok (destination running) or the reason it refused, and
 //!                 how many Verify records the destination checked
@@ -659,9 +661,91 @@ pub fn decode_verify(payload: &[u8]) -> Result<Vec<(u64, u32)>, ProtocolError> {
         .collect())
 }
 
+/// Size of the one Verify payload of `sampled` verification.
+pub const SAMPLED_VERIFY_LEN: usize = 32;
+
+/// The Verify payload of `sampled` verification: instead of a record per unit (12 bytes
+/// each, more than a delta-encoded final-pass unit costs on the wire), the seed of the
+/// sample and two digests the destination recomputes over its own units: the final pass
+/// (the units it received after Switchover) and the sample (`sample` units drawn with
+/// `seed` uniformly from all units outside the final pass; `verify::sampled_digests`).
+///
+/// ```text
+/// offset size field
+/// 0      8    seed
+/// 8      8    sample: units asked for outside the final pass
+/// 16     8    final_units: units of the final pass the source sent
+/// 24     4    digest of the final pass's (unit, crc32) records
+/// 28     4    digest of the sample's records
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SampledVerify {
+    /// The sample's seed, drawn by the source after the final pass.
+    pub seed: u64,
+    /// Units asked for outside the final pass.
+    pub sample: u64,
+    /// Units of the final pass the source sent.
+    pub final_units: u64,
+    /// Digest of the final pass's records.
+    pub final_digest: u32,
+    /// Digest of the sample's records.
+    pub sample_digest: u32,
+}
+
+impl SampledVerify {
+    /// The wire form.
+    pub fn encode(&self) -> [u8; SAMPLED_VERIFY_LEN] {
+        let mut out = [0u8; SAMPLED_VERIFY_LEN];
+        out[..8].copy_from_slice(&self.seed.to_le_bytes());
+        out[8..16].copy_from_slice(&self.sample.to_le_bytes());
+        out[16..24].copy_from_slice(&self.final_units.to_le_bytes());
+        out[24..28].copy_from_slice(&self.final_digest.to_le_bytes());
+        out[28..].copy_from_slice(&self.sample_digest.to_le_bytes());
+        out
+    }
+
+    /// Parses the wire form.
+    pub fn decode(payload: &[u8]) -> Result<Self, ProtocolError> {
+        let b: &[u8; SAMPLED_VERIFY_LEN] = payload
+            .try_into()
+            .map_err(|_| ProtocolError::BadVerify(payload.len()))?;
+        let u64_at = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[i..i + 8]);
+            u64::from_le_bytes(w)
+        };
+        let u32_at = |i: usize| {
+            let mut w = [0u8; 4];
+            w.copy_from_slice(&b[i..i + 4]);
+            u32::from_le_bytes(w)
+        };
+        Ok(SampledVerify {
+            seed: u64_at(0),
+            sample: u64_at(8),
+            final_units: u64_at(16),
+            final_digest: u32_at(24),
+            sample_digest: u32_at(28),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sampled_verify_round_trips_and_refuses_other_sizes() {
+        let v = SampledVerify {
+            seed: 0x0123_4567_89ab_cdef,
+            sample: 1024,
+            final_units: 77,
+            final_digest: 0xdead_beef,
+            sample_digest: 7,
+        };
+        assert_eq!(SampledVerify::decode(&v.encode()).unwrap(), v);
+        assert!(SampledVerify::decode(&v.encode()[..31]).is_err());
+        assert!(SampledVerify::decode(&[0u8; 33]).is_err());
+    }
 
     #[test]
     fn frame_round_trip_and_corruption() {

@@ -29,11 +29,14 @@
 //!
 //! # Verification
 //!
-//! The Verify records, (unit, crc32) pairs, are checked on several threads as they
-//! arrive. In `Full` mode the source lists every non-zero unit, so every populated unit it
-//! did not list must be zero here; in `Sampled` mode (and for records sent unasked) only
-//! the listed units are checked. The first mismatch, in record order, is reported and the
-//! guest does not start.
+//! In `Full` mode the Verify records, (unit, crc32) pairs of every non-zero unit, are
+//! checked on several threads as they arrive, and every populated unit not listed must be
+//! zero here; the first mismatch, in record order, is reported. In `Sampled` mode the one
+//! Verify frame is a [`SampledVerify`]: the receiver recomputes both digests
+//! ([`verify::sampled_digests`]) over the units it received in the final pass and the
+//! sample drawn from the source's seed, and refuses on any difference. Either way the
+//! guest does not start. (A stream announcing `Off` may still carry Full-style records:
+//! they are checked.)
 
 use std::io::{BufReader, BufWriter, ErrorKind, Read};
 use std::net::TcpStream;
@@ -41,12 +44,15 @@ use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
 use crate::decoder::BatchDecoder;
+use crate::protocol::SampledVerify;
 use crate::protocol::{
     decode_verify, Abort, Confirm, Frame, FrameReader, FrameType, FrameWriter, Hello, HelloAck,
     ProtocolError, RoundEnd, VerifyMode,
 };
 use crate::session::{Expect, HookError, SessionError};
+use crate::store::PageStore;
 use crate::unit::{UnitSet, UnitSink};
+use crate::verify;
 use crate::{is_zero_page, Encoding, PAGE_SIZE};
 
 /// What the engine asks of the VMM receiving the guest.
@@ -292,6 +298,31 @@ struct Verification {
     elapsed: Duration,
 }
 
+/// The sink seen through the final pass: every unit written is also noted in `written`
+/// (the final-pass set sampled verification digests).
+struct Recording<'a, K: ?Sized> {
+    inner: &'a mut K,
+    written: &'a mut UnitSet,
+}
+
+impl<K: PageStore + ?Sized> PageStore for Recording<'_, K> {
+    fn contains(&self, index: u64) -> bool {
+        self.inner.contains(index)
+    }
+
+    fn read_page(&self, index: u64, buf: &mut [u8; PAGE_SIZE]) -> bool {
+        self.inner.read_page(index, buf)
+    }
+
+    fn write_page(&mut self, index: u64, data: &[u8; PAGE_SIZE]) -> bool {
+        let ok = self.inner.write_page(index, data);
+        if ok && index < self.written.len() {
+            self.written.set(index);
+        }
+        ok
+    }
+}
+
 fn receive_stream<K: UnitSink + Sync, T: Takeover>(
     input: &mut Input,
     out: &mut Output,
@@ -306,6 +337,8 @@ fn receive_stream<K: UnitSink + Sync, T: Takeover>(
     let mut pass: u32 = 0;
     let mut switchover: Option<Instant> = None;
     let mut verification: Option<Verification> = None;
+    // Units written in the final pass, for sampled verification.
+    let mut final_pass = UnitSet::new(sink.count());
     loop {
         let f = input.read()?;
         match (step, f.kind) {
@@ -322,7 +355,15 @@ fn receive_stream<K: UnitSink + Sync, T: Takeover>(
                     }
                     .into());
                 }
-                decoder.decode(&f.payload, sink)?;
+                if step == Step::FinalPass {
+                    let mut rec = Recording {
+                        inner: &mut *sink,
+                        written: &mut final_pass,
+                    };
+                    decoder.decode(&f.payload, &mut rec)?;
+                } else {
+                    decoder.decode(&f.payload, sink)?;
+                }
                 received.batches += 1;
             }
             (Step::Precopy, FrameType::RoundEnd) => {
@@ -359,6 +400,21 @@ fn receive_stream<K: UnitSink + Sync, T: Takeover>(
                     .restore(&f.payload)
                     .map_err(SessionError::Restore)?;
                 step = Step::Restored;
+            }
+            (Step::Restored, FrameType::Verify) if hello.verify == VerifyMode::Sampled => {
+                check_source(&f, sink)?;
+                if verification.is_some() {
+                    return Err(SessionError::Verify(
+                        "a second Verify frame in sampled verification".into(),
+                    ));
+                }
+                let t = Instant::now();
+                let checked = check_sampled(&f.payload, &*sink, &final_pass)?;
+                verification = Some(Verification {
+                    listed: UnitSet::new(0),
+                    records: checked,
+                    elapsed: t.elapsed(),
+                });
             }
             (Step::Restored, FrameType::Verify) => {
                 check_source(&f, sink)?;
@@ -409,6 +465,53 @@ fn receive_stream<K: UnitSink + Sync, T: Takeover>(
             }
         }
     }
+}
+
+/// Sampled verification: recomputes the source's two digests over this end's final pass
+/// and the sample of the source's seed; the units covered, or which set differs.
+fn check_sampled<K: UnitSink + Sync>(
+    payload: &[u8],
+    sink: &K,
+    final_pass: &UnitSet,
+) -> Result<u64, SessionError> {
+    let want = SampledVerify::decode(payload)?;
+    let count = sink.count();
+    if want.sample > count {
+        return Err(SessionError::Verify(format!(
+            "a sample of {} units asked for a guest of {count} units",
+            want.sample
+        )));
+    }
+    let got = verify::sampled_digests(
+        final_pass,
+        count,
+        want.sample,
+        want.seed,
+        verify::default_threads(),
+        &|n, buf: &mut [u8; PAGE_SIZE]| {
+            if sink.read_page(n, buf) {
+                Ok(())
+            } else {
+                Err(format!("page {n:#x} cannot be read here"))
+            }
+        },
+    )
+    .map_err(SessionError::Verify)?;
+    if got.final_units != want.final_units || got.final_digest != want.final_digest {
+        return Err(SessionError::Verify(format!(
+            "the final pass differs: {} units received here, {} sent by the source \
+             (digest {:#010x} here, {:#010x} at the source)",
+            got.final_units, want.final_units, got.final_digest, want.final_digest
+        )));
+    }
+    if got.sample_digest != want.sample_digest {
+        return Err(SessionError::Verify(format!(
+            "sampled units differ: {} units drawn with seed {:#x} outside the final pass \
+             (digest {:#010x} here, {:#010x} at the source)",
+            got.sample_units, want.seed, got.sample_digest, want.sample_digest
+        )));
+    }
+    Ok(got.final_units + got.sample_units)
 }
 
 /// Checks one Verify frame's records against the sink, on several threads.

@@ -55,7 +55,7 @@ use crate::link::{LinkMeter, LAN_PRIOR, LAN_RTT};
 use crate::page_cache::SLOT_OVERHEAD_BYTES;
 use crate::protocol::{
     self, Abort, Confirm, Frame, FrameReader, FrameType, FrameWriter, Hello, HelloAck,
-    ProtocolError, RoundEnd, PROTOCOL_VERSION,
+    ProtocolError, RoundEnd, SampledVerify, PROTOCOL_VERSION, VERIFY_RECORD,
 };
 use crate::session::{Cancel, HookError, SessionError};
 use crate::unit::{SourceId, UnitSet, UnitSource};
@@ -592,46 +592,68 @@ impl Sender {
         Ok(f)
     }
 
-    /// Computes the verification records of `mode` on several threads and sends them,
-    /// [`VERIFY_RECORDS_PER_FRAME`] units at a time (memory stays bounded for any guest
-    /// size); returns how many records it listed. Sampled mode lists `final_pass` and
-    /// `sample` (drawn just before the pause).
+    /// Computes the verification of `mode` on several threads and sends it; returns how
+    /// many units it covers. Full mode sends the records of every non-zero populated unit,
+    /// [`VERIFY_RECORDS_PER_FRAME`] at a time (memory stays bounded for any guest size);
+    /// sampled mode one [`SampledVerify`]: the digests of `final_pass` and of `sample` units
+    /// drawn now with a fresh seed, which the destination recomputes.
     fn send_verify<S: UnitSource + Sync>(
         &mut self,
         source: &mut S,
         mode: VerifyMode,
         final_pass: &UnitSet,
-        sample: Option<UnitSet>,
+        sample: u64,
     ) -> Result<u64, SessionError> {
-        let (set, skip_zero) = match (mode, sample) {
-            (VerifyMode::Off, _) => return Ok(0),
-            (VerifyMode::Sampled, Some(mut sample)) => {
-                union_into(&mut sample, final_pass);
-                (sample, false)
-            }
-            _ => {
-                let mut populated = UnitSet::new(source.count());
-                source.populated(&mut populated)?;
-                (populated, true)
-            }
-        };
         let id = source.id();
-        let src: &S = source;
         let threads = verify::default_threads();
-        let mut units = Vec::with_capacity(VERIFY_RECORDS_PER_FRAME.min(set.count() as usize));
-        let mut all = set.iter().peekable();
-        let mut listed = 0u64;
-        loop {
-            units.clear();
-            units.extend(all.by_ref().take(VERIFY_RECORDS_PER_FRAME));
-            let records = verify::crc_records(&units, threads, skip_zero, &|n, b| src.read(n, b))?;
-            listed += records.len() as u64;
-            let payload = protocol::encode_verify(&records);
-            self.wire
-                .out
-                .source_frame(FrameType::Verify, id, &payload)?;
-            if all.peek().is_none() {
-                return Ok(listed);
+        match mode {
+            VerifyMode::Off => Ok(0),
+            VerifyMode::Sampled => {
+                let seed = verify::random_seed();
+                let src: &S = source;
+                let d = verify::sampled_digests(
+                    final_pass,
+                    src.count(),
+                    sample,
+                    seed,
+                    threads,
+                    &|n, b| src.read(n, b),
+                )?;
+                let payload = SampledVerify {
+                    seed,
+                    sample,
+                    final_units: d.final_units,
+                    final_digest: d.final_digest,
+                    sample_digest: d.sample_digest,
+                }
+                .encode();
+                self.wire
+                    .out
+                    .source_frame(FrameType::Verify, id, &payload)?;
+                Ok(d.final_units + d.sample_units)
+            }
+            VerifyMode::Full => {
+                let mut set = UnitSet::new(source.count());
+                source.populated(&mut set)?;
+                let src: &S = source;
+                let mut units =
+                    Vec::with_capacity(VERIFY_RECORDS_PER_FRAME.min(set.count() as usize));
+                let mut all = set.iter().peekable();
+                let mut listed = 0u64;
+                loop {
+                    units.clear();
+                    units.extend(all.by_ref().take(VERIFY_RECORDS_PER_FRAME));
+                    let records =
+                        verify::crc_records(&units, threads, true, &|n, b| src.read(n, b))?;
+                    listed += records.len() as u64;
+                    let payload = protocol::encode_verify(&records);
+                    self.wire
+                        .out
+                        .source_frame(FrameType::Verify, id, &payload)?;
+                    if all.peek().is_none() {
+                        return Ok(listed);
+                    }
+                }
             }
         }
     }
@@ -861,16 +883,20 @@ fn fixed_ms(
     rates: &Rates,
     link: Option<f64>,
 ) -> f64 {
-    let listed = match mode {
-        VerifyMode::Off => 0.0,
-        VerifyMode::Sampled => final_units + sample.min(populated) as f64,
-        VerifyMode::Full => populated as f64,
+    // Units crc'd on each end, and the bytes their verification puts on the wire.
+    let (listed, wire_bytes) = match mode {
+        VerifyMode::Off => (0.0, 0.0),
+        VerifyMode::Sampled => (
+            final_units + sample.min(populated) as f64,
+            protocol::SAMPLED_VERIFY_LEN as f64,
+        ),
+        VerifyMode::Full => (populated as f64, populated as f64 * VERIFY_RECORD as f64),
     };
     let threads = verify::default_threads() as f64;
     let compute_ms = 2.0 * listed * rates.crc_s_per_unit / threads * 1e3;
     let wire_ms = link
         .filter(|l| *l > 0.0)
-        .map(|l| listed * 12.0 / l * 1e3)
+        .map(|l| wire_bytes / l * 1e3)
         .unwrap_or(0.0);
     STATE_ALLOWANCE_MS + compute_ms + wire_ms
 }
@@ -975,21 +1001,6 @@ fn precopy<S: UnitSource + Sync, G: Guest>(
     };
 
     // Switchover: pause, final pass, state. Downtime starts when the guest is asked to stop.
-    // Sampled verification's sample is drawn just before (tens of µs): populated units
-    // outside the dirty set known now.
-    let drawn = match opts.verify {
-        VerifyMode::Sampled => {
-            let mut populated = UnitSet::new(source.count());
-            source.populated(&mut populated)?;
-            Some(verify::sampled_set(
-                &dirty,
-                &populated,
-                sample,
-                verify::random_seed(),
-            ))
-        }
-        _ => None,
-    };
     let t_pause = Instant::now();
     let ms_since = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
     guest.pause();
@@ -1010,7 +1021,7 @@ fn precopy<S: UnitSource + Sync, G: Guest>(
     s.wire.out.frame(FrameType::State, &state)?;
     let state_ms = ms_since(t_pause);
     let t_verify = Instant::now();
-    let listed = s.send_verify(source, opts.verify, &dirty, drawn)?;
+    let listed = s.send_verify(source, opts.verify, &dirty, sample)?;
     let verify_ms = ms_since(t_verify);
     s.wire.flush()?;
     // The last moment to stop: after Complete the destination may commit.
@@ -1058,7 +1069,8 @@ fn precopy<S: UnitSource + Sync, G: Guest>(
         throttle_pct: decision.throttle_pct(),
         verified: confirm.verified_pages.is_some(),
         verify_mode: opts.verify,
-        verify_ms,
+        // Both ends: the source computing, the destination checking.
+        verify_ms: verify_ms + confirm.verify_ms,
         predicted_downtime_ms: predicted,
         verified_pages: confirm.verified_pages.unwrap_or(0),
         cache_hit_rate: codec.cache_hit_rate(),
