@@ -1,9 +1,10 @@
 //! Mutating replay of a recorded stream against a real `novacron-vmm run --incoming`: the
-//! stream of a real migration (a booted test guest rewriting its memory,
-//! `--verify full`) is recorded through a relay, then replayed, intact and damaged, to fresh destination VMMs. The intact replay
-//! resumes the guest (its self-check passes: the harness replays faithfully); no damaged
-//! replay ever resumes it: the VMM exits non-zero, or keeps waiting, and its serial port
-//! stays silent. After a stray connection the destination still accepts the real stream.
+//! stream of a real migration (a booted test guest rewriting its memory, `--verify full`)
+//! is recorded through a relay, then replayed, intact and damaged, to fresh destination
+//! VMMs. The intact replay resumes the guest (its self-check passes: the harness replays
+//! faithfully); no damaged replay ever resumes it: the VMM exits non-zero, or keeps
+//! waiting, and its serial port stays silent. After a stray connection the destination
+//! still accepts the real stream.
 
 use novacron_migration::protocol::{self, Frame, FrameType, Hello};
 use novacron_testsupport::*;
