@@ -89,6 +89,13 @@ fn parse(args: &[String]) -> Opts {
             "--api-socket" => o.api_socket = val(),
             "--incoming" => o.incoming = val(),
             "--paused" => {}
+            "--migration-id" | "--incoming-timeout" => {
+                val();
+            }
+            "--help" => {
+                println!("fake-vmm run: --migration-id ID --incoming-timeout SECS (accepted)");
+                std::process::exit(0)
+            }
             other => usage(&format!("unknown option {other}")),
         }
         i += 1;
@@ -319,6 +326,13 @@ fn serve_api(conn: UnixStream, vm: Arc<Vm>) {
                 let _ = w.write_all(encode_response(&Ok(Reply::Empty(Empty {}))).as_bytes());
                 vm.exit_with(0);
                 return;
+            }
+            // The fake's migration is one exchange; a cancel that arrives while it is in
+            // progress puts the guest back to running, as the real VMM does.
+            Request::Cancel if vm.state() == Lifecycle::Migrating => {
+                vm.paused.store(false, Ordering::SeqCst);
+                vm.set_state(Lifecycle::Running);
+                Ok(Reply::Empty(Empty {}))
             }
             Request::Cancel => Err("no outgoing migration to cancel".to_string()),
             Request::Migrate(o) => match migrate(&vm, &o.to) {

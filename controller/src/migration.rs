@@ -15,6 +15,12 @@ use tokio::sync::Semaphore;
 
 use crate::agent_client::{request, CALL_TIMEOUT};
 use crate::controller::{agent_err, Controller, ControllerError, Result};
+use crate::settle::Settled;
+
+/// How long a destination VMM waits for its stream when the migration has no timeout.
+const INCOMING_WAIT_S: u32 = 600;
+/// Added to the migration's timeout for the destination's wait.
+const INCOMING_MARGIN_S: u32 = 30;
 use crate::state::{agent_config, Needs};
 use crate::util::{now_ms, short_summary};
 
@@ -62,7 +68,8 @@ impl Controller {
         }
         let _g = self.lock_key(id).await;
         let started = Instant::now();
-        let migration_id = uuid::Uuid::new_v4().to_string();
+        // Random, hex: the destination refuses a stream carrying any other id.
+        let migration_id = uuid::Uuid::new_v4().simple().to_string();
         // Validate, claim on the target and record the migration.
         let (vm, source, target) = {
             let mut st = self.state();
@@ -165,29 +172,57 @@ impl Controller {
                 })
             }
             Err(e) => {
-                self.abort_incoming(&target, id).await;
-                let vm = {
-                    let mut st = self.state();
-                    let mut cur = st.find_vm(id)?.clone();
-                    st.sched.release(&target, id);
-                    cur.phase = pb::VmPhase::Running as i32;
-                    if let Some(m) = cur.migration.as_mut() {
-                        m.phase = apb::MigrationPhase::Failed as i32;
-                        m.ended_at_ms = now_ms();
-                        m.error = e.to_string();
+                // Ambiguous until both agents say what they hold: settle, never guess.
+                let why = e.to_string();
+                if let Err(err) =
+                    self.record_migration_phase(id, apb::MigrationPhase::Settling, &why)
+                {
+                    tracing::warn!("recording the settling phase of {id}: {err}");
+                }
+                let deadline = Instant::now() + self.cfg.migrate_timeout;
+                let settled = loop {
+                    match self.settle_once(id, None, &why).await {
+                        Ok(Settled::Pending(p)) if Instant::now() < deadline => {
+                            tracing::info!("migration of {id} not settled yet: {p}");
+                            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        }
+                        other => break other,
                     }
-                    st.refresh_host_counts();
-                    self.save_vm(&mut st, cur)?
                 };
-                self.emit_vm("MigrationFailed", &vm, format!("{source} -> {target}: {e}"));
-                Err(match e {
-                    ControllerError::Unavailable(m) => ControllerError::Unavailable(format!(
-                        "migration failed, vm stays on {source}: {m}"
-                    )),
-                    other => ControllerError::Aborted(format!(
-                        "migration failed, vm stays on {source}: {other}"
-                    )),
-                })
+                match settled {
+                    Ok(Settled::Committed(vm)) => {
+                        let elapsed = started.elapsed().as_millis() as u64;
+                        self.emit_vm(
+                            "MigrationCompleted",
+                            &vm,
+                            format!("{source} -> {target} in {elapsed} ms (settled after: {why})"),
+                        );
+                        Ok(pb::MigrateVmResponse {
+                            summary: vm.migration.as_ref().and_then(|m| m.summary.clone()),
+                            vm: Some(vm),
+                            source_host: source,
+                            target_host: target,
+                            elapsed_ms: elapsed,
+                        })
+                    }
+                    Ok(Settled::Aborted(vm)) => {
+                        self.emit_vm("MigrationFailed", &vm, format!("{source} -> {target}: {why}"));
+                        Err(match e {
+                            ControllerError::Unavailable(m) => ControllerError::Unavailable(
+                                format!("migration failed, vm stays on {source}: {m}"),
+                            ),
+                            other => ControllerError::Aborted(format!(
+                                "migration failed, vm stays on {source}: {other}"
+                            )),
+                        })
+                    }
+                    Ok(Settled::Pending(p)) => Err(ControllerError::Unavailable(format!(
+                        "migration of {id} {source} -> {target} failed ({why}) and its outcome is not settled yet ({p}); the reconcile loop keeps asking both hosts"
+                    ))),
+                    Err(err) => Err(ControllerError::Unavailable(format!(
+                        "migration of {id} failed ({why}); settling it: {err}; the reconcile loop keeps asking both hosts"
+                    ))),
+                }
             }
         }
     }
@@ -215,10 +250,15 @@ impl Controller {
     ) -> Result<(Option<apb::MigrationSummary>, apb::VmStatus)> {
         // Destination prepares an incoming VMM.
         let mut dst = self.agents.client(&self.agent_addr(target)?)?;
+        let wait_s = match opts.timeout_s {
+            0 => INCOMING_WAIT_S,
+            t => t.saturating_add(INCOMING_MARGIN_S),
+        };
         let prep = apb::PrepareIncomingRequest {
             request_id: String::new(),
             config: Some(agent_config(vm)),
             migration_id: migration_id.to_string(),
+            incoming_timeout_s: wait_s,
         };
         let addr = dst
             .prepare_incoming(request(prep, CALL_TIMEOUT))
@@ -234,7 +274,8 @@ impl Controller {
             format!("destination {target} listening on {addr}; source sending"),
         );
 
-        // Source drives the migration and waits for the summary.
+        // Source drives the migration and waits for the summary (the phase stored above: a
+        // controller restarted from here on settles the migration from both agents).
         let mut src = self.agents.client(&self.agent_addr(source)?)?;
         let out = apb::MigrateOutRequest {
             request_id: String::new(),
@@ -281,23 +322,6 @@ impl Controller {
                 ));
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Tells `host` to drop an incoming VM (best effort).
-    pub(crate) async fn abort_incoming(&self, host: &str, id: &str) {
-        let Ok(addr) = self.agent_addr(host) else {
-            return;
-        };
-        let Ok(mut c) = self.agents.client(&addr) else {
-            return;
-        };
-        let r = apb::VmRequest {
-            request_id: String::new(),
-            vm_id: id.to_string(),
-        };
-        if let Err(s) = c.abort_incoming(request(r, CALL_TIMEOUT)).await {
-            tracing::warn!("abort incoming {id} on {host}: {s}");
         }
     }
 

@@ -71,6 +71,8 @@ pub struct VmData {
     pub message: String,
     /// While starting: until when a missing pid file means "starting".
     pub starting_until_ms: i64,
+    /// The VMM last reported itself in doubt (final frame sent, no confirmation seen).
+    pub in_doubt: bool,
 }
 
 impl VmData {
@@ -89,6 +91,7 @@ impl VmData {
             migration: None,
             message: String::new(),
             starting_until_ms: 0,
+            in_doubt: false,
         }
     }
 
@@ -100,6 +103,7 @@ impl VmData {
                 | apb::VmState::Incoming
                 | apb::VmState::Migrating
                 | apb::VmState::Starting
+                | apb::VmState::Indoubt
         )
     }
 
@@ -111,6 +115,7 @@ impl VmData {
                 self.pid = p.pid;
                 self.started_at_ms = p.started_at_ms;
                 self.state = match self.info.as_ref().map(|i| i.state) {
+                    _ if self.in_doubt => apb::VmState::Indoubt,
                     Some(Lifecycle::Paused) => apb::VmState::Paused,
                     Some(Lifecycle::Incoming) => apb::VmState::Incoming,
                     Some(Lifecycle::Migrating) => apb::VmState::Migrating,
@@ -129,6 +134,7 @@ impl VmData {
         }
         self.pid = 0;
         self.info = None;
+        self.in_doubt = false;
         let stop_requested = self.dir.join("stop-requested").exists();
         self.exit = supervise::read_exit(&self.dir);
         self.state = match &self.exit {
@@ -192,11 +198,14 @@ impl VmData {
             message,
             migration,
             reboots: supervise::read_reboots(&self.dir),
-            vmm_state: self
-                .info
-                .as_ref()
-                .map(|i| i.state.name().to_string())
-                .unwrap_or_default(),
+            vmm_state: if self.in_doubt && live {
+                crate::vmm_client::IN_DOUBT.to_string()
+            } else {
+                self.info
+                    .as_ref()
+                    .map(|i| i.state.name().to_string())
+                    .unwrap_or_default()
+            },
             console_log: self.dir.join("console.log").display().to_string(),
             adopted: self.adopted,
             vcpus: self.config.vcpus,

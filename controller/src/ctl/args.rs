@@ -70,6 +70,21 @@ pub enum VmCmd {
     Delete(NameArg),
     /// Live-migrate a VM to a host (or one the scheduler picks).
     Migrate(MigrateArgs),
+    /// Stop a VM's migration in progress (the guest resumes on its source).
+    MigrateCancel(NameArg),
+}
+
+/// How the destination verifies the final memory (`vm migrate --verify`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VerifyArg {
+    /// The management plane's default (sampled).
+    Default,
+    /// No verification beyond the batches' checksums.
+    Off,
+    /// Every final-pass page plus a sample of the rest (bounded downtime).
+    Sampled,
+    /// Every page (costs a pass over guest memory while the guest is paused).
+    Full,
 }
 
 /// `host` verbs.
@@ -224,6 +239,9 @@ pub struct MigrateArgs {
     /// none, zstd, delta or auto.
     #[arg(long, default_value = "")]
     pub compression: String,
+    /// Verification of the final memory.
+    #[arg(long, value_enum, default_value_t = VerifyArg::Default)]
+    pub verify: VerifyArg,
     /// Client request id.
     #[arg(long)]
     pub request_id: Option<String>,

@@ -24,7 +24,7 @@ use tonic::codegen::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-pub use args::{Cli, Command, Format, HostCmd, VmCmd};
+pub use args::{Cli, Command, Format, HostCmd, VerifyArg, VmCmd};
 pub use parse::{create_request, parse_mib};
 use parse::{parse_bandwidth, parse_kv, rid};
 
@@ -249,10 +249,21 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
                         timeout_s: a.timeout_s,
                         auto_converge: a.auto_converge,
                         compression: a.compression,
+                        verify: match a.verify {
+                            VerifyArg::Default => apb::VerifyMode::Default,
+                            VerifyArg::Off => apb::VerifyMode::Off,
+                            VerifyArg::Sampled => apb::VerifyMode::Sampled,
+                            VerifyArg::Full => apb::VerifyMode::Full,
+                        } as i32,
                     }),
                 };
                 let r = call!(c.vm, migrate_vm, req);
                 output::print_migration(&r, fmt);
+            }
+            VmCmd::MigrateCancel(a) => {
+                let req = pb::CancelMigrationRequest { vm: a.name };
+                let vm = call!(c.vm, cancel_migration, req);
+                output::print_vm(&vm, fmt);
             }
         },
         Command::Host(cmd) => match cmd {
