@@ -89,7 +89,7 @@ async fn held(cl: &Cluster, agent: &str, vm_id: &str) -> Option<apb::VmStatus> {
 /// passing on that copy's console.
 async fn exactly_one_copy(cl: &Cluster, vm: &pb::Vm, host: &str) {
     let c = cl.vms().await;
-    wait_for(
+    let m = wait_for(
         &format!("vm {} Running on {host}", vm.name),
         Duration::from_secs(60),
         || {
@@ -101,11 +101,21 @@ async fn exactly_one_copy(cl: &Cluster, vm: &pb::Vm, host: &str) {
                     .await
                     .ok()?
                     .into_inner();
-                (v.host == host && v.phase == pb::VmPhase::Running as i32).then_some(())
+                (v.host == host && v.phase == pb::VmPhase::Running as i32).then_some(v)
             }
         },
     )
-    .await;
+    .await
+    .migration
+    .unwrap_or_default();
+    eprintln!(
+        "{}: migration {} phase {} error {:?}, {} ms",
+        vm.name,
+        m.id,
+        m.phase,
+        m.error,
+        m.ended_at_ms - m.started_at_ms
+    );
     let other = if host == "node-a" { "node-b" } else { "node-a" };
     wait_for(
         &format!("{other} to drop its copy of {}", vm.name),
