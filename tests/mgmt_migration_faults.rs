@@ -5,9 +5,18 @@
 //!
 //! Faults: the source agent's answer dropped after the destination committed; the source
 //! agent killed mid-migration (and restarted: it re-adopts the VMM); the controller killed
-//! mid-migration and restarted; the destination VMM killed before commit; a stray stream
-//! reaching the destination before the real one; a destination that never gets a connection.
+//! mid-migration and restarted; the destination VMM killed before commit; stray connections
+//! (a port scan, junk, a Hello with another migration id) reaching the destination before the
+//! real stream; a destination that never gets a connection (its accept deadline ends it); and
+//! a migration cancelled through `novactl vm migrate --cancel`.
 //! The agent's test-only switch `NOVACRON_AGENT_TEST_FAULT` places the management faults.
+//!
+//! What each case needs from the VMM (the `vmm` helper's branch): `stray_connections_*`
+//! needs the destination's accept loop (`--migration-id`: strays are refused and it keeps
+//! waiting); `destination_never_gets_a_connection` needs `--incoming-timeout`;
+//! `cancel_through_novactl` needs the `cancel` command; the source-agent and controller kills
+//! rely on a source VMM that exits after the destination's confirmation even though nobody
+//! reads its `migrate` reply.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -38,18 +47,23 @@ fn run<F: std::future::Future<Output = ()>>(limit: Duration, f: F) {
     });
 }
 
-/// A cluster with node-a (source, with `fault` set) and node-b, and one VM `name` on node-a
-/// whose guest passed its first self-check.
-async fn setup(tag: &str, fault: &str, cmdline: &str) -> (Cluster, pb::Vm) {
-    let mut cl = Cluster::new(tag, Vmm::Real, &["--placement", "spread"]);
-    cl.cmdline = cmdline.to_string();
-    cl.start_controller();
-    let env: Vec<(&str, &str)> = if fault.is_empty() {
+/// The environment that sets the agent's test faults (none when `fault` is empty).
+fn fault_env(fault: &str) -> Vec<(&str, &str)> {
+    if fault.is_empty() {
         Vec::new()
     } else {
         vec![(FAULT, fault)]
-    };
-    cl.start_agent_env("node-a", "127.0.0.2", &["--capacity-memory", "512M"], &env);
+    }
+}
+
+/// A cluster with node-a (the source, agent faults `src_fault`) and node-b (the destination,
+/// `dst_fault`), and one VM on node-a whose guest passed its first self-check.
+async fn setup(tag: &str, src_fault: &str, dst_fault: &str, cmdline: &str) -> (Cluster, pb::Vm) {
+    let mut cl = Cluster::new(tag, Vmm::Real, &["--placement", "spread"]);
+    cl.cmdline = cmdline.to_string();
+    cl.start_controller();
+    let mem = ["--capacity-memory", "512M"];
+    cl.start_agent_env("node-a", "127.0.0.2", &mem, &fault_env(src_fault));
     cl.wait_ready_hosts(1).await;
     let mut c = cl.vms().await;
     let vm = c
@@ -61,7 +75,7 @@ async fn setup(tag: &str, fault: &str, cmdline: &str) -> (Cluster, pb::Vm) {
         .expect("create")
         .into_inner();
     assert_eq!(vm.host, "node-a");
-    cl.start_agent("node-b", "127.0.0.3", &["--capacity-memory", "512M"]);
+    cl.start_agent_env("node-b", "127.0.0.3", &mem, &fault_env(dst_fault));
     cl.wait_ready_hosts(2).await;
     wait_console(&console(&vm), "CHECK PASS", 1, guest_timeout(Vmm::Real)).await;
     (cl, vm)
@@ -127,10 +141,9 @@ async fn exactly_one_copy(cl: &Cluster, vm: &pb::Vm, host: &str) {
         .await
         .unwrap_or_else(|| panic!("{host} does not hold {}", vm.name));
     assert_eq!(
-        s.state,
-        apb::VmState::Running as i32,
-        "{host} reports {:?}",
-        s
+        (s.state, s.vmm_state.as_str()),
+        (apb::VmState::Running as i32, "running"),
+        "{host} reports {s:?}"
     );
     let pids = cl.vmm_pids();
     assert_eq!(
@@ -195,7 +208,7 @@ async fn wait_agent_state(
 #[test]
 fn reply_dropped_after_commit() {
     run(Duration::from_secs(90), async {
-        let (cl, vm) = setup("fdrop", "drop-migrate-reply", "workload=ab mib=16").await;
+        let (cl, vm) = setup("fdrop", "drop-migrate-reply", "", "workload=ab mib=16").await;
         let r = migrate_bg(&cl, &vm, 0).await.await.expect("task");
         // The destination committed: the controller settles on it from both agents.
         let r = r.expect("a committed migration whose answer was lost is settled as done");
@@ -207,7 +220,7 @@ fn reply_dropped_after_commit() {
 #[test]
 fn destination_vmm_killed_before_commit() {
     run(Duration::from_secs(90), async {
-        let (cl, vm) = setup("fdstkill", "", SLOW_GUEST).await;
+        let (cl, vm) = setup("fdstkill", "", "", SLOW_GUEST).await;
         let task = migrate_bg(&cl, &vm, SLOW_BANDWIDTH).await;
         wait_agent_state(&cl, "node-a", &vm.id, apb::VmState::Migrating).await;
         let dst = wait_agent_state(&cl, "node-b", &vm.id, apb::VmState::Incoming).await;
@@ -227,49 +240,113 @@ fn destination_vmm_killed_before_commit() {
 
 #[test]
 fn destination_never_gets_a_connection() {
-    run(Duration::from_secs(90), async {
-        let (cl, vm) = setup("fnoconn", "migrate-unreachable", "workload=ab mib=16").await;
-        let r = migrate_bg(&cl, &vm, 0).await.await.expect("task");
-        let e = r.expect_err("a migration to nowhere must fail");
+    run(Duration::from_secs(120), async {
+        // The source sends nowhere, and only after the destination's 3 s accept deadline.
+        let (cl, vm) = setup(
+            "fnoconn",
+            "migrate-unreachable,delay-migrate:8000",
+            "incoming-timeout:3",
+            "workload=ab mib=16",
+        )
+        .await;
+        let task = migrate_bg(&cl, &vm, 0).await;
+        wait_agent_state(&cl, "node-b", &vm.id, apb::VmState::Incoming).await;
+        // The destination VMM gives up by itself, before anyone aborts it.
+        let gone = wait_for(
+            "the destination VMM to end at its accept deadline",
+            Duration::from_secs(20),
+            || async { held(&cl, "node-b", &vm.id).await.filter(|s| s.pid == 0) },
+        )
+        .await;
+        assert!(
+            !task.is_finished(),
+            "the migration ended before the deadline"
+        );
+        eprintln!("destination after its deadline: {gone:?}");
+        let e = task
+            .await
+            .expect("task")
+            .expect_err("a migration whose destination never got a connection must fail");
         assert!(matches!(e.code(), Code::Aborted | Code::Unavailable), "{e}");
         exactly_one_copy(&cl, &vm, "node-a").await;
     });
 }
 
 #[test]
-fn stray_stream_before_the_real_one() {
+fn cancel_through_novactl() {
+    run(Duration::from_secs(120), async {
+        let (cl, vm) = setup("fcancel", "", "", SLOW_GUEST).await;
+        let task = migrate_bg(&cl, &vm, SLOW_BANDWIDTH).await;
+        wait_agent_state(&cl, "node-a", &vm.id, apb::VmState::Migrating).await;
+        let (ok, out, err) = cl.novactl(&["vm", "migrate", &vm.name, "--cancel"]);
+        assert!(ok, "novactl vm migrate --cancel failed: {out} {err}");
+        let e = task
+            .await
+            .expect("task")
+            .expect_err("a cancelled migration must fail");
+        assert_eq!(e.code(), Code::Aborted, "{e}");
+        exactly_one_copy(&cl, &vm, "node-a").await;
+        // Nothing left to cancel.
+        let (ok, _, err) = cl.novactl(&["vm", "migrate", &vm.name, "--cancel"]);
+        assert!(!ok && err.contains("not migrating"), "{err}");
+    });
+}
+
+/// Connects to the destination's migration address like a stray source would: a port scan
+/// (connect, close), junk where a Hello belongs, and a well-formed Hello of another
+/// migration id.
+async fn stray_connections(addr: &str) {
+    use novacron_migration::protocol::{FrameType, FrameWriter, Hello, PROTOCOL_VERSION};
+    use std::io::Write;
+    let addr = addr.to_string();
+    tokio::task::spawn_blocking(move || {
+        let connect = || std::net::TcpStream::connect(&addr).expect("connect to the destination");
+        drop(connect());
+        let mut junk = connect();
+        let _ = junk.write_all(&[0x5a; 96]);
+        drop(junk);
+        let mut w = FrameWriter::new(connect());
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            memory: 64 << 20,
+            vcpus: 1,
+            cpuid: Vec::new(),
+            disks: 0,
+            nets: 0,
+            encodings: vec!["raw".into()],
+            migration_id: "not-the-awaited-migration".into(),
+            verify: Default::default(),
+        };
+        let _ = w.json(FrameType::Hello, &hello).and_then(|_| w.flush());
+        // Give the destination a moment to read it and refuse it before closing.
+        std::thread::sleep(Duration::from_millis(300));
+    })
+    .await
+    .expect("stray connections");
+}
+
+#[test]
+fn stray_connections_before_the_real_stream() {
     run(Duration::from_secs(90), async {
-        // The source waits 3 s before sending: a stray connection gets there first.
-        let (cl, vm) = setup("fstray", "delay-migrate:3000", "workload=ab mib=16").await;
+        // The source waits 3 s before sending: the strays get there first.
+        let (cl, vm) = setup("fstray", "delay-migrate:3000", "", "workload=ab mib=16").await;
         let task = migrate_bg(&cl, &vm, 0).await;
         let dst = wait_agent_state(&cl, "node-b", &vm.id, apb::VmState::Incoming).await;
-        let addr = dst
-            .migration
-            .as_ref()
-            .map(|m| m.peer.clone())
-            .unwrap_or_default();
-        let addr = addr
+        let peer = dst.migration.map(|m| m.peer).unwrap_or_default();
+        let addr = peer
             .strip_prefix("tcp:")
-            .expect("destination address")
-            .to_string();
-        {
-            use tokio::io::AsyncWriteExt;
-            // A port scan: connect and close.
-            drop(
-                tokio::net::TcpStream::connect(&addr)
-                    .await
-                    .expect("connect"),
-            );
-            // Garbage where a Hello belongs.
-            let mut s = tokio::net::TcpStream::connect(&addr)
-                .await
-                .expect("connect");
-            let _ = s.write_all(&[0x5a; 96]).await;
-            let _ = s.shutdown().await;
-        }
-        let r = task.await.expect("task");
-        let r = r.expect(
-            "the real migration succeeds after stray connections (the destination VMM must keep waiting for its peer)",
+            .unwrap_or_else(|| panic!("destination address {peer:?}"));
+        stray_connections(addr).await;
+        // The destination is still waiting for its real peer.
+        let dst = held(&cl, "node-b", &vm.id)
+            .await
+            .expect("node-b dropped the incoming VM after stray connections");
+        assert!(
+            dst.state == apb::VmState::Incoming as i32 && dst.pid > 0,
+            "destination after stray connections: {dst:?}"
+        );
+        let r = task.await.expect("task").expect(
+            "the real migration succeeds after stray connections (the destination VMM keeps waiting for its migration id)",
         );
         assert_eq!(r.target_host, "node-b");
         exactly_one_copy(&cl, &vm, "node-b").await;
@@ -279,7 +356,7 @@ fn stray_stream_before_the_real_one() {
 #[test]
 fn source_agent_killed_mid_migration() {
     run(Duration::from_secs(120), async {
-        let (mut cl, vm) = setup("fsrckill", "", SLOW_GUEST).await;
+        let (mut cl, vm) = setup("fsrckill", "", "", SLOW_GUEST).await;
         let task = migrate_bg(&cl, &vm, SLOW_BANDWIDTH).await;
         wait_agent_state(&cl, "node-a", &vm.id, apb::VmState::Migrating).await;
         cl.kill("node-a");
@@ -294,7 +371,7 @@ fn source_agent_killed_mid_migration() {
 #[test]
 fn controller_killed_mid_migration() {
     run(Duration::from_secs(120), async {
-        let (mut cl, vm) = setup("fctlkill", "", SLOW_GUEST).await;
+        let (mut cl, vm) = setup("fctlkill", "", "", SLOW_GUEST).await;
         let task = migrate_bg(&cl, &vm, SLOW_BANDWIDTH).await;
         wait_agent_state(&cl, "node-a", &vm.id, apb::VmState::Migrating).await;
         cl.kill("controller");

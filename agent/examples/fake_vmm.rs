@@ -327,14 +327,8 @@ fn serve_api(conn: UnixStream, vm: Arc<Vm>) {
                 vm.exit_with(0);
                 return;
             }
-            // The fake's migration is one exchange; a cancel that arrives while it is in
-            // progress puts the guest back to running, as the real VMM does.
-            Request::Cancel if vm.state() == Lifecycle::Migrating => {
-                vm.paused.store(false, Ordering::SeqCst);
-                vm.set_state(Lifecycle::Running);
-                Ok(Reply::Empty(Empty {}))
-            }
-            Request::Cancel => Err("no outgoing migration to cancel".to_string()),
+            // The fake's migration is one short exchange that cannot be stopped half-way.
+            Request::Cancel => Err("the fake VMM's migration cannot be cancelled".to_string()),
             Request::Migrate(o) => match migrate(&vm, &o.to) {
                 Ok(summary) => {
                     let reply = Reply::Migrated(Box::new(summary));

@@ -1,10 +1,12 @@
 //! Live migration and host drain orchestration.
 //!
 //! A migration claims room on the target first (atomically, like a create), records the VM as
-//! Migrating, asks the destination agent to prepare an incoming VMM, has the source agent drive
-//! `migrate` towards it and, on success, moves the VM's host and releases the source's claim.
-//! On failure the destination is told to abort, the target's claim is released and the VM
-//! stays Running on its source. A drain cordons the host and migrates its VMs a few at a time.
+//! Migrating, asks the destination agent to prepare an incoming VMM (started with the
+//! migration's id and an accept deadline), has the source agent drive `migrate` towards it
+//! and, on success, moves the VM's host and releases the source's claim. Any failure is
+//! ambiguous until both agents have said what they hold: the controller settles it
+//! ([`crate::settle`]) rather than guessing, so the guest ends with exactly one running copy.
+//! A drain cordons the host and migrates its VMs a few at a time.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,13 +18,18 @@ use tokio::sync::Semaphore;
 use crate::agent_client::{request, CALL_TIMEOUT};
 use crate::controller::{agent_err, Controller, ControllerError, Result};
 use crate::settle::Settled;
+use crate::state::{agent_config, Needs};
+use crate::util::{now_ms, short_summary};
 
 /// How long a destination VMM waits for its stream when the migration has no timeout.
 const INCOMING_WAIT_S: u32 = 600;
 /// Added to the migration's timeout for the destination's wait.
 const INCOMING_MARGIN_S: u32 = 30;
-use crate::state::{agent_config, Needs};
-use crate::util::{now_ms, short_summary};
+/// How long a failed MigrateVm call keeps settling before it answers UNAVAILABLE and leaves
+/// the rest to the reconcile loop.
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+/// Pause between two settling attempts.
+const SETTLE_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Errors specific to drains.
 #[derive(Debug, thiserror::Error)]
@@ -179,15 +186,20 @@ impl Controller {
                 {
                     tracing::warn!("recording the settling phase of {id}: {err}");
                 }
-                let deadline = Instant::now() + self.cfg.migrate_timeout;
+                let deadline = Instant::now() + SETTLE_WAIT.min(self.cfg.migrate_timeout);
                 let settled = loop {
-                    match self.settle_once(id, None, &why).await {
-                        Ok(Settled::Pending(p)) if Instant::now() < deadline => {
-                            tracing::info!("migration of {id} not settled yet: {p}");
-                            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                        }
-                        other => break other,
+                    let r = self.settle_once(id, None, &why).await;
+                    if Instant::now() >= deadline {
+                        break r;
                     }
+                    match r {
+                        Ok(Settled::Pending(p)) => {
+                            tracing::info!("migration of {id} not settled yet: {p}")
+                        }
+                        Err(err) => tracing::warn!("settling the migration of {id}: {err}"),
+                        done => break done,
+                    }
+                    tokio::time::sleep(SETTLE_RETRY).await;
                 };
                 match settled {
                     Ok(Settled::Committed(vm)) => {

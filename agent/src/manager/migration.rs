@@ -66,6 +66,13 @@ impl Manager {
             0 => DEFAULT_INCOMING_TIMEOUT_S,
             t => u64::from(t),
         };
+        let wait_s = match self.faults.incoming_timeout_s {
+            Some(t) => {
+                tracing::warn!(secs = t, "test fault incoming-timeout");
+                wait_s.min(t)
+            }
+            None => wait_s,
+        };
         let argv = self.vmm_args_for(&c, &meta.socket, Some(&addr), migration_id, Some(wait_s))?;
         let boot_argv = if c.kernel.is_empty() {
             argv.clone()

@@ -122,7 +122,8 @@ pub struct Manager {
 ///   answer were lost on the way to the controller);
 /// - `migrate-unreachable`: MigrateOut sends the VMM to a closed port instead of the
 ///   destination;
-/// - `delay-migrate:MS`: MigrateOut waits MS milliseconds before sending `migrate`.
+/// - `delay-migrate:MS`: MigrateOut waits MS milliseconds before sending `migrate`;
+/// - `incoming-timeout:S`: an incoming VMM waits at most S seconds for its stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TestFaults {
     /// `drop-migrate-reply`.
@@ -131,22 +132,27 @@ pub struct TestFaults {
     pub migrate_unreachable: bool,
     /// `delay-migrate:MS`.
     pub delay_migrate_ms: u64,
+    /// `incoming-timeout:S`.
+    pub incoming_timeout_s: Option<u64>,
 }
 
 impl TestFaults {
     /// The name of the environment variable.
     pub const ENV: &'static str = "NOVACRON_AGENT_TEST_FAULT";
 
-    /// Parses the switches (unknown names are logged and ignored).
+    /// Parses the switches (unknown or malformed ones are logged and ignored).
     pub fn parse(s: &str) -> Self {
         let mut f = TestFaults::default();
         for w in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
-            match w.split_once(':') {
-                None if w == "drop-migrate-reply" => f.drop_migrate_reply = true,
-                None if w == "migrate-unreachable" => f.migrate_unreachable = true,
-                Some(("delay-migrate", ms)) if ms.parse::<u64>().is_ok() => {
-                    f.delay_migrate_ms = ms.parse().unwrap_or(0)
-                }
+            let (name, arg) = match w.split_once(':') {
+                Some((n, a)) => (n, a.parse::<u64>().ok()),
+                None => (w, None),
+            };
+            match (name, arg) {
+                ("drop-migrate-reply", None) => f.drop_migrate_reply = true,
+                ("migrate-unreachable", None) => f.migrate_unreachable = true,
+                ("delay-migrate", Some(ms)) => f.delay_migrate_ms = ms,
+                ("incoming-timeout", Some(secs)) if secs > 0 => f.incoming_timeout_s = Some(secs),
                 _ => tracing::warn!("{}: unknown test fault {w:?}", Self::ENV),
             }
         }
@@ -401,5 +407,27 @@ impl Manager {
                 Err(e) => tracing::debug!("info of {}: {e}", h.data().config.name),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TestFaults;
+
+    #[test]
+    fn test_faults_parse() {
+        assert_eq!(TestFaults::parse(""), TestFaults::default());
+        let f = TestFaults::parse("drop-migrate-reply, delay-migrate:250,incoming-timeout:3");
+        assert!(f.drop_migrate_reply && !f.migrate_unreachable);
+        assert_eq!((f.delay_migrate_ms, f.incoming_timeout_s), (250, Some(3)));
+        // Unknown and malformed switches are ignored.
+        let f = TestFaults::parse("nope,delay-migrate:soon,incoming-timeout:0,migrate-unreachable");
+        assert_eq!(
+            f,
+            TestFaults {
+                migrate_unreachable: true,
+                ..Default::default()
+            }
+        );
     }
 }

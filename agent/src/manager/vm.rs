@@ -119,10 +119,11 @@ impl VmData {
                     Some(Lifecycle::Paused) => apb::VmState::Paused,
                     Some(Lifecycle::Incoming) => apb::VmState::Incoming,
                     Some(Lifecycle::Migrating) => apb::VmState::Migrating,
-                    Some(Lifecycle::Running) => apb::VmState::Running,
                     None if self.meta.role == Role::Incoming => apb::VmState::Incoming,
                     None if now < self.starting_until_ms => apb::VmState::Starting,
-                    None => apb::VmState::Running,
+                    // Running. An in-doubt VMM never gets here (`vmm_client::observe` records
+                    // it as `in_doubt`, whether or not this vmm-api names the state yet).
+                    _ => apb::VmState::Running,
                 };
                 return;
             }

@@ -68,10 +68,9 @@ pub enum VmCmd {
     /// Delete a VM.
     #[command(alias = "rm")]
     Delete(NameArg),
-    /// Live-migrate a VM to a host (or one the scheduler picks).
+    /// Live-migrate a VM to a host (or one the scheduler picks); `--cancel` stops the VM's
+    /// migration in progress.
     Migrate(MigrateArgs),
-    /// Stop a VM's migration in progress (the guest resumes on its source).
-    MigrateCancel(NameArg),
 }
 
 /// How the destination verifies the final memory (`vm migrate --verify`).
@@ -242,6 +241,9 @@ pub struct MigrateArgs {
     /// Verification of the final memory.
     #[arg(long, value_enum, default_value_t = VerifyArg::Default)]
     pub verify: VerifyArg,
+    /// Stop the VM's migration in progress instead (the guest resumes on its source).
+    #[arg(long, conflicts_with_all = ["to", "downtime_ms", "bandwidth", "timeout_s", "auto_converge", "compression", "verify"])]
+    pub cancel: bool,
     /// Client request id.
     #[arg(long)]
     pub request_id: Option<String>,
