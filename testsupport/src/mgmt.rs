@@ -95,6 +95,19 @@ pub fn ensure_binaries(vmm: Vmm) {
     built.push(vmm);
 }
 
+/// Environment variable naming another `novacron-vmm` binary for the agents to run (to try
+/// the management plane against a VMM built elsewhere, e.g. from another branch). The file
+/// must be named `novacron-vmm` (processes are counted by that name).
+pub const VMM_BINARY_ENV: &str = "NOVACRON_TEST_VMM_BINARY";
+
+/// The real VMM the agents run: [`VMM_BINARY_ENV`] if set, else this build's.
+fn real_vmm_binary() -> PathBuf {
+    match std::env::var_os(VMM_BINARY_ENV) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => bin_dir().join("novacron-vmm"),
+    }
+}
+
 /// A controller, agents and their VMs, all inside one private directory.
 pub struct Cluster {
     /// Private directory (removed on success).
@@ -187,7 +200,7 @@ impl Cluster {
             }
         };
         let vmm = match self.vmm {
-            Vmm::Real => bin_dir().join("novacron-vmm"),
+            Vmm::Real => real_vmm_binary(),
             Vmm::Fake => bin_dir().join("examples/fake_vmm"),
         };
         let child = Command::new(bin_dir().join("novacron-agent"))
