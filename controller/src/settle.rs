@@ -52,6 +52,58 @@ impl Held {
     }
 }
 
+/// What to do about an ambiguous migration, from what both agents hold ([`plan`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    /// The destination runs the guest (it confirmed): the VM is there now; the source copy
+    /// goes.
+    Commit(Box<apb::VmStatus>),
+    /// The destination cannot commit any more, or never will: it is dropped first (when it
+    /// still has a record worth dropping), then an in-doubt source is resumed.
+    Abort {
+        /// Tell the destination agent to drop its incoming VM.
+        drop_destination: bool,
+        /// Tell the source agent to resume its in-doubt VMM.
+        resume_source: bool,
+    },
+    /// Not decidable yet (why): ask again later.
+    Wait(String),
+}
+
+/// Decides from the source's and the destination's holdings (pure; see the module
+/// documentation). Never aborts while the destination might still commit and no other copy
+/// is known, and never resumes a source while the destination's state is unknown.
+pub fn plan(src: &Held, dst: &Held) -> Plan {
+    if let Held::Running(status) = dst {
+        return Plan::Commit(Box::new(status.clone()));
+    }
+    let dst_busy = matches!(dst, Held::Incoming | Held::Busy);
+    let keep_source = match (src, dst) {
+        (Held::Busy | Held::Incoming, _) => return Plan::Wait("source still transferring".into()),
+        // A source that resumed by itself never had its final pass confirmed: the
+        // destination cannot commit any more.
+        (Held::Running(_), _) => true,
+        (Held::InDoubt, Held::Unreachable(e)) => {
+            return Plan::Wait(format!("source in doubt, destination unreachable: {e}"))
+        }
+        (Held::InDoubt, _) => true,
+        (Held::Unreachable(e), _) => return Plan::Wait(format!("source unreachable: {e}")),
+        // The source holds no live copy: wait while the destination may still commit.
+        (Held::Absent | Held::Exited(_), _) if dst_busy => {
+            return Plan::Wait("source gone, destination still incoming".into())
+        }
+        (Held::Absent | Held::Exited(_), Held::Unreachable(e)) => {
+            return Plan::Wait(format!("source gone, destination unreachable: {e}"))
+        }
+        (Held::Absent | Held::Exited(_), _) => false,
+    };
+    Plan::Abort {
+        // An exited destination is kept when the source has nothing: its record is the last.
+        drop_destination: keep_source || !matches!(dst, Held::Exited(_)),
+        resume_source: matches!(src, Held::InDoubt),
+    }
+}
+
 /// How one settling attempt ended.
 #[derive(Debug)]
 pub enum Settled {
@@ -165,6 +217,41 @@ impl Controller {
         Ok(self.state().find_vm(&vm.id)?.clone())
     }
 
+    /// The commit side of settling: the record moves to the destination, which runs `status`,
+    /// then the source copy (in doubt or exited) is shut down and forgotten.
+    async fn commit(
+        &self,
+        id: &str,
+        source: &str,
+        target: &str,
+        status: apb::VmStatus,
+        summary: Option<apb::MigrationSummary>,
+    ) -> Result<Settled> {
+        let vm = {
+            let mut st = self.state();
+            let mut cur = st.find_vm(id)?.clone();
+            st.sched.release(source, id);
+            cur.host = target.to_string();
+            Self::apply_status(&mut cur, status);
+            cur.phase = pb::VmPhase::Running as i32;
+            if let Some(mm) = cur.migration.as_mut() {
+                mm.phase = apb::MigrationPhase::Completed as i32;
+                mm.ended_at_ms = now_ms();
+                if summary.is_some() {
+                    mm.summary = summary;
+                }
+            }
+            st.refresh_host_counts();
+            self.save_vm(&mut st, cur)?
+        };
+        // Best effort: otherwise the reconcile loop removes it as an orphan, the destination
+        // reporting the VM running.
+        if let Err(e) = self.settle_source(source, id, true).await {
+            tracing::warn!("settle {id}: removing the source copy on {source}: {e}");
+        }
+        Ok(Settled::Committed(vm))
+    }
+
     /// One settling attempt for the migrating VM `id` (see the module documentation). The
     /// caller holds the VM's lock.
     pub(crate) async fn settle_once(
@@ -179,69 +266,27 @@ impl Controller {
         }
         let m = vm.migration.clone().unwrap_or_default();
         let (source, target) = (vm.host.clone(), m.target_host.clone());
-        let dst = self.held(&target, id).await;
-        if let Held::Running(status) = &dst {
-            // Commit: the destination's confirmation happened; the record follows it first.
-            let vm = {
-                let mut st = self.state();
-                let mut cur = st.find_vm(id)?.clone();
-                st.sched.release(&source, id);
-                cur.host = target.clone();
-                Self::apply_status(&mut cur, status.clone());
-                cur.phase = pb::VmPhase::Running as i32;
-                if let Some(mm) = cur.migration.as_mut() {
-                    mm.phase = apb::MigrationPhase::Completed as i32;
-                    mm.ended_at_ms = now_ms();
-                    if summary.is_some() {
-                        mm.summary = summary.clone();
-                    }
-                }
-                st.refresh_host_counts();
-                self.save_vm(&mut st, cur)?
-            };
-            // Then the source copy goes (best effort: the reconcile loop removes it later as
-            // an orphan, the destination reporting the VM running).
-            if let Err(e) = self.settle_source(&source, id, true).await {
-                tracing::warn!("settle {id}: removing the source copy on {source}: {e}");
-            }
-            return Ok(Settled::Committed(vm));
-        }
-        let src = self.held(&source, id).await;
+        let (dst, src) = tokio::join!(self.held(&target, id), self.held(&source, id));
         tracing::info!(vm = %vm.name, ?dst, ?src, "settling migration ({why})");
-        let dst_busy = matches!(dst, Held::Incoming | Held::Busy);
-        let keep_source = match (&src, &dst) {
-            (Held::Busy | Held::Incoming, _) => {
-                return Ok(Settled::Pending("source still transferring".into()))
+        let (drop_destination, resume_source) = match plan(&src, &dst) {
+            Plan::Wait(why) => return Ok(Settled::Pending(why)),
+            Plan::Commit(status) => {
+                if matches!(src, Held::Running(_)) {
+                    tracing::warn!(
+                        "settle {id}: both {source} and {target} run the vm; the destination confirmed, so the source copy goes"
+                    );
+                }
+                return self.commit(id, &source, &target, *status, summary).await;
             }
-            // A source that resumed by itself never sent the final pass to completion: the
-            // destination cannot commit any more.
-            (Held::Running(_), _) => true,
-            (Held::InDoubt, Held::Unreachable(e)) => {
-                return Ok(Settled::Pending(format!(
-                    "source in doubt, destination unreachable: {e}"
-                )))
-            }
-            (Held::InDoubt, _) => true,
-            (Held::Unreachable(e), _) => {
-                return Ok(Settled::Pending(format!("source unreachable: {e}")))
-            }
-            // The source holds no live copy: wait while the destination may still commit.
-            (Held::Absent | Held::Exited(_), _) if dst_busy => {
-                return Ok(Settled::Pending(
-                    "source gone, destination still incoming".into(),
-                ))
-            }
-            (Held::Absent | Held::Exited(_), Held::Unreachable(e)) => {
-                return Ok(Settled::Pending(format!(
-                    "source gone, destination unreachable: {e}"
-                )))
-            }
-            (Held::Absent | Held::Exited(_), _) => false,
+            Plan::Abort {
+                drop_destination,
+                resume_source,
+            } => (drop_destination, resume_source),
         };
         // Abort: the destination goes first; only then is an in-doubt source resumed.
-        if keep_source || !matches!(dst, Held::Exited(_)) {
+        if drop_destination {
             if let Err(e) = self.drop_destination(&target, id).await {
-                if matches!(src, Held::InDoubt) || !matches!(e, ControllerError::Unavailable(_)) {
+                if resume_source || !matches!(e, ControllerError::Unavailable(_)) {
                     return Ok(Settled::Pending(format!(
                         "destination not dropped yet: {e}"
                     )));
@@ -249,7 +294,7 @@ impl Controller {
                 tracing::warn!("settle {id}: dropping the destination on {target}: {e}");
             }
         }
-        if matches!(src, Held::InDoubt) {
+        if resume_source {
             self.settle_source(&source, id, false).await?;
         }
         let src_after = self.held(&source, id).await;
@@ -283,5 +328,90 @@ impl Controller {
             self.save_vm(&mut st, cur)?
         };
         Ok(Settled::Aborted(vm))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(state: apb::VmState) -> apb::VmStatus {
+        apb::VmStatus {
+            state: state as i32,
+            ..Default::default()
+        }
+    }
+
+    fn abort(drop_destination: bool, resume_source: bool) -> Plan {
+        Plan::Abort {
+            drop_destination,
+            resume_source,
+        }
+    }
+
+    #[test]
+    fn a_running_destination_commits_whatever_the_source_says() {
+        let running = Held::Running(status(apb::VmState::Running));
+        for src in [
+            Held::InDoubt,
+            Held::Absent,
+            Held::Busy,
+            Held::Unreachable("down".into()),
+            Held::Exited(status(apb::VmState::Stopped)),
+        ] {
+            assert!(matches!(plan(&src, &running), Plan::Commit(_)), "{src:?}");
+        }
+    }
+
+    #[test]
+    fn an_in_doubt_source_is_resumed_only_after_the_destination_is_known() {
+        assert!(matches!(
+            plan(&Held::InDoubt, &Held::Unreachable("down".into())),
+            Plan::Wait(_)
+        ));
+        assert_eq!(plan(&Held::InDoubt, &Held::Incoming), abort(true, true));
+        assert_eq!(plan(&Held::InDoubt, &Held::Absent), abort(true, true));
+        let crashed = Held::Exited(status(apb::VmState::Crashed));
+        assert_eq!(plan(&Held::InDoubt, &crashed), abort(true, true));
+    }
+
+    #[test]
+    fn nothing_is_aborted_while_the_source_is_unknown_or_transferring() {
+        for src in [
+            Held::Busy,
+            Held::Incoming,
+            Held::Unreachable("agent restarting".into()),
+        ] {
+            for dst in [Held::Incoming, Held::Absent, Held::Busy] {
+                assert!(matches!(plan(&src, &dst), Plan::Wait(_)), "{src:?} {dst:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_resumed_source_drops_the_destination() {
+        let src = Held::Running(status(apb::VmState::Running));
+        assert_eq!(plan(&src, &Held::Incoming), abort(true, false));
+        assert_eq!(
+            plan(&src, &Held::Unreachable("x".into())),
+            abort(true, false)
+        );
+        let crashed = Held::Exited(status(apb::VmState::Crashed));
+        assert_eq!(plan(&src, &crashed), abort(true, false));
+    }
+
+    #[test]
+    fn without_a_source_copy_the_destination_is_never_dropped_while_it_may_commit() {
+        let gone = Held::Exited(status(apb::VmState::Stopped));
+        for src in [Held::Absent, gone.clone()] {
+            assert!(matches!(plan(&src, &Held::Incoming), Plan::Wait(_)));
+            assert!(matches!(plan(&src, &Held::Busy), Plan::Wait(_)));
+            assert!(matches!(
+                plan(&src, &Held::Unreachable("x".into())),
+                Plan::Wait(_)
+            ));
+            // An exited destination's record is the last one left: kept.
+            assert_eq!(plan(&src, &gone), abort(false, false));
+        }
     }
 }

@@ -75,6 +75,9 @@ pub struct VmData {
     pub in_doubt: bool,
 }
 
+/// Status message of a VMM gone without an exit record (so far).
+const VANISHED: &str = "vmm vanished without an exit record (supervisor killed?)";
+
 impl VmData {
     /// A VM that exists on disk but has not run yet.
     pub(super) fn created(config: apb::VmConfig, dir: PathBuf, meta: Meta) -> Self {
@@ -138,11 +141,15 @@ impl VmData {
         self.in_doubt = false;
         let stop_requested = self.dir.join("stop-requested").exists();
         self.exit = supervise::read_exit(&self.dir);
+        if self.exit.is_some() && self.message == VANISHED {
+            // The supervisor was only late writing the exit record.
+            self.message.clear();
+        }
         self.state = match &self.exit {
             Some(e) if e.code == Some(0) || stop_requested => apb::VmState::Stopped,
             Some(_) => apb::VmState::Crashed,
             None if supervise::read_pid(&self.dir).is_some() => {
-                self.message = "vmm vanished without an exit record (supervisor killed?)".into();
+                self.message = VANISHED.into();
                 apb::VmState::Crashed
             }
             None if self.meta.ever_started => apb::VmState::Stopped,
