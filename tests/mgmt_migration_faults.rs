@@ -59,7 +59,18 @@ fn fault_env(fault: &str) -> Vec<(&str, &str)> {
 /// A cluster with node-a (the source, agent faults `src_fault`) and node-b (the destination,
 /// `dst_fault`), and one VM on node-a whose guest passed its first self-check.
 async fn setup(tag: &str, src_fault: &str, dst_fault: &str, cmdline: &str) -> (Cluster, pb::Vm) {
-    let mut cl = Cluster::new(tag, Vmm::Real, &["--placement", "spread"]);
+    setup_with(tag, Vmm::Real, src_fault, dst_fault, cmdline).await
+}
+
+/// [`setup`] with either VMM.
+async fn setup_with(
+    tag: &str,
+    vmm: Vmm,
+    src_fault: &str,
+    dst_fault: &str,
+    cmdline: &str,
+) -> (Cluster, pb::Vm) {
+    let mut cl = Cluster::new(tag, vmm, &["--placement", "spread"]);
     cl.cmdline = cmdline.to_string();
     cl.start_controller();
     let mem = ["--capacity-memory", "512M"];
@@ -77,7 +88,7 @@ async fn setup(tag: &str, src_fault: &str, dst_fault: &str, cmdline: &str) -> (C
     assert_eq!(vm.host, "node-a");
     cl.start_agent_env("node-b", "127.0.0.3", &mem, &fault_env(dst_fault));
     cl.wait_ready_hosts(2).await;
-    wait_console(&console(&vm), "CHECK PASS", 1, guest_timeout(Vmm::Real)).await;
+    wait_console(&console(&vm), "CHECK PASS", 1, guest_timeout(vmm)).await;
     (cl, vm)
 }
 
@@ -379,5 +390,35 @@ fn controller_killed_mid_migration() {
         cl.start_controller();
         // The restarted controller finds the VM Migrating and settles it from both agents.
         exactly_one_copy(&cl, &vm, "node-b").await;
+    });
+}
+
+// The in-doubt source (final state sent, no confirmation) through the real controller and
+// agents, with the fake VMM: the engine that produces it for the real VMM is another branch's.
+
+#[test]
+fn in_doubt_source_whose_destination_runs_is_dropped() {
+    run(Duration::from_secs(60), async {
+        // The destination runs the guest; the source never sees its answer.
+        let (cl, vm) = setup_with("findoubt-run", Vmm::Fake, "", "", "lose_confirm=1").await;
+        let r = migrate_bg(&cl, &vm, 0).await.await.expect("task");
+        let r = r.expect("an in-doubt migration whose destination runs is settled as done");
+        assert_eq!(r.target_host, "node-b");
+        exactly_one_copy(&cl, &vm, "node-b").await;
+    });
+}
+
+#[test]
+fn in_doubt_source_whose_destination_died_resumes() {
+    run(Duration::from_secs(60), async {
+        // The destination dies after the state arrived, before it confirms.
+        let (cl, vm) = setup_with("findoubt-die", Vmm::Fake, "", "", "die_before_confirm=1").await;
+        let e = migrate_bg(&cl, &vm, 0)
+            .await
+            .await
+            .expect("task")
+            .expect_err("a migration whose destination died before confirming fails");
+        assert_eq!(e.code(), Code::Aborted, "{e}");
+        exactly_one_copy(&cl, &vm, "node-a").await;
     });
 }
