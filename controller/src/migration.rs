@@ -239,6 +239,38 @@ impl Controller {
         }
     }
 
+    /// Cancels the VM's migration in progress: the source agent asks its VMM to `cancel`
+    /// (the guest resumes there); the MigrateVm call then settles as a failed migration.
+    /// Does not take the VM's lock (the migration holds it).
+    pub async fn cancel_migration(&self, req: pb::CancelMigrationRequest) -> Result<pb::Vm> {
+        let vm = {
+            let st = self.state();
+            let id = st.vm_id(&req.vm)?;
+            st.find_vm(&id)?.clone()
+        };
+        if vm.phase != pb::VmPhase::Migrating as i32 {
+            return Err(ControllerError::FailedPrecondition(format!(
+                "vm {} is not migrating",
+                vm.name
+            )));
+        }
+        let mut c = self.agents.client(&self.agent_addr(&vm.host)?)?;
+        let r = apb::VmRequest {
+            request_id: String::new(),
+            vm_id: vm.id.clone(),
+        };
+        c.cancel_migration(request(r, CALL_TIMEOUT))
+            .await
+            .map_err(|s| agent_err(&vm.host, s))?;
+        self.events.emit(
+            "MigrationCancelled",
+            Some((&vm.name, &vm.id)),
+            &vm.host,
+            "cancel requested",
+        );
+        Ok(self.state().find_vm(&vm.id)?.clone())
+    }
+
     async fn set_migration_phase(&self, id: &str, phase: apb::MigrationPhase) {
         let mut st = self.state();
         if let Ok(vm) = st.find_vm(id) {
