@@ -7,7 +7,10 @@
 //! `CHECK PASS workload=fake ticks=N` lines. `migrate` sends the counter (and the machine
 //! options, which the destination checks) over TCP; the destination continues counting.
 //! Command-line knobs for tests: `crash_after_ms=N` (exit 1), `reset_after_ms=N` (exit 10
-//! once per process).
+//! once per process), and for the commit point of a migration: `lose_confirm=1` (the source
+//! ignores the destination's answer, which runs the guest) and `die_before_confirm=1` (the
+//! destination exits before answering). A source whose answer is missing stays paused "in
+//! doubt", as the real VMM does: `info` says `indoubt` and only `resume` or `shutdown` end it.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -42,6 +45,8 @@ struct Vm {
     started: Instant,
     exit: Mutex<Option<i32>>,
     serial: Mutex<Option<std::fs::File>>,
+    /// The last migration sent its state and got no answer (the contract's `indoubt`).
+    in_doubt: AtomicBool,
 }
 
 impl Vm {
@@ -89,6 +94,13 @@ fn parse(args: &[String]) -> Opts {
             "--api-socket" => o.api_socket = val(),
             "--incoming" => o.incoming = val(),
             "--paused" => {}
+            "--migration-id" | "--incoming-timeout" => {
+                val();
+            }
+            "--help" => {
+                println!("fake-vmm run: --migration-id ID --incoming-timeout SECS (accepted)");
+                std::process::exit(0)
+            }
             other => usage(&format!("unknown option {other}")),
         }
         i += 1;
@@ -141,6 +153,7 @@ fn main() {
         started: Instant::now(),
         exit: Mutex::new(None),
         serial: Mutex::new(serial),
+        in_doubt: AtomicBool::new(false),
     });
 
     if !opts.api_socket.is_empty() {
@@ -226,6 +239,12 @@ fn receive(l: TcpListener, vm: &Vm) -> Result<u64, String> {
     let mut line = String::new();
     r.read_line(&mut line).map_err(|e| e.to_string())?;
     let v: Value = serde_json::from_str(&line).map_err(|e| e.to_string())?;
+    // The guest's command line travels with it (an incoming VMM is started without one).
+    let cmdline = v["cmdline"].as_str().unwrap_or_default();
+    if knob(cmdline, "die_before_confirm") == Some(1) {
+        eprintln!("fake-vmm: die_before_confirm: exiting before the confirmation");
+        std::process::exit(1);
+    }
     let mut w = s;
     if v["memory"] != json!(vm.opts.memory) || v["vcpus"] != json!(vm.opts.vcpus) {
         let _ = writeln!(
@@ -259,12 +278,25 @@ fn migrate(vm: &Vm, to: &str) -> Result<MigrationSummary, String> {
     let pause = Instant::now();
     vm.paused.store(true, Ordering::SeqCst);
     let ticks = vm.ticks.load(Ordering::SeqCst);
-    let msg = json!({"ticks": ticks, "memory": vm.opts.memory, "vcpus": vm.opts.vcpus});
+    let msg = json!({
+        "ticks": ticks,
+        "memory": vm.opts.memory,
+        "vcpus": vm.opts.vcpus,
+        "cmdline": vm.opts.cmdline,
+    });
     writeln!(s, "{msg}").map_err(|e| e.to_string())?;
     let mut line = String::new();
-    BufReader::new(s)
-        .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
+    let read = BufReader::new(s).read_line(&mut line);
+    if knob(&vm.opts.cmdline, "lose_confirm") == Some(1) {
+        line.clear();
+    }
+    if !matches!(read, Ok(n) if n > 0) || line.is_empty() {
+        // The state went out and no answer came back: the destination may run the guest.
+        vm.in_doubt.store(true, Ordering::SeqCst);
+        return Err(format!(
+            "migration in doubt: no answer from the destination ({read:?})"
+        ));
+    }
     let v: Value = serde_json::from_str(&line).map_err(|e| format!("bad answer {line:?}: {e}"))?;
     if v["ok"] != json!(true) {
         vm.paused.store(false, Ordering::SeqCst);
@@ -281,6 +313,41 @@ fn migrate(vm: &Vm, to: &str) -> Result<MigrationSummary, String> {
     })
 }
 
+/// The `info` answer of an in-doubt VMM: the usual one with the state `indoubt`.
+fn in_doubt_info(vm: &Vm) -> String {
+    let info = Info {
+        state: Lifecycle::Paused,
+        vcpus: vm.opts.vcpus.parse().unwrap_or(1),
+        memory_mib: vm.opts.memory.trim_end_matches('M').parse().unwrap_or(0),
+        pid: std::process::id(),
+        uptime_ms: vm.started.elapsed().as_millis() as u64,
+        kernel: vm.opts.kernel.clone(),
+        dirty_log: None,
+        dirty_pages_per_sec: 0,
+    };
+    let line = encode_response(&Ok(Reply::Info(info)));
+    match serde_json::from_str::<Value>(&line) {
+        Ok(mut v) => {
+            patch_state(&mut v);
+            format!("{v}\n")
+        }
+        Err(_) => line,
+    }
+}
+
+/// Sets every `state` field of `v` to `indoubt`.
+fn patch_state(v: &mut Value) {
+    if let Some(m) = v.as_object_mut() {
+        for (k, x) in m.iter_mut() {
+            if k == "state" && x.is_string() {
+                *x = json!("indoubt");
+            } else {
+                patch_state(x);
+            }
+        }
+    }
+}
+
 fn serve_api(conn: UnixStream, vm: Arc<Vm>) {
     let Ok(read) = conn.try_clone() else { return };
     let mut w = conn;
@@ -293,6 +360,30 @@ fn serve_api(conn: UnixStream, vm: Arc<Vm>) {
                 continue;
             }
         };
+        if vm.in_doubt.load(Ordering::SeqCst) {
+            let line = match req {
+                // This vmm-api may not name the state yet: the wire string is the contract.
+                Request::Info => in_doubt_info(&vm),
+                Request::Resume => {
+                    vm.in_doubt.store(false, Ordering::SeqCst);
+                    vm.paused.store(false, Ordering::SeqCst);
+                    vm.set_state(Lifecycle::Running);
+                    encode_response(&Ok(Reply::Empty(Empty {})))
+                }
+                Request::Shutdown => {
+                    let _ = w.write_all(encode_response(&Ok(Reply::Empty(Empty {}))).as_bytes());
+                    vm.exit_with(0);
+                    return;
+                }
+                _ => encode_response::<Reply>(&Err(
+                    "the migration is in doubt: only resume or shutdown".to_string(),
+                )),
+            };
+            if w.write_all(line.as_bytes()).is_err() {
+                return;
+            }
+            continue;
+        }
         let reply = match req {
             Request::Info => Ok(Reply::Info(Info {
                 state: match vm.state() {
@@ -320,7 +411,8 @@ fn serve_api(conn: UnixStream, vm: Arc<Vm>) {
                 vm.exit_with(0);
                 return;
             }
-            Request::Cancel => Err("no outgoing migration to cancel".to_string()),
+            // The fake's migration is one short exchange that cannot be stopped half-way.
+            Request::Cancel => Err("the fake VMM's migration cannot be cancelled".to_string()),
             Request::Migrate(o) => match migrate(&vm, &o.to) {
                 Ok(summary) => {
                     let reply = Reply::Migrated(Box::new(summary));

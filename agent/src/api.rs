@@ -147,7 +147,10 @@ impl Agent for AgentApi {
         let c = r
             .config
             .ok_or_else(|| Status::invalid_argument("config is required"))?;
-        let (address, status) = self.manager.prepare_incoming(c, &r.migration_id).await?;
+        let (address, status) = self
+            .manager
+            .prepare_incoming(c, &r.migration_id, r.incoming_timeout_s)
+            .await?;
         Ok(Response::new(apb::PrepareIncomingResponse {
             address,
             status: Some(status),
@@ -169,9 +172,37 @@ impl Agent for AgentApi {
     ) -> Result<Response<apb::MigrateOutResponse>, Status> {
         let r = r.into_inner();
         let o = r.options.unwrap_or_default();
+        // Runs in its own task: a caller that goes away (controller killed, connection lost)
+        // must not cut the agent's side of the migration short.
+        let manager = Arc::clone(&self.manager);
+        let task = tokio::spawn(async move {
+            manager
+                .migrate_out(&r.vm_id, &r.to, &o, &r.migration_id)
+                .await
+        });
+        match task.await {
+            Ok(res) => Ok(Response::new(res?)),
+            Err(e) => Err(Status::internal(format!("migrate task failed: {e}"))),
+        }
+    }
+
+    async fn cancel_migration(
+        &self,
+        r: Request<apb::VmRequest>,
+    ) -> Result<Response<apb::VmStatus>, Status> {
+        Ok(Response::new(
+            self.manager.cancel_migration(&r.into_inner().vm_id).await?,
+        ))
+    }
+
+    async fn settle_in_doubt(
+        &self,
+        r: Request<apb::SettleInDoubtRequest>,
+    ) -> Result<Response<apb::VmStatus>, Status> {
+        let r = r.into_inner();
         Ok(Response::new(
             self.manager
-                .migrate_out(&r.vm_id, &r.to, &o, &r.migration_id)
+                .settle_in_doubt(&r.vm_id, r.destination_runs)
                 .await?,
         ))
     }

@@ -83,12 +83,16 @@ pub fn to_proto(s: &MigrationSummary) -> apb::MigrationSummary {
         bytes_saved: s.bytes_saved.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         cache_hit_rate: s.cache_hit_rate,
         encoder_cpu_ms: s.encoder_cpu_ms,
+        verify_mode: s.verify_mode.name().to_string(),
+        verify_ms: s.verify_ms,
+        predicted_downtime_ms: s.predicted_downtime_ms,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use novacron_vmm_api::migration::VerifyMode;
 
     #[test]
     fn every_field_is_carried() {
@@ -105,6 +109,9 @@ mod tests {
             verified: true,
             cache_hit_rate: Some(0.75),
             encoder_cpu_ms: 8.25,
+            verify_mode: VerifyMode::Sampled,
+            verify_ms: 1.25,
+            predicted_downtime_ms: 2.5,
             ..Default::default()
         };
         s.bytes_saved.insert("zstd".into(), -12);
@@ -148,6 +155,10 @@ mod tests {
             (2, 11, 42_860_386, 256 << 20, 20)
         );
         assert_eq!(p.cache_hit_rate, Some(0.75));
+        assert_eq!(
+            (p.verify_mode.as_str(), p.verify_ms, p.predicted_downtime_ms),
+            ("sampled", 1.25, 2.5)
+        );
         assert_eq!(p.bytes_saved.get("zstd"), Some(&-12));
         let c = p.codec.unwrap();
         assert_eq!(c.zstd.unwrap().batches, 3);

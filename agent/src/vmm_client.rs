@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use novacron_proto::agent as apb;
-use novacron_vmm_api::migration::{Compression, MigrateOptions, MigrationSummary};
+use novacron_vmm_api::migration::{Compression, MigrateOptions, MigrationSummary, VerifyMode};
 pub use novacron_vmm_api::protocol::Info;
 use novacron_vmm_api::protocol::{
     decode_response, encode_request, Empty, ReplyError, Request, MAX_RESPONSE_LINE,
@@ -87,6 +87,38 @@ pub async fn info(socket: &Path, timeout: Duration) -> Result<Info, VmmClientErr
     call(socket, &Request::Info, timeout).await
 }
 
+/// What `info` says about a VMM, including the source state the contract names
+/// `Lifecycle::InDoubt` (wire "indoubt": the final frame was sent, no confirmation seen).
+#[derive(Debug, Clone)]
+pub enum Observed {
+    /// A state this crate's `Lifecycle` knows.
+    Info(Info),
+    /// The VMM is in doubt; its vCPUs stay paused until `resume` or `shutdown`.
+    InDoubt,
+}
+
+/// The wire name of the in-doubt state. `novacron_vmm_api::protocol::Lifecycle` gains the
+/// `InDoubt` variant in a parallel change; until then it is recognised from the raw answer.
+pub const IN_DOUBT: &str = "indoubt";
+
+/// `info`, recognising the in-doubt state.
+pub async fn observe(socket: &Path, timeout: Duration) -> Result<Observed, VmmClientError> {
+    let v: serde_json::Value = call(socket, &Request::Info, timeout).await?;
+    if v.get("state").and_then(|s| s.as_str()) == Some(IN_DOUBT) {
+        return Ok(Observed::InDoubt);
+    }
+    serde_json::from_value::<Info>(v.clone())
+        .map(Observed::Info)
+        .map_err(|_| VmmClientError::Malformed(v.to_string()))
+}
+
+/// `cancel`: stops an outgoing migration (the VMM resumes the guest).
+pub async fn cancel(socket: &Path, timeout: Duration) -> Result<(), VmmClientError> {
+    call::<Empty>(socket, &Request::Cancel, timeout)
+        .await
+        .map(|_| ())
+}
+
 /// `shutdown` (the VMM exits with status 0 right after answering).
 pub async fn shutdown(socket: &Path, timeout: Duration) -> Result<(), VmmClientError> {
     call::<Empty>(socket, &Request::Shutdown, timeout)
@@ -108,11 +140,23 @@ pub async fn resume(socket: &Path, timeout: Duration) -> Result<(), VmmClientErr
         .map(|_| ())
 }
 
+/// The verification mode of a management-plane migration: `DEFAULT` is sampled (bounded
+/// downtime); full verification only when asked for.
+pub fn verify_mode(v: i32) -> VerifyMode {
+    match apb::VerifyMode::try_from(v).unwrap_or(apb::VerifyMode::Default) {
+        apb::VerifyMode::Off => VerifyMode::Off,
+        apb::VerifyMode::Full => VerifyMode::Full,
+        apb::VerifyMode::Sampled | apb::VerifyMode::Default => VerifyMode::Sampled,
+    }
+}
+
 /// The VMM's `migrate` options for a migration to `to` as the controller asked for it: zero
-/// (or empty) fields keep the VMM's defaults, and the final memory is always verified.
+/// (or empty) fields keep the VMM's defaults, verification is sampled unless asked otherwise,
+/// and the stream carries `migration_id` (the id the destination was started with).
 pub fn migrate_options(
     to: &str,
     o: &apb::MigrateOptions,
+    migration_id: &str,
 ) -> Result<MigrateOptions, VmmClientError> {
     let defaults = MigrateOptions::default();
     let compression = match o.compression.as_str() {
@@ -134,7 +178,8 @@ pub fn migrate_options(
         },
         auto_converge: o.auto_converge,
         compression,
-        verify: novacron_vmm_api::migration::VerifyMode::Full,
+        verify: verify_mode(o.verify),
+        migration_id: migration_id.to_string(),
         ..defaults
     })
 }
@@ -161,14 +206,27 @@ mod tests {
                 downtime_ms: 2,
                 ..Default::default()
             },
+            "ab12",
         )
         .unwrap();
+        assert_eq!(o.migration_id, "ab12");
         assert_eq!(o.to, "tcp:1.2.3.4:5");
         assert_eq!(o.downtime_ms, 2);
         assert_eq!(o.bandwidth, None);
         assert_eq!(o.timeout_s, MigrateOptions::default().timeout_s);
         assert_eq!(o.compression, Compression::None);
-        assert_eq!(o.verify, novacron_vmm_api::migration::VerifyMode::Full);
+        assert_eq!(o.verify, VerifyMode::Sampled);
+        for (v, m) in [
+            (apb::VerifyMode::Off, VerifyMode::Off),
+            (apb::VerifyMode::Sampled, VerifyMode::Sampled),
+            (apb::VerifyMode::Full, VerifyMode::Full),
+        ] {
+            let o = apb::MigrateOptions {
+                verify: v as i32,
+                ..Default::default()
+            };
+            assert_eq!(migrate_options("tcp:h:1", &o, "").unwrap().verify, m);
+        }
         let o = migrate_options(
             "tcp:h:1",
             &apb::MigrateOptions {
@@ -178,6 +236,7 @@ mod tests {
                 auto_converge: true,
                 ..Default::default()
             },
+            "",
         )
         .unwrap();
         assert_eq!(
@@ -190,7 +249,8 @@ mod tests {
                 &apb::MigrateOptions {
                     compression: "lz4".into(),
                     ..Default::default()
-                }
+                },
+                ""
             ),
             Err(VmmClientError::BadOptions(e)) if e.contains("lz4")
         ));

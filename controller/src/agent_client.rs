@@ -85,6 +85,7 @@ pub fn state_name(s: i32) -> &'static str {
         apb::VmState::Crashed => "crashed",
         apb::VmState::Incoming => "incoming",
         apb::VmState::Migrating => "migrating",
+        apb::VmState::Indoubt => "indoubt",
     }
 }
 
@@ -97,5 +98,6 @@ pub fn migration_phase_name(p: i32) -> &'static str {
         apb::MigrationPhase::Transferring => "transferring",
         apb::MigrationPhase::Completed => "completed",
         apb::MigrationPhase::Failed => "failed",
+        apb::MigrationPhase::Settling => "settling",
     }
 }

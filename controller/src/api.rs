@@ -92,6 +92,15 @@ impl VmService for VmApi {
         Ok(Response::new(self.0.migrate_vm(r.into_inner()).await?))
     }
 
+    async fn cancel_migration(
+        &self,
+        r: Request<pb::CancelMigrationRequest>,
+    ) -> Result<Response<pb::Vm>, Status> {
+        Ok(Response::new(
+            self.0.cancel_migration(r.into_inner()).await?,
+        ))
+    }
+
     type WatchEventsStream = EventStream;
 
     async fn watch_events(

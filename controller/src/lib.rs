@@ -4,7 +4,7 @@
 //! `novactl`, the command-line client.
 //!
 //! Modules: [`store`] (redb), [`scheduler`] (filters, scores, claims), [`state`] (in-memory
-//! view), [`controller`] (operations), [`migration`] (migrate, drain), [`reconcile`] (the
+//! view), [`controller`] (operations), [`migration`] (migrate, drain), [`settle`] (ambiguous migration outcomes), [`reconcile`] (the
 //! loop), [`events`] (event log and watch), [`agent_client`] (agents' gRPC clients), [`api`]
 //! (gRPC services), [`server`] (serving; bearer tokens
 //! through [`novacron_proto::auth`]), [`ctl`] (novactl).
@@ -18,6 +18,7 @@ pub mod migration;
 pub mod reconcile;
 pub mod scheduler;
 pub mod server;
+pub mod settle;
 pub mod state;
 pub mod store;
 pub mod util;

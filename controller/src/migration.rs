@@ -1,10 +1,12 @@
 //! Live migration and host drain orchestration.
 //!
 //! A migration claims room on the target first (atomically, like a create), records the VM as
-//! Migrating, asks the destination agent to prepare an incoming VMM, has the source agent drive
-//! `migrate` towards it and, on success, moves the VM's host and releases the source's claim.
-//! On failure the destination is told to abort, the target's claim is released and the VM
-//! stays Running on its source. A drain cordons the host and migrates its VMs a few at a time.
+//! Migrating, asks the destination agent to prepare an incoming VMM (started with the
+//! migration's id and an accept deadline), has the source agent drive `migrate` towards it
+//! and, on success, moves the VM's host and releases the source's claim. Any failure is
+//! ambiguous until both agents have said what they hold: the controller settles it
+//! ([`crate::settle`]) rather than guessing, so the guest ends with exactly one running copy.
+//! A drain cordons the host and migrates its VMs a few at a time.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,8 +17,19 @@ use tokio::sync::Semaphore;
 
 use crate::agent_client::{request, CALL_TIMEOUT};
 use crate::controller::{agent_err, Controller, ControllerError, Result};
+use crate::settle::Settled;
 use crate::state::{agent_config, Needs};
 use crate::util::{now_ms, short_summary};
+
+/// How long a destination VMM waits for its stream when the migration has no timeout.
+const INCOMING_WAIT_S: u32 = 600;
+/// Added to the migration's timeout for the destination's wait.
+const INCOMING_MARGIN_S: u32 = 30;
+/// How long a failed MigrateVm call keeps settling before it answers UNAVAILABLE and leaves
+/// the rest to the reconcile loop.
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+/// Pause between two settling attempts.
+const SETTLE_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Errors specific to drains.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +75,8 @@ impl Controller {
         }
         let _g = self.lock_key(id).await;
         let started = Instant::now();
-        let migration_id = uuid::Uuid::new_v4().to_string();
+        // Random, hex: the destination refuses a stream carrying any other id.
+        let migration_id = uuid::Uuid::new_v4().simple().to_string();
         // Validate, claim on the target and record the migration.
         let (vm, source, target) = {
             let mut st = self.state();
@@ -165,31 +179,96 @@ impl Controller {
                 })
             }
             Err(e) => {
-                self.abort_incoming(&target, id).await;
-                let vm = {
-                    let mut st = self.state();
-                    let mut cur = st.find_vm(id)?.clone();
-                    st.sched.release(&target, id);
-                    cur.phase = pb::VmPhase::Running as i32;
-                    if let Some(m) = cur.migration.as_mut() {
-                        m.phase = apb::MigrationPhase::Failed as i32;
-                        m.ended_at_ms = now_ms();
-                        m.error = e.to_string();
+                // Ambiguous until both agents say what they hold: settle, never guess.
+                let why = e.to_string();
+                if let Err(err) =
+                    self.record_migration_phase(id, apb::MigrationPhase::Settling, &why)
+                {
+                    tracing::warn!("recording the settling phase of {id}: {err}");
+                }
+                let deadline = Instant::now() + SETTLE_WAIT.min(self.cfg.migrate_timeout);
+                let settled = loop {
+                    let r = self.settle_once(id, None, &why).await;
+                    if Instant::now() >= deadline {
+                        break r;
                     }
-                    st.refresh_host_counts();
-                    self.save_vm(&mut st, cur)?
+                    match r {
+                        Ok(Settled::Pending(p)) => {
+                            tracing::info!("migration of {id} not settled yet: {p}")
+                        }
+                        Err(err) => tracing::warn!("settling the migration of {id}: {err}"),
+                        done => break done,
+                    }
+                    tokio::time::sleep(SETTLE_RETRY).await;
                 };
-                self.emit_vm("MigrationFailed", &vm, format!("{source} -> {target}: {e}"));
-                Err(match e {
-                    ControllerError::Unavailable(m) => ControllerError::Unavailable(format!(
-                        "migration failed, vm stays on {source}: {m}"
-                    )),
-                    other => ControllerError::Aborted(format!(
-                        "migration failed, vm stays on {source}: {other}"
-                    )),
-                })
+                match settled {
+                    Ok(Settled::Committed(vm)) => {
+                        let elapsed = started.elapsed().as_millis() as u64;
+                        self.emit_vm(
+                            "MigrationCompleted",
+                            &vm,
+                            format!("{source} -> {target} in {elapsed} ms (settled after: {why})"),
+                        );
+                        Ok(pb::MigrateVmResponse {
+                            summary: vm.migration.as_ref().and_then(|m| m.summary.clone()),
+                            vm: Some(vm),
+                            source_host: source,
+                            target_host: target,
+                            elapsed_ms: elapsed,
+                        })
+                    }
+                    Ok(Settled::Aborted(vm)) => {
+                        self.emit_vm("MigrationFailed", &vm, format!("{source} -> {target}: {why}"));
+                        Err(match e {
+                            ControllerError::Unavailable(m) => ControllerError::Unavailable(
+                                format!("migration failed, vm stays on {source}: {m}"),
+                            ),
+                            other => ControllerError::Aborted(format!(
+                                "migration failed, vm stays on {source}: {other}"
+                            )),
+                        })
+                    }
+                    Ok(Settled::Pending(p)) => Err(ControllerError::Unavailable(format!(
+                        "migration of {id} {source} -> {target} failed ({why}) and its outcome is not settled yet ({p}); the reconcile loop keeps asking both hosts"
+                    ))),
+                    Err(err) => Err(ControllerError::Unavailable(format!(
+                        "migration of {id} failed ({why}); settling it: {err}; the reconcile loop keeps asking both hosts"
+                    ))),
+                }
             }
         }
+    }
+
+    /// Cancels the VM's migration in progress: the source agent asks its VMM to `cancel`
+    /// (the guest resumes there); the MigrateVm call then settles as a failed migration.
+    /// Does not take the VM's lock (the migration holds it).
+    pub async fn cancel_migration(&self, req: pb::CancelMigrationRequest) -> Result<pb::Vm> {
+        let vm = {
+            let st = self.state();
+            let id = st.vm_id(&req.vm)?;
+            st.find_vm(&id)?.clone()
+        };
+        if vm.phase != pb::VmPhase::Migrating as i32 {
+            return Err(ControllerError::FailedPrecondition(format!(
+                "vm {} is not migrating",
+                vm.name
+            )));
+        }
+        let mut c = self.agents.client(&self.agent_addr(&vm.host)?)?;
+        let r = apb::VmRequest {
+            request_id: String::new(),
+            vm_id: vm.id.clone(),
+        };
+        c.cancel_migration(request(r, CALL_TIMEOUT))
+            .await
+            .map_err(|s| agent_err(&vm.host, s))?;
+        self.events.emit(
+            "MigrationCancelled",
+            Some((&vm.name, &vm.id)),
+            &vm.host,
+            "cancel requested",
+        );
+        Ok(self.state().find_vm(&vm.id)?.clone())
     }
 
     async fn set_migration_phase(&self, id: &str, phase: apb::MigrationPhase) {
@@ -215,10 +294,15 @@ impl Controller {
     ) -> Result<(Option<apb::MigrationSummary>, apb::VmStatus)> {
         // Destination prepares an incoming VMM.
         let mut dst = self.agents.client(&self.agent_addr(target)?)?;
+        let wait_s = match opts.timeout_s {
+            0 => INCOMING_WAIT_S,
+            t => t.saturating_add(INCOMING_MARGIN_S),
+        };
         let prep = apb::PrepareIncomingRequest {
             request_id: String::new(),
             config: Some(agent_config(vm)),
             migration_id: migration_id.to_string(),
+            incoming_timeout_s: wait_s,
         };
         let addr = dst
             .prepare_incoming(request(prep, CALL_TIMEOUT))
@@ -234,7 +318,8 @@ impl Controller {
             format!("destination {target} listening on {addr}; source sending"),
         );
 
-        // Source drives the migration and waits for the summary.
+        // Source drives the migration and waits for the summary (the phase stored above: a
+        // controller restarted from here on settles the migration from both agents).
         let mut src = self.agents.client(&self.agent_addr(source)?)?;
         let out = apb::MigrateOutRequest {
             request_id: String::new(),
@@ -281,23 +366,6 @@ impl Controller {
                 ));
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Tells `host` to drop an incoming VM (best effort).
-    pub(crate) async fn abort_incoming(&self, host: &str, id: &str) {
-        let Ok(addr) = self.agent_addr(host) else {
-            return;
-        };
-        let Ok(mut c) = self.agents.client(&addr) else {
-            return;
-        };
-        let r = apb::VmRequest {
-            request_id: String::new(),
-            vm_id: id.to_string(),
-        };
-        if let Err(s) = c.abort_incoming(request(r, CALL_TIMEOUT)).await {
-            tracing::warn!("abort incoming {id} on {host}: {s}");
         }
     }
 

@@ -9,7 +9,9 @@
 //!   stopped; a Pending VM is placed when room appears; an interrupted delete or migration
 //!   (controller restart) is finished;
 //! - a VM an agent reports that the controller placed elsewhere (or deleted) is removed from
-//!   that agent, which fences the old copy of an evicted VM when its host comes back.
+//!   that agent, which fences the old copy of an evicted VM when its host comes back; a copy
+//!   of a VM that still exists is removed only once the VM's own host reports it running, so
+//!   the last copy is never deleted.
 //!
 //! Decisions only use reports received after the VM's last change, and skip VMs that an
 //! operation holds, so they never race a user's call.
@@ -21,6 +23,7 @@ use novacron_proto::controller as pb;
 use tokio::sync::OwnedMutexGuard;
 
 use crate::controller::{Controller, ControllerError};
+use crate::settle::Settled;
 use crate::state::{restart_policy, Needs};
 use crate::util::now_ms;
 
@@ -187,7 +190,20 @@ impl Controller {
                                     .migration
                                     .as_ref()
                                     .is_some_and(|m| m.target_host == *name);
-                            vm.host != *name && !incoming_here && e.report_at_ms > vm.updated_at_ms
+                            // Never the last copy: only when the VM's own host reports it
+                            // running (a report newer than the VM's last change).
+                            let runs_at_home = st.hosts.get(&vm.host).is_some_and(|home| {
+                                home.ready()
+                                    && home.report_at_ms > vm.updated_at_ms
+                                    && home.reports.get(id).is_some_and(|r| {
+                                        r.state == apb::VmState::Running as i32
+                                            || r.state == apb::VmState::Paused as i32
+                                    })
+                            });
+                            vm.host != *name
+                                && !incoming_here
+                                && runs_at_home
+                                && e.report_at_ms > vm.updated_at_ms
                         }
                     };
                     if orphan {
@@ -367,76 +383,30 @@ impl Controller {
         self.save_vm(&mut st, vm)
     }
 
-    /// Settles a migration the controller did not see end (it restarted meanwhile).
+    /// Settles a migration the controller did not see end (it restarted meanwhile, or the
+    /// outcome was still ambiguous when the MigrateVm call gave up): asks both agents
+    /// (`settle`); an undecidable case is asked again on the next pass.
     async fn resolve_migration(&self, id: &str) -> Result<(), ControllerError> {
-        let (vm, target_report, source_report) = {
-            let st = self.state();
-            let vm = st.find_vm(id)?.clone();
-            let m = vm.migration.clone().unwrap_or_default();
-            let t = st
-                .hosts
-                .get(&m.target_host)
-                .and_then(|h| h.reports.get(id).cloned());
-            let s = st
-                .hosts
-                .get(&vm.host)
-                .and_then(|h| h.reports.get(id).cloned());
-            (vm, t, s)
-        };
-        let m = vm.migration.clone().unwrap_or_default();
-        let running = |r: &Option<apb::VmStatus>| {
-            r.as_ref().is_some_and(|r| {
-                r.state == apb::VmState::Running as i32 || r.state == apb::VmState::Paused as i32
-            })
-        };
-        if running(&target_report) && !running(&source_report) {
-            let vm = {
-                let mut st = self.state();
-                let mut cur = st.find_vm(id)?.clone();
-                st.sched.release(&cur.host, id);
-                cur.host = m.target_host.clone();
-                cur.phase = pb::VmPhase::Running as i32;
-                if let Some(mm) = cur.migration.as_mut() {
-                    mm.phase = apb::MigrationPhase::Completed as i32;
-                    mm.ended_at_ms = now_ms();
-                }
-                st.refresh_host_counts();
-                self.save_vm(&mut st, cur)?
-            };
-            self.emit_vm(
+        match self
+            .settle_once(
+                id,
+                None,
+                "interrupted (controller restart or unsettled outcome)",
+            )
+            .await?
+        {
+            Settled::Committed(vm) => self.emit_vm(
                 "MigrationCompleted",
                 &vm,
-                "settled after a controller restart: destination runs the vm",
-            );
-            return Ok(());
+                "settled from both hosts: the destination runs the vm",
+            ),
+            Settled::Aborted(vm) => self.emit_vm(
+                "MigrationFailed",
+                &vm,
+                "settled from both hosts: the vm stays on its source",
+            ),
+            Settled::Pending(why) => tracing::info!("migration of {id} not settled yet: {why}"),
         }
-        if source_report.is_none() && target_report.is_none() {
-            // Nothing reported yet: wait for heartbeats.
-            return Ok(());
-        }
-        self.abort_incoming(&m.target_host, id).await;
-        let vm = {
-            let mut st = self.state();
-            let mut cur = st.find_vm(id)?.clone();
-            st.sched.release(&m.target_host, id);
-            cur.phase = if running(&source_report) {
-                pb::VmPhase::Running
-            } else {
-                pb::VmPhase::Unknown
-            } as i32;
-            if let Some(mm) = cur.migration.as_mut() {
-                mm.phase = apb::MigrationPhase::Failed as i32;
-                mm.ended_at_ms = now_ms();
-                mm.error = "interrupted by a controller restart".into();
-            }
-            st.refresh_host_counts();
-            self.save_vm(&mut st, cur)?
-        };
-        self.emit_vm(
-            "MigrationFailed",
-            &vm,
-            "interrupted by a controller restart; vm stays on its source",
-        );
         Ok(())
     }
 }

@@ -267,7 +267,8 @@ pub fn phase_from_report(st: &apb::VmStatus) -> Option<pb::VmPhase> {
         S::Stopped | S::Created => Some(pb::VmPhase::Stopped),
         S::Crashed => Some(pb::VmPhase::Failed),
         S::Starting | S::Incoming => Some(pb::VmPhase::Scheduled),
-        S::Unspecified => None,
+        // The controller settles an in-doubt source from what both agents hold.
+        S::Unspecified | S::Indoubt => None,
     }
 }
 

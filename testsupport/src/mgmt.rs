@@ -16,6 +16,7 @@ use parking_lot::{Mutex, MutexGuard};
 use crate::net::free_port;
 use crate::paths::bin_dir;
 use novacron_proto::agent as apb;
+use novacron_proto::agent::agent_client::AgentClient;
 use novacron_proto::controller as pb;
 use novacron_proto::controller::host_service_client::HostServiceClient;
 use novacron_proto::controller::vm_service_client::VmServiceClient;
@@ -94,6 +95,19 @@ pub fn ensure_binaries(vmm: Vmm) {
     built.push(vmm);
 }
 
+/// Environment variable naming another `novacron-vmm` binary for the agents to run (to try
+/// the management plane against a VMM built elsewhere, e.g. from another branch). The file
+/// must be named `novacron-vmm` (processes are counted by that name).
+pub const VMM_BINARY_ENV: &str = "NOVACRON_TEST_VMM_BINARY";
+
+/// The real VMM the agents run: [`VMM_BINARY_ENV`] if set, else this build's.
+fn real_vmm_binary() -> PathBuf {
+    match std::env::var_os(VMM_BINARY_ENV) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => bin_dir().join("novacron-vmm"),
+    }
+}
+
 /// A controller, agents and their VMs, all inside one private directory.
 pub struct Cluster {
     /// Private directory (removed on success).
@@ -168,6 +182,12 @@ impl Cluster {
 
     /// Starts (or restarts, with the same address) an agent named `name` on loopback `ip`.
     pub fn start_agent(&mut self, name: &str, ip: &str, extra: &[&str]) {
+        self.start_agent_env(name, ip, extra, &[]);
+    }
+
+    /// [`Cluster::start_agent`] with extra environment variables (the agent's test-only
+    /// fault switch `NOVACRON_AGENT_TEST_FAULT`, for instance).
+    pub fn start_agent_env(&mut self, name: &str, ip: &str, extra: &[&str], env: &[(&str, &str)]) {
         let (addr, extra) = match self.agents.get(name) {
             Some(a) => a.clone(),
             None => {
@@ -180,7 +200,7 @@ impl Cluster {
             }
         };
         let vmm = match self.vmm {
-            Vmm::Real => bin_dir().join("novacron-vmm"),
+            Vmm::Real => real_vmm_binary(),
             Vmm::Fake => bin_dir().join("examples/fake_vmm"),
         };
         let child = Command::new(bin_dir().join("novacron-agent"))
@@ -198,12 +218,66 @@ impl Cluster {
             .arg(vmm)
             .args(["--stop-timeout-ms", "3000"])
             .args(&extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(self.log(name))
             .stderr(self.log(name))
             .spawn()
             .expect("spawn agent");
         self.procs.insert(name.to_string(), child);
+    }
+
+    /// The gRPC address (HOST:PORT) of the agent named `name`.
+    pub fn agent_addr(&self, name: &str) -> String {
+        self.agents
+            .get(name)
+            .map(|a| a.0.clone())
+            .unwrap_or_else(|| panic!("no agent {name}"))
+    }
+
+    /// A client of the agent named `name` (waits for it to listen).
+    pub async fn agent(&self, name: &str) -> AgentClient<Channel> {
+        let addr = format!("http://{}", self.agent_addr(name));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match AgentClient::connect(addr.clone()).await {
+                Ok(c) => return c,
+                Err(e) if Instant::now() > deadline => panic!("agent {name} unreachable: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Pids of the live VMM processes (not their supervisors) this cluster's agents started.
+    pub fn vmm_pids(&self) -> Vec<i32> {
+        let needle = self.root.as_os_str().as_encoded_bytes().to_vec();
+        let exe = match self.vmm {
+            Vmm::Real => "novacron-vmm",
+            Vmm::Fake => "fake_vmm",
+        };
+        let mut pids = Vec::new();
+        let Ok(rd) = std::fs::read_dir("/proc") else {
+            return pids;
+        };
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let argv0 = cmd.split(|b| *b == 0).next().unwrap_or_default();
+            let is_vmm = Path::new(std::ffi::OsStr::new(
+                std::str::from_utf8(argv0).unwrap_or_default(),
+            ))
+            .file_name()
+            .is_some_and(|n| n == exe);
+            if is_vmm && cmd.windows(needle.len()).any(|w| w == needle.as_slice()) && alive(pid) {
+                pids.push(pid);
+            }
+        }
+        pids.sort_unstable();
+        pids
     }
 
     /// SIGKILLs a process this cluster started ("controller" or an agent name).

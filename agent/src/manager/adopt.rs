@@ -44,8 +44,9 @@ impl Manager {
             let mut data = VmData::created(config, dir.clone(), meta);
             data.refresh();
             if data.pid > 0 {
-                match vmm_client::info(&data.meta.socket, Duration::from_secs(2)).await {
-                    Ok(info) => data.info = Some(info),
+                match vmm_client::observe(&data.meta.socket, Duration::from_secs(2)).await {
+                    Ok(vmm_client::Observed::Info(info)) => data.info = Some(info),
+                    Ok(vmm_client::Observed::InDoubt) => data.in_doubt = true,
                     Err(e) => {
                         data.message = format!("re-adopted, but its API does not answer: {e}")
                     }

@@ -48,6 +48,20 @@ impl Manager {
         socket: &Path,
         incoming: Option<&str>,
     ) -> Result<Vec<String>, ManagerError> {
+        self.vmm_args_for(c, socket, incoming, "", None)
+    }
+
+    /// [`Manager::vmm_args`] of an incoming VMM that waits `incoming_timeout_s` for the
+    /// stream of `migration_id` (both passed only to a VMM that takes them).
+    pub fn vmm_args_for(
+        &self,
+        c: &apb::VmConfig,
+        socket: &Path,
+        incoming: Option<&str>,
+        migration_id: &str,
+        incoming_timeout_s: Option<u64>,
+    ) -> Result<Vec<String>, ManagerError> {
+        let tell = incoming.is_some() && self.vmm_takes_migration_id();
         let dir = self.vm_dir(&c.id);
         let images = self.images_dir();
         let boot = incoming.is_none();
@@ -82,8 +96,8 @@ impl Manager {
                 })
                 .collect(),
             incoming: incoming.map(str::to_string),
-            migration_id: None,
-            incoming_timeout_s: None,
+            migration_id: (tell && !migration_id.is_empty()).then(|| migration_id.to_string()),
+            incoming_timeout_s: incoming_timeout_s.filter(|_| tell),
             restore: None,
             paused: false,
         };

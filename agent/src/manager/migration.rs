@@ -7,18 +7,33 @@ use std::time::{Duration, Instant};
 use novacron_proto::agent as apb;
 
 use crate::supervise::{now_ms, Launch};
-use crate::vmm_client;
+use crate::vmm_client::{self, VmmClientError};
 
 use super::files::free_port;
 use super::lifecycle::wait_exit;
 use super::{Manager, ManagerError, Meta, Role, VmData, VmHandle};
 
+/// How long an incoming VMM waits for its connection when the controller names no deadline.
+const DEFAULT_INCOMING_TIMEOUT_S: u64 = 600;
+
+/// A loopback port nothing listens on (bound and released; test fault only).
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(1)
+}
+
 impl Manager {
     /// Migration destination: starts an incoming VMM and returns its `tcp:HOST:PORT`.
+    /// The VMM gets `--migration-id` and `--incoming-timeout` (`incoming_timeout_s`, 0: 600
+    /// s); a watcher then asks it for `info` until it runs, so a committed destination is
+    /// reported running at once.
     pub async fn prepare_incoming(
-        &self,
+        self: &Arc<Self>,
         c: apb::VmConfig,
         migration_id: &str,
+        incoming_timeout_s: u32,
     ) -> Result<(String, apb::VmStatus), ManagerError> {
         self.validate(&c, false)?;
         let _g = self.create.lock().await;
@@ -47,7 +62,18 @@ impl Manager {
             let _ = std::fs::remove_dir_all(self.vm_dir(&c.id));
             return Err(e);
         }
-        let argv = self.vmm_args(&c, &meta.socket, Some(&addr))?;
+        let wait_s = match incoming_timeout_s {
+            0 => DEFAULT_INCOMING_TIMEOUT_S,
+            t => u64::from(t),
+        };
+        let wait_s = match self.faults.incoming_timeout_s {
+            Some(t) => {
+                tracing::warn!(secs = t, "test fault incoming-timeout");
+                wait_s.min(t)
+            }
+            None => wait_s,
+        };
+        let argv = self.vmm_args_for(&c, &meta.socket, Some(&addr), migration_id, Some(wait_s))?;
         let boot_argv = if c.kernel.is_empty() {
             argv.clone()
         } else {
@@ -64,7 +90,7 @@ impl Manager {
                 migration_id: migration_id.to_string(),
                 role: apb::MigrationRole::Destination as i32,
                 phase: apb::MigrationPhase::Waiting as i32,
-                peer: String::new(),
+                peer: addr.clone(),
                 started_at_ms: now_ms(),
                 ..Default::default()
             }),
@@ -82,6 +108,7 @@ impl Manager {
         match res {
             Ok(status) => {
                 tracing::info!(vm = %c.name, %addr, "incoming migration prepared");
+                self.watch_incoming(Arc::clone(&h), meta.socket.clone());
                 Ok((addr, status))
             }
             Err(e) => {
@@ -92,10 +119,43 @@ impl Manager {
         }
     }
 
-    /// Migration destination: drops an incoming VM that did not complete.
+    /// Asks an incoming VMM for `info` every few milliseconds until it runs (the engine
+    /// started the guest: the migration committed) or is gone, and records it at once.
+    fn watch_incoming(self: &Arc<Self>, h: Arc<VmHandle>, socket: std::path::PathBuf) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                {
+                    let mut d = h.data();
+                    d.refresh();
+                    if d.meta.role != Role::Incoming || d.pid == 0 {
+                        return;
+                    }
+                }
+                let id = h.data().config.id.clone();
+                if !this.map().get(&id).is_some_and(|x| Arc::ptr_eq(x, &h)) {
+                    return;
+                }
+                if let Ok(o) = vmm_client::observe(&socket, Duration::from_millis(500)).await {
+                    this.take_observed(&h, o);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    }
+
+    /// Migration destination: drops an incoming VM that did not complete. Refused
+    /// (FAILED_PRECONDITION) when its VMM already runs the guest: the migration committed and
+    /// this is now the VM's only copy.
     pub async fn abort_incoming(&self, id: &str) -> Result<apb::VmStatus, ManagerError> {
         let h = self.handle(id)?;
         let _op = h.op.lock().await;
+        let socket = h.data().meta.socket.clone();
+        if h.data().pid > 0 {
+            if let Ok(o) = vmm_client::observe(&socket, Duration::from_secs(1)).await {
+                self.take_observed(&h, o);
+            }
+        }
         let status = {
             let mut d = h.data();
             d.refresh();
@@ -136,7 +196,13 @@ impl Manager {
                 "migration target {to:?} is not tcp:HOST:PORT"
             )));
         }
-        let args = vmm_client::migrate_options(to, options)
+        let to = if self.faults.migrate_unreachable {
+            tracing::warn!("test fault migrate-unreachable: sending to a closed port");
+            format!("tcp:127.0.0.1:{}", closed_port())
+        } else {
+            to.to_string()
+        };
+        let args = vmm_client::migrate_options(&to, options, migration_id)
             .map_err(|e| ManagerError::InvalidArgument(e.to_string()))?;
         let (socket, pid, dir) = {
             let mut d = h.data();
@@ -163,6 +229,13 @@ impl Manager {
         } else {
             Duration::from_secs(3600)
         };
+        if self.faults.delay_migrate_ms > 0 {
+            tracing::warn!(
+                ms = self.faults.delay_migrate_ms,
+                "test fault delay-migrate"
+            );
+            tokio::time::sleep(Duration::from_millis(self.faults.delay_migrate_ms)).await;
+        }
         tracing::info!(id, to = %args.to, "migrating out");
         match vmm_client::migrate(&socket, &args, timeout).await {
             Ok(summary) => {
@@ -192,21 +265,131 @@ impl Manager {
                         .insert(migration_id.to_string(), resp.clone());
                 }
                 tracing::info!(id, ms = resp.elapsed_ms, "migrated out");
+                if self.faults.drop_migrate_reply {
+                    tracing::warn!("test fault drop-migrate-reply: answering with an error");
+                    return Err(ManagerError::Unavailable(
+                        "test fault drop-migrate-reply: the migration's answer was dropped".into(),
+                    ));
+                }
                 Ok(resp)
             }
             Err(e) => {
+                // Did the VMM end in doubt (final frame sent, no confirmation)?
+                if let Ok(o) = vmm_client::observe(&socket, Duration::from_secs(2)).await {
+                    self.take_observed(&h, o);
+                }
                 let mut d = h.data();
+                d.refresh();
+                let in_doubt = d.in_doubt;
                 if let Some(m) = d.migration.as_mut() {
-                    m.phase = apb::MigrationPhase::Failed as i32;
+                    m.phase = if in_doubt {
+                        apb::MigrationPhase::Settling
+                    } else {
+                        apb::MigrationPhase::Failed
+                    } as i32;
                     m.error = e.to_string();
                 }
-                d.refresh();
+                if in_doubt {
+                    return Err(ManagerError::Aborted(format!(
+                        "migration of {} is in doubt (the final pass was sent, no confirmation seen): {e}; the guest stays paused until settled",
+                        d.config.name
+                    )));
+                }
                 Err(ManagerError::Aborted(format!(
                     "migration of {} failed: {e}",
                     d.config.name
                 )))
             }
         }
+    }
+
+    /// Migration source: `cancel` on the VMM of a VM that is migrating out (the guest
+    /// resumes here). Does not wait for the migration's lock: the MigrateOut call holding it
+    /// ends with the VMM's answer.
+    pub async fn cancel_migration(&self, id: &str) -> Result<apb::VmStatus, ManagerError> {
+        let h = self.handle(id)?;
+        let socket = {
+            let mut d = h.data();
+            d.refresh();
+            let source = d
+                .migration
+                .as_ref()
+                .is_some_and(|m| m.role == apb::MigrationRole::Source as i32);
+            if d.state != apb::VmState::Migrating && !source {
+                return Err(ManagerError::FailedPrecondition(format!(
+                    "vm {} is not migrating out of this host",
+                    d.config.name
+                )));
+            }
+            d.meta.socket.clone()
+        };
+        vmm_client::cancel(&socket, Duration::from_secs(10))
+            .await
+            .map_err(|e| match e {
+                VmmClientError::Refused(m) => ManagerError::FailedPrecondition(m),
+                other => ManagerError::Vmm(other),
+            })?;
+        let mut d = h.data();
+        d.refresh();
+        Ok(d.status())
+    }
+
+    /// Migration source: settles a VM after an ambiguous migration, once the controller knows
+    /// what the destination holds. `destination_runs`: this copy is shut down (an in-doubt
+    /// VMM accepts `shutdown`) and forgotten; otherwise an in-doubt copy is resumed.
+    pub async fn settle_in_doubt(
+        &self,
+        id: &str,
+        destination_runs: bool,
+    ) -> Result<apb::VmStatus, ManagerError> {
+        let h = self.handle(id)?;
+        let _op = h.op.lock().await;
+        let (socket, dir, live) = {
+            let mut d = h.data();
+            d.refresh();
+            (d.meta.socket.clone(), d.dir.clone(), d.pid > 0)
+        };
+        if live {
+            if let Ok(o) = vmm_client::observe(&socket, Duration::from_secs(1)).await {
+                self.take_observed(&h, o);
+            }
+        }
+        if destination_runs {
+            let status = {
+                let mut d = h.data();
+                d.refresh();
+                if let Some(m) = d.migration.as_mut() {
+                    m.phase = apb::MigrationPhase::Completed as i32;
+                }
+                d.status()
+            };
+            self.stop_locked(&h, Duration::from_secs(2), false).await?;
+            self.keep_console_log(id, &dir);
+            self.remove_locked(&h).await?;
+            tracing::info!(
+                id,
+                "settled: the destination runs the vm; source copy removed"
+            );
+            return Ok(status);
+        }
+        let in_doubt = h.data().in_doubt;
+        if in_doubt {
+            vmm_client::resume(&socket, Duration::from_secs(5)).await?;
+            if let Ok(o) = vmm_client::observe(&socket, Duration::from_secs(1)).await {
+                self.take_observed(&h, o);
+            }
+            tracing::info!(
+                id,
+                "settled: the destination does not run the vm; resumed here"
+            );
+        }
+        let mut d = h.data();
+        d.in_doubt = false;
+        if let Some(m) = d.migration.as_mut() {
+            m.phase = apb::MigrationPhase::Failed as i32;
+        }
+        d.refresh();
+        Ok(d.status())
     }
 
     pub(super) fn finished_migration(&self, migration_id: &str) -> Option<apb::MigrateOutResponse> {

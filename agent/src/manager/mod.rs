@@ -33,7 +33,7 @@ use parking_lot::{Mutex, MutexGuard};
 use crate::disks::{self, DiskError};
 use crate::net::NetError;
 use crate::supervise::{now_ms, SuperviseError};
-use crate::vmm_client::{self, Info, VmmClientError};
+use crate::vmm_client::{self, Info, Observed, VmmClientError};
 
 /// Errors of VM operations; each maps to one gRPC status code.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +111,62 @@ pub struct Manager {
     vms: Mutex<BTreeMap<String, Arc<VmHandle>>>,
     create: tokio::sync::Mutex<()>,
     finished: Mutex<HashMap<String, apb::MigrateOutResponse>>,
+    vmm_takes_migration_id: std::sync::OnceLock<bool>,
+    faults: TestFaults,
+}
+
+/// Test-only fault switches, from the environment variable `NOVACRON_AGENT_TEST_FAULT`
+/// (comma-separated). They exist so the fault tests (`tests/mgmt_migration_faults.rs`) can
+/// make the management plane fail at precise points; never set them in production.
+/// - `drop-migrate-reply`: MigrateOut fails after the VMM's `migrate` finished (as if the
+///   answer were lost on the way to the controller);
+/// - `migrate-unreachable`: MigrateOut sends the VMM to a closed port instead of the
+///   destination;
+/// - `delay-migrate:MS`: MigrateOut waits MS milliseconds before sending `migrate`;
+/// - `incoming-timeout:S`: an incoming VMM waits at most S seconds for its stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TestFaults {
+    /// `drop-migrate-reply`.
+    pub drop_migrate_reply: bool,
+    /// `migrate-unreachable`.
+    pub migrate_unreachable: bool,
+    /// `delay-migrate:MS`.
+    pub delay_migrate_ms: u64,
+    /// `incoming-timeout:S`.
+    pub incoming_timeout_s: Option<u64>,
+}
+
+impl TestFaults {
+    /// The name of the environment variable.
+    pub const ENV: &'static str = "NOVACRON_AGENT_TEST_FAULT";
+
+    /// Parses the switches (unknown or malformed ones are logged and ignored).
+    pub fn parse(s: &str) -> Self {
+        let mut f = TestFaults::default();
+        for w in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            let (name, arg) = match w.split_once(':') {
+                Some((n, a)) => (n, a.parse::<u64>().ok()),
+                None => (w, None),
+            };
+            match (name, arg) {
+                ("drop-migrate-reply", None) => f.drop_migrate_reply = true,
+                ("migrate-unreachable", None) => f.migrate_unreachable = true,
+                ("delay-migrate", Some(ms)) => f.delay_migrate_ms = ms,
+                ("incoming-timeout", Some(secs)) if secs > 0 => f.incoming_timeout_s = Some(secs),
+                _ => tracing::warn!("{}: unknown test fault {w:?}", Self::ENV),
+            }
+        }
+        if f != TestFaults::default() {
+            tracing::warn!("TEST FAULTS ACTIVE ({}): {f:?}", Self::ENV);
+        }
+        f
+    }
+
+    fn from_env() -> Self {
+        std::env::var(Self::ENV)
+            .map(|s| Self::parse(&s))
+            .unwrap_or_default()
+    }
 }
 
 fn valid_id(id: &str) -> bool {
@@ -142,6 +198,8 @@ impl Manager {
             vms: Mutex::new(BTreeMap::new()),
             create: tokio::sync::Mutex::new(()),
             finished: Mutex::new(HashMap::new()),
+            vmm_takes_migration_id: std::sync::OnceLock::new(),
+            faults: TestFaults::from_env(),
         }))
     }
 
@@ -259,8 +317,8 @@ impl Manager {
             (d.meta.socket.clone(), d.pid > 0)
         };
         if live {
-            if let Ok(info) = vmm_client::info(&socket, Duration::from_secs(1)).await {
-                self.take_info(&h, info);
+            if let Ok(o) = vmm_client::observe(&socket, Duration::from_secs(1)).await {
+                self.take_observed(&h, o);
             }
         }
         let mut d = h.data();
@@ -268,9 +326,39 @@ impl Manager {
         Ok(d.status())
     }
 
+    /// Whether the VMM binary takes `run --migration-id` and `--incoming-timeout` (asked once
+    /// from its `run --help`; a VMM without them would refuse to start).
+    pub(super) fn vmm_takes_migration_id(&self) -> bool {
+        *self.vmm_takes_migration_id.get_or_init(|| {
+            std::process::Command::new(&self.cfg.vmm_binary)
+                .args(["run", "--help"])
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("--migration-id"))
+                .unwrap_or(false)
+        })
+    }
+
+    /// Records what `info` said (see [`Manager::take_info`]).
+    pub(super) fn take_observed(&self, h: &VmHandle, o: Observed) {
+        match o {
+            Observed::Info(i) => self.take_info(h, i),
+            Observed::InDoubt => {
+                let mut d = h.data();
+                if !d.in_doubt {
+                    tracing::warn!(vm = %d.config.name, "source vmm is in doubt");
+                }
+                d.in_doubt = true;
+                d.refresh();
+            }
+        }
+    }
+
     /// Records an `info` answer; finishes an incoming migration whose VMM now runs.
     pub(super) fn take_info(&self, h: &VmHandle, i: Info) {
         let mut d = h.data();
+        d.in_doubt = false;
         let done_incoming = d.meta.role == Role::Incoming && i.state != Lifecycle::Incoming;
         d.info = Some(i);
         if done_incoming {
@@ -314,10 +402,32 @@ impl Manager {
             if !live {
                 continue;
             }
-            match vmm_client::info(&socket, Duration::from_secs(1)).await {
-                Ok(i) => self.take_info(&h, i),
+            match vmm_client::observe(&socket, Duration::from_secs(1)).await {
+                Ok(o) => self.take_observed(&h, o),
                 Err(e) => tracing::debug!("info of {}: {e}", h.data().config.name),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TestFaults;
+
+    #[test]
+    fn test_faults_parse() {
+        assert_eq!(TestFaults::parse(""), TestFaults::default());
+        let f = TestFaults::parse("drop-migrate-reply, delay-migrate:250,incoming-timeout:3");
+        assert!(f.drop_migrate_reply && !f.migrate_unreachable);
+        assert_eq!((f.delay_migrate_ms, f.incoming_timeout_s), (250, Some(3)));
+        // Unknown and malformed switches are ignored.
+        let f = TestFaults::parse("nope,delay-migrate:soon,incoming-timeout:0,migrate-unreachable");
+        assert_eq!(
+            f,
+            TestFaults {
+                migrate_unreachable: true,
+                ..Default::default()
+            }
+        );
     }
 }

@@ -71,7 +71,12 @@ pub struct VmData {
     pub message: String,
     /// While starting: until when a missing pid file means "starting".
     pub starting_until_ms: i64,
+    /// The VMM last reported itself in doubt (final frame sent, no confirmation seen).
+    pub in_doubt: bool,
 }
+
+/// Status message of a VMM gone without an exit record (so far).
+const VANISHED: &str = "vmm vanished without an exit record (supervisor killed?)";
 
 impl VmData {
     /// A VM that exists on disk but has not run yet.
@@ -89,6 +94,7 @@ impl VmData {
             migration: None,
             message: String::new(),
             starting_until_ms: 0,
+            in_doubt: false,
         }
     }
 
@@ -100,6 +106,7 @@ impl VmData {
                 | apb::VmState::Incoming
                 | apb::VmState::Migrating
                 | apb::VmState::Starting
+                | apb::VmState::Indoubt
         )
     }
 
@@ -111,13 +118,15 @@ impl VmData {
                 self.pid = p.pid;
                 self.started_at_ms = p.started_at_ms;
                 self.state = match self.info.as_ref().map(|i| i.state) {
+                    _ if self.in_doubt => apb::VmState::Indoubt,
                     Some(Lifecycle::Paused) => apb::VmState::Paused,
                     Some(Lifecycle::Incoming) => apb::VmState::Incoming,
                     Some(Lifecycle::Migrating) => apb::VmState::Migrating,
-                    Some(Lifecycle::Running) => apb::VmState::Running,
                     None if self.meta.role == Role::Incoming => apb::VmState::Incoming,
                     None if now < self.starting_until_ms => apb::VmState::Starting,
-                    None => apb::VmState::Running,
+                    // Running. An in-doubt VMM never gets here (`vmm_client::observe` records
+                    // it as `in_doubt`, whether or not this vmm-api names the state yet).
+                    _ => apb::VmState::Running,
                 };
                 return;
             }
@@ -129,13 +138,18 @@ impl VmData {
         }
         self.pid = 0;
         self.info = None;
+        self.in_doubt = false;
         let stop_requested = self.dir.join("stop-requested").exists();
         self.exit = supervise::read_exit(&self.dir);
+        if self.exit.is_some() && self.message == VANISHED {
+            // The supervisor was only late writing the exit record.
+            self.message.clear();
+        }
         self.state = match &self.exit {
             Some(e) if e.code == Some(0) || stop_requested => apb::VmState::Stopped,
             Some(_) => apb::VmState::Crashed,
             None if supervise::read_pid(&self.dir).is_some() => {
-                self.message = "vmm vanished without an exit record (supervisor killed?)".into();
+                self.message = VANISHED.into();
                 apb::VmState::Crashed
             }
             None if self.meta.ever_started => apb::VmState::Stopped,
@@ -192,11 +206,14 @@ impl VmData {
             message,
             migration,
             reboots: supervise::read_reboots(&self.dir),
-            vmm_state: self
-                .info
-                .as_ref()
-                .map(|i| i.state.name().to_string())
-                .unwrap_or_default(),
+            vmm_state: if self.in_doubt && live {
+                crate::vmm_client::IN_DOUBT.to_string()
+            } else {
+                self.info
+                    .as_ref()
+                    .map(|i| i.state.name().to_string())
+                    .unwrap_or_default()
+            },
             console_log: self.dir.join("console.log").display().to_string(),
             adopted: self.adopted,
             vcpus: self.config.vcpus,

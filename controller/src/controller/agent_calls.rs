@@ -23,6 +23,12 @@ impl Controller {
         Ok(e.host.address.clone())
     }
 
+    /// The address of a host's agent whatever its readiness (settling a migration asks an
+    /// agent that may have just restarted).
+    pub(crate) fn agent_addr_any(&self, host: &str) -> Result<String> {
+        Ok(self.state().host(host)?.host.address.clone())
+    }
+
     /// Creates (and optionally starts) `vm` on `host`'s agent.
     pub(crate) async fn agent_create(
         &self,

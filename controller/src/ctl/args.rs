@@ -68,8 +68,22 @@ pub enum VmCmd {
     /// Delete a VM.
     #[command(alias = "rm")]
     Delete(NameArg),
-    /// Live-migrate a VM to a host (or one the scheduler picks).
+    /// Live-migrate a VM to a host (or one the scheduler picks); `--cancel` stops the VM's
+    /// migration in progress.
     Migrate(MigrateArgs),
+}
+
+/// How the destination verifies the final memory (`vm migrate --verify`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VerifyArg {
+    /// The management plane's default (sampled).
+    Default,
+    /// No verification beyond the batches' checksums.
+    Off,
+    /// Every final-pass page plus a sample of the rest (bounded downtime).
+    Sampled,
+    /// Every page (costs a pass over guest memory while the guest is paused).
+    Full,
 }
 
 /// `host` verbs.
@@ -224,6 +238,12 @@ pub struct MigrateArgs {
     /// none, zstd, delta or auto.
     #[arg(long, default_value = "")]
     pub compression: String,
+    /// Verification of the final memory.
+    #[arg(long, value_enum, default_value_t = VerifyArg::Default)]
+    pub verify: VerifyArg,
+    /// Stop the VM's migration in progress instead (the guest resumes on its source).
+    #[arg(long, conflicts_with_all = ["to", "downtime_ms", "bandwidth", "timeout_s", "auto_converge", "compression", "verify"])]
+    pub cancel: bool,
     /// Client request id.
     #[arg(long)]
     pub request_id: Option<String>,

@@ -13,7 +13,6 @@ pub mod parse;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use novacron_proto::agent as apb;
 use novacron_proto::auth::{read_token, AttachToken, AuthError};
 use novacron_proto::controller as pb;
 use novacron_proto::controller::host_service_client::HostServiceClient;
@@ -24,9 +23,9 @@ use tonic::codegen::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-pub use args::{Cli, Command, Format, HostCmd, VmCmd};
-pub use parse::{create_request, parse_mib};
-use parse::{parse_bandwidth, parse_kv, rid};
+pub use args::{Cli, Command, Format, HostCmd, VerifyArg, VmCmd};
+pub use parse::{create_request, migrate_request, parse_mib};
+use parse::{parse_kv, rid};
 
 /// Errors of novactl.
 #[derive(Debug, thiserror::Error)]
@@ -233,24 +232,13 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
                 let r = call!(c.vm, delete_vm, req);
                 output::print_deleted(&r, fmt);
             }
+            VmCmd::Migrate(a) if a.cancel => {
+                let req = pb::CancelMigrationRequest { vm: a.name };
+                let vm = call!(c.vm, cancel_migration, req);
+                output::print_vm(&vm, fmt);
+            }
             VmCmd::Migrate(a) => {
-                let req = pb::MigrateVmRequest {
-                    request_id: rid(&a.request_id),
-                    vm: a.name,
-                    target_host: a.to,
-                    options: Some(apb::MigrateOptions {
-                        downtime_ms: a.downtime_ms,
-                        bandwidth: parse_bandwidth(&a.bandwidth).map_err(|source| {
-                            CtlError::Unit {
-                                what: "--bandwidth",
-                                source,
-                            }
-                        })?,
-                        timeout_s: a.timeout_s,
-                        auto_converge: a.auto_converge,
-                        compression: a.compression,
-                    }),
-                };
+                let req = migrate_request(&a)?;
                 let r = call!(c.vm, migrate_vm, req);
                 output::print_migration(&r, fmt);
             }

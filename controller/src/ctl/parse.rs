@@ -4,10 +4,11 @@
 
 use std::collections::HashMap;
 
+use novacron_proto::agent as apb;
 use novacron_proto::controller as pb;
 use novacron_vmm_api::units::{parse_rate, parse_size, UnitError};
 
-use super::args::CreateArgs;
+use super::args::{CreateArgs, MigrateArgs, VerifyArg};
 use super::CtlError;
 
 /// Parses a size into MiB, rounded up: the sizes of [`parse_size`] (`64M`, `1G`, `2GiB`,
@@ -137,6 +138,28 @@ pub fn create_request(a: &CreateArgs) -> Result<pb::CreateVmRequest, CtlError> {
     })
 }
 
+/// Builds the migrate request from `vm migrate`'s arguments (not `--cancel`).
+pub fn migrate_request(a: &MigrateArgs) -> Result<pb::MigrateVmRequest, CtlError> {
+    Ok(pb::MigrateVmRequest {
+        request_id: rid(&a.request_id),
+        vm: a.name.clone(),
+        target_host: a.to.clone(),
+        options: Some(apb::MigrateOptions {
+            downtime_ms: a.downtime_ms,
+            bandwidth: parse_bandwidth(&a.bandwidth).map_err(unit("--bandwidth"))?,
+            timeout_s: a.timeout_s,
+            auto_converge: a.auto_converge,
+            compression: a.compression.clone(),
+            verify: match a.verify {
+                VerifyArg::Default => apb::VerifyMode::Default,
+                VerifyArg::Off => apb::VerifyMode::Off,
+                VerifyArg::Sampled => apb::VerifyMode::Sampled,
+                VerifyArg::Full => apb::VerifyMode::Full,
+            } as i32,
+        }),
+    })
+}
+
 /// The request id given, or a fresh one.
 pub(super) fn rid(given: &Option<String>) -> String {
     given
@@ -183,6 +206,52 @@ mod tests {
         };
         let e = create_request(&a).unwrap_err().to_string();
         assert!(e.starts_with("--disk size: invalid size 'lots'"), "{e}");
+    }
+
+    #[test]
+    fn migrate_args() {
+        let cli = Cli::try_parse_from([
+            "novactl",
+            "vm",
+            "migrate",
+            "web",
+            "--to",
+            "b",
+            "--verify",
+            "full",
+            "--bandwidth",
+            "100mbit",
+        ])
+        .unwrap();
+        let Command::Vm(VmCmd::Migrate(a)) = cli.command else {
+            panic!("not migrate")
+        };
+        assert!(!a.cancel);
+        let r = migrate_request(&a).unwrap();
+        let o = r.options.unwrap();
+        assert_eq!((r.vm.as_str(), r.target_host.as_str()), ("web", "b"));
+        assert_eq!(o.verify, apb::VerifyMode::Full as i32);
+        assert_eq!(o.bandwidth, 12_500_000);
+        // The management plane's default is left to the controller and agent (sampled).
+        let cli = Cli::try_parse_from(["novactl", "vm", "migrate", "web"]).unwrap();
+        let Command::Vm(VmCmd::Migrate(a)) = cli.command else {
+            panic!("not migrate")
+        };
+        let o = migrate_request(&a).unwrap().options.unwrap();
+        assert_eq!(o.verify, apb::VerifyMode::Default as i32);
+        let cli = Cli::try_parse_from(["novactl", "vm", "migrate", "web", "--cancel"]).unwrap();
+        let Command::Vm(VmCmd::Migrate(a)) = cli.command else {
+            panic!("not migrate")
+        };
+        assert!(a.cancel);
+        assert!(
+            Cli::try_parse_from(["novactl", "vm", "migrate", "web", "--cancel", "--to", "b"])
+                .is_err(),
+            "--cancel takes no migration options"
+        );
+        assert!(
+            Cli::try_parse_from(["novactl", "vm", "migrate", "web", "--verify", "all"]).is_err()
+        );
     }
 
     #[test]
