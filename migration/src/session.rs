@@ -100,6 +100,11 @@ pub enum SessionError {
         /// Pages dirty when the migration gave up.
         dirty: u64,
     },
+    /// A connection to a waiting destination that is not the awaited migration: it closed
+    /// or timed out before a Hello, sent something that is not a Hello, or carries another
+    /// migration id. The destination refuses it and keeps waiting for its real peer.
+    #[error("stray connection refused: {0}")]
+    Stray(String),
     /// The migration was cancelled before the destination committed.
     #[error("migration cancelled; the guest keeps running on the source")]
     Cancelled,
