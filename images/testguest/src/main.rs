@@ -100,6 +100,7 @@ extern "C" fn guest_main(entry: u64, info: u64) -> ! {
         Workload::Ab => workloads::ab::run(&config),
         Workload::Rand => workloads::rand::run(&config),
         Workload::Fill => workloads::fill::run(&config),
+        Workload::Hot => workloads::hot::run(&config, &boot),
         Workload::Reset => {
             outln!("DONE workload=reset action=i8042-reset");
             sys::outb(0x64, 0xfe);

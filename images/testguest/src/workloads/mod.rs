@@ -3,6 +3,7 @@
 
 pub mod ab;
 pub mod fill;
+pub mod hot;
 pub mod paged;
 pub mod rand;
 pub mod words;
