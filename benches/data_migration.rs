@@ -267,7 +267,8 @@ impl Bench<'_> {
                 verdict,
             );
         }
-        (rows, all_pass && rows.len() == self.runs)
+        let complete = rows.len() == self.runs;
+        (rows, all_pass && complete)
     }
 
     /// QEMU's runs of `case` (XBZRLE if `xbzrle`), each printed; returns the completed rows.
