@@ -159,7 +159,9 @@ fn print_row(vmm: &str, link: &str, target: u64, run: &str, r: &Row, verdict: &s
 }
 
 fn print_failure(vmm: &str, link: &str, target: u64, run: &str, why: &str) {
-    let why: String = why.chars().take(110).collect();
+    // The VMM's "novacron-vmm: migration failed, guest still running here: " adds nothing.
+    let why = why.rsplit("here: ").next().unwrap_or(why);
+    let why: String = why.chars().take(150).collect();
     println!("{vmm:<8} {link:<9} {target:>4}ms {run:>6}  failed: {why}");
 }
 
