@@ -321,6 +321,13 @@ impl Bench<'_> {
     }
 }
 
+/// The host's load average, printed with the tables: these hosts are shared and noisy.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
 fn env_or(key: &str, default: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| default.into())
 }
@@ -354,6 +361,7 @@ fn main() {
         println!("({QEMU} not installed: no QEMU figures; `apt-get install qemu-system-x86`)");
     }
 
+    println!("load average at start: {}", load());
     let mut verdicts = Vec::new();
     if want("wan") || want("loopback") {
         match support::data_initrd() {
@@ -453,6 +461,7 @@ fn main() {
     }
     let _ = std::fs::remove_dir_all(&dir);
     println!();
+    println!("load average at the end: {}", load());
     for v in verdicts {
         println!("{v}");
     }
