@@ -17,3 +17,8 @@ if [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
   echo "setup: /dev/kvm is not readable and writable by $(id -un); NovaCron needs KVM" >&2
   exit 1
 fi
+# The real-data initrd of tests/hot_workload.rs and `cargo bench --bench data_migration`
+# (~400 MiB of Debian files; ~30 s the first time, ~90 MB downloaded, then cached). Without
+# network the test reports that it is skipped.
+bash "$(dirname "$0")/data-initrd.sh" >/dev/null ||
+  echo "setup: the data initrd could not be built (see above)" >&2

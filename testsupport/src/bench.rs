@@ -1,17 +1,26 @@
-//! Helpers shared by the benchmarks: building and locating release binaries, statistics,
-//! and one migration of the test guest from boot to the destination's self-check.
+//! Helpers shared by the benchmarks: building and locating release binaries, the real-data
+//! initrd, statistics, and one migration of the test guest from boot to the destination's
+//! self-check.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use novacron_vmm_api::migration::MigrationSummary;
+
+pub mod qemu;
+
 use crate::relay_process::RelayProcess;
+
+/// The workspace root: this crate's parent directory.
+fn workspace_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().unwrap_or(here).to_path_buf()
+}
 
 /// Builds the release binaries the benchmark drives and returns the release dir.
 pub fn release_bins() -> PathBuf {
-    // The workspace root: this crate's parent directory.
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let root = here.parent().unwrap_or(here).to_path_buf();
+    let root = workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let st = Command::new(cargo)
         .current_dir(&root)
@@ -33,6 +42,52 @@ pub fn release_bins() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|_| root.join("target"))
         .join("release")
+}
+
+/// Why the real-data initrd is not there.
+#[derive(Debug)]
+pub enum DataInitrdError {
+    /// Its packages could not be fetched (no network, no mirror): callers may skip.
+    Unavailable(String),
+    /// The script failed otherwise: a real error.
+    Failed(String),
+}
+
+impl std::fmt::Display for DataInitrdError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DataInitrdError::Unavailable(m) => write!(f, "data initrd unavailable: {m}"),
+            DataInitrdError::Failed(m) => write!(f, "data initrd build failed: {m}"),
+        }
+    }
+}
+
+/// The real-data initrd (~400 MiB of installed Debian files), built by
+/// `scripts/data-initrd.sh` on first use and cached (see the script for where).
+pub fn data_initrd() -> Result<PathBuf, DataInitrdError> {
+    let script = workspace_root().join("scripts/data-initrd.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| DataInitrdError::Failed(format!("cannot run {}: {e}", script.display())))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+    let why = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+    match out.status.code() {
+        Some(0) => {}
+        Some(2) => return Err(DataInitrdError::Unavailable(why)),
+        _ => return Err(DataInitrdError::Failed(format!("{}: {why}", out.status))),
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let path = PathBuf::from(stdout.lines().last().unwrap_or("").trim());
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(DataInitrdError::Failed(format!(
+            "the script printed {path:?}, which is not a file"
+        )))
+    }
 }
 
 /// Median of `v` (sorted copy).
@@ -81,7 +136,7 @@ pub fn wait_for(log: &Path, needle: &str, timeout: Duration) -> bool {
 
 /// Boots the test guest with `cmdline`, waits for its workload, migrates it to a fresh
 /// destination (through the WAN relay with `relay_args` if given) and returns the summary,
-/// or why it failed.
+/// or why it failed. [`MigrationRun`] with no initrd.
 pub fn migrate_once(
     vmm: &Path,
     guest: &Path,
@@ -91,75 +146,123 @@ pub fn migrate_once(
     extra: &[&str],
     relay_args: Option<&[&str]>,
 ) -> Result<serde_json::Value, String> {
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    let (slog, ssock, dlog) = (dir.join("s.log"), dir.join("s.sock"), dir.join("d.log"));
-    let _src = Kill(
-        Command::new(vmm)
-            .args(["run", "--kernel"])
-            .arg(guest)
-            .args(["--cmdline", cmdline, "--memory", mem, "--serial"])
-            .arg(format!("file:{}", slog.display()))
-            .arg("--api-socket")
-            .arg(&ssock)
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| e.to_string())?,
-    );
-    let needle = if cmdline.contains("idle") {
-        "PROGRESS"
-    } else {
-        "CHECK PASS"
-    };
-    if !wait_for(&slog, needle, Duration::from_secs(300)) {
-        return Err(format!("the source guest never printed {needle}"));
+    let summary = MigrationRun {
+        vmm,
+        guest,
+        initrd: None,
+        dir,
+        cmdline,
+        mem,
+        extra,
+        relay: relay_args,
     }
-    // Let the workload reach its steady state.
-    std::thread::sleep(Duration::from_millis(500));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| e.to_string())?
-        .local_addr()
-        .map_err(|e| e.to_string())?
-        .port();
-    let _dst = Kill(
-        Command::new(vmm)
-            .args([
-                "run",
-                "--incoming",
-                &format!("tcp:127.0.0.1:{port}"),
-                "--memory",
-                mem,
-                "--serial",
-            ])
-            .arg(format!("file:{}", dlog.display()))
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| e.to_string())?,
-    );
-    std::thread::sleep(Duration::from_millis(100));
-    let bins = vmm.parent().ok_or("no binary dir")?;
-    let (_relay, target) = match relay_args {
-        Some(a) => {
-            let to = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-            let r = RelayProcess::try_start(bins, to, a)?;
-            let p = r.port();
-            (Some(r), p)
+    .run()?;
+    serde_json::to_value(summary).map_err(|e| e.to_string())
+}
+
+/// One benchmark migration: boot the test guest (with an initrd if given), wait for its
+/// workload's first `CHECK PASS`, migrate it to a fresh destination VMM with `novacron-vmm
+/// migrate ... extra` (through a `novacron-wanrelay` started with `relay` if given), and
+/// wait for the destination's `CHECK PASS`.
+pub struct MigrationRun<'a> {
+    /// The `novacron-vmm` binary (its directory also holds `novacron-wanrelay`).
+    pub vmm: &'a Path,
+    /// The test guest ELF.
+    pub guest: &'a Path,
+    /// An initrd to load (`--initrd`).
+    pub initrd: Option<&'a Path>,
+    /// Scratch directory (emptied first).
+    pub dir: &'a Path,
+    /// Guest command line.
+    pub cmdline: &'a str,
+    /// Guest memory (`--memory`).
+    pub mem: &'a str,
+    /// Extra `migrate` arguments.
+    pub extra: &'a [&'a str],
+    /// Relay arguments (`--rate ... --rtt-ms ...`), or `None` for a direct connection.
+    pub relay: Option<&'a [&'a str]>,
+}
+
+impl MigrationRun<'_> {
+    /// Runs it; returns the source's summary, or why it failed.
+    pub fn run(&self) -> Result<MigrationSummary, String> {
+        let (vmm, dir, cmdline, mem) = (self.vmm, self.dir, self.cmdline, self.mem);
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let (slog, ssock, dlog) = (dir.join("s.log"), dir.join("s.sock"), dir.join("d.log"));
+        let mut src = Command::new(vmm);
+        src.args(["run", "--kernel"]).arg(self.guest);
+        if let Some(initrd) = self.initrd {
+            src.arg("--initrd").arg(initrd);
         }
-        None => (None, port),
-    };
-    let out = Command::new(vmm)
-        .args(["migrate", "--api-socket"])
-        .arg(&ssock)
-        .args(["--to", &format!("tcp:127.0.0.1:{target}")])
-        .args(extra)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        let _src = Kill(
+            src.args(["--cmdline", cmdline, "--memory", mem, "--serial"])
+                .arg(format!("file:{}", slog.display()))
+                .arg("--api-socket")
+                .arg(&ssock)
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| e.to_string())?,
+        );
+        let needle = if cmdline.contains("idle") {
+            "PROGRESS"
+        } else {
+            "CHECK PASS"
+        };
+        if !wait_for(&slog, needle, Duration::from_secs(300)) {
+            return Err(format!("the source guest never printed {needle}"));
+        }
+        // Let the workload reach its steady state.
+        std::thread::sleep(Duration::from_millis(500));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| e.to_string())?
+            .local_addr()
+            .map_err(|e| e.to_string())?
+            .port();
+        let _dst = Kill(
+            Command::new(vmm)
+                .args([
+                    "run",
+                    "--incoming",
+                    &format!("tcp:127.0.0.1:{port}"),
+                    "--memory",
+                    mem,
+                    "--serial",
+                ])
+                .arg(format!("file:{}", dlog.display()))
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| e.to_string())?,
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        let bins = vmm.parent().ok_or("no binary dir")?;
+        let (_relay, target) = match self.relay {
+            Some(a) => {
+                let to = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                let r = RelayProcess::try_start(bins, to, a)?;
+                let p = r.port();
+                (Some(r), p)
+            }
+            None => (None, port),
+        };
+        let out = Command::new(vmm)
+            .args(["migrate", "--api-socket"])
+            .arg(&ssock)
+            .args(["--to", &format!("tcp:127.0.0.1:{target}")])
+            .args(self.extra)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        let summary: MigrationSummary =
+            serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        if !cmdline.contains("idle") && !wait_for(&dlog, "CHECK PASS", Duration::from_secs(60)) {
+            return Err("destination did not report CHECK PASS".into());
+        }
+        if std::fs::read_to_string(&dlog).is_ok_and(|l| l.contains("CHECK FAIL")) {
+            return Err("destination reported CHECK FAIL".into());
+        }
+        Ok(summary)
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-    if !cmdline.contains("idle") && !wait_for(&dlog, "CHECK PASS", Duration::from_secs(60)) {
-        return Err("destination did not report CHECK PASS".into());
-    }
-    Ok(v)
 }

@@ -1,5 +1,5 @@
-//! What the loader tells us: the command line and the memory map, from the Linux
-//! `boot_params` (zero page) or the PVH `hvm_start_info`.
+//! What the loader tells us: the command line, the memory map and the initrd, from the
+//! Linux `boot_params` (zero page) or the PVH `hvm_start_info` (first module).
 
 use crate::entry::ENTRY_PVH;
 use crate::layout::MAPPED_LIMIT;
@@ -24,6 +24,8 @@ pub struct BootInfo {
     pub memmap: [MemRange; MEMMAP_MAX],
     /// Entries the loader reported (`memmap` holds the first `MEMMAP_MAX` of them).
     pub memmap_len: usize,
+    /// The initrd the loader placed in memory: (guest-physical address, size in bytes).
+    pub initrd: Option<(u64, u64)>,
     /// Set when the boot information itself is unusable.
     pub error: Option<&'static str>,
 }
@@ -58,13 +60,14 @@ impl BootInfo {
             cmdline: &[],
             memmap: [MemRange::default(); MEMMAP_MAX],
             memmap_len: 0,
+            initrd: None,
             error: None,
         };
         if info == 0 || info >= MAPPED_LIMIT - 4096 {
             bi.error = Some("no boot information");
             return bi;
         }
-        let (cmdline, entries, table, stride) = if entry == ENTRY_PVH {
+        let (cmdline, entries, table, stride, initrd) = if entry == ENTRY_PVH {
             if read::<u32>(info) != 0x336e_c578 {
                 bi.error = Some("bad hvm_start_info magic");
                 return bi;
@@ -75,11 +78,27 @@ impl BootInfo {
             } else {
                 (0, 0)
             };
-            (read::<u64>(info + 24), entries, table, 24)
+            // nr_modules, modlist_paddr; module 0 (paddr, size) is the initrd.
+            let modules = read::<u32>(info + 12);
+            let modlist = read::<u64>(info + 16);
+            let initrd = if modules > 0 && modlist != 0 && modlist < MAPPED_LIMIT - 16 {
+                (read::<u64>(modlist), read::<u64>(modlist + 8))
+            } else {
+                (0, 0)
+            };
+            (read::<u64>(info + 24), entries, table, 24, initrd)
         } else {
             let ptr = read::<u32>(info + 0x228) as u64 | (read::<u32>(info + 0xc8) as u64) << 32;
-            (ptr, read::<u8>(info + 0x1e8) as usize, info + 0x2d0, 20)
+            // hdr.ramdisk_image / ramdisk_size, high halves in ext_ramdisk_image / _size.
+            let initrd = (
+                read::<u32>(info + 0x218) as u64 | (read::<u32>(info + 0xc0) as u64) << 32,
+                read::<u32>(info + 0x21c) as u64 | (read::<u32>(info + 0xc4) as u64) << 32,
+            );
+            (ptr, read::<u8>(info + 0x1e8) as usize, info + 0x2d0, 20, initrd)
         };
+        if initrd.0 != 0 && initrd.1 != 0 {
+            bi.initrd = Some(initrd);
+        }
         match cmdline_at(cmdline) {
             Ok(c) => bi.cmdline = c,
             Err(e) => bi.error = Some(e),

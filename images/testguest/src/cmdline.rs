@@ -11,6 +11,7 @@ pub enum Workload {
     Ab,
     Rand,
     Fill,
+    Hot,
     Reset,
     TripleFault,
     Counter,
@@ -23,6 +24,7 @@ impl Workload {
             Workload::Ab => "ab",
             Workload::Rand => "rand",
             Workload::Fill => "fill",
+            Workload::Hot => "hot",
             Workload::Reset => "reset",
             Workload::TripleFault => "triplefault",
             Workload::Counter => "counter",
@@ -44,7 +46,7 @@ pub struct Config {
     pub passes: u64,
     pub rate: u64,
     pub bytes: u64,
-    /// Hot-set size in MiB (fill).
+    /// Hot-set size in MiB (fill, hot).
     pub hot: u64,
     pub seed: u64,
 }
@@ -113,6 +115,15 @@ const KEYS: [&str; 9] = [
     "seed",
 ];
 
+/// The `hot` key's default: 128 MiB for `hot`, else a quarter of the region.
+fn hot_default(workload: Workload, mib: u64) -> u64 {
+    if workload == Workload::Hot {
+        128
+    } else {
+        (mib / 4).max(1)
+    }
+}
+
 /// Parses the command line. Later occurrences of a key override earlier ones.
 pub fn parse(cmdline: &'static [u8]) -> Result<Config, ParseError> {
     let mut workload = Workload::Idle;
@@ -138,6 +149,7 @@ pub fn parse(cmdline: &'static [u8]) -> Result<Config, ParseError> {
                 b"ab" => Workload::Ab,
                 b"rand" => Workload::Rand,
                 b"fill" => Workload::Fill,
+                b"hot" => Workload::Hot,
                 b"reset" => Workload::Reset,
                 b"triplefault" => Workload::TripleFault,
                 b"counter" => Workload::Counter,
@@ -167,7 +179,7 @@ pub fn parse(cmdline: &'static [u8]) -> Result<Config, ParseError> {
         seed: get("seed", 1),
     };
     let config = Config {
-        hot: get("hot", (config.mib / 4).max(1)),
+        hot: get("hot", hot_default(workload, config.mib)),
         ..config
     };
     if !(1..=10_000).contains(&config.hz) {

@@ -101,6 +101,7 @@ extern "C" fn guest_main(entry: u64, info: u64) -> ! {
         Workload::Rand => workloads::rand::run(&config),
         Workload::Fill => workloads::fill::run(&config),
         Workload::Counter => workloads::counter::run(&config, &boot),
+        Workload::Hot => workloads::hot::run(&config, &boot),
         Workload::Reset => {
             outln!("DONE workload=reset action=i8042-reset");
             sys::outb(0x64, 0xfe);

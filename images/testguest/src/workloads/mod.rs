@@ -4,6 +4,7 @@
 pub mod ab;
 pub mod counter;
 pub mod fill;
+pub mod hot;
 pub mod paged;
 pub mod rand;
 pub mod words;
