@@ -238,7 +238,7 @@ where
 {
     let mut all = UnitSet::new(count);
     all.words_mut().fill(!0);
-    if count % 64 != 0 {
+    if !count.is_multiple_of(64) {
         if let Some(last) = all.words_mut().last_mut() {
             *last = (1u64 << (count % 64)) - 1;
         }
