@@ -7,16 +7,17 @@
 //! agent killed mid-migration (and restarted: it re-adopts the VMM); the controller killed
 //! mid-migration and restarted; the destination VMM killed before commit; stray connections
 //! (a port scan, junk, a Hello with another migration id) reaching the destination before the
-//! real stream; a destination that never gets a connection (its accept deadline ends it); and
-//! a migration cancelled through `novactl vm migrate --cancel`.
+//! real stream; a destination that never gets a connection (its accept deadline ends it); a
+//! migration cancelled through `novactl vm migrate --cancel`; and the source in doubt (final
+//! frame sent, no confirmation): the destination's Confirm eaten by a relay (real VMMs), and
+//! with the fake VMM both ways (the destination runs / died before confirming).
 //! The agent's test-only switch `NOVACRON_AGENT_TEST_FAULT` places the management faults.
 //!
-//! What each case needs from the VMM (the `vmm` helper's branch): `stray_connections_*`
-//! needs the destination's accept loop (`--migration-id`: strays are refused and it keeps
-//! waiting); `destination_never_gets_a_connection` needs `--incoming-timeout`;
-//! `cancel_through_novactl` needs the `cancel` command; the source-agent and controller kills
-//! rely on a source VMM that exits after the destination's confirmation even though nobody
-//! reads its `migrate` reply.
+//! What the cases need from the VMM: strays need the destination's accept loop
+//! (`--migration-id`), the no-connection case `run --incoming-timeout`, the cancel case the
+//! `cancel` command, the Confirm-lost case the sender's in-doubt state; the agent and
+//! controller kills rely on a source VMM that exits after the confirmation even though
+//! nobody reads its `migrate` reply.
 
 use std::path::PathBuf;
 use std::time::Duration;
