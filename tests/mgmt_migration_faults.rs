@@ -7,16 +7,17 @@
 //! agent killed mid-migration (and restarted: it re-adopts the VMM); the controller killed
 //! mid-migration and restarted; the destination VMM killed before commit; stray connections
 //! (a port scan, junk, a Hello with another migration id) reaching the destination before the
-//! real stream; a destination that never gets a connection (its accept deadline ends it); and
-//! a migration cancelled through `novactl vm migrate --cancel`.
+//! real stream; a destination that never gets a connection (its accept deadline ends it); a
+//! migration cancelled through `novactl vm migrate --cancel`; and the source in doubt (final
+//! frame sent, no confirmation): the destination's Confirm eaten by a relay (real VMMs), and
+//! with the fake VMM both ways (the destination runs / died before confirming).
 //! The agent's test-only switch `NOVACRON_AGENT_TEST_FAULT` places the management faults.
 //!
-//! What each case needs from the VMM (the `vmm` helper's branch): `stray_connections_*`
-//! needs the destination's accept loop (`--migration-id`: strays are refused and it keeps
-//! waiting); `destination_never_gets_a_connection` needs `--incoming-timeout`;
-//! `cancel_through_novactl` needs the `cancel` command; the source-agent and controller kills
-//! rely on a source VMM that exits after the destination's confirmation even though nobody
-//! reads its `migrate` reply.
+//! What the cases need from the VMM: strays need the destination's accept loop
+//! (`--migration-id`), the no-connection case `run --incoming-timeout`, the cancel case the
+//! `cancel` command, the Confirm-lost case the sender's in-doubt state; the agent and
+//! controller kills rely on a source VMM that exits after the confirmation even though
+//! nobody reads its `migrate` reply.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -420,5 +421,90 @@ fn in_doubt_source_whose_destination_died_resumes() {
             .expect_err("a migration whose destination died before confirming fails");
         assert_eq!(e.code(), Code::Aborted, "{e}");
         exactly_one_copy(&cl, &vm, "node-a").await;
+    });
+}
+
+/// A relay between the source VMM and the destination that forwards every frame except the
+/// destination's Confirm: once it sees it, it closes the source's side, so the destination
+/// has committed and the source never learns it (the source is then in doubt).
+struct ConfirmEater {
+    port: u16,
+    target: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl ConfirmEater {
+    fn start() -> Self {
+        use novacron_migration::protocol::{FrameType, HEADER_LEN};
+        use std::io::{Read, Write};
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        let l = TcpListener::bind("127.0.0.1:0").expect("relay listen");
+        let port = l.local_addr().expect("relay addr").port();
+        let target = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+        let t = std::sync::Arc::clone(&target);
+        std::thread::spawn(move || {
+            let Ok((src, _)) = l.accept() else { return };
+            let addr = loop {
+                if let Some(a) = t.lock().expect("relay target").clone() {
+                    break a;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            let Ok(dst) = TcpStream::connect(&addr) else {
+                return;
+            };
+            let (mut s_in, mut d_out) = (
+                src.try_clone().expect("clone"),
+                dst.try_clone().expect("clone"),
+            );
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s_in, &mut d_out);
+                let _ = d_out.shutdown(Shutdown::Write);
+            });
+            let (mut d_in, mut s_out) = (dst, src);
+            let mut head = [0u8; HEADER_LEN];
+            while d_in.read_exact(&mut head).is_ok() {
+                let len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
+                let mut payload = vec![0u8; len];
+                if d_in.read_exact(&mut payload).is_err() {
+                    break;
+                }
+                if head[4] == FrameType::Confirm as u8 {
+                    eprintln!("relay: Confirm eaten");
+                    let _ = s_out.shutdown(Shutdown::Both);
+                    return;
+                }
+                if s_out
+                    .write_all(&head)
+                    .and_then(|_| s_out.write_all(&payload))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            let _ = s_out.shutdown(Shutdown::Both);
+        });
+        ConfirmEater { port, target }
+    }
+}
+
+#[test]
+fn confirm_lost_source_in_doubt_destination_runs() {
+    run(Duration::from_secs(90), async {
+        let relay = ConfirmEater::start();
+        let fault = format!("migrate-via:{}", relay.port);
+        let (cl, vm) = setup("fconfirm", &fault, "", "workload=ab mib=16").await;
+        let task = migrate_bg(&cl, &vm, 0).await;
+        let dst = wait_agent_state(&cl, "node-b", &vm.id, apb::VmState::Incoming).await;
+        let peer = dst.migration.map(|m| m.peer).unwrap_or_default();
+        let addr = peer
+            .strip_prefix("tcp:")
+            .unwrap_or_else(|| panic!("destination address {peer:?}"));
+        *relay.target.lock().expect("relay target") = Some(addr.to_string());
+        let r = task
+            .await
+            .expect("task")
+            .expect("a migration whose Confirm was lost is settled from both agents as committed");
+        assert_eq!(r.target_host, "node-b");
+        exactly_one_copy(&cl, &vm, "node-b").await;
     });
 }

@@ -313,10 +313,10 @@ fn migrate(vm: &Vm, to: &str) -> Result<MigrationSummary, String> {
     })
 }
 
-/// The `info` answer of an in-doubt VMM: the usual one with the state `indoubt`.
+/// The `info` answer of an in-doubt VMM.
 fn in_doubt_info(vm: &Vm) -> String {
-    let info = Info {
-        state: Lifecycle::Paused,
+    encode_response(&Ok(Reply::Info(Info {
+        state: Lifecycle::InDoubt,
         vcpus: vm.opts.vcpus.parse().unwrap_or(1),
         memory_mib: vm.opts.memory.trim_end_matches('M').parse().unwrap_or(0),
         pid: std::process::id(),
@@ -324,28 +324,7 @@ fn in_doubt_info(vm: &Vm) -> String {
         kernel: vm.opts.kernel.clone(),
         dirty_log: None,
         dirty_pages_per_sec: 0,
-    };
-    let line = encode_response(&Ok(Reply::Info(info)));
-    match serde_json::from_str::<Value>(&line) {
-        Ok(mut v) => {
-            patch_state(&mut v);
-            format!("{v}\n")
-        }
-        Err(_) => line,
-    }
-}
-
-/// Sets every `state` field of `v` to `indoubt`.
-fn patch_state(v: &mut Value) {
-    if let Some(m) = v.as_object_mut() {
-        for (k, x) in m.iter_mut() {
-            if k == "state" && x.is_string() {
-                *x = json!("indoubt");
-            } else {
-                patch_state(x);
-            }
-        }
-    }
+    })))
 }
 
 fn serve_api(conn: UnixStream, vm: Arc<Vm>) {
@@ -362,7 +341,6 @@ fn serve_api(conn: UnixStream, vm: Arc<Vm>) {
         };
         if vm.in_doubt.load(Ordering::SeqCst) {
             let line = match req {
-                // This vmm-api may not name the state yet: the wire string is the contract.
                 Request::Info => in_doubt_info(&vm),
                 Request::Resume => {
                     vm.in_doubt.store(false, Ordering::SeqCst);

@@ -8,7 +8,7 @@ use novacron_proto::agent as apb;
 use novacron_vmm_api::migration::{Compression, MigrateOptions, MigrationSummary, VerifyMode};
 pub use novacron_vmm_api::protocol::Info;
 use novacron_vmm_api::protocol::{
-    decode_response, encode_request, Empty, ReplyError, Request, MAX_RESPONSE_LINE,
+    decode_response, encode_request, Empty, Lifecycle, ReplyError, Request, MAX_RESPONSE_LINE,
 };
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -87,29 +87,24 @@ pub async fn info(socket: &Path, timeout: Duration) -> Result<Info, VmmClientErr
     call(socket, &Request::Info, timeout).await
 }
 
-/// What `info` says about a VMM, including the source state the contract names
-/// `Lifecycle::InDoubt` (wire "indoubt": the final frame was sent, no confirmation seen).
+/// What `info` says about a VMM, with the in-doubt source state (`Lifecycle::InDoubt`: the
+/// final frame was sent, no confirmation seen) set apart.
 #[derive(Debug, Clone)]
 pub enum Observed {
-    /// A state this crate's `Lifecycle` knows.
+    /// Any other state.
     Info(Info),
     /// The VMM is in doubt; its vCPUs stay paused until `resume` or `shutdown`.
     InDoubt,
 }
 
-/// The wire name of the in-doubt state. `novacron_vmm_api::protocol::Lifecycle` gains the
-/// `InDoubt` variant in a parallel change; until then it is recognised from the raw answer.
-pub const IN_DOUBT: &str = "indoubt";
-
-/// `info`, recognising the in-doubt state.
+/// `info`, with the in-doubt state set apart.
 pub async fn observe(socket: &Path, timeout: Duration) -> Result<Observed, VmmClientError> {
-    let v: serde_json::Value = call(socket, &Request::Info, timeout).await?;
-    if v.get("state").and_then(|s| s.as_str()) == Some(IN_DOUBT) {
-        return Ok(Observed::InDoubt);
-    }
-    serde_json::from_value::<Info>(v.clone())
-        .map(Observed::Info)
-        .map_err(|_| VmmClientError::Malformed(v.to_string()))
+    let i = info(socket, timeout).await?;
+    Ok(if i.state == Lifecycle::InDoubt {
+        Observed::InDoubt
+    } else {
+        Observed::Info(i)
+    })
 }
 
 /// `cancel`: stops an outgoing migration (the VMM resumes the guest).

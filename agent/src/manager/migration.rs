@@ -199,6 +199,9 @@ impl Manager {
         let to = if self.faults.migrate_unreachable {
             tracing::warn!("test fault migrate-unreachable: sending to a closed port");
             format!("tcp:127.0.0.1:{}", closed_port())
+        } else if let Some(port) = self.faults.migrate_via_port {
+            tracing::warn!(port, "test fault migrate-via: sending through a relay");
+            format!("tcp:127.0.0.1:{port}")
         } else {
             to.to_string()
         };

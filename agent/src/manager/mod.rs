@@ -123,7 +123,9 @@ pub struct Manager {
 /// - `migrate-unreachable`: MigrateOut sends the VMM to a closed port instead of the
 ///   destination;
 /// - `delay-migrate:MS`: MigrateOut waits MS milliseconds before sending `migrate`;
-/// - `incoming-timeout:S`: an incoming VMM waits at most S seconds for its stream.
+/// - `incoming-timeout:S`: an incoming VMM waits at most S seconds for its stream;
+/// - `migrate-via:PORT`: MigrateOut sends the VMM to `127.0.0.1:PORT` (a test's relay)
+///   instead of the destination.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TestFaults {
     /// `drop-migrate-reply`.
@@ -134,6 +136,8 @@ pub struct TestFaults {
     pub delay_migrate_ms: u64,
     /// `incoming-timeout:S`.
     pub incoming_timeout_s: Option<u64>,
+    /// `migrate-via:PORT`.
+    pub migrate_via_port: Option<u16>,
 }
 
 impl TestFaults {
@@ -153,6 +157,9 @@ impl TestFaults {
                 ("migrate-unreachable", None) => f.migrate_unreachable = true,
                 ("delay-migrate", Some(ms)) => f.delay_migrate_ms = ms,
                 ("incoming-timeout", Some(secs)) if secs > 0 => f.incoming_timeout_s = Some(secs),
+                ("migrate-via", Some(port)) if port > 0 && port <= u64::from(u16::MAX) => {
+                    f.migrate_via_port = Some(port as u16)
+                }
                 _ => tracing::warn!("{}: unknown test fault {w:?}", Self::ENV),
             }
         }
@@ -417,8 +424,11 @@ mod tests {
     #[test]
     fn test_faults_parse() {
         assert_eq!(TestFaults::parse(""), TestFaults::default());
-        let f = TestFaults::parse("drop-migrate-reply, delay-migrate:250,incoming-timeout:3");
+        let f = TestFaults::parse(
+            "drop-migrate-reply, delay-migrate:250,incoming-timeout:3,migrate-via:4000",
+        );
         assert!(f.drop_migrate_reply && !f.migrate_unreachable);
+        assert_eq!(f.migrate_via_port, Some(4000));
         assert_eq!((f.delay_migrate_ms, f.incoming_timeout_s), (250, Some(3)));
         // Unknown and malformed switches are ignored.
         let f = TestFaults::parse("nope,delay-migrate:soon,incoming-timeout:0,migrate-unreachable");

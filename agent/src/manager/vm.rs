@@ -122,11 +122,11 @@ impl VmData {
                     Some(Lifecycle::Paused) => apb::VmState::Paused,
                     Some(Lifecycle::Incoming) => apb::VmState::Incoming,
                     Some(Lifecycle::Migrating) => apb::VmState::Migrating,
+                    Some(Lifecycle::InDoubt) => apb::VmState::Indoubt,
+                    Some(Lifecycle::Running) => apb::VmState::Running,
                     None if self.meta.role == Role::Incoming => apb::VmState::Incoming,
                     None if now < self.starting_until_ms => apb::VmState::Starting,
-                    // Running. An in-doubt VMM never gets here (`vmm_client::observe` records
-                    // it as `in_doubt`, whether or not this vmm-api names the state yet).
-                    _ => apb::VmState::Running,
+                    None => apb::VmState::Running,
                 };
                 return;
             }
@@ -207,7 +207,7 @@ impl VmData {
             migration,
             reboots: supervise::read_reboots(&self.dir),
             vmm_state: if self.in_doubt && live {
-                crate::vmm_client::IN_DOUBT.to_string()
+                Lifecycle::InDoubt.name().to_string()
             } else {
                 self.info
                     .as_ref()
