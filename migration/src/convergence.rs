@@ -23,8 +23,12 @@
 //! * Switch over as soon as a round's prediction fits the target (or nothing is dirty).
 //! * A prediction is an improvement when it is [`IMPROVEMENT`] (5%) below the best so far;
 //!   [`PLATEAU_ROUNDS`] (3) rounds without one make a plateau.
-//! * At a plateau with `--auto-converge`: throttle the guest up ([`THROTTLE_START`], then
-//!   [`THROTTLE_STEP`] more per plateau, at most [`THROTTLE_MAX`]).
+//! * At a plateau with `--auto-converge`: throttle the guest up to the share the model asks
+//!   for. The final pass scales with the units the guest dirties, which scale with its run
+//!   share, so the new run share is the current one times `budget / predicted final pass`
+//!   times [`THROTTLE_MARGIN`] (the dirty count saturates at the hot set, which hides how
+//!   far off the guest is); at least [`THROTTLE_START`], then at least [`THROTTLE_STEP`]
+//!   more per plateau, at most [`THROTTLE_MAX`]. One plateau, not dozens of small steps.
 //! * At a plateau without it: predictions that differ by less than 5% are within the
 //!   model's noise, so if the best is within 5% of the target, switch over at the next
 //!   round within 5% of the best; otherwise keep sending (the best is remembered) until
@@ -111,6 +115,9 @@ pub const THROTTLE_START: u32 = 20;
 pub const THROTTLE_STEP: u32 = 10;
 /// The highest throttle: at it, auto-converge forces the switchover after the timeout.
 pub const THROTTLE_MAX: u32 = 99;
+/// Share of the model's run-share estimate auto-converge aims at (a margin for the dirty
+/// count saturating at the hot set).
+pub const THROTTLE_MARGIN: f64 = 0.5;
 /// A prediction counts as an improvement when it is this much below the best so far.
 pub const IMPROVEMENT: f64 = 0.05;
 /// Rounds without improvement that make a plateau.
@@ -197,11 +204,7 @@ impl Convergence {
             }
         }
         if self.auto_converge && (plateau || m.elapsed > self.timeout) {
-            self.throttle = if self.throttle == 0 {
-                THROTTLE_START
-            } else {
-                (self.throttle + THROTTLE_STEP).min(THROTTLE_MAX)
-            };
+            self.throttle = self.next_throttle(m);
             // Give the new throttle rounds of its own before judging it.
             self.stale = 0;
             self.best_ms = predicted;
@@ -209,6 +212,29 @@ impl Convergence {
         Decision::Continue {
             throttle_pct: self.throttle,
         }
+    }
+}
+
+impl Convergence {
+    /// The throttle (percent) the model asks for after `m`: the run share that would make
+    /// the final pass fit the budget left by the fixed part, with [`THROTTLE_MARGIN`], and
+    /// at least one step above the current throttle.
+    fn next_throttle(&self, m: &Measured) -> u32 {
+        let pass = m.final_pass_ms();
+        let budget = self.downtime_ms - m.fixed_ms;
+        let run = f64::from(100 - self.throttle.min(100)) / 100.0;
+        let wanted_run = if pass > 0.0 && budget > 0.0 {
+            run * (budget / pass).min(1.0) * THROTTLE_MARGIN
+        } else {
+            0.0
+        };
+        let pct = (100.0 - wanted_run * 100.0).ceil().clamp(0.0, 100.0) as u32;
+        let floor = if self.throttle == 0 {
+            THROTTLE_START
+        } else {
+            self.throttle + THROTTLE_STEP
+        };
+        pct.max(floor).min(THROTTLE_MAX)
     }
 }
 
@@ -394,35 +420,53 @@ mod tests {
 
     #[test]
     fn auto_converge_throttles_at_a_plateau_then_forces_the_switchover() {
+        // 10 µs per unit at the sender, a fast link: the sender's cost decides.
+        let at = |dirty: u64, elapsed_s: u64| Measured {
+            link_bytes_per_s: Some(10e9),
+            ..measured(dirty, elapsed_s)
+        };
         let mut c = Convergence::new(10, Duration::from_secs(5), true);
         // Progress: no throttle.
         assert_eq!(
-            c.decide(&measured(50_000, 0)),
+            c.decide(&at(5_000, 0)),
             Decision::Continue { throttle_pct: 0 }
         );
         assert_eq!(
-            c.decide(&measured(40_000, 0)),
+            c.decide(&at(2_000, 0)),
             Decision::Continue { throttle_pct: 0 }
         );
-        // Three rounds without progress: 20%.
+        // Three rounds without progress at 20 ms against 10 ms: the model wants a run share
+        // of 1 x 10/20 x 0.5 = 25%, a 75% throttle, at once.
         for _ in 0..2 {
             assert_eq!(
-                c.decide(&measured(40_000, 1)),
+                c.decide(&at(2_000, 1)),
                 Decision::Continue { throttle_pct: 0 }
             );
         }
         assert_eq!(
-            c.decide(&measured(40_000, 1)),
-            Decision::Continue { throttle_pct: 20 }
+            c.decide(&at(2_000, 1)),
+            Decision::Continue { throttle_pct: 75 }
         );
-        // The next plateau: 30%.
-        for _ in 0..2 {
-            c.decide(&measured(40_000, 2));
+        // 15 ms is an improvement, then three rounds more make the next plateau:
+        // 25% x 10/15 x 0.5 = 8.3% run share, a 92% throttle.
+        for _ in 0..3 {
+            c.decide(&at(1_500, 2));
         }
         assert_eq!(
-            c.decide(&measured(40_000, 2)),
-            Decision::Continue { throttle_pct: 30 }
+            c.decide(&at(1_500, 2)),
+            Decision::Continue { throttle_pct: 92 }
         );
+        // A far-off prediction jumps to the maximum; a near one still steps by 10.
+        let mut far = Convergence::new(10, Duration::from_secs(5), true);
+        for _ in 0..=PLATEAU_ROUNDS {
+            far.decide(&measured(40_000, 1));
+        }
+        assert_eq!(far.throttle_pct(), THROTTLE_MAX);
+        let mut near = Convergence::new(10, Duration::from_secs(5), true);
+        for _ in 0..=PLATEAU_ROUNDS {
+            near.decide(&at(1_050, 1));
+        }
+        assert_eq!(near.throttle_pct(), 53);
         // Past the timeout the throttle rises every round to its maximum, then switches over.
         let mut last = Decision::GiveUp { best_ms: 0.0 };
         for _ in 0..10 {

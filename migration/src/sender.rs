@@ -975,6 +975,18 @@ fn precopy<S: UnitSource + Sync, G: Guest>(
         if let Some(last) = rounds.last_mut() {
             last.predicted_downtime_ms = decision.last_ms();
         }
+        tracing::debug!(
+            round,
+            dirty = n,
+            dirty_rate,
+            last_round_ms = ms,
+            sender_us_per_unit = rates.s_per_unit.map(|c| c * 1e6),
+            wire_per_unit = rates.wire_per_unit,
+            link_bytes_per_s = link,
+            predicted_ms = decision.last_ms(),
+            best_ms = decision.best_ms(),
+            "round measured"
+        );
         match d {
             Decision::Switchover => break decision.last_ms(),
             Decision::GiveUp { best_ms } => {

@@ -672,7 +672,7 @@ fn a_plateau_that_never_fits_fails_at_the_timeout_with_the_achievable_downtime()
 }
 
 #[test]
-fn auto_converge_throttles_at_plateaus_then_forces_the_switchover() {
+fn auto_converge_throttles_to_the_model_then_forces_the_switchover() {
     let mut guest = DirtyingGuest::new(vec![300; 1_000_000]);
     let opts = MigrateOptions {
         timeout_s: 1,
@@ -685,7 +685,12 @@ fn auto_converge_throttles_at_plateaus_then_forces_the_switchover() {
     assert!(dest.started && hooks.paused);
     assert!(sink.units() == guest.memory.units());
     assert_eq!(summary.throttle_pct, 99);
-    assert_eq!(hooks.throttles.first(), Some(&20));
+    // The first plateau throttles to what the model asks for (at least the start share).
+    assert!(
+        hooks.throttles.first().is_some_and(|&t| t >= 20),
+        "{:?}",
+        hooks.throttles
+    );
     assert!(
         hooks.throttles.windows(2).all(|w| w[0] < w[1]),
         "{:?}",
