@@ -298,6 +298,14 @@ struct Verification {
     elapsed: Duration,
 }
 
+/// When the destination's downtime went where (ms since Switchover), for the debug log.
+#[derive(Default)]
+struct Phases {
+    state_at: f64,
+    state_bytes: usize,
+    restored_at: f64,
+}
+
 /// The sink seen through the final pass: every unit written is also noted in `written`
 /// (the final-pass set sampled verification digests).
 struct Recording<'a, K: ?Sized> {
@@ -336,6 +344,8 @@ fn receive_stream<K: UnitSink + Sync, T: Takeover>(
     // The pass in progress: RoundEnds received so far (the final pass is the one after).
     let mut pass: u32 = 0;
     let mut switchover: Option<Instant> = None;
+    let since = |t: Option<Instant>| t.map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3);
+    let mut phases = Phases::default();
     let mut verification: Option<Verification> = None;
     // Units written in the final pass, for sampled verification.
     let mut final_pass = UnitSet::new(sink.count());
@@ -396,9 +406,12 @@ fn receive_stream<K: UnitSink + Sync, T: Takeover>(
                 step = Step::FinalPass;
             }
             (Step::FinalPass, FrameType::State) => {
+                phases.state_at = since(switchover);
                 takeover
                     .restore(&f.payload)
                     .map_err(SessionError::Restore)?;
+                phases.restored_at = since(switchover);
+                phases.state_bytes = f.payload.len();
                 step = Step::Restored;
             }
             (Step::Restored, FrameType::Verify) if hello.verify == VerifyMode::Sampled => {
@@ -441,10 +454,18 @@ fn receive_stream<K: UnitSink + Sync, T: Takeover>(
                         hello.verify
                     )));
                 }
+                let verified_at = since(switchover);
                 takeover.start().map_err(SessionError::Start)?;
-                received.downtime_ms = switchover
-                    .map(|t| t.elapsed().as_secs_f64() * 1e3)
-                    .unwrap_or(0.0);
+                received.downtime_ms = since(switchover);
+                tracing::debug!(
+                    state_at_ms = phases.state_at,
+                    state_bytes = phases.state_bytes,
+                    restored_at_ms = phases.restored_at,
+                    verified_at_ms = verified_at,
+                    verify_ms = received.verify_ms,
+                    running_at_ms = received.downtime_ms,
+                    "destination switchover (ms since Switchover)"
+                );
                 let confirm = Confirm {
                     ok: true,
                     error: String::new(),
