@@ -46,7 +46,8 @@
 //!                 its rounds by this, so socket buffers do not inflate the measured rate)
 //! S->D Switchover empty: the source has paused its vCPUs (destination downtime starts)
 //! S->D Pages      the final pass
-//! S->D State      the VM state envelope (the VMM's `state.rs`)
+//! S->D State      the VM state envelope (the VMM's `state.rs`), one zstd frame (it crosses
+//!                 the link while the guest is paused: ~24 KiB raw, a few KiB packed)
 //! S->D Verify     as Hello::verify announced: `full`, repeated: (u64 page frame number,
 //!                 u32 crc32) records of every page the source holds non-zero (pages not
 //!                 listed must be zero); `sampled`, once: a [`SampledVerify`] (seed and two

@@ -47,7 +47,7 @@ use crate::decoder::BatchDecoder;
 use crate::protocol::SampledVerify;
 use crate::protocol::{
     decode_verify, Abort, Confirm, Frame, FrameReader, FrameType, FrameWriter, Hello, HelloAck,
-    ProtocolError, RoundEnd, VerifyMode,
+    ProtocolError, RoundEnd, VerifyMode, MAX_STATE,
 };
 use crate::session::{Expect, HookError, SessionError};
 use crate::store::PageStore;
@@ -407,9 +407,13 @@ fn receive_stream<K: UnitSink + Sync, T: Takeover>(
             }
             (Step::FinalPass, FrameType::State) => {
                 phases.state_at = since(switchover);
-                takeover
-                    .restore(&f.payload)
-                    .map_err(SessionError::Restore)?;
+                // At most MAX_STATE bytes unpacked, whatever the frame claims.
+                let state = zstd::bulk::decompress(&f.payload, MAX_STATE).map_err(|e| {
+                    SessionError::Restore(
+                        format!("the VM state is not a valid zstd frame: {e}").into(),
+                    )
+                })?;
+                takeover.restore(&state).map_err(SessionError::Restore)?;
                 phases.restored_at = since(switchover);
                 phases.state_bytes = f.payload.len();
                 step = Step::Restored;

@@ -1030,7 +1030,10 @@ fn precopy<S: UnitSource + Sync, G: Guest>(
     s.wire.flush()?;
     let sent_ms = ms_since(t_pause);
     let state = guest.state().map_err(SessionError::Capture)?;
-    s.wire.out.frame(FrameType::State, &state)?;
+    // Packed: the state crosses the link while the guest is paused on both ends.
+    let packed = zstd::bulk::compress(&state, DEFAULT_ZSTD_LEVEL)
+        .map_err(|e| SessionError::Capture(Box::new(e)))?;
+    s.wire.out.frame(FrameType::State, &packed)?;
     let state_ms = ms_since(t_pause);
     let t_verify = Instant::now();
     let listed = s.send_verify(source, opts.verify, &dirty, sample)?;

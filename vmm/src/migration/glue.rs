@@ -20,7 +20,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 
 /// The source's Hello for `m` (version and encodings are the engine's to fill in).
@@ -234,26 +234,39 @@ impl Throttle {
             .name("throttle".into())
             .spawn(move || {
                 let slice = Duration::from_millis(20);
+                // Sleeps until `d` from now, or until `halt` wakes the thread.
+                let nap = |d: Duration| {
+                    let end = Instant::now() + d;
+                    while !s.load(Ordering::SeqCst) {
+                        let left = end.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        std::thread::park_timeout(left);
+                    }
+                };
                 while !s.load(Ordering::SeqCst) {
                     let share = p.load(Ordering::SeqCst).min(99);
                     if share == 0 {
-                        std::thread::sleep(slice);
+                        nap(slice);
                         continue;
                     }
                     ctl.pause();
-                    std::thread::sleep(slice * share / 100);
+                    nap(slice * share / 100);
                     ctl.resume();
-                    std::thread::sleep(slice * (100 - share) / 100);
+                    nap(slice * (100 - share) / 100);
                 }
             })
             .ok();
         Throttle { pct, stop, thread }
     }
 
-    /// Stops the throttle thread (leaving the vCPUs resumed) and waits for it.
+    /// Stops the throttle thread at once (leaving the vCPUs resumed) and waits for it: the
+    /// switchover's pause does not wait out a throttle slice.
     fn halt(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }
