@@ -7,6 +7,7 @@ use crate::encoder::{BatchEncoder, EncoderConfig};
 use crate::error::CodecError;
 use crate::stats::BatchStats;
 use crate::store::PageStore;
+use crate::unit::{MemoryUnits, UnitError, UnitSet, UnitSource, GUEST_MEMORY};
 use crate::PAGE_SIZE;
 
 /// xorshift64* PRNG: deterministic test data without extra dependencies.
@@ -189,4 +190,77 @@ pub fn decode_batch<S: PageStore + ?Sized>(
     memory: &mut S,
 ) -> Result<BatchStats, CodecError> {
     BatchDecoder::new()?.decode(bytes, memory)
+}
+
+/// Guest memory for engine tests whose simulated guest rewrites units while each round is
+/// in flight: `schedule[r]` units during dirty round `r` (0 once the schedule ends), then
+/// `final_units` more just before the pause. `shadow` is what the guest holds.
+pub struct ScheduledGuest {
+    /// The units as the sender reads them.
+    pub memory: MemoryUnits,
+    /// The guest's own copy of its units.
+    pub shadow: Vec<Page>,
+    rng: Rng,
+    schedule: Vec<usize>,
+    rounds: usize,
+    final_units: usize,
+}
+
+impl ScheduledGuest {
+    /// `units` units of a [`guest_image`] drawn with `seed`.
+    pub fn new(seed: u64, units: u64, schedule: Vec<usize>, final_units: usize) -> Self {
+        let mut rng = Rng::new(seed);
+        let shadow = guest_image(&mut rng, units as usize);
+        let mut memory = MemoryUnits::new(GUEST_MEMORY, units);
+        for (i, p) in shadow.iter().enumerate() {
+            memory.store(i as u64, p);
+        }
+        ScheduledGuest {
+            memory,
+            shadow,
+            rng,
+            schedule,
+            rounds: 0,
+            final_units,
+        }
+    }
+
+    /// The guest runs: `count` units change (tweaked, rewritten, zeroed or copied).
+    pub fn run(&mut self, count: usize) {
+        for n in dirty_pass(&mut self.rng, &mut self.shadow, count) {
+            self.memory.store(n, &self.shadow[n as usize]);
+        }
+    }
+}
+
+impl UnitSource for ScheduledGuest {
+    fn id(&self) -> u8 {
+        GUEST_MEMORY
+    }
+    fn count(&self) -> u64 {
+        self.memory.units().len() as u64
+    }
+    fn populated(&mut self, set: &mut UnitSet) -> Result<(), UnitError> {
+        UnitSource::populated(&mut self.memory, set)
+    }
+    fn track(&mut self) -> Result<(), UnitError> {
+        self.memory.track()
+    }
+    fn dirty(&mut self, set: &mut UnitSet, final_pass: bool) -> Result<(), UnitError> {
+        let count = if final_pass {
+            self.final_units
+        } else {
+            let c = self.schedule.get(self.rounds).copied().unwrap_or(0);
+            self.rounds += 1;
+            c
+        };
+        self.run(count);
+        self.memory.dirty(set, final_pass)
+    }
+    fn prepare(&mut self, set: &UnitSet, word: usize) -> Result<usize, UnitError> {
+        self.memory.prepare(set, word)
+    }
+    fn read(&self, n: u64, buf: &mut [u8; PAGE_SIZE]) -> Result<(), UnitError> {
+        self.memory.read(n, buf)
+    }
 }

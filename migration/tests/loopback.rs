@@ -10,7 +10,7 @@ use novacron_migration::protocol::{
 use novacron_migration::receiver::{self, Takeover};
 use novacron_migration::sender::{self, Guest};
 use novacron_migration::session::{Cancel, Expect, HookError, SessionError};
-use novacron_migration::testdata::{dirty_pass, guest_image, Page, Rng};
+use novacron_migration::testdata::{guest_image, Rng, ScheduledGuest};
 use novacron_migration::unit::{MemoryUnits, UnitError, UnitSet, UnitSource, GUEST_MEMORY};
 use novacron_migration::verify::{sampled_catch_probability, sampled_set};
 use novacron_migration::{is_zero_page, Encoding, PAGE_SIZE};
@@ -21,71 +21,10 @@ use std::time::{Duration, Instant};
 
 const UNITS: u64 = 4096;
 
-/// Guest memory whose "guest" rewrites units while each round is in flight: the number of
-/// units dirtied per round follows `schedule`, then a few more just before the pause.
-struct DirtyingGuest {
-    memory: MemoryUnits,
-    shadow: Vec<Page>,
-    rng: Rng,
-    schedule: Vec<usize>,
-    rounds: usize,
-}
-
-impl DirtyingGuest {
-    fn new(schedule: Vec<usize>) -> Self {
-        let mut rng = Rng::new(5);
-        let shadow = guest_image(&mut rng, UNITS as usize);
-        let mut memory = MemoryUnits::new(GUEST_MEMORY, UNITS);
-        for (i, p) in shadow.iter().enumerate() {
-            memory.store(i as u64, p);
-        }
-        DirtyingGuest {
-            memory,
-            shadow,
-            rng,
-            schedule,
-            rounds: 0,
-        }
-    }
-
-    /// The guest runs: `count` units change (tweaked, rewritten, zeroed or copied).
-    fn run(&mut self, count: usize) {
-        for n in dirty_pass(&mut self.rng, &mut self.shadow, count) {
-            self.memory.store(n, &self.shadow[n as usize]);
-        }
-    }
-}
-
-impl UnitSource for DirtyingGuest {
-    fn id(&self) -> u8 {
-        GUEST_MEMORY
-    }
-    fn count(&self) -> u64 {
-        UNITS
-    }
-    fn populated(&mut self, set: &mut UnitSet) -> Result<(), UnitError> {
-        UnitSource::populated(&mut self.memory, set)
-    }
-    fn track(&mut self) -> Result<(), UnitError> {
-        self.memory.track()
-    }
-    fn dirty(&mut self, set: &mut UnitSet, final_pass: bool) -> Result<(), UnitError> {
-        let count = if final_pass {
-            40
-        } else {
-            let c = self.schedule.get(self.rounds).copied().unwrap_or(0);
-            self.rounds += 1;
-            c
-        };
-        self.run(count);
-        self.memory.dirty(set, final_pass)
-    }
-    fn prepare(&mut self, set: &UnitSet, word: usize) -> Result<usize, UnitError> {
-        self.memory.prepare(set, word)
-    }
-    fn read(&self, n: u64, buf: &mut [u8; PAGE_SIZE]) -> Result<(), UnitError> {
-        self.memory.read(n, buf)
-    }
+/// The loopback tests' guest: seed 5, [`UNITS`] units, `schedule[r]` dirtied in round `r`
+/// and 40 more before the pause.
+fn dirtying(schedule: Vec<usize>) -> ScheduledGuest {
+    ScheduledGuest::new(5, UNITS, schedule, 40)
 }
 
 /// The source's hooks: records throttle, pause and state capture.
@@ -149,7 +88,7 @@ fn hello(memory: u64) -> Hello {
 
 /// Runs one migration; returns the sender's result, the receiver's, the sink and hooks.
 fn run(
-    guest: &mut DirtyingGuest,
+    guest: &mut ScheduledGuest,
     opts: &MigrateOptions,
     memory: u64,
 ) -> (
@@ -164,7 +103,7 @@ fn run(
 
 /// [`run`] with a cancel handle.
 fn run_cancel(
-    guest: &mut DirtyingGuest,
+    guest: &mut ScheduledGuest,
     opts: &MigrateOptions,
     memory: u64,
     cancel: &Cancel,
@@ -194,7 +133,7 @@ fn run_cancel(
 #[test]
 fn precopy_over_loopback_converges_and_the_sink_equals_the_source() {
     for compression in [Compression::Auto, Compression::None, Compression::Delta] {
-        let mut guest = DirtyingGuest::new(vec![1500, 800, 400, 150, 0]);
+        let mut guest = dirtying(vec![1500, 800, 400, 150, 0]);
         let opts = MigrateOptions {
             to: "tcp:127.0.0.1:0".into(),
             downtime_ms: 0,
@@ -229,7 +168,7 @@ fn precopy_over_loopback_converges_and_the_sink_equals_the_source() {
 
 #[test]
 fn without_verification_nothing_is_reported_verified() {
-    let mut guest = DirtyingGuest::new(vec![200, 0]);
+    let mut guest = dirtying(vec![200, 0]);
     let opts = MigrateOptions {
         to: "tcp:127.0.0.1:0".into(),
         downtime_ms: 0,
@@ -245,7 +184,7 @@ fn without_verification_nothing_is_reported_verified() {
 
 #[test]
 fn a_refused_hello_moves_no_memory() {
-    let mut guest = DirtyingGuest::new(vec![0]);
+    let mut guest = dirtying(vec![0]);
     let opts = MigrateOptions {
         to: "tcp:127.0.0.1:0".into(),
         ..MigrateOptions::default()
@@ -272,7 +211,7 @@ fn verified(verify: VerifyMode) -> MigrateOptions {
 /// Migrates with `verify` (sample of 100) and checks the summary's prediction and
 /// verification figures.
 fn check_summary(verify: VerifyMode) {
-    let mut guest = DirtyingGuest::new(vec![1500, 800, 0]);
+    let mut guest = dirtying(vec![1500, 800, 0]);
     let opts = MigrateOptions {
         verify_sample_pages: 100,
         ..verified(verify)
@@ -314,7 +253,7 @@ fn skipping(verify: VerifyMode) -> MigrateOptions {
 }
 
 /// Units where the sink differs from the source.
-fn differing(sink: &MemoryUnits, guest: &DirtyingGuest) -> Vec<usize> {
+fn differing(sink: &MemoryUnits, guest: &ScheduledGuest) -> Vec<usize> {
     (0..UNITS as usize)
         .filter(|&i| sink.units()[i] != guest.memory.units()[i])
         .collect()
@@ -323,7 +262,7 @@ fn differing(sink: &MemoryUnits, guest: &DirtyingGuest) -> Vec<usize> {
 #[test]
 fn full_and_sampled_verification_catch_a_skipped_unit_off_does_not() {
     for verify in [VerifyMode::Full, VerifyMode::Sampled] {
-        let mut guest = DirtyingGuest::new(vec![1500, 800, 400, 0]);
+        let mut guest = dirtying(vec![1500, 800, 400, 0]);
         let (sent, received, _, dest, hooks) =
             run(&mut guest, &skipping(verify), UNITS * PAGE_SIZE as u64);
         assert!(
@@ -338,7 +277,7 @@ fn full_and_sampled_verification_catch_a_skipped_unit_off_does_not() {
         }
         assert!(hooks.paused && !dest.started, "{verify:?}");
     }
-    let mut guest = DirtyingGuest::new(vec![1500, 800, 400, 0]);
+    let mut guest = dirtying(vec![1500, 800, 400, 0]);
     let (sent, received, sink, dest, _) = run(
         &mut guest,
         &skipping(VerifyMode::Off),
@@ -358,7 +297,7 @@ fn full_and_sampled_verification_catch_a_skipped_unit_off_does_not() {
 fn sampled_catch_rate_over_seeds_matches_the_formula() {
     // The test guest's populated units, a final pass of 40 of them, 4 units missed
     // outside it (as the skip switch would leave them), samples of 256.
-    let mut guest = DirtyingGuest::new(vec![]);
+    let mut guest = dirtying(vec![]);
     let mut populated = UnitSet::new(UNITS);
     guest.populated(&mut populated).unwrap();
     let units: Vec<u64> = populated.iter().collect();
@@ -401,7 +340,7 @@ fn sampled_catch_rate_over_seeds_matches_the_formula() {
 fn a_slow_link_times_out_inside_the_round() {
     // `--bandwidth 8kbit --timeout 5`: the first pass alone would take hours; the answer
     // comes within a second of the timeout.
-    let mut guest = DirtyingGuest::new(vec![100, 0]);
+    let mut guest = dirtying(vec![100, 0]);
     let opts = MigrateOptions {
         bandwidth: Some(1000),
         timeout_s: 5,
@@ -427,7 +366,7 @@ fn a_slow_link_times_out_inside_the_round() {
 
 #[test]
 fn cancel_stops_a_migration_quickly() {
-    let mut guest = DirtyingGuest::new(vec![100, 0]);
+    let mut guest = dirtying(vec![100, 0]);
     let opts = MigrateOptions {
         bandwidth: Some(1000),
         timeout_s: 600,
@@ -455,7 +394,7 @@ fn cancel_stops_a_migration_quickly() {
 
 #[test]
 fn a_cancel_before_the_start_moves_nothing() {
-    let mut guest = DirtyingGuest::new(vec![0]);
+    let mut guest = dirtying(vec![0]);
     let cancel = Cancel::new();
     cancel.cancel();
     let (sent, _, sink, dest, hooks) = run_cancel(
@@ -491,7 +430,7 @@ fn bad_options_are_refused_before_the_handshake() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (mut peer, _) = listener.accept().unwrap();
-        let mut guest = DirtyingGuest::new(vec![0]);
+        let mut guest = dirtying(vec![0]);
         let sent = sender::migrate(
             stream,
             hello(UNITS * PAGE_SIZE as u64),
@@ -557,7 +496,7 @@ fn run_fake(
     let addr = listener.local_addr().unwrap();
     let dest =
         std::thread::spawn(move || fake_destination(listener, ack_rounds, close_at_complete));
-    let mut guest = DirtyingGuest::new(vec![300, 0]);
+    let mut guest = dirtying(vec![300, 0]);
     let mut hooks = Hooks::default();
     let sent = sender::migrate(
         TcpStream::connect(addr).unwrap(),
@@ -611,7 +550,7 @@ fn a_destination_that_stops_reading_times_out_at_the_deadline() {
         out.flush().unwrap();
         std::thread::sleep(Duration::from_secs(4));
     });
-    let mut guest = DirtyingGuest::new(vec![100, 0]);
+    let mut guest = dirtying(vec![100, 0]);
     let mut hooks = Hooks::default();
     let opts = MigrateOptions {
         timeout_s: 2,
@@ -639,7 +578,7 @@ fn a_destination_that_stops_reading_times_out_at_the_deadline() {
 #[test]
 fn a_plateau_that_never_fits_fails_at_the_timeout_with_the_achievable_downtime() {
     // 300 units dirty every round, a target only an idle guest meets.
-    let mut guest = DirtyingGuest::new(vec![300; 1_000_000]);
+    let mut guest = dirtying(vec![300; 1_000_000]);
     let opts = MigrateOptions {
         timeout_s: 1,
         ..verified(VerifyMode::Off)
@@ -673,7 +612,7 @@ fn a_plateau_that_never_fits_fails_at_the_timeout_with_the_achievable_downtime()
 
 #[test]
 fn auto_converge_throttles_to_the_model_then_forces_the_switchover() {
-    let mut guest = DirtyingGuest::new(vec![300; 1_000_000]);
+    let mut guest = dirtying(vec![300; 1_000_000]);
     let opts = MigrateOptions {
         timeout_s: 1,
         auto_converge: true,
@@ -817,7 +756,7 @@ fn cancel_while_waiting_for_a_silent_destination_is_quick() {
         std::thread::sleep(Duration::from_millis(300));
         c.cancel();
     });
-    let mut guest = DirtyingGuest::new(vec![0]);
+    let mut guest = dirtying(vec![0]);
     let t = Instant::now();
     let sent = sender::migrate(
         TcpStream::connect(addr).unwrap(),

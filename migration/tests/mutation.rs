@@ -15,8 +15,8 @@ use novacron_migration::protocol::{
 use novacron_migration::receiver::{self, Received, Takeover};
 use novacron_migration::sender::{self, Guest};
 use novacron_migration::session::{Cancel, Expect, HookError, SessionError};
-use novacron_migration::testdata::{dirty_pass, guest_image, Page, Rng};
-use novacron_migration::unit::{MemoryUnits, UnitError, UnitSet, UnitSource, GUEST_MEMORY};
+use novacron_migration::testdata::{Page, Rng, ScheduledGuest};
+use novacron_migration::unit::{MemoryUnits, GUEST_MEMORY};
 use novacron_migration::PAGE_SIZE;
 use novacron_vmm_api::migration::{Compression, MigrateOptions, VerifyMode};
 use std::io::{Read, Write};
@@ -29,65 +29,10 @@ const ID: &str = "mutation-campaign-1";
 /// Read timeout of every replay: a replay that stalls ends after this.
 const READ_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Guest memory whose simulated guest rewrites `schedule[r]` units during round `r` and a
-/// few more just before the pause.
-struct SimGuest {
-    memory: MemoryUnits,
-    shadow: Vec<Page>,
-    rng: Rng,
-    schedule: Vec<usize>,
-    rounds: usize,
-}
-
-impl SimGuest {
-    fn new(seed: u64, schedule: Vec<usize>) -> Self {
-        let mut rng = Rng::new(seed);
-        let shadow = guest_image(&mut rng, UNITS as usize);
-        let mut memory = MemoryUnits::new(GUEST_MEMORY, UNITS);
-        for (i, p) in shadow.iter().enumerate() {
-            memory.store(i as u64, p);
-        }
-        SimGuest {
-            memory,
-            shadow,
-            rng,
-            schedule,
-            rounds: 0,
-        }
-    }
-}
-
-impl UnitSource for SimGuest {
-    fn id(&self) -> u8 {
-        GUEST_MEMORY
-    }
-    fn count(&self) -> u64 {
-        UNITS
-    }
-    fn populated(&mut self, set: &mut UnitSet) -> Result<(), UnitError> {
-        UnitSource::populated(&mut self.memory, set)
-    }
-    fn track(&mut self) -> Result<(), UnitError> {
-        self.memory.track()
-    }
-    fn dirty(&mut self, set: &mut UnitSet, final_pass: bool) -> Result<(), UnitError> {
-        let count = if final_pass {
-            20
-        } else {
-            self.rounds += 1;
-            self.schedule.get(self.rounds - 1).copied().unwrap_or(0)
-        };
-        for n in dirty_pass(&mut self.rng, &mut self.shadow, count) {
-            self.memory.store(n, &self.shadow[n as usize]);
-        }
-        self.memory.dirty(set, final_pass)
-    }
-    fn prepare(&mut self, set: &UnitSet, word: usize) -> Result<usize, UnitError> {
-        self.memory.prepare(set, word)
-    }
-    fn read(&self, n: u64, buf: &mut [u8; PAGE_SIZE]) -> Result<(), UnitError> {
-        self.memory.read(n, buf)
-    }
+/// The campaign's guest: [`UNITS`] units, `schedule[r]` dirtied in round `r` and 20 more
+/// before the pause.
+fn sim_guest(seed: u64, schedule: Vec<usize>) -> ScheduledGuest {
+    ScheduledGuest::new(seed, UNITS, schedule, 20)
 }
 
 struct Source;
@@ -180,7 +125,7 @@ fn record(verify: VerifyMode, compression: Compression, seed: u64) -> Recording 
         back.join().unwrap();
         recorded
     });
-    let mut guest = SimGuest::new(seed, vec![300, 120, 40, 0]);
+    let mut guest = sim_guest(seed, vec![300, 120, 40, 0]);
     let opts = MigrateOptions {
         to: "tcp:127.0.0.1:0".into(),
         downtime_ms: 0,
