@@ -7,9 +7,10 @@
 //! still accepts the real stream.
 
 use novacron_migration::protocol::{self, Frame, FrameType, Hello};
+use novacron_migration::testdata::recording_relay;
 use novacron_testsupport::*;
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(60);
@@ -25,33 +26,9 @@ fn record(dir: &Scratch) -> Vec<u8> {
         MEMORY,
         MEMORY,
     );
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind relay");
-    let relay_port = l.local_addr().expect("addr").port();
-    let relay = std::thread::spawn(move || {
-        let (mut a, _) = l.accept().expect("accept source");
-        let mut b = TcpStream::connect(("127.0.0.1", port)).expect("connect destination");
-        let (mut b2, mut a2) = (b.try_clone().expect("clone"), a.try_clone().expect("clone"));
-        let back = std::thread::spawn(move || {
-            let _ = std::io::copy(&mut b2, &mut a2);
-            let _ = a2.shutdown(Shutdown::Write);
-        });
-        let mut recorded = Vec::new();
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            match a.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    recorded.extend_from_slice(&buf[..n]);
-                    if b.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        let _ = b.shutdown(Shutdown::Write);
-        let _ = back.join();
-        recorded
-    });
+    let (relay_addr, relay) =
+        recording_relay(([127, 0, 0, 1], port).into()).expect("recording relay");
+    let relay_port = relay_addr.port();
     let to = format!("tcp:127.0.0.1:{relay_port}");
     let (ok, out, err) = src.client(
         "migrate",
@@ -70,7 +47,7 @@ fn record(dir: &Scratch) -> Vec<u8> {
     assert!(ok, "recording migration failed: {err}\n{out}");
     assert_eq!(src.wait_exit(T), Some(0), "{}", src.err());
     dst.wait_for("CHECK PASS", 0, T);
-    relay.join().expect("relay")
+    relay.join().expect("relay").expect("relay io")
 }
 
 fn frames(bytes: &[u8]) -> Vec<Frame> {

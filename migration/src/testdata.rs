@@ -264,3 +264,45 @@ impl UnitSource for ScheduledGuest {
         self.memory.read(n, buf)
     }
 }
+
+/// A loopback TCP relay to `dest` that records what its one client sends: connect the
+/// source to the returned address; the thread ends when the source closes its side (or the
+/// destination stops reading) and yields the recorded source-to-destination bytes. The
+/// destination's replies go back unrecorded.
+pub fn recording_relay(
+    dest: std::net::SocketAddr,
+) -> std::io::Result<(
+    std::net::SocketAddr,
+    std::thread::JoinHandle<std::io::Result<Vec<u8>>>,
+)> {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let relay = std::thread::spawn(move || {
+        let (mut from_src, _) = listener.accept()?;
+        let mut to_dst = TcpStream::connect(dest)?;
+        let (mut back_dst, mut back_src) = (to_dst.try_clone()?, from_src.try_clone()?);
+        let back = std::thread::spawn(move || {
+            let _ = std::io::copy(&mut back_dst, &mut back_src);
+            let _ = back_src.shutdown(Shutdown::Write);
+        });
+        let mut recorded = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match from_src.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    recorded.extend_from_slice(&buf[..n]);
+                    if to_dst.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to_dst.shutdown(Shutdown::Write);
+        let _ = back.join();
+        Ok(recorded)
+    });
+    Ok((addr, relay))
+}

@@ -15,7 +15,7 @@ use novacron_migration::protocol::{
 use novacron_migration::receiver::{self, Received, Takeover};
 use novacron_migration::sender::{self, Guest};
 use novacron_migration::session::{Cancel, Expect, HookError, SessionError};
-use novacron_migration::testdata::{Page, Rng, ScheduledGuest};
+use novacron_migration::testdata::{recording_relay, Page, Rng, ScheduledGuest};
 use novacron_migration::unit::{MemoryUnits, GUEST_MEMORY};
 use novacron_migration::PAGE_SIZE;
 use novacron_vmm_api::migration::{Compression, MigrateOptions, VerifyMode};
@@ -97,34 +97,7 @@ fn record(verify: VerifyMode, compression: Compression, seed: u64) -> Recording 
         let r = receiver::receive(stream, &mut sink, &mut d, &expect());
         (r, sink)
     });
-    let relay_l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let relay_addr = relay_l.local_addr().unwrap();
-    let relay = std::thread::spawn(move || {
-        let (mut from_src, _) = relay_l.accept().unwrap();
-        let mut to_dst = TcpStream::connect(dest_addr).unwrap();
-        let (mut back_dst, mut back_src) =
-            (to_dst.try_clone().unwrap(), from_src.try_clone().unwrap());
-        let back = std::thread::spawn(move || {
-            let _ = std::io::copy(&mut back_dst, &mut back_src);
-            let _ = back_src.shutdown(Shutdown::Write);
-        });
-        let mut recorded = Vec::new();
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            match from_src.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    recorded.extend_from_slice(&buf[..n]);
-                    if to_dst.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        let _ = to_dst.shutdown(Shutdown::Write);
-        back.join().unwrap();
-        recorded
-    });
+    let (relay_addr, relay) = recording_relay(dest_addr).unwrap();
     let mut guest = sim_guest(seed, vec![300, 120, 40, 0]);
     let opts = MigrateOptions {
         to: "tcp:127.0.0.1:0".into(),
@@ -160,7 +133,7 @@ fn record(verify: VerifyMode, compression: Compression, seed: u64) -> Recording 
     received.unwrap();
     assert!(sink.units() == guest.memory.units());
     Recording {
-        bytes: relay.join().unwrap(),
+        bytes: relay.join().unwrap().unwrap(),
         memory: guest.memory.units().to_vec(),
     }
 }
