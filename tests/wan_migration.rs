@@ -152,14 +152,24 @@ fn corrupted_delta_stream_is_caught_and_source_keeps_running() {
 fn non_converging_migration_says_what_it_sent_and_leaves_the_dirty_rate() {
     let dir = Scratch::new("wan-timeout");
     let (mut src, _dst, port) = migration_pair(&dir, "workload=ab mib=2", "64M", "64M");
-    // 2 MiB of raw pages take ~2 s at 8 Mbit/s, while ab rewrites them all continuously.
+    // 2 MiB of raw pages take ~2 s at 8 Mbit/s, while ab rewrites them all continuously:
+    // the timeout (enforced inside rounds) ends the first dirty round, after round 0 has
+    // measured the dirty rate.
     let r = relay(port, &["--rate", "8mbit", "--rtt-ms", "20"]);
     let to = format!("tcp:127.0.0.1:{}", r.port());
-    let (ok, _, err) = src.client("migrate", &["--to", &to, "--timeout", "1"]);
+    let t0 = std::time::Instant::now();
+    let (ok, _, err) = src.client("migrate", &["--to", &to, "--timeout", "4"]);
     assert!(!ok, "ab over 8 Mbit/s with raw pages must not converge");
     assert!(
-        err.contains("did not converge within 1 s") && err.contains("MiB sent"),
+        err.contains("did not converge within 4 s")
+            && err.contains("MiB sent")
+            && err.contains("achievable downtime"),
         "{err}"
+    );
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(10),
+        "the timeout is enforced inside rounds: answered after {:?}",
+        t0.elapsed()
     );
     assert!(src.alive());
     let (ok, out, err) = src.client("info", &[]);
