@@ -52,7 +52,8 @@ impl Manager {
     }
 
     /// [`Manager::vmm_args`] of an incoming VMM that waits `incoming_timeout_s` for the
-    /// stream of `migration_id` (both passed only to a VMM that takes them).
+    /// stream of `migration_id` (never dropped: without them a stray or a wrong stream could
+    /// take the destination).
     pub fn vmm_args_for(
         &self,
         c: &apb::VmConfig,
@@ -61,7 +62,7 @@ impl Manager {
         migration_id: &str,
         incoming_timeout_s: Option<u64>,
     ) -> Result<Vec<String>, ManagerError> {
-        let tell = incoming.is_some() && self.vmm_takes_migration_id();
+        let tell = incoming.is_some();
         let dir = self.vm_dir(&c.id);
         let images = self.images_dir();
         let boot = incoming.is_none();

@@ -111,7 +111,6 @@ pub struct Manager {
     vms: Mutex<BTreeMap<String, Arc<VmHandle>>>,
     create: tokio::sync::Mutex<()>,
     finished: Mutex<HashMap<String, apb::MigrateOutResponse>>,
-    vmm_takes_migration_id: std::sync::OnceLock<bool>,
     faults: TestFaults,
 }
 
@@ -205,7 +204,6 @@ impl Manager {
             vms: Mutex::new(BTreeMap::new()),
             create: tokio::sync::Mutex::new(()),
             finished: Mutex::new(HashMap::new()),
-            vmm_takes_migration_id: std::sync::OnceLock::new(),
             faults: TestFaults::from_env(),
         }))
     }
@@ -331,20 +329,6 @@ impl Manager {
         let mut d = h.data();
         d.refresh();
         Ok(d.status())
-    }
-
-    /// Whether the VMM binary takes `run --migration-id` and `--incoming-timeout` (asked once
-    /// from its `run --help`; a VMM without them would refuse to start).
-    pub(super) fn vmm_takes_migration_id(&self) -> bool {
-        *self.vmm_takes_migration_id.get_or_init(|| {
-            std::process::Command::new(&self.cfg.vmm_binary)
-                .args(["run", "--help"])
-                .stdin(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).contains("--migration-id"))
-                .unwrap_or(false)
-        })
     }
 
     /// Records what `info` said (see [`Manager::take_info`]).
