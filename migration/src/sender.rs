@@ -483,7 +483,7 @@ impl Sender {
             let word = (n / 64) as usize;
             if prepare && word >= prepared_to {
                 stop.check()?;
-                prepared_to = source.prepare(units, word)?.max(word + 1);
+                prepared_to = source.prepare(units.words(), word)?.max(word + 1);
             }
             let shard = pool.shard_of(n);
             let buf = pool.slot(shard);

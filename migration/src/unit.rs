@@ -123,9 +123,10 @@ pub trait UnitSource {
     /// Adds to `set` the units written since the last call (or since tracking started).
     /// `final_pass` is true once the source is quiesced.
     fn dirty(&mut self, set: &mut UnitSet, final_pass: bool) -> Result<(), UnitError>;
-    /// Called before units of bitmap words `word..` of `set` are read in a dirty pass
-    /// (e.g. to re-arm write protection); returns the first word not yet prepared.
-    fn prepare(&mut self, set: &UnitSet, word: usize) -> Result<usize, UnitError>;
+    /// Called before units of bitmap words `word..` of `words` (the pass's set, as
+    /// [`UnitSet::words`]) are read in a dirty pass (e.g. to re-arm write protection);
+    /// returns the first word not yet prepared.
+    fn prepare(&mut self, words: &[u64], word: usize) -> Result<usize, UnitError>;
     /// Copies unit `n` into `buf`.
     fn read(&self, n: u64, buf: &mut [u8; PAGE_SIZE]) -> Result<(), UnitError>;
 }
@@ -142,6 +143,13 @@ pub trait UnitSink: PageStore {
     /// crc32 of unit `n`, or `None` if it cannot be read.
     fn checksum(&self, n: u64, buf: &mut [u8; PAGE_SIZE]) -> Option<u32> {
         self.read_page(n, buf).then(|| crc32fast::hash(buf))
+    }
+    /// A precopy round ended (a disk starts writing back what it received).
+    fn round_end(&mut self) {}
+    /// Called before the destination starts the guest: makes what was received durable
+    /// (a disk's fdatasync); the reason if it cannot.
+    fn flush(&mut self) -> Result<(), String> {
+        Ok(())
     }
 }
 
@@ -209,8 +217,8 @@ impl UnitSource for MemoryUnits {
         Ok(())
     }
 
-    fn prepare(&mut self, set: &UnitSet, _word: usize) -> Result<usize, UnitError> {
-        Ok(set.words.len())
+    fn prepare(&mut self, words: &[u64], _word: usize) -> Result<usize, UnitError> {
+        Ok(words.len())
     }
 
     fn read(&self, n: u64, buf: &mut [u8; PAGE_SIZE]) -> Result<(), UnitError> {

@@ -85,6 +85,7 @@ impl Manager {
                 .map(|d| Disk {
                     path: d.path,
                     read_only: d.readonly,
+                    shared: false,
                 })
                 .collect(),
             nets: c
