@@ -240,6 +240,48 @@ pub fn check_blank(file: &File, path: &Path) -> Result<(), DiskError> {
     }
 }
 
+/// How [`clone_or_sparse_copy`] copied a disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CopyKind {
+    /// The destination shares the source's blocks (`FICLONE`).
+    Reflink,
+    /// Only the data extents were copied; holes stay holes.
+    Sparse,
+}
+
+/// `FICLONE`: `_IOW(0x94, 9, int)`.
+const FICLONE: libc::c_ulong = 0x4004_9409;
+
+/// Makes `dst` (open for writing) hold exactly `src`'s content and size: a reflink where
+/// the filesystem allows, else a copy of `src`'s data extents into a file of holes.
+pub fn clone_or_sparse_copy(src: &File, dst: &File) -> std::io::Result<CopyKind> {
+    let size = src.metadata()?.len();
+    dst.set_len(0)?;
+    // SAFETY: FICLONE on two descriptors owned by `dst` and `src` for the call; it only
+    // changes `dst`'s content (or fails, leaving it empty).
+    let r = unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) };
+    if r == 0 {
+        dst.set_len(size)?;
+        return Ok(CopyKind::Reflink);
+    }
+    dst.set_len(size)?;
+    let mut buf = vec![0u8; 1 << 20];
+    for (start, end) in data_extents(src, size)? {
+        let mut at = start;
+        while at < end {
+            let n = ((end - at) as usize).min(buf.len());
+            src.read_exact_at(&mut buf[..n], at)?;
+            // Zeros inside an extent stay holes too.
+            if buf[..n].iter().any(|&b| b != 0) {
+                dst.write_all_at(&buf[..n], at)?;
+            }
+            at += n as u64;
+        }
+    }
+    Ok(CopyKind::Sparse)
+}
+
 /// Disks laid end to end in one unit space: disk `i` starts at unit `starts[i]`, a
 /// multiple of 64. Units between disks are never populated and cannot be read or written.
 #[derive(Debug, Default)]
