@@ -122,6 +122,7 @@ fn disk_moves_with_the_guest(verify: &str) {
     let (ok, summary, err) = migrate(&src, port, &["--verify", verify]);
     assert!(ok, "migration failed: {err}\n{}", dst.err());
     assert_eq!(summary["ok"], true, "{summary}");
+    assert_eq!(summary["disk_bytes"], 64 * MIB, "{summary}");
     assert_eq!(src.wait_exit(T), Some(0), "{}", src.err());
     let last_src = field_values(&src.log(), "CHECK PASS", "seed")
         .into_iter()

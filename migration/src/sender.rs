@@ -1081,6 +1081,7 @@ fn precopy<S: UnitSource + Sync, G: Guest>(
         zero_pages: s.zero_units,
         wire_bytes: s.wire.sent(),
         memory_bytes: hello.memory,
+        disk_bytes: hello.copied_disks.iter().sum(),
         throttle_pct: decision.throttle_pct(),
         verified: confirm.verified_pages.is_some(),
         verify_mode: opts.verify,
