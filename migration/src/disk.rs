@@ -352,6 +352,12 @@ impl DiskSet {
         Ok(())
     }
 
+    fn addressable_into(&self, set: &mut UnitSet) {
+        for (d, &start) in self.disks.iter().zip(&self.starts) {
+            set.fill_range(start, start + d.units());
+        }
+    }
+
     /// Starts writeback of what was written so far (does not wait).
     pub fn start_writeback(&self) {
         for d in &self.disks {
@@ -442,6 +448,10 @@ impl UnitSource for DiskSet {
             reason,
         })
     }
+
+    fn addressable(&self, set: &mut UnitSet) {
+        self.addressable_into(set);
+    }
 }
 
 impl PageStore for DiskSet {
@@ -498,6 +508,10 @@ impl UnitSink for DiskSet {
                 }
             }
         }
+    }
+
+    fn addressable(&self, set: &mut UnitSet) {
+        self.addressable_into(set);
     }
 
     fn round_end(&mut self) {
@@ -582,11 +596,7 @@ fn via_scratch<E>(
         scratch.clear();
     }
     f(scratch)?;
-    if let Some(out) = set.words_mut().get_mut(word..) {
-        for (o, w) in out.iter_mut().zip(scratch.words()) {
-            *o |= w;
-        }
-    }
+    or_at(set, scratch, word);
     Ok(())
 }
 
@@ -644,6 +654,24 @@ impl<A: UnitSource, B: UnitSource> UnitSource for Joined<A, B> {
             self.second.read(n - self.offset, buf)
         }
     }
+
+    fn addressable(&self, set: &mut UnitSet) {
+        let mut a = UnitSet::new(self.first.count());
+        self.first.addressable(&mut a);
+        let mut b = UnitSet::new(self.second.count());
+        self.second.addressable(&mut b);
+        or_at(set, &a, 0);
+        or_at(set, &b, (self.offset / 64) as usize);
+    }
+}
+
+/// ORs `part`'s words into `set`'s from word `word`.
+fn or_at(set: &mut UnitSet, part: &UnitSet, word: usize) {
+    if let Some(out) = set.words_mut().get_mut(word..) {
+        for (o, x) in out.iter_mut().zip(part.words()) {
+            *o |= x;
+        }
+    }
 }
 
 impl<A: PageStore, B: PageStore> PageStore for Joined<A, B> {
@@ -686,16 +714,17 @@ impl<A: UnitSink, B: UnitSink> UnitSink for Joined<A, B> {
         self.first.populated(&mut a);
         let mut b = UnitSet::new(self.second.count());
         self.second.populated(&mut b);
-        let w = (self.offset / 64) as usize;
-        let words = set.words_mut();
-        for (o, x) in words.iter_mut().zip(a.words()) {
-            *o |= x;
-        }
-        if let Some(out) = words.get_mut(w..) {
-            for (o, x) in out.iter_mut().zip(b.words()) {
-                *o |= x;
-            }
-        }
+        or_at(set, &a, 0);
+        or_at(set, &b, (self.offset / 64) as usize);
+    }
+
+    fn addressable(&self, set: &mut UnitSet) {
+        let mut a = UnitSet::new(self.first.count());
+        self.first.addressable(&mut a);
+        let mut b = UnitSet::new(self.second.count());
+        self.second.addressable(&mut b);
+        or_at(set, &a, 0);
+        or_at(set, &b, (self.offset / 64) as usize);
     }
 
     fn round_end(&mut self) {
@@ -831,6 +860,11 @@ mod tests {
         // prepare: words of the first part go to memory, the rest to the disks.
         assert_eq!(j.prepare(d.words(), 0).unwrap(), 2);
         assert_eq!(j.prepare(d.words(), 2).unwrap(), 3);
+        // Addressable: memory's 70 units and the disk's 8, not the gaps.
+        let mut a = UnitSet::new(192);
+        UnitSource::addressable(&j, &mut a);
+        let want: Vec<u64> = (0..70).chain(128..136).collect();
+        assert_eq!(a.iter().collect::<Vec<_>>(), want);
         let _ = std::fs::remove_file(p);
     }
 }

@@ -611,9 +611,11 @@ impl Sender {
             VerifyMode::Sampled => {
                 let seed = verify::random_seed();
                 let src: &S = source;
+                let mut addressable = UnitSet::new(src.count());
+                src.addressable(&mut addressable);
                 let d = verify::sampled_digests(
                     final_pass,
-                    src.count(),
+                    &addressable,
                     sample,
                     seed,
                     threads,
