@@ -557,6 +557,23 @@ impl<A, B> Joined<A, B> {
         self.offset
     }
 
+    /// ORs into `set` the units `a` lists of the first part (of `counts.0` units) and `b`
+    /// of the second (of `counts.1`), each at its place in the joined space.
+    fn list_both(
+        &self,
+        set: &mut UnitSet,
+        counts: (u64, u64),
+        a: impl FnOnce(&A, &mut UnitSet),
+        b: impl FnOnce(&B, &mut UnitSet),
+    ) {
+        let mut part = UnitSet::new(counts.0);
+        a(&self.first, &mut part);
+        or_at(set, &part, 0);
+        let mut part = UnitSet::new(counts.1);
+        b(&self.second, &mut part);
+        or_at(set, &part, (self.offset / 64) as usize);
+    }
+
     /// Units of `set` (of this joined space) in the second part.
     pub fn second_count(&self, set: &UnitSet) -> u64 {
         let w = (self.offset / 64) as usize;
@@ -656,12 +673,13 @@ impl<A: UnitSource, B: UnitSource> UnitSource for Joined<A, B> {
     }
 
     fn addressable(&self, set: &mut UnitSet) {
-        let mut a = UnitSet::new(self.first.count());
-        self.first.addressable(&mut a);
-        let mut b = UnitSet::new(self.second.count());
-        self.second.addressable(&mut b);
-        or_at(set, &a, 0);
-        or_at(set, &b, (self.offset / 64) as usize);
+        let counts = (self.first.count(), self.second.count());
+        self.list_both(
+            set,
+            counts,
+            |a, s| a.addressable(s),
+            |b, s| b.addressable(s),
+        );
     }
 }
 
@@ -710,21 +728,18 @@ impl<A: UnitSink, B: UnitSink> UnitSink for Joined<A, B> {
     }
 
     fn populated(&self, set: &mut UnitSet) {
-        let mut a = UnitSet::new(self.first.count());
-        self.first.populated(&mut a);
-        let mut b = UnitSet::new(self.second.count());
-        self.second.populated(&mut b);
-        or_at(set, &a, 0);
-        or_at(set, &b, (self.offset / 64) as usize);
+        let counts = (self.first.count(), self.second.count());
+        self.list_both(set, counts, |a, s| a.populated(s), |b, s| b.populated(s));
     }
 
     fn addressable(&self, set: &mut UnitSet) {
-        let mut a = UnitSet::new(self.first.count());
-        self.first.addressable(&mut a);
-        let mut b = UnitSet::new(self.second.count());
-        self.second.addressable(&mut b);
-        or_at(set, &a, 0);
-        or_at(set, &b, (self.offset / 64) as usize);
+        let counts = (self.first.count(), self.second.count());
+        self.list_both(
+            set,
+            counts,
+            |a, s| a.addressable(s),
+            |b, s| b.addressable(s),
+        );
     }
 
     fn round_end(&mut self) {
