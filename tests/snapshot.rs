@@ -153,20 +153,18 @@ fn snapshot_captures_the_writable_disk_and_restore_puts_it_back() {
     f.write_all_at(&[0xdd; 4096], 20 << 20)
         .expect("write elsewhere");
     drop(f);
-    let mut restored = Vmm::start(
-        &dir,
-        "restored",
-        &[
-            "--restore",
-            snap.to_str().expect("utf8"),
-            "--memory",
-            "64M",
-            "--disk",
-            &d,
-            "--disk",
-            &r,
-        ],
-    );
+    let snap_s = snap.to_str().expect("utf8");
+    let restore_args = [
+        "--restore",
+        snap_s,
+        "--memory",
+        "64M",
+        "--disk",
+        &d,
+        "--disk",
+        &r,
+    ];
+    let mut restored = Vmm::start(&dir, "restored", &restore_args);
     // The idle guest prints nothing after restore: wait for the API to answer.
     let deadline = std::time::Instant::now() + T;
     let (ok, out, err) = loop {
@@ -191,20 +189,7 @@ fn snapshot_captures_the_writable_disk_and_restore_puts_it_back() {
     std::fs::File::create(&disk)
         .and_then(|f| f.set_len(16 << 20))
         .expect("resize");
-    let mut wrong = Vmm::start(
-        &dir,
-        "wrong",
-        &[
-            "--restore",
-            snap.to_str().expect("utf8"),
-            "--memory",
-            "64M",
-            "--disk",
-            &d,
-            "--disk",
-            &r,
-        ],
-    );
+    let mut wrong = Vmm::start(&dir, "wrong", &restore_args);
     assert!(wrong.wait_exit(T).is_some_and(|c| c != 0));
     assert!(
         wrong.err().contains("cannot be restored onto these disks"),
