@@ -176,14 +176,90 @@ fn snapshot_captures_the_writable_disk_and_restore_puts_it_back() {
     };
     assert!(ok, "info: {err}\n{}", restored.err());
     assert!(out.contains("running"), "{out}");
+    let now = std::fs::read(&disk).expect("read disk");
     assert!(
-        std::fs::read(&disk).expect("read disk") == at_snapshot,
-        "the disk is not back at the snapshot point"
+        now == at_snapshot,
+        "the disk is not back at the snapshot point: {} bytes now, {} then, first difference at {:?}",
+        now.len(),
+        at_snapshot.len(),
+        now.iter().zip(&at_snapshot).position(|(a, b)| a != b)
     );
     assert!(std::fs::read(&ro).expect("ro") == vec![0x11u8; 1 << 20]);
     let (ok, _, _) = restored.client("shutdown", &[]);
     assert!(ok);
     assert_eq!(restored.wait_exit(T), Some(0));
+
+    // Carried elsewhere as one file: exported, imported into a new directory, restored
+    // onto a blank disk of the same size (as on another host).
+    let backup = dir.path("snap.nbk");
+    let imported = dir.path("imported");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(vmm())
+            .args(args)
+            .output()
+            .expect("run novacron-vmm");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
+    };
+    let e = run(&[
+        "snapshot-export",
+        "--from",
+        snap_s,
+        "--to",
+        backup.to_str().expect("utf8"),
+    ]);
+    let backup_bytes = e["backup_bytes"].as_u64().unwrap_or(u64::MAX);
+    assert!(
+        backup_bytes < 8 << 20,
+        "a 64 MiB guest with a 32 MiB disk holding 2 MiB should back up small: {e}"
+    );
+    run(&[
+        "snapshot-import",
+        "--from",
+        backup.to_str().expect("utf8"),
+        "--to",
+        imported.to_str().expect("utf8"),
+    ]);
+    let other = dir.path("other.img");
+    std::fs::File::create(&other)
+        .and_then(|f| f.set_len(32 << 20))
+        .expect("blank disk");
+    let other_s = other.to_str().expect("utf8");
+    let imported_s = imported.to_str().expect("utf8");
+    let mut elsewhere = Vmm::start(
+        &dir,
+        "elsewhere",
+        &[
+            "--restore",
+            imported_s,
+            "--memory",
+            "64M",
+            "--disk",
+            other_s,
+            "--disk",
+            &r,
+        ],
+    );
+    let deadline = std::time::Instant::now() + T;
+    while !elsewhere.client("info", &[]).0 {
+        assert!(elsewhere.alive(), "{}", elsewhere.err());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "restored VMM never answered"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        std::fs::read(&other).expect("read disk") == at_snapshot,
+        "the imported snapshot's disk is not the snapshot's"
+    );
+    let (ok, _, _) = elsewhere.client("shutdown", &[]);
+    assert!(ok);
+    assert_eq!(elsewhere.wait_exit(T), Some(0));
 
     // Onto a disk of another size: refused, naming the sizes.
     std::fs::File::create(&disk)

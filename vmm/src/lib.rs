@@ -2,10 +2,12 @@
 //! each: `kvm` (VM, vCPU registers, CPUID, MSRs), `memory` and `layout`, `boot` (Linux boot
 //! protocol), `devices` (buses, serial, i8042, CMOS), `vcpu` and `control` (threads, pause,
 //! exit), `persist` (the save/restore contract), `state` (the machine state and its envelope),
-//! `machine` (putting it together), `api` and `runtime` (control socket).
+//! `machine` (putting it together), `api` and `runtime` (control socket), `snapshot` and
+//! `backup` (snapshots on disk, and as one file to carry elsewhere).
 
 pub mod acpi;
 pub mod api;
+pub mod backup;
 pub mod boot;
 pub mod config;
 pub mod control;

@@ -42,6 +42,36 @@ enum Command {
     Migrate(MigrateArgs),
     /// Cancel the running outgoing migration; answers once the guest runs here again.
     Cancel(SocketArg),
+    /// Write a full snapshot directory (memory, state, disks) to one compressed backup file.
+    SnapshotExport(TransferArgs),
+    /// Read a backup file into a new snapshot directory (restore it with `run --restore`).
+    SnapshotImport(TransferArgs),
+}
+
+#[derive(Args)]
+struct TransferArgs {
+    /// Snapshot directory (export) or backup file (import).
+    #[arg(long)]
+    from: PathBuf,
+    /// Backup file to create (export) or new snapshot directory (import).
+    #[arg(long)]
+    to: PathBuf,
+}
+
+/// Prints a backup's figures, or fails with the error.
+fn transfer(
+    r: Result<novacron_vmm::backup::BackupInfo, novacron_vmm::backup::BackupError>,
+) -> ExitCode {
+    match r {
+        Ok(info) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&info).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
 }
 
 #[derive(Args)]
@@ -155,8 +185,14 @@ fn run(mut args: RunArgs) -> ExitCode {
         }),
     );
     let _ = rt.machine.set(machine.clone());
-    if let Some(sock) = &args.api_socket {
-        if let Err(e) = api::serve(sock, rt.clone()) {
+    // A restore answers on its socket only once memory, state and disks are back: before,
+    // `info` would report a guest running that is still being loaded.
+    let serve = |rt: &std::sync::Arc<Runtime>| match &args.api_socket {
+        Some(sock) => api::serve(sock, rt.clone()).map_err(|e| e.to_string()),
+        None => Ok(()),
+    };
+    if args.restore.is_none() {
+        if let Err(e) = serve(&rt) {
             return fail(e);
         }
     }
@@ -197,6 +233,11 @@ fn run(mut args: RunArgs) -> ExitCode {
             };
             if let Err(e) = loaded {
                 return fail(e);
+            }
+            if args.restore.is_some() {
+                if let Err(e) = serve(&rt) {
+                    return fail(e);
+                }
             }
             if let Err(e) = machine.start() {
                 return fail(e);
@@ -271,6 +312,8 @@ fn main() -> ExitCode {
         Command::Shutdown(s) => client::<Empty>(&s.api_socket, &Request::Shutdown, false),
         Command::Migrate(a) => migrate(a),
         Command::Cancel(s) => client::<Empty>(&s.api_socket, &Request::Cancel, false),
+        Command::SnapshotExport(a) => transfer(novacron_vmm::backup::export(&a.from, &a.to)),
+        Command::SnapshotImport(a) => transfer(novacron_vmm::backup::import(&a.from, &a.to)),
         Command::Snapshot(a) => {
             let req = Request::Snapshot {
                 to: a.to,
