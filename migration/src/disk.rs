@@ -289,6 +289,50 @@ pub struct DiskSet {
     disks: Vec<Disk>,
     starts: Vec<u64>,
     count: u64,
+    writeback: Option<Writeback>,
+}
+
+/// A thread that makes what a destination received so far durable (fdatasync of every
+/// disk) whenever a round ends, so the receive loop never blocks on writeback and the
+/// final flush finds little left to do.
+#[derive(Debug)]
+struct Writeback {
+    nudge: std::sync::mpsc::SyncSender<()>,
+}
+
+impl Writeback {
+    fn start(disks: &[Disk]) -> Option<Writeback> {
+        let mut files = Vec::with_capacity(disks.len());
+        for d in disks {
+            match d.file.try_clone() {
+                Ok(f) => files.push((f, d.path.clone())),
+                Err(e) => {
+                    tracing::warn!("{}: no background writeback: {e}", d.path.display());
+                    return None;
+                }
+            }
+        }
+        // One pending nudge is enough: a sync that starts later covers earlier writes.
+        let (nudge, wait) = std::sync::mpsc::sync_channel::<()>(1);
+        let spawned = std::thread::Builder::new()
+            .name("disk-writeback".into())
+            .spawn(move || {
+                while wait.recv().is_ok() {
+                    for (f, path) in &files {
+                        if let Err(e) = f.sync_data() {
+                            tracing::warn!("{}: background writeback: {e}", path.display());
+                        }
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) => Some(Writeback { nudge }),
+            Err(e) => {
+                tracing::warn!("no background disk writeback thread: {e}");
+                None
+            }
+        }
+    }
 }
 
 impl DiskSet {
@@ -304,6 +348,7 @@ impl DiskSet {
             disks,
             starts,
             count: at,
+            writeback: None,
         }
     }
 
@@ -358,21 +403,17 @@ impl DiskSet {
         }
     }
 
-    /// Starts writeback of what was written so far (does not wait).
-    pub fn start_writeback(&self) {
-        for d in &self.disks {
-            // SAFETY: sync_file_range on a descriptor owned by `d.file`; offset 0, length 0
-            // (to the end) and a flag that only starts writeback.
-            let r = unsafe {
-                libc::sync_file_range(d.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE)
-            };
-            if r != 0 {
-                tracing::debug!(
-                    "{}: sync_file_range: {}",
-                    d.path.display(),
-                    std::io::Error::last_os_error()
-                );
-            }
+    /// Asks the writeback thread (started on first use) to make what was written so far
+    /// durable; never waits.
+    pub fn start_writeback(&mut self) {
+        if self.disks.is_empty() {
+            return;
+        }
+        if self.writeback.is_none() {
+            self.writeback = Writeback::start(&self.disks);
+        }
+        if let Some(w) = &self.writeback {
+            let _ = w.nudge.try_send(());
         }
     }
 

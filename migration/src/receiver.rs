@@ -63,6 +63,9 @@ pub trait Takeover {
     fn restore(&mut self, state: &[u8]) -> Result<(), HookError>;
     /// Starts the guest: every unit and the state are in place.
     fn start(&mut self) -> Result<(), HookError>;
+    /// Stops a started guest again: what was received could not be made durable, so this
+    /// end refuses the commit (the source resumes) and must not run the guest on.
+    fn halt(&mut self) {}
 }
 
 /// What the destination reports when it has taken over the guest.
@@ -460,9 +463,18 @@ fn receive_stream<K: UnitSink + Sync, T: Takeover>(
                     )));
                 }
                 let verified_at = since(switchover);
-                sink.flush().map_err(|e| SessionError::Start(e.into()))?;
                 takeover.start().map_err(SessionError::Start)?;
                 received.downtime_ms = since(switchover);
+                // The commit waits until what was received is durable (a disk's fdatasync),
+                // while the guest already runs; if it cannot be, the guest stops again and
+                // the source, told by the Abort, resumes.
+                if let Err(e) = sink.flush() {
+                    takeover.halt();
+                    return Err(SessionError::Start(
+                        format!("the received disks cannot be made durable: {e}").into(),
+                    ));
+                }
+                let durable_at = since(switchover);
                 tracing::debug!(
                     state_at_ms = phases.state_at,
                     state_bytes = phases.state_bytes,
@@ -470,6 +482,7 @@ fn receive_stream<K: UnitSink + Sync, T: Takeover>(
                     verified_at_ms = verified_at,
                     verify_ms = received.verify_ms,
                     running_at_ms = received.downtime_ms,
+                    durable_at_ms = durable_at,
                     "destination switchover (ms since Switchover)"
                 );
                 let confirm = Confirm {

@@ -462,4 +462,8 @@ impl Takeover for VmTakeover<'_> {
         self.m.start()?;
         Ok(())
     }
+
+    fn halt(&mut self) {
+        self.m.pause_all();
+    }
 }
