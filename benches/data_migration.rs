@@ -226,6 +226,7 @@ impl Bench<'_> {
                 mem: &mem,
                 extra: &extra,
                 relay: case.relay,
+                disk: None,
             }
             .run();
             match r {
@@ -299,6 +300,8 @@ impl Bench<'_> {
                 downtime_ms: case.downtime_ms,
                 relay: case.relay,
                 timeout: self.qemu_timeout,
+                disk: None,
+                zero_blocks: false,
             }
             .run();
             match r {

@@ -155,15 +155,49 @@ pub fn migrate_once(
         mem,
         extra,
         relay: relay_args,
+        disk: None,
     }
     .run()?;
     serde_json::to_value(summary).map_err(|e| e.to_string())
 }
 
-/// One benchmark migration: boot the test guest (with an initrd if given), wait for its
-/// workload's first `CHECK PASS`, migrate it to a fresh destination VMM with `novacron-vmm
-/// migrate ... extra` (through a `novacron-wanrelay` started with `relay` if given), and
-/// wait for the destination's `CHECK PASS`.
+/// A disk that moves with a benchmark's guest: the source VMM (or QEMU) gets `source`, the
+/// destination `destination`, which the run (re)creates before it starts as a blank sparse
+/// file of the source's size (`File::create` + `set_len`), as a destination VMM requires.
+#[derive(Debug, Clone, Copy)]
+pub struct MigrationDisk<'a> {
+    /// The source's disk image (raw). Left in place; the guest may write to it.
+    pub source: &'a Path,
+    /// Where the destination's blank copy goes (overwritten).
+    pub destination: &'a Path,
+}
+
+impl MigrationDisk<'_> {
+    /// Creates the destination as a blank sparse file of the source's size; returns the size.
+    pub fn blank_destination(&self) -> Result<u64, String> {
+        let size = std::fs::metadata(self.source)
+            .map_err(|e| format!("source disk {}: {e}", self.source.display()))?
+            .len();
+        let f = std::fs::File::create(self.destination)
+            .map_err(|e| format!("destination disk {}: {e}", self.destination.display()))?;
+        f.set_len(size)
+            .map_err(|e| format!("destination disk {}: {e}", self.destination.display()))?;
+        Ok(size)
+    }
+}
+
+/// The last `n` lines of the file at `path` (empty if it cannot be read), for error messages.
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(n).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
+/// One benchmark migration: boot the test guest (with an initrd and a disk if given), wait
+/// for its workload's first `CHECK PASS`, migrate it to a fresh destination VMM with
+/// `novacron-vmm migrate ... extra` (through a `novacron-wanrelay` started with `relay` if
+/// given), and wait for the destination's `CHECK PASS`. The VMMs' stderr goes to `s.err` and
+/// `d.err` in `dir` (set `NOVACRON_LOG=debug` to see the engine's rounds there).
 pub struct MigrationRun<'a> {
     /// The `novacron-vmm` binary (its directory also holds `novacron-wanrelay`).
     pub vmm: &'a Path,
@@ -181,6 +215,8 @@ pub struct MigrationRun<'a> {
     pub extra: &'a [&'a str],
     /// Relay arguments (`--rate ... --rtt-ms ...`), or `None` for a direct connection.
     pub relay: Option<&'a [&'a str]>,
+    /// A writable disk (`--disk`) copied by the migration, or `None`.
+    pub disk: Option<MigrationDisk<'a>>,
 }
 
 impl MigrationRun<'_> {
@@ -190,17 +226,27 @@ impl MigrationRun<'_> {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
         let (slog, ssock, dlog) = (dir.join("s.log"), dir.join("s.sock"), dir.join("d.log"));
+        let (serr, derr) = (dir.join("s.err"), dir.join("d.err"));
+        let err_file = |p: &Path| {
+            std::fs::File::create(p).map_err(|e| format!("cannot create {}: {e}", p.display()))
+        };
+        if let Some(disk) = self.disk {
+            disk.blank_destination()?;
+        }
         let mut src = Command::new(vmm);
         src.args(["run", "--kernel"]).arg(self.guest);
         if let Some(initrd) = self.initrd {
             src.arg("--initrd").arg(initrd);
+        }
+        if let Some(disk) = self.disk {
+            src.arg("--disk").arg(disk.source);
         }
         let _src = Kill(
             src.args(["--cmdline", cmdline, "--memory", mem, "--serial"])
                 .arg(format!("file:{}", slog.display()))
                 .arg("--api-socket")
                 .arg(&ssock)
-                .stderr(Stdio::null())
+                .stderr(err_file(&serr)?)
                 .spawn()
                 .map_err(|e| e.to_string())?,
         );
@@ -219,22 +265,35 @@ impl MigrationRun<'_> {
             .local_addr()
             .map_err(|e| e.to_string())?
             .port();
+        let mut dst = Command::new(vmm);
+        dst.args([
+            "run",
+            "--incoming",
+            &format!("tcp:127.0.0.1:{port}"),
+            "--memory",
+            mem,
+        ]);
+        if let Some(disk) = self.disk {
+            dst.arg("--disk").arg(disk.destination);
+        }
         let _dst = Kill(
-            Command::new(vmm)
-                .args([
-                    "run",
-                    "--incoming",
-                    &format!("tcp:127.0.0.1:{port}"),
-                    "--memory",
-                    mem,
-                    "--serial",
-                ])
+            dst.arg("--serial")
                 .arg(format!("file:{}", dlog.display()))
-                .stderr(Stdio::null())
+                .stderr(err_file(&derr)?)
                 .spawn()
                 .map_err(|e| e.to_string())?,
         );
-        std::thread::sleep(Duration::from_millis(100));
+        // It listens once it has checked its disks (a blank target) and mapped its memory.
+        if !wait_for(
+            &derr,
+            "waiting for incoming migration",
+            Duration::from_secs(30),
+        ) {
+            return Err(format!(
+                "the destination VMM never listened: {}",
+                tail(&derr, 5)
+            ));
+        }
         let bins = vmm.parent().ok_or("no binary dir")?;
         let (_relay, target) = match self.relay {
             Some(a) => {
@@ -258,7 +317,10 @@ impl MigrationRun<'_> {
         let summary: MigrationSummary =
             serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
         if !cmdline.contains("idle") && !wait_for(&dlog, "CHECK PASS", Duration::from_secs(60)) {
-            return Err("destination did not report CHECK PASS".into());
+            return Err(format!(
+                "destination did not report CHECK PASS: {}",
+                tail(&derr, 5)
+            ));
         }
         if std::fs::read_to_string(&dlog).is_ok_and(|l| l.contains("CHECK FAIL")) {
             return Err("destination reported CHECK FAIL".into());
