@@ -328,6 +328,7 @@ async fn stray_connections(addr: &str) {
             encodings: vec!["raw".into()],
             migration_id: "not-the-awaited-migration".into(),
             verify: Default::default(),
+            copied_disks: Vec::new(),
         };
         let _ = w.json(FrameType::Hello, &hello).and_then(|_| w.flush());
         // Give the destination a moment to read it and refuse it before closing.

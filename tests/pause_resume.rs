@@ -1,7 +1,7 @@
 //! vCPUs pause at an instruction boundary (issue 11): the test guest's `counter` workload
 //! writes an increasing counter to a virtio-blk disk and to the serial port in a tight ring-3
 //! loop, every step a port-I/O or MMIO exit. It is paused and resumed 1000 times and then
-//! migrated 20 times over loopback (each destination taking over the same disk file); the
+//! migrated 20 times over loopback (each destination copying the disk into its own blank file); the
 //! serial sequence, read across every VMM's log in order, and the records on the disk must
 //! show every value exactly once, with no gap.
 //!
@@ -119,7 +119,7 @@ fn counter_survives_1000_pauses_and_20_migrations_without_duplicate_or_gap() {
     // The VMMs inherit it: their stderr then tells how often a pause met a pending I/O.
     std::env::set_var("NOVACRON_LOG", "debug");
     let dir = Scratch::new("pause-resume");
-    let disk = dir.path("counter.img");
+    let mut disk = dir.path("counter.img");
     std::fs::write(&disk, vec![0u8; SECTORS as usize * SECTOR]).expect("disk image");
     let d = disk.to_str().expect("utf8").to_string();
     let g = guest();
@@ -167,7 +167,7 @@ fn counter_survives_1000_pauses_and_20_migrations_without_duplicate_or_gap() {
     }
     drop(c);
 
-    // 20 migrations, each destination on the same disk file.
+    // 20 migrations, each destination copying the disk into its own blank file.
     let migrations = std::env::var("NOVACRON_PAUSE_MIGRATIONS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -178,6 +178,12 @@ fn counter_survives_1000_pauses_and_20_migrations_without_duplicate_or_gap() {
         wait_counting(&mut vm, at, 20);
         let port = free_port("127.0.0.1");
         let addr = format!("tcp:127.0.0.1:{port}");
+        let next = dir.path(&format!("counter-{i}.img"));
+        std::fs::File::create(&next)
+            .and_then(|f| f.set_len(SECTORS * SECTOR as u64))
+            .expect("blank disk");
+        disk = next;
+        let d = disk.to_str().expect("utf8").to_string();
         let mut dst = Vmm::start(
             &dir,
             &format!("vm{i}"),

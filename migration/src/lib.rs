@@ -129,6 +129,7 @@ pub mod batch;
 pub mod convergence;
 pub mod decoder;
 pub mod delta;
+pub mod disk;
 pub mod encoder;
 pub mod encoder_pool;
 pub mod error;

@@ -523,6 +523,11 @@ pub struct Hello {
     /// this mode implies before Complete.
     #[serde(default)]
     pub verify: VerifyMode,
+    /// Sizes in bytes of the disks whose blocks the stream carries (writable, not shared),
+    /// in the order of the VM's disks; their units follow guest memory's (see
+    /// [`crate::disk::Joined`]). The destination refuses a different list.
+    #[serde(default)]
+    pub copied_disks: Vec<u64>,
 }
 
 impl Hello {
@@ -562,6 +567,13 @@ impl Hello {
             return bad(format!(
                 "{} disks and {} nets announced, at most {MAX_DEVICES} of each allowed",
                 self.disks, self.nets
+            ));
+        }
+        if self.copied_disks.len() > self.disks {
+            return bad(format!(
+                "{} copied disks announced for {} disks",
+                self.copied_disks.len(),
+                self.disks
             ));
         }
         check_migration_id(&self.migration_id).map_err(ProtocolError::BadHello)
@@ -906,6 +918,7 @@ mod tests {
             encodings: vec!["raw".into(), "delta".into()],
             migration_id: "9b2c-4f".into(),
             verify: VerifyMode::Sampled,
+            copied_disks: vec![1 << 30],
         };
         ok.validate().expect("in bounds");
         let bad = [
@@ -935,6 +948,10 @@ mod tests {
             },
             Hello {
                 migration_id: "two words".into(),
+                ..ok.clone()
+            },
+            Hello {
+                copied_disks: vec![1, 2],
                 ..ok.clone()
             },
         ];

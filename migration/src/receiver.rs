@@ -386,6 +386,7 @@ fn receive_stream<K: UnitSink + Sync, T: Takeover>(
                     .into());
                 }
                 reply(out, FrameType::RoundAck, &r)?;
+                sink.round_end();
                 pass = pass.checked_add(1).ok_or(ProtocolError::WrongRound {
                     got: r.round,
                     want: pass,
@@ -459,6 +460,7 @@ fn receive_stream<K: UnitSink + Sync, T: Takeover>(
                     )));
                 }
                 let verified_at = since(switchover);
+                sink.flush().map_err(|e| SessionError::Start(e.into()))?;
                 takeover.start().map_err(SessionError::Start)?;
                 received.downtime_ms = since(switchover);
                 tracing::debug!(
@@ -507,9 +509,11 @@ fn check_sampled<K: UnitSink + Sync>(
             want.sample
         )));
     }
+    let mut addressable = UnitSet::new(count);
+    sink.addressable(&mut addressable);
     let got = verify::sampled_digests(
         final_pass,
-        count,
+        &addressable,
         want.sample,
         want.seed,
         verify::default_threads(),

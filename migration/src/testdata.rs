@@ -257,8 +257,8 @@ impl UnitSource for ScheduledGuest {
         self.run(count);
         self.memory.dirty(set, final_pass)
     }
-    fn prepare(&mut self, set: &UnitSet, word: usize) -> Result<usize, UnitError> {
-        self.memory.prepare(set, word)
+    fn prepare(&mut self, words: &[u64], word: usize) -> Result<usize, UnitError> {
+        self.memory.prepare(words, word)
     }
     fn read(&self, n: u64, buf: &mut [u8; PAGE_SIZE]) -> Result<(), UnitError> {
         self.memory.read(n, buf)

@@ -83,6 +83,7 @@ fn hello(memory: u64) -> Hello {
         encodings: Vec::new(),
         migration_id: String::new(),
         verify: VerifyMode::Off,
+        copied_disks: Vec::new(),
     }
 }
 
@@ -687,8 +688,8 @@ impl UnitSource for HotGuest {
         }
         self.memory.dirty(set, final_pass)
     }
-    fn prepare(&mut self, set: &UnitSet, word: usize) -> Result<usize, UnitError> {
-        self.memory.prepare(set, word)
+    fn prepare(&mut self, words: &[u64], word: usize) -> Result<usize, UnitError> {
+        self.memory.prepare(words, word)
     }
     fn read(&self, n: u64, buf: &mut [u8; PAGE_SIZE]) -> Result<(), UnitError> {
         self.memory.read(n, buf)

@@ -121,6 +121,7 @@ fn record(verify: VerifyMode, compression: Compression, seed: u64) -> Recording 
             encodings: Vec::new(),
             migration_id: String::new(),
             verify,
+            copied_disks: Vec::new(),
         },
         &opts,
         &mut guest,

@@ -15,13 +15,17 @@ pub enum Serial {
     None,
 }
 
-/// A virtio-blk disk (`--disk PATH[,ro]`).
+/// A virtio-blk disk (`--disk PATH[,ro][,shared]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disk {
     /// Backing raw file.
     pub path: PathBuf,
     /// Refuse guest writes.
     pub read_only: bool,
+    /// Both hosts of a migration reach this same file: live migration does not copy it.
+    /// A writable disk that is not shared travels in the migration stream, and on a
+    /// destination (`incoming`) must be a blank file of the source's size.
+    pub shared: bool,
 }
 
 /// A virtio-net interface (`--net tap=NAME[,mac=MAC]`).
@@ -121,7 +125,8 @@ impl MachineOptions {
         }
         for d in &self.disks {
             let ro = if d.read_only { ",ro" } else { "" };
-            opt("disk", format!("{}{ro}", d.path.display()));
+            let shared = if d.shared { ",shared" } else { "" };
+            opt("disk", format!("{}{ro}{shared}", d.path.display()));
         }
         for n in &self.nets {
             let mac = n
@@ -163,10 +168,18 @@ mod tests {
             vcpus: 2,
             serial: Serial::File("/d/console.log".into()),
             api_socket: Some("/d/api.sock".into()),
-            disks: vec![Disk {
-                path: "/d/root.img".into(),
-                read_only: true,
-            }],
+            disks: vec![
+                Disk {
+                    path: "/d/root.img".into(),
+                    read_only: true,
+                    shared: false,
+                },
+                Disk {
+                    path: "/nfs/data.img".into(),
+                    read_only: false,
+                    shared: true,
+                },
+            ],
             nets: vec![Nic {
                 tap: "nc0".into(),
                 mac: Some("52:54:00:00:00:01".into()),

@@ -151,10 +151,17 @@ mod tests {
                 Disk {
                     path: "/vm/root.img".into(),
                     read_only: false,
+                    shared: false,
                 },
                 Disk {
                     path: "/vm/seed.img".into(),
                     read_only: true,
+                    shared: false,
+                },
+                Disk {
+                    path: "/nfs/data.img".into(),
+                    read_only: false,
+                    shared: true,
                 },
             ],
             nets: vec![
@@ -183,11 +190,18 @@ mod tests {
             [
                 DiskConfig {
                     path: "/vm/root.img".into(),
-                    read_only: false
+                    read_only: false,
+                    shared: false
                 },
                 DiskConfig {
                     path: "/vm/seed.img".into(),
-                    read_only: true
+                    read_only: true,
+                    shared: false
+                },
+                DiskConfig {
+                    path: "/nfs/data.img".into(),
+                    read_only: false,
+                    shared: true
                 }
             ]
         );
@@ -225,7 +239,7 @@ mod tests {
         assert_eq!(a.serial, SerialTarget::None);
         assert_eq!(
             (a.memory, a.vcpus, a.disks.len(), a.nets.len()),
-            (512 << 20, 4, 2, 2)
+            (512 << 20, 4, 3, 2)
         );
 
         let restore = MachineOptions {
@@ -316,13 +330,25 @@ pub struct MachineConfig {
     pub nets: Vec<NetConfig>,
 }
 
-/// A virtio-blk disk: `PATH[,ro]`.
+/// A virtio-blk disk: `PATH[,ro][,shared]`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DiskConfig {
     /// Backing raw file.
     pub path: PathBuf,
     /// Refuse guest writes.
     pub read_only: bool,
+    /// The same file is reachable from every host the VM migrates between: a live
+    /// migration does not copy it. Writable disks that are not shared are copied by the
+    /// migration stream (and, on a destination, must be blank files of the source's size).
+    #[serde(default)]
+    pub shared: bool,
+}
+
+impl DiskConfig {
+    /// Whether a live migration carries this disk's blocks.
+    pub fn copied(&self) -> bool {
+        !self.read_only && !self.shared
+    }
 }
 
 impl std::str::FromStr for DiskConfig {
@@ -332,18 +358,25 @@ impl std::str::FromStr for DiskConfig {
         let path = parts
             .next()
             .filter(|p| !p.is_empty())
-            .ok_or("disk needs a path: PATH[,ro]")?;
+            .ok_or("disk needs a path: PATH[,ro][,shared]")?;
         let mut read_only = false;
+        let mut shared = false;
         for opt in parts {
             match opt {
                 "ro" | "readonly" => read_only = true,
                 "rw" => read_only = false,
-                other => return Err(format!("unknown disk option '{other}': expected ro or rw")),
+                "shared" => shared = true,
+                other => {
+                    return Err(format!(
+                        "unknown disk option '{other}': expected ro, rw or shared"
+                    ))
+                }
             }
         }
         Ok(DiskConfig {
             path: PathBuf::from(path),
             read_only,
+            shared,
         })
     }
 }

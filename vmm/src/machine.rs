@@ -233,6 +233,11 @@ impl Machine {
         &self.mem
     }
 
+    /// The disks, in `--disk` order, as live migration reads and writes them.
+    pub fn disks(&self) -> &[crate::devices::virtio::DiskHandle] {
+        self.devices.disks()
+    }
+
     /// The KVM VM (memory slots, dirty log).
     pub fn vm(&self) -> &KvmVm {
         &self.vm

@@ -6,6 +6,7 @@
 //! | `blkro` | expects a read-only disk: a write must fail with `VIRTIO_BLK_S_IOERR`, a read must succeed |
 //! | `blkread` | reads `sectors` sectors and verifies the pattern of `seed` (written by the host) |
 //! | `blkloop` | like `blk`, forever, with the seed advancing each pass (disk I/O during migration) |
+//! | `blkhot` | a hot region of `sectors` sectors from `sector`: each 4 KiB block read, one byte bumped, written back, forever; every visit checks the byte the last one wrote (disk data that must survive migration, rewritten the way databases do) |
 //! | `blkbench` | sequential writes then reads of `mib` MiB in `bs`-byte requests, `qd` in flight |
 //! | `net` | sends `frames` frames, then echoes `rx` frames sent by the host |
 //! | `netbench` | `dir=tx`: sends `frames` frames of `size` bytes; `dir=rx`: counts frames received |
@@ -94,6 +95,7 @@ pub fn dispatch(cmdline: &'static [u8], boot: &BootInfo) {
         b"blkread" => "blkread",
         b"blkbench" => "blkbench",
         b"blkloop" => "blkloop",
+        b"blkhot" => "blkhot",
         b"net" => "net",
         b"netbench" => "netbench",
         b"smp" => "smp",
@@ -106,7 +108,7 @@ pub fn dispatch(cmdline: &'static [u8], boot: &BootInfo) {
     }
     outln!("READY workload={name} hz={hz}");
     match name {
-        "blk" | "blkro" | "blkread" | "blkbench" | "blkloop" => {
+        "blk" | "blkro" | "blkread" | "blkbench" | "blkloop" | "blkhot" => {
             crate::virtio_blk::run(name, cmdline, boot)
         }
         "net" | "netbench" => crate::virtio_net::run(name, cmdline, boot),

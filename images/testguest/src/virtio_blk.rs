@@ -1,4 +1,4 @@
-//! virtio-blk workloads (`blk`, `blkro`, `blkread`, `blkbench`), polling.
+//! virtio-blk workloads (`blk`, `blkro`, `blkread`, `blkloop`, `blkhot`, `blkbench`), polling.
 //!
 //! A request uses three descriptors in slot `s`: `3s` the 16-byte header, `3s+1` the data,
 //! `3s+2` the status byte. Up to `qd` requests are in flight.
@@ -157,6 +157,7 @@ pub fn run(name: &str, cmdline: &'static [u8], boot: &BootInfo) -> ! {
     let qd = num(cmdline, "qd", 32).clamp(1, MAX_SLOTS as u64) as u16;
     let data_bytes = match name {
         "blkbench" => bs * qd as u64,
+        "blkhot" => BLOCK + sectors / (BLOCK / SECTOR) + 4096,
         _ => 2 * sectors * SECTOR,
     };
     let mut alloc = region(boot, data_bytes + (2 << 20));
@@ -256,10 +257,74 @@ pub fn run(name: &str, cmdline: &'static [u8], boot: &BootInfo) -> ! {
                 seed += 1;
             }
         }
+        "blkhot" => hot(&mut blk, &mut alloc, start, sectors),
         _ => bench(&mut blk, &mut alloc, mib, bs, qd),
     }
     outln!("DONE workload={name}");
     sys::idle_forever();
+}
+
+/// Bytes per block of the `blkhot` workload.
+const BLOCK: u64 = 4096;
+
+/// `blkhot`: forever, each 4 KiB block of `sectors` sectors from `start` is read, one byte
+/// (at an offset that differs per block) is checked against what the previous visit wrote,
+/// bumped and written back. The first visit learns the byte (the region holds whatever the
+/// host put there). Prints `CHECK PASS workload=blkhot pass=N` after each full pass, or
+/// `CHECK FAIL` naming the block whose byte is not the one written last.
+fn hot(blk: &mut Blk, alloc: &mut Alloc, start: u64, sectors: u64) -> ! {
+    let per = BLOCK / SECTOR;
+    let blocks = sectors / per;
+    if blocks == 0 || start + blocks * per > blk.capacity {
+        fail("blkhot", "region empty or beyond the disk");
+    }
+    let (Some(buf), Some(gens)) = (alloc.take(BLOCK, 4096), alloc.take(blocks, 64)) else {
+        fail("blkhot", "out of memory")
+    };
+    let mut pass = 0u64;
+    loop {
+        let t0 = sys::ticks();
+        for b in 0..blocks {
+            let sector = start + b * per;
+            let off = (b * 37) % BLOCK;
+            match blk.request(T_IN, sector, buf, BLOCK as u32) {
+                Some((S_OK, _)) => {}
+                other => {
+                    outln!("CHECK FAIL workload=blkhot op=read sector={sector} result={other:?}");
+                    sys::idle_forever();
+                }
+            }
+            let (byte, gen) = ((buf + off) as *mut u8, (gens + b) as *mut u8);
+            // SAFETY: buf has BLOCK bytes and gens `blocks` bytes, both from the workload
+            // region; off < BLOCK and b < blocks.
+            let (have, want) =
+                unsafe { (core::ptr::read_volatile(byte), core::ptr::read_volatile(gen)) };
+            if pass > 0 && have != want {
+                outln!(
+                    "CHECK FAIL workload=blkhot block={b} sector={sector} pass={pass} byte={have} expected={want}"
+                );
+                sys::idle_forever();
+            }
+            let next = have.wrapping_add(1);
+            // SAFETY: as above.
+            unsafe {
+                core::ptr::write_volatile(byte, next);
+                core::ptr::write_volatile(gen, next);
+            }
+            match blk.request(T_OUT, sector, buf, BLOCK as u32) {
+                Some((S_OK, _)) => {}
+                other => {
+                    outln!("CHECK FAIL workload=blkhot op=write sector={sector} result={other:?}");
+                    sys::idle_forever();
+                }
+            }
+        }
+        outln!(
+            "CHECK PASS workload=blkhot pass={pass} blocks={blocks} ticks={}",
+            sys::ticks() - t0
+        );
+        pass += 1;
+    }
 }
 
 /// Writes the pattern of `seed` to `sectors` sectors from `start` and flushes; a failure is

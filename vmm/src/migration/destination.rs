@@ -14,6 +14,7 @@ use super::glue::{GuestSink, VmTakeover};
 use super::options::parse_tcp;
 use super::MigrationError;
 use crate::machine::Machine;
+use novacron_migration::disk::Joined;
 pub use novacron_migration::receiver::Received;
 use novacron_migration::session::{Expect, SessionError};
 use std::net::TcpListener;
@@ -74,6 +75,7 @@ pub fn receive(
 ) -> Result<Received, MigrationError> {
     let addr = &inc.addr;
     let sa = parse_tcp(addr)?;
+    super::glue::check_incoming_disks(m)?;
     let listen_err = |source| MigrationError::Listen {
         addr: addr.to_string(),
         source,
@@ -105,7 +107,7 @@ pub fn receive(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(source) => return Err(listen_err(source)),
         };
-        let mut sink = GuestSink::new(m);
+        let mut sink = Joined::sink(GuestSink::new(m), super::glue::disk_sink(m)?)?;
         let mut takeover = VmTakeover::new(m, inc.migration_id.clone());
         match novacron_migration::receiver::receive(stream, &mut sink, &mut takeover, &expect) {
             Ok(r) => return Ok(r),

@@ -5,11 +5,13 @@
 //! ([`VmGuest`], [`VmTakeover`]).
 
 use super::guest_pages::GuestMemoryPages;
+use crate::devices::virtio::DiskHandle;
 use crate::dirty::{self, DirtyTracker, PageBitmap};
 use crate::kvm::cpuid;
 use crate::machine::Machine;
 use crate::memory::GuestMem;
 use crate::persist::Persist;
+use novacron_migration::disk::{self, Disk, DiskError, DiskSet};
 use novacron_migration::protocol::{Hello, PROTOCOL_VERSION};
 use novacron_migration::receiver::Takeover;
 use novacron_migration::sender::Guest;
@@ -17,6 +19,7 @@ use novacron_migration::session::HookError;
 use novacron_migration::unit::{SourceId, UnitError, UnitSet, UnitSink, UnitSource, GUEST_MEMORY};
 use novacron_migration::{PageStore, PAGE_SIZE};
 use std::cell::Cell;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -35,7 +38,60 @@ pub fn hello(m: &Machine) -> Hello {
         encodings: Vec::new(),
         migration_id: String::new(),
         verify: Default::default(),
+        copied_disks: copied(m).map(|(_, h)| disk_size(h)).collect(),
     }
+}
+
+/// The disks a live migration copies (writable, not shared), with their `--disk` index.
+fn copied(m: &Machine) -> impl Iterator<Item = (usize, &DiskHandle)> {
+    m.disks()
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| h.config.copied())
+}
+
+fn disk_size(h: &DiskHandle) -> u64 {
+    h.file.metadata().map(|md| md.len()).unwrap_or(0)
+}
+
+/// The copied disks of `m` as one unit source (the source side: read-only handles and the
+/// devices' write tracking).
+pub fn disk_source(m: &Machine) -> Result<DiskSet, DiskError> {
+    let mut disks = Vec::new();
+    for (_, h) in copied(m) {
+        let file = h.file.try_clone().map_err(|source| DiskError::Io {
+            path: h.config.path.clone(),
+            source,
+        })?;
+        disks.push(Disk::new(file, &h.config.path, h.dirty.clone())?);
+    }
+    Ok(DiskSet::new(disks))
+}
+
+/// The copied disks of `m` as one unit sink (the destination side: each file opened again
+/// for writing).
+pub fn disk_sink(m: &Machine) -> Result<DiskSet, DiskError> {
+    let mut disks = Vec::new();
+    for (_, h) in copied(m) {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/self/fd/{}", h.file.as_raw_fd()))
+            .map_err(|source| DiskError::Io {
+                path: h.config.path.clone(),
+                source,
+            })?;
+        disks.push(Disk::new(file, &h.config.path, None)?);
+    }
+    Ok(DiskSet::new(disks))
+}
+
+/// Checks that every disk an incoming migration copies into is blank (before listening).
+pub fn check_incoming_disks(m: &Machine) -> Result<(), DiskError> {
+    for (_, h) in copied(m) {
+        disk::check_blank(&h.file, &h.config.path)?;
+    }
+    Ok(())
 }
 
 /// Checks the source's Hello against this machine; returns the refusal reason if any.
@@ -69,6 +125,15 @@ pub fn check_hello(m: &Machine, h: &Hello) -> Result<(), String> {
             m.config().nets.len()
         ));
     }
+    let ours: Vec<u64> = copied(m).map(|(_, d)| disk_size(d)).collect();
+    if h.copied_disks != ours {
+        return Err(format!(
+            "copied disks differ (writable disks that are not shared, sizes in bytes): \
+             source {:?}, destination {ours:?}; the destination's copy of each must be a blank \
+             file of the source's size",
+            h.copied_disks
+        ));
+    }
     let missing = cpuid::missing_features(&h.cpuid, &cpuid::feature_words(m.cpuid()));
     if !missing.is_empty() {
         return Err(format!(
@@ -83,6 +148,15 @@ fn dirty_error(e: impl std::fmt::Display) -> UnitError {
     UnitError::Dirty {
         source_id: GUEST_MEMORY,
         reason: e.to_string(),
+    }
+}
+
+/// Puts the page frames of `m`'s RAM regions into `set` (the MMIO hole left out).
+fn ram_frames(m: &Machine, set: &mut UnitSet) {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    for r in m.mem().iter() {
+        let start = r.start_addr().0 / PAGE_SIZE as u64;
+        set.fill_range(start, start + r.len() / PAGE_SIZE as u64);
     }
 }
 
@@ -155,8 +229,7 @@ impl UnitSource for GuestSource<'_> {
         Ok(())
     }
 
-    fn prepare(&mut self, set: &UnitSet, word: usize) -> Result<usize, UnitError> {
-        let words = set.words();
+    fn prepare(&mut self, words: &[u64], word: usize) -> Result<usize, UnitError> {
         let end = (word + dirty::REARM_WORDS).min(words.len());
         dirty::rearm(self.m, word, &words[word..end]).map_err(dirty_error)?;
         Ok(end)
@@ -171,6 +244,9 @@ impl UnitSource for GuestSource<'_> {
                 unit: n,
                 reason: e.to_string(),
             })
+    }
+    fn addressable(&self, set: &mut UnitSet) {
+        ram_frames(self.m, set);
     }
 }
 
@@ -215,6 +291,9 @@ impl UnitSink for GuestSink<'_> {
 
     fn populated(&self, set: &mut UnitSet) {
         or_into(set, &dirty::touched_pages(self.m));
+    }
+    fn addressable(&self, set: &mut UnitSet) {
+        ram_frames(self.m, set);
     }
 }
 

@@ -45,6 +45,9 @@ pub enum MigrationError {
         /// Connections refused as not the awaited migration.
         strays: u32,
     },
+    /// A disk to copy cannot be read, written, or is not a blank target.
+    #[error(transparent)]
+    Disk(#[from] novacron_migration::disk::DiskError),
     /// The migration session failed (stream, codecs, refusal, timeout, verification, state).
     #[error(transparent)]
     Session(#[from] SessionError),

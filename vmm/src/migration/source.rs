@@ -6,6 +6,7 @@ use super::glue::{self, GuestSource, VmGuest};
 use super::options::{parse_tcp, MigrateOptions, MigrationSummary};
 use super::MigrationError;
 use crate::machine::Machine;
+use novacron_migration::disk::Joined;
 use novacron_migration::sender;
 use novacron_migration::session::{Cancel, SessionError};
 use std::net::TcpStream;
@@ -48,9 +49,11 @@ pub fn migrate(
     cancel: &Cancel,
     on_connected: &dyn Fn(&TcpStream),
 ) -> Result<MigrationSummary, MigrationError> {
+    let disks = glue::disk_source(m)?;
     let stream = connect(opts)?;
     on_connected(&stream);
-    let mut source = GuestSource::new(m);
+    // Guest memory, then the copied disks, in one unit space: one session moves both.
+    let mut source = Joined::source(GuestSource::new(m), disks)?;
     let mut guest = VmGuest::new(m, opts.auto_converge);
     match sender::migrate(
         stream,
@@ -61,7 +64,7 @@ pub fn migrate(
         cancel,
     ) {
         Ok(summary) => {
-            source.stop();
+            source.first.stop();
             Ok(summary)
         }
         Err(e @ SessionError::InDoubt(_)) => {

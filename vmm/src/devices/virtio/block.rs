@@ -11,8 +11,10 @@
 use super::chain::{self, Chain, Segment};
 use super::{VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1};
 use crate::memory::GuestMem;
+use novacron_migration::disk::DirtyBlocks;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use thiserror::Error;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
@@ -87,6 +89,8 @@ pub struct Block {
     capacity: u64,
     id: [u8; ID_BYTES],
     config: [u8; CONFIG_LEN],
+    /// The blocks written since live migration last collected them (writable disks).
+    dirty: Option<Arc<DirtyBlocks>>,
     /// Counters.
     pub stats: BlockStats,
 }
@@ -129,8 +133,18 @@ impl Block {
             capacity,
             id,
             config,
+            dirty: (!read_only).then(|| Arc::new(DirtyBlocks::new(size))),
             stats: BlockStats::default(),
         })
+    }
+
+    /// What live migration reads this disk through: the same file opened again read-only
+    /// (its own file offset: the device seeks its descriptor, migration lists extents with
+    /// `lseek`) and the write tracking (`None` for a read-only disk).
+    pub fn migration_handle(&self) -> std::io::Result<(File, Option<Arc<DirtyBlocks>>)> {
+        use std::os::fd::AsRawFd;
+        let again = File::open(format!("/proc/self/fd/{}", self.file.as_raw_fd()))?;
+        Ok((again, self.dirty.clone()))
     }
 
     /// Capacity in 512-byte sectors.
@@ -182,7 +196,13 @@ impl Block {
                 if !len.is_multiple_of(SECTOR_SIZE) || !self.in_bounds(sector, len) {
                     return (VIRTIO_BLK_S_IOERR, 0);
                 }
-                match chain::guest_to_file(mem, &data, &mut self.file, sector * SECTOR_SIZE) {
+                let res = chain::guest_to_file(mem, &data, &mut self.file, sector * SECTOR_SIZE);
+                // Marked after the write (even a failed one may have changed blocks), so a
+                // migration pass either reads the new data or sees the mark.
+                if let Some(d) = &self.dirty {
+                    d.mark(sector * SECTOR_SIZE, len);
+                }
+                match res {
                     Ok(()) => {
                         self.stats.write_bytes += len;
                         (VIRTIO_BLK_S_OK, 0)

@@ -149,9 +149,22 @@ struct Shared {
     cond: Condvar,
 }
 
+/// A disk as live migration sees it: its configuration, a second handle on its file and
+/// its write tracking (`None` for read-only disks).
+#[derive(Debug)]
+pub struct DiskHandle {
+    /// The `--disk` option.
+    pub config: DiskConfig,
+    /// The file (positional I/O only).
+    pub file: std::fs::File,
+    /// Blocks written since the last collection.
+    pub dirty: Option<Arc<novacron_migration::disk::DirtyBlocks>>,
+}
+
 /// The machine's virtio devices and their device thread.
 pub struct DeviceManager {
     transports: Vec<Arc<Mutex<MmioTransport>>>,
+    disks: Vec<DiskHandle>,
     infos: Vec<DeviceInfo>,
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -171,15 +184,33 @@ impl DeviceManager {
         nets: &[NetConfig],
     ) -> Result<Self, ManagerError> {
         let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+        let mut handles = Vec::with_capacity(disks.len());
         for d in disks {
-            devices.push(Box::new(Block::open(&d.path, d.read_only)?));
+            let blk = Block::open(&d.path, d.read_only)?;
+            let (file, dirty) = blk.migration_handle().map_err(|source| BlockError::Open {
+                path: d.path.clone(),
+                source,
+            })?;
+            handles.push(DiskHandle {
+                config: d.clone(),
+                file,
+                dirty,
+            });
+            devices.push(Box::new(blk));
         }
         for (i, n) in nets.iter().enumerate() {
             let tap = Tap::open(&n.tap)?;
             let mac = n.mac.unwrap_or_else(|| default_mac(&n.tap, i));
             devices.push(Box::new(Net::new(tap, mac)));
         }
-        Self::with_devices(devices, mem, Some(vm))
+        let mut m = Self::with_devices(devices, mem, Some(vm))?;
+        m.disks = handles;
+        Ok(m)
+    }
+
+    /// The disks, in `--disk` order (for live migration).
+    pub fn disks(&self) -> &[DiskHandle] {
+        &self.disks
     }
 
     /// A manager for already built devices; with `vm`, their notifications and interrupts are
@@ -234,6 +265,7 @@ impl DeviceManager {
         let epoll = build_epoll(&shared, &transports)?;
         let m = DeviceManager {
             transports,
+            disks: Vec::new(),
             infos,
             shared,
             thread: Mutex::new(None),

@@ -21,7 +21,9 @@ pub mod mmio;
 pub mod net;
 pub mod tap;
 
-pub use manager::{DeviceManager, DevicesState, ManagerError, QueueRegs, TransportState};
+pub use manager::{
+    DeviceManager, DevicesState, DiskHandle, ManagerError, QueueRegs, TransportState,
+};
 pub use mmio::MmioTransport;
 
 use crate::memory::GuestMem;
