@@ -131,7 +131,7 @@ impl Manager {
             restore: None,
             paused: false,
         };
-        Ok(mark_shared(machine.args(), &prepared))
+        Ok(machine.args())
     }
 
     pub(super) fn keep_console_log(&self, id: &str, dir: &Path) {
@@ -143,24 +143,6 @@ impl Manager {
             );
         }
     }
-}
-
-/// Appends `,shared` to the `--disk` values of shared disks (`novacron-vmm run --disk
-/// PATH[,ro][,shared]`: the VMM neither sends nor expects their blocks in a migration).
-fn mark_shared(mut argv: Vec<String>, disks: &[PreparedDisk]) -> Vec<String> {
-    let mut n = 0;
-    let mut i = 0;
-    while i + 1 < argv.len() {
-        if argv[i] == "--disk" {
-            if disks.get(n).is_some_and(|d| d.shared) {
-                argv[i + 1].push_str(",shared");
-            }
-            n += 1;
-            i += 1;
-        }
-        i += 1;
-    }
-    argv
 }
 
 /// A free TCP port on `host` (bound and released).
