@@ -113,7 +113,7 @@ impl Manager {
                 .map(|d| Disk {
                     path: d.path.clone(),
                     read_only: d.readonly,
-                    shared: false,
+                    shared: d.shared,
                 })
                 .collect(),
             nets: c
