@@ -8,7 +8,7 @@ use novacron_proto::agent as apb;
 use novacron_proto::agent::agent_server::Agent;
 use tonic::{Request, Response, Status};
 
-use crate::manager::{Manager, ManagerError};
+use crate::manager::{ExportStream, Manager, ManagerError};
 
 impl From<ManagerError> for Status {
     fn from(e: ManagerError) -> Self {
@@ -21,7 +21,7 @@ impl From<ManagerError> for Status {
                 Status::failed_precondition(msg)
             }
             ManagerError::Unavailable(_) | ManagerError::Vmm(_) => Status::unavailable(msg),
-            ManagerError::Aborted(_) => Status::aborted(msg),
+            ManagerError::Aborted(_) | ManagerError::Copy { .. } => Status::aborted(msg),
             ManagerError::Net(_) | ManagerError::Supervise(_) | ManagerError::Io { .. } => {
                 Status::internal(msg)
             }
@@ -64,7 +64,25 @@ impl Agent for AgentApi {
         let c = r
             .config
             .ok_or_else(|| Status::invalid_argument("config is required"))?;
-        Ok(Response::new(self.manager.create(c, r.start).await?))
+        let Some(src) = r.copy_disks_from else {
+            return Ok(Response::new(self.manager.create(c, r.start).await?));
+        };
+        // Its own task: a caller that goes away must not cut a disk copy short half-way
+        // (the copy cleans up after itself whatever happens).
+        let manager = Arc::clone(&self.manager);
+        let task = tokio::spawn(async move {
+            let id = c.id.clone();
+            let st = manager.create_copied(c, &src).await?;
+            if r.start {
+                manager.start(&id).await
+            } else {
+                Ok(st)
+            }
+        });
+        match task.await {
+            Ok(res) => Ok(Response::new(res?)),
+            Err(e) => Err(Status::internal(format!("create task failed: {e}"))),
+        }
     }
 
     async fn start_vm(
@@ -149,7 +167,7 @@ impl Agent for AgentApi {
             .ok_or_else(|| Status::invalid_argument("config is required"))?;
         let (address, status) = self
             .manager
-            .prepare_incoming(c, &r.migration_id, r.incoming_timeout_s)
+            .prepare_incoming(c, &r.migration_id, r.incoming_timeout_s, &r.disk_sizes)
             .await?;
         Ok(Response::new(apb::PrepareIncomingResponse {
             address,
@@ -192,6 +210,18 @@ impl Agent for AgentApi {
     ) -> Result<Response<apb::VmStatus>, Status> {
         Ok(Response::new(
             self.manager.cancel_migration(&r.into_inner().vm_id).await?,
+        ))
+    }
+
+    type ExportDiskStream = ExportStream;
+
+    async fn export_disk(
+        &self,
+        r: Request<apb::ExportDiskRequest>,
+    ) -> Result<Response<Self::ExportDiskStream>, Status> {
+        let r = r.into_inner();
+        Ok(Response::new(
+            self.manager.export_disk(&r.vm_id, r.index).await?,
         ))
     }
 

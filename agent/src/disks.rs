@@ -1,6 +1,11 @@
 //! VM disks: each disk of a VM is a file in its directory, copied or cloned (reflink, where
-//! the filesystem supports it) from an image, or a blank sparse file. Read-only disks use the
-//! image in place.
+//! the filesystem supports it) from an image, or a blank sparse file. Read-only disks and
+//! shared disks (an image on storage every host reaches) use the image in place.
+//!
+//! Which disks move with a VM ([`moves`]): the files in its directory. A live migration's
+//! destination creates each writable one blank at the source's size ([`prepare_incoming`]),
+//! for the VMM's stream to fill; a cold move copies them between agents
+//! ([`crate::disk_copy`]). Disks used in place are never copied or deleted.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -22,6 +27,12 @@ pub enum DiskError {
     /// Neither an image nor a size.
     #[error("disk {0}: needs an image or a size")]
     Empty(usize),
+    /// A shared disk names no file.
+    #[error("disk {0}: a shared disk needs an image (the file every host reaches)")]
+    SharedNeedsImage(usize),
+    /// An incoming migration did not say how large a disk is on the source.
+    #[error("disk {0}: the source's size of this writable disk is missing (PrepareIncomingRequest.disk_sizes)")]
+    SizeMissing(usize),
     /// Copying or creating failed.
     #[error("disk {index}: {path}: {source}")]
     Io {
@@ -51,6 +62,77 @@ pub struct PreparedDisk {
     pub path: PathBuf,
     /// Read-only.
     pub readonly: bool,
+    /// On shared storage: the same file on every host (never copied by a migration).
+    pub shared: bool,
+}
+
+/// Whether a disk is used in place (read-only or shared image) rather than being a file of
+/// the VM's own directory.
+pub fn in_place(d: &apb::Disk) -> bool {
+    !d.image.is_empty() && (d.readonly || d.shared)
+}
+
+/// Whether a disk moves with its VM (a file of its directory): copied by a cold move,
+/// carried by a live migration's stream when writable.
+pub fn moves(d: &apb::Disk) -> bool {
+    !in_place(d)
+}
+
+/// The file of disk `index` of a VM in `dir` (nothing is created).
+pub fn path_of(dir: &Path, images: &Path, index: usize, d: &apb::Disk) -> PathBuf {
+    if in_place(d) {
+        resolve(images, &d.image)
+    } else {
+        dir.join(format!("disk{index}.img"))
+    }
+}
+
+/// What each disk of a VM in `dir` looks like on this host (size, allocation).
+pub fn describe(dir: &Path, images: &Path, disks: &[apb::Disk]) -> Vec<apb::DiskStatus> {
+    use std::os::unix::fs::MetadataExt;
+    disks
+        .iter()
+        .enumerate()
+        .map(|(index, d)| {
+            let path = path_of(dir, images, index, d);
+            let (size_bytes, allocated_bytes) = std::fs::metadata(&path)
+                .map(|m| (m.len(), m.blocks() * 512))
+                .unwrap_or((0, 0));
+            apb::DiskStatus {
+                index: index as u32,
+                path: path.display().to_string(),
+                size_bytes,
+                allocated_bytes,
+                readonly: d.readonly,
+                shared: d.shared,
+            }
+        })
+        .collect()
+}
+
+/// Creates, for an incoming live migration, each writable disk that moves as a blank sparse
+/// file of the source's size (`sizes`, by index): the VMM's stream fills it. Existing files
+/// are truncated first (a blank target is what the VMM requires). Other disks are left to
+/// [`prepare`].
+pub fn prepare_incoming(dir: &Path, disks: &[apb::Disk], sizes: &[u64]) -> Result<(), DiskError> {
+    for (index, d) in disks.iter().enumerate() {
+        if !moves(d) || d.readonly {
+            continue;
+        }
+        let size = match sizes.get(index) {
+            Some(&s) if s > 0 => s,
+            _ => return Err(DiskError::SizeMissing(index)),
+        };
+        let dst = dir.join(format!("disk{index}.img"));
+        let io = |source| DiskError::Io {
+            index,
+            path: dst.display().to_string(),
+            source,
+        };
+        let f = File::create(&dst).map_err(io)?;
+        f.set_len(size).map_err(io)?;
+    }
+    Ok(())
 }
 
 const FICLONE: libc::c_ulong = 0x4004_9409;
@@ -89,6 +171,9 @@ pub fn prepare(
                 source,
             }
         };
+        if d.shared && d.image.is_empty() {
+            return Err(DiskError::SharedNeedsImage(index));
+        }
         if !d.image.is_empty() {
             let src = resolve(images, &d.image);
             if !src.is_file() {
@@ -97,10 +182,11 @@ pub fn prepare(
                     path: src.display().to_string(),
                 });
             }
-            if d.readonly {
+            if in_place(d) {
                 out.push(PreparedDisk {
                     path: src,
-                    readonly: true,
+                    readonly: d.readonly,
+                    shared: d.shared,
                 });
                 continue;
             }
@@ -127,6 +213,7 @@ pub fn prepare(
         out.push(PreparedDisk {
             path: dst,
             readonly: d.readonly,
+            shared: false,
         });
     }
     Ok(out)
@@ -148,18 +235,26 @@ mod tests {
                 size_mib: 1,
                 readonly: false,
                 clone: true,
+                shared: false,
             },
             apb::Disk {
                 image: String::new(),
                 size_mib: 2,
                 readonly: false,
                 clone: false,
+                shared: false,
             },
             apb::Disk {
                 image: images.join("base.img").display().to_string(),
                 size_mib: 0,
                 readonly: true,
                 clone: false,
+                shared: false,
+            },
+            apb::Disk {
+                image: "base.img".into(),
+                shared: true,
+                ..Default::default()
             },
         ];
         let p = prepare(&dir, &images, &disks).unwrap();
@@ -167,6 +262,21 @@ mod tests {
         assert_eq!(&std::fs::read(&p[0].path).unwrap()[..5], b"hello");
         assert_eq!(std::fs::metadata(&p[1].path).unwrap().len(), 2 << 20);
         assert!(p[2].readonly && p[2].path.ends_with("base.img"));
+        // Shared: the image itself, writable, never a copy.
+        assert!(!p[3].readonly && p[3].shared && p[3].path == images.join("base.img"));
+        assert!(!dir.join("disk3.img").exists());
+        let st = describe(&dir, &images, &disks);
+        assert_eq!(st[1].size_bytes, 2 << 20);
+        assert!(st[1].allocated_bytes < st[1].size_bytes);
+        assert!(st[3].shared && st[3].size_bytes == 5);
+        let no_file = vec![apb::Disk {
+            shared: true,
+            ..Default::default()
+        }];
+        assert!(matches!(
+            prepare(&dir, &images, &no_file),
+            Err(DiskError::SharedNeedsImage(0))
+        ));
         let missing = vec![apb::Disk {
             image: "nope.img".into(),
             ..Default::default()
@@ -174,6 +284,42 @@ mod tests {
         assert!(matches!(
             prepare(&dir, &images, &missing),
             Err(DiskError::ImageMissing { .. })
+        ));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn incoming_disks_are_blank_at_the_source_size() {
+        let dir = std::env::temp_dir().join(format!("nc-disks-in-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("disk0.img"), b"stale data").unwrap();
+        let disks = vec![
+            apb::Disk {
+                image: "base.img".into(),
+                ..Default::default()
+            },
+            apb::Disk {
+                image: "ro.img".into(),
+                readonly: true,
+                ..Default::default()
+            },
+            apb::Disk {
+                image: "/shared/s.img".into(),
+                shared: true,
+                ..Default::default()
+            },
+        ];
+        prepare_incoming(&dir, &disks, &[3 << 20, 0, 0]).unwrap();
+        let m = std::fs::metadata(dir.join("disk0.img")).unwrap();
+        assert_eq!(m.len(), 3 << 20);
+        assert!(std::fs::read(dir.join("disk0.img"))
+            .unwrap()
+            .iter()
+            .all(|b| *b == 0));
+        assert!(!dir.join("disk1.img").exists() && !dir.join("disk2.img").exists());
+        assert!(matches!(
+            prepare_incoming(&dir, &disks, &[]),
+            Err(DiskError::SizeMissing(0))
         ));
         let _ = std::fs::remove_dir_all(dir);
     }

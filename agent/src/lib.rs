@@ -10,6 +10,7 @@
 //! summaries as proto messages).
 
 pub mod api;
+pub mod disk_copy;
 pub mod disks;
 pub mod host;
 pub mod manager;

@@ -86,6 +86,7 @@ pub fn to_proto(s: &MigrationSummary) -> apb::MigrationSummary {
         verify_mode: s.verify_mode.name().to_string(),
         verify_ms: s.verify_ms,
         predicted_downtime_ms: s.predicted_downtime_ms,
+        disk_bytes: s.disk_bytes,
     }
 }
 
@@ -112,6 +113,7 @@ mod tests {
             verify_mode: VerifyMode::Sampled,
             verify_ms: 1.25,
             predicted_downtime_ms: 2.5,
+            disk_bytes: 8 << 20,
             ..Default::default()
         };
         s.bytes_saved.insert("zstd".into(), -12);
@@ -159,6 +161,7 @@ mod tests {
             (p.verify_mode.as_str(), p.verify_ms, p.predicted_downtime_ms),
             ("sampled", 1.25, 2.5)
         );
+        assert_eq!(p.disk_bytes, 8 << 20);
         assert_eq!(p.bytes_saved.get("zstd"), Some(&-12));
         let c = p.codec.unwrap();
         assert_eq!(c.zstd.unwrap().batches, 3);

@@ -292,6 +292,10 @@ impl Controller {
         migration_id: &str,
         opts: apb::MigrateOptions,
     ) -> Result<(Option<apb::MigrationSummary>, apb::VmStatus)> {
+        // The source's disk sizes: the destination creates its writable disks blank at
+        // exactly these sizes for the VMM's stream to fill.
+        let mut src = self.agents.client(&self.agent_addr(source)?)?;
+        let disk_sizes = self.source_disk_sizes(&mut src, source, vm).await?;
         // Destination prepares an incoming VMM.
         let mut dst = self.agents.client(&self.agent_addr(target)?)?;
         let wait_s = match opts.timeout_s {
@@ -303,6 +307,7 @@ impl Controller {
             config: Some(agent_config(vm)),
             migration_id: migration_id.to_string(),
             incoming_timeout_s: wait_s,
+            disk_sizes,
         };
         let addr = dst
             .prepare_incoming(request(prep, CALL_TIMEOUT))
@@ -320,7 +325,6 @@ impl Controller {
 
         // Source drives the migration and waits for the summary (the phase stored above: a
         // controller restarted from here on settles the migration from both agents).
-        let mut src = self.agents.client(&self.agent_addr(source)?)?;
         let out = apb::MigrateOutRequest {
             request_id: String::new(),
             vm_id: vm.id.clone(),
@@ -369,9 +373,48 @@ impl Controller {
         }
     }
 
-    /// Moves a stopped VM to another host: removes it from its source, creates it (not
-    /// started) on the target.
-    async fn cold_move(&self, id: &str) -> Result<String> {
+    /// The size of each disk of `vm` on its source host, by index (GetVm on the source's
+    /// agent). A writable disk that moves must exist there.
+    async fn source_disk_sizes(
+        &self,
+        src: &mut novacron_proto::agent::agent_client::AgentClient<tonic::transport::Channel>,
+        source: &str,
+        vm: &pb::Vm,
+    ) -> Result<Vec<u64>> {
+        let r = apb::VmRequest {
+            request_id: String::new(),
+            vm_id: vm.id.clone(),
+        };
+        let st = src
+            .get_vm(request(r, CALL_TIMEOUT))
+            .await
+            .map_err(|s| agent_err(source, s))?
+            .into_inner();
+        let config = agent_config(vm);
+        let mut sizes = vec![0u64; config.disks.len()];
+        for d in &st.disks {
+            if let Some(s) = sizes.get_mut(d.index as usize) {
+                *s = d.size_bytes;
+            }
+        }
+        for (i, d) in config.disks.iter().enumerate() {
+            let in_place = !d.image.is_empty() && (d.readonly || d.shared);
+            if !in_place && !d.readonly && sizes[i] == 0 {
+                return Err(ControllerError::FailedPrecondition(format!(
+                    "disk {i} of vm {} is missing on its source host {source} (no size reported): nothing to migrate",
+                    vm.name
+                )));
+            }
+        }
+        Ok(sizes)
+    }
+
+    /// Moves a VM that is not running (stopped or failed) to `target` (empty: the
+    /// scheduler picks): the target's agent creates it (not started) with its writable disks
+    /// copied from the source's agent (sparse extents, zstd, crc32 per chunk, verified
+    /// whole), and only then is the source's copy deleted. On any failure the target holds
+    /// nothing and the source keeps the VM.
+    async fn cold_move(&self, id: &str, target: &str) -> Result<(pb::Vm, String, String)> {
         let _g = self.lock_key(id).await;
         let (vm, source, target) = {
             let mut st = self.state();
@@ -386,35 +429,67 @@ impl Controller {
             let source = vm.host.clone();
             let needs = Needs::of(vm.spec.as_ref().unwrap_or(&pb::VmSpec::default()));
             let exclude = [source.as_str()];
-            let target = st.sched.place(&needs.request(id, &exclude))?;
+            let target = if target.is_empty() {
+                st.sched.place(&needs.request(id, &exclude))?
+            } else {
+                if target == source {
+                    return Err(ControllerError::FailedPrecondition(format!(
+                        "vm {} is already on {target}",
+                        vm.name
+                    )));
+                }
+                let e = st.host(target)?;
+                if !e.ready() || e.host.cordoned {
+                    return Err(ControllerError::FailedPrecondition(format!(
+                        "host {target} is NotReady or cordoned"
+                    )));
+                }
+                st.sched.claim(target, &needs.request(id, &exclude))?;
+                target.to_string()
+            };
             st.refresh_host_counts();
             (vm, source, target)
         };
         let res = async {
-            self.agent_create(&target, &vm, false).await?;
+            let src = apb::DiskSource {
+                agent_address: self.agent_addr(&source)?,
+                vm_id: id.to_string(),
+            };
+            self.agent_create_copied(&target, &vm, src).await?;
+            // The target has every disk, verified: only now does the source's copy go.
             self.agent_delete(&source, id).await
         }
         .await;
-        let mut st = self.state();
         match res {
             Ok(()) => {
-                let mut cur = st.find_vm(id)?.clone();
-                st.sched.release(&source, id);
-                cur.host = target.clone();
-                cur.phase = pb::VmPhase::Stopped as i32;
-                st.refresh_host_counts();
-                let cur = self.save_vm(&mut st, cur)?;
-                drop(st);
+                let cur = {
+                    let mut st = self.state();
+                    let mut cur = st.find_vm(id)?.clone();
+                    st.sched.release(&source, id);
+                    cur.host = target.clone();
+                    if cur.phase != pb::VmPhase::Failed as i32 {
+                        cur.phase = pb::VmPhase::Stopped as i32;
+                    }
+                    st.refresh_host_counts();
+                    self.save_vm(&mut st, cur)?
+                };
                 self.emit_vm(
                     "VmMoved",
                     &cur,
-                    format!("stopped vm moved {source} -> {target}"),
+                    format!("stopped vm moved {source} -> {target} (disks copied)"),
                 );
-                Ok(target)
+                Ok((cur, source, target))
             }
             Err(e) => {
-                st.sched.release(&target, id);
-                st.refresh_host_counts();
+                {
+                    let mut st = self.state();
+                    st.sched.release(&target, id);
+                    st.refresh_host_counts();
+                }
+                // The target agent removes a failed copy itself; make sure of it.
+                if let Err(err) = self.agent_delete(&target, id).await {
+                    tracing::warn!("removing the failed copy of {id} on {target}: {err}");
+                }
                 Err(e)
             }
         }
@@ -479,7 +554,7 @@ impl Controller {
                             .await
                             .map(|r| r.target_host)
                     } else {
-                        this.cold_move(&id).await
+                        this.cold_move(&id, "").await.map(|(_, _, t)| t)
                     };
                     (vm_name, r)
                 });

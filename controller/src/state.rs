@@ -230,6 +230,7 @@ pub fn agent_config(vm: &pb::Vm) -> apb::VmConfig {
             size_mib: 0,
             readonly: false,
             clone: true,
+            shared: false,
         });
     }
     disks.extend(spec.disks.iter().map(|d| apb::Disk {
@@ -237,6 +238,7 @@ pub fn agent_config(vm: &pb::Vm) -> apb::VmConfig {
         size_mib: d.size_mib.max(0) as u64,
         readonly: d.readonly,
         clone: d.clone,
+        shared: d.shared,
     }));
     apb::VmConfig {
         id: vm.id.clone(),

@@ -2,7 +2,7 @@
 //! `novacron-vmm run` command line, free ports for incoming migrations, and console logs.
 
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use novacron_proto::agent as apb;
 use novacron_vmm_api::machine::{Disk, MachineOptions, Nic, Serial};
@@ -14,13 +14,41 @@ use crate::supervise::{self, now_ms};
 
 use super::{io_err, Manager, ManagerError, Meta};
 
+/// Where the disks of a new VM directory come from.
+#[derive(Debug)]
+pub(super) enum DiskPlan<'a> {
+    /// From their images (or blank of their size): a new VM.
+    Fresh,
+    /// Writable disks that move blank at the source's sizes, by index: an incoming live
+    /// migration (the VMM's stream fills them).
+    Incoming(&'a [u64]),
+    /// Files already received (disk index, staged file), moved in: a cold migration.
+    Staged(&'a [(usize, PathBuf)]),
+}
+
 impl Manager {
     /// Writes a new VM's directory: config, metadata, disks, taps.
-    pub(super) fn materialise(&self, c: &apb::VmConfig, meta: &Meta) -> Result<(), ManagerError> {
+    pub(super) fn materialise(
+        &self,
+        c: &apb::VmConfig,
+        meta: &Meta,
+        plan: DiskPlan<'_>,
+    ) -> Result<(), ManagerError> {
         let dir = self.vm_dir(&c.id);
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         supervise::write_atomic(&dir.join("config.pb"), &c.encode_to_vec())?;
         self.write_meta(&dir, meta)?;
+        match plan {
+            DiskPlan::Fresh => {}
+            DiskPlan::Incoming(sizes) => disks::prepare_incoming(&dir, &c.disks, sizes)?,
+            DiskPlan::Staged(files) => {
+                for (i, f) in files {
+                    let dst = dir.join(format!("disk{i}.img"));
+                    std::fs::rename(f, &dst).map_err(io_err(&dst))?;
+                }
+            }
+        }
+        // Keeps the files already there; prepares the others.
         disks::prepare(&dir, &self.images_dir(), &c.disks)?;
         for (i, nic) in c.nics.iter().enumerate() {
             net::ensure_tap(&self.tap(&c.id, i), &nic.bridge)?;
@@ -81,11 +109,11 @@ impl Manager {
             serial: Serial::File(dir.join("console.log")),
             api_socket: Some(socket.to_path_buf()),
             disks: prepared
-                .into_iter()
+                .iter()
                 .map(|d| Disk {
-                    path: d.path,
+                    path: d.path.clone(),
                     read_only: d.readonly,
-                    shared: false,
+                    shared: d.shared,
                 })
                 .collect(),
             nets: c

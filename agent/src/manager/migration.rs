@@ -9,7 +9,7 @@ use novacron_proto::agent as apb;
 use crate::supervise::{now_ms, Launch};
 use crate::vmm_client::{self, VmmClientError};
 
-use super::files::free_port;
+use super::files::{free_port, DiskPlan};
 use super::lifecycle::wait_exit;
 use super::{Manager, ManagerError, Meta, Role, VmData, VmHandle};
 
@@ -25,7 +25,9 @@ fn closed_port() -> u16 {
 }
 
 impl Manager {
-    /// Migration destination: starts an incoming VMM and returns its `tcp:HOST:PORT`.
+    /// Migration destination: starts an incoming VMM and returns its `tcp:HOST:PORT`. Its
+    /// writable disks that move are created blank at the source's sizes (`disk_sizes`, by
+    /// index) for the stream to fill; a failure removes them with the VM's directory.
     /// The VMM gets `--migration-id` and `--incoming-timeout` (`incoming_timeout_s`, 0: 600
     /// s); a watcher then asks it for `info` until it runs, so a committed destination is
     /// reported running at once.
@@ -34,6 +36,7 @@ impl Manager {
         c: apb::VmConfig,
         migration_id: &str,
         incoming_timeout_s: u32,
+        disk_sizes: &[u64],
     ) -> Result<(String, apb::VmStatus), ManagerError> {
         self.validate(&c, false)?;
         let _g = self.create.lock().await;
@@ -58,7 +61,7 @@ impl Manager {
             created_at_ms: now_ms(),
             ever_started: true,
         };
-        if let Err(e) = self.materialise(&c, &meta) {
+        if let Err(e) = self.materialise(&c, &meta, DiskPlan::Incoming(disk_sizes)) {
             let _ = std::fs::remove_dir_all(self.vm_dir(&c.id));
             return Err(e);
         }

@@ -11,15 +11,19 @@
 //! Files: [`vm`] (a VM's record, metadata and status), [`files`] (its directory, command
 //! line, ports and console logs), [`lifecycle`] (launching, waiting for and stopping VMMs),
 //! [`adopt`] (re-adoption after an agent restart), [`migration`] (incoming and outgoing
-//! migrations).
+//! migrations), [`cold`] (disks copied between agents for a stopped VM).
 
 mod adopt;
+mod cold;
 mod files;
 mod lifecycle;
 mod migration;
 mod vm;
 
+pub use cold::ExportStream;
 pub use vm::{Meta, Role, VmData, VmHandle};
+
+use files::DiskPlan;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -30,6 +34,7 @@ use novacron_proto::agent as apb;
 use novacron_vmm_api::protocol::Lifecycle;
 use parking_lot::{Mutex, MutexGuard};
 
+use crate::disk_copy::CopyError;
 use crate::disks::{self, DiskError};
 use crate::net::NetError;
 use crate::supervise::{now_ms, SuperviseError};
@@ -59,6 +64,16 @@ pub enum ManagerError {
     /// A disk could not be prepared.
     #[error(transparent)]
     Disk(#[from] DiskError),
+    /// A disk could not be copied from the source agent (cold migration).
+    #[error("copying disk {index} of vm {vm}: {source}")]
+    Copy {
+        /// VM name.
+        vm: String,
+        /// Disk index.
+        index: usize,
+        /// What failed.
+        source: CopyError,
+    },
     /// A tap device could not be set up.
     #[error(transparent)]
     Net(#[from] NetError),
@@ -292,7 +307,7 @@ impl Manager {
                         created_at_ms: now_ms(),
                         ..Default::default()
                     };
-                    if let Err(e) = self.materialise(&c, &meta) {
+                    if let Err(e) = self.materialise(&c, &meta, DiskPlan::Fresh) {
                         let _ = std::fs::remove_dir_all(self.vm_dir(&c.id));
                         return Err(e);
                     }
@@ -328,7 +343,14 @@ impl Manager {
         }
         let mut d = h.data();
         d.refresh();
-        Ok(d.status())
+        Ok(self.status_with_disks(&d))
+    }
+
+    /// [`VmData::status`] with the VM's disk files as this host sees them.
+    fn status_with_disks(&self, d: &VmData) -> apb::VmStatus {
+        let mut s = d.status();
+        s.disks = disks::describe(&d.dir, &self.images_dir(), &d.config.disks);
+        s
     }
 
     /// Records what `info` said (see [`Manager::take_info`]).
@@ -375,7 +397,7 @@ impl Manager {
             .map(|h| {
                 let mut d = h.data();
                 d.refresh();
-                d.status()
+                self.status_with_disks(&d)
             })
             .collect()
     }

@@ -218,6 +218,7 @@ impl VmData {
             adopted: self.adopted,
             vcpus: self.config.vcpus,
             memory_mib: self.config.memory_mib,
+            disks: Vec::new(),
         }
     }
 }
@@ -225,14 +226,14 @@ impl VmData {
 /// One VM: an operation lock and its data.
 #[derive(Debug)]
 pub struct VmHandle {
-    pub(super) op: tokio::sync::Mutex<()>,
+    pub(super) op: Arc<tokio::sync::Mutex<()>>,
     pub(super) data: Mutex<VmData>,
 }
 
 impl VmHandle {
     pub(super) fn new(data: VmData) -> Arc<Self> {
         Arc::new(VmHandle {
-            op: tokio::sync::Mutex::new(()),
+            op: Arc::new(tokio::sync::Mutex::new(())),
             data: Mutex::new(data),
         })
     }

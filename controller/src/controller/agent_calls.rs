@@ -41,8 +41,30 @@ impl Controller {
             request_id: String::new(),
             config: Some(agent_config(vm)),
             start,
+            copy_disks_from: None,
         };
         c.create_vm(request(req, CALL_TIMEOUT))
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| agent_err(host, s))
+    }
+
+    /// Creates `vm` (not started) on `host`'s agent with its writable disks pulled from
+    /// `src` (a cold move); the agent answers once every disk arrived and was verified.
+    pub(crate) async fn agent_create_copied(
+        &self,
+        host: &str,
+        vm: &pb::Vm,
+        src: apb::DiskSource,
+    ) -> Result<apb::VmStatus> {
+        let mut c = self.agents.client(&self.agent_addr(host)?)?;
+        let req = apb::CreateVmRequest {
+            request_id: String::new(),
+            config: Some(agent_config(vm)),
+            start: false,
+            copy_disks_from: Some(src),
+        };
+        c.create_vm(request(req, self.cfg.migrate_timeout))
             .await
             .map(|r| r.into_inner())
             .map_err(|s| agent_err(host, s))

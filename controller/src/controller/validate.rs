@@ -36,6 +36,11 @@ pub fn validate_spec(spec: &pb::VmSpec) -> Result<()> {
         if d.image.is_empty() && d.size_mib == 0 {
             return bad(format!("disk {i}: give an image or a size"));
         }
+        if d.shared && (d.image.is_empty() || d.clone || d.size_mib != 0) {
+            return bad(format!(
+                "disk {i}: a shared disk is an image file every host reaches, used in place: give image=PATH, without size or clone"
+            ));
+        }
     }
     for (i, n) in spec.networks.iter().enumerate() {
         if !n.mac.is_empty() && !valid_mac(&n.mac) {

@@ -170,7 +170,10 @@ pub struct CreateArgs {
     /// Kernel command line.
     #[arg(long, default_value = "")]
     pub cmdline: String,
-    /// Extra disk: image=PATH[,size=SIZE][,ro][,clone] or size=SIZE (repeatable).
+    /// Extra disk: image=PATH[,size=SIZE][,ro][,clone][,shared] or size=SIZE (repeatable).
+    /// Writable disks move with the VM (live migration streams them, a cold move copies
+    /// them); `ro` disks and `shared` ones (a file every host reaches, used in place) are
+    /// never copied or deleted.
     #[arg(long = "disk")]
     pub disks: Vec<String>,
     /// Network: bridge=NAME[,mac=MAC] (repeatable).

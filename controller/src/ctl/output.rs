@@ -151,7 +151,7 @@ pub fn vm_json(vm: &pb::Vm) -> Value {
             "initrd": spec.initrd,
             "image": spec.image,
             "cmdline": spec.cmdline,
-            "disks": spec.disks.iter().map(|d| json!({"image": d.image, "size_mib": d.size_mib, "readonly": d.readonly, "clone": d.clone})).collect::<Vec<_>>(),
+            "disks": spec.disks.iter().map(|d| json!({"image": d.image, "size_mib": d.size_mib, "readonly": d.readonly, "clone": d.clone, "shared": d.shared})).collect::<Vec<_>>(),
             "networks": spec.networks.iter().map(|n| json!({"bridge": n.bridge, "mac": n.mac})).collect::<Vec<_>>(),
             "labels": spec.labels,
             "placement": {"host_labels": pl.host_labels, "anti_affinity_group": pl.anti_affinity_group, "host": pl.host},

@@ -65,10 +65,11 @@ fn parse_disk(s: &str) -> Result<pb::DiskSpec, CtlError> {
             Some(("size", v)) => d.size_mib = parse_mib(v).map_err(unit("--disk size"))?,
             None if part == "ro" || part == "readonly" => d.readonly = true,
             None if part == "clone" => d.clone = true,
+            None if part == "shared" => d.shared = true,
             None if !part.is_empty() && d.image.is_empty() => d.image = part.to_string(),
             _ => {
                 return Err(CtlError::Usage(format!(
-                    "bad disk {s:?}: image=PATH[,size=SIZE][,ro][,clone]"
+                    "bad disk {s:?}: image=PATH[,size=SIZE][,ro][,clone][,shared]"
                 )))
             }
         }
@@ -271,6 +272,8 @@ mod tests {
             "image=/i.img,ro",
             "--disk",
             "size=1G",
+            "--disk",
+            "image=/nfs/data.img,shared",
             "--net",
             "bridge=br0,mac=52:54:00:00:00:01",
             "-l",
@@ -290,9 +293,10 @@ mod tests {
         let s = r.spec.unwrap();
         assert_eq!(s.memory_mib, -64);
         assert_eq!(s.vcpus, 2);
-        assert_eq!(s.disks.len(), 2);
-        assert!(s.disks[0].readonly);
+        assert_eq!(s.disks.len(), 3);
+        assert!(s.disks[0].readonly && !s.disks[0].shared);
         assert_eq!(s.disks[1].size_mib, 1024);
+        assert!(s.disks[2].shared && !s.disks[2].readonly && s.disks[2].image == "/nfs/data.img");
         assert_eq!(s.networks[0].bridge, "br0");
         assert_eq!(s.labels["app"], "web");
         assert_eq!(s.placement.unwrap().host_labels["zone"], "a");
