@@ -51,6 +51,19 @@ impl Controller {
         let rid = req.request_id.clone();
         self.idempotent(&rid, "MigrateVm", async {
             let id = self.state().vm_id(&req.vm)?;
+            let phase = self.state().find_vm(&id)?.phase;
+            if phase == pb::VmPhase::Stopped as i32 || phase == pb::VmPhase::Failed as i32 {
+                let started = Instant::now();
+                let (vm, source, target) = self.cold_move(&id, &req.target_host).await?;
+                let r = pb::MigrateVmResponse {
+                    vm: Some(vm),
+                    source_host: source,
+                    target_host: target,
+                    summary: None,
+                    elapsed_ms: started.elapsed().as_millis() as u64,
+                };
+                return Ok((r, id.clone()));
+            }
             let r = self
                 .migrate_locked(
                     &id,
