@@ -10,10 +10,11 @@
 //! between the copies). Nothing is downloaded beyond what the script fetches. (`zstd -1`
 //! packs those 512 MiB to 184 MiB, `zstd -3` to 161 MiB.)
 //!
-//! Our side: a 512 MiB test guest with that disk running `blkloop` over 64 MiB in the middle
-//! of the written half (`sector=524288 sectors=131072 req_sectors=256`: it rewrites a
-//! seeded, incompressible pattern there, reads it back and checks, forever; its two buffers
-//! are 128 MiB of guest memory rewritten every pass too), migrated to a destination VMM
+//! Our side: a 512 MiB test guest with that disk running `blkhot` over 64 MiB in the middle
+//! of the written half (`sector=524288 sectors=131072`: every 4 KiB block of the region read,
+//! one byte bumped and written back, as fast as the guest can, forever; each visit checks
+//! the byte the last one wrote, so a lost write fails the run; the way a database rewrites
+//! its pages in place), migrated to a destination VMM
 //! started with a blank sparse 1 GiB `--disk`, with `--compression auto --verify sampled
 //! --downtime-ms 5 --auto-converge`, over loopback and through `novacron-wanrelay --rate
 //! 100mbit --rtt-ms 50`. Each run ends only after the destination's guest printed `CHECK
@@ -61,9 +62,9 @@ const MIB: u64 = 1 << 20;
 /// The disk and how much of it holds files.
 const DISK_BYTES: u64 = 1 << 30;
 const WRITTEN_BYTES: u64 = 512 * MIB;
-/// The guest: 512 MiB, `blkloop` over 64 MiB from 256 MiB into the disk.
+/// The guest: 512 MiB, `blkhot` over 64 MiB from 256 MiB into the disk.
 const MEM_MIB: u64 = 512;
-const BLKLOOP: &str = "workload=blkloop sector=524288 sectors=131072 req_sectors=256";
+const WORKLOAD: &str = "workload=blkhot sector=524288 sectors=131072";
 /// QEMU's guest leaves the disk alone (no virtio-mmio there).
 const QEMU_CMDLINE: &str = "workload=idle";
 /// The relay's link for the WAN case.
@@ -284,7 +285,7 @@ impl Bench<'_> {
                 guest: self.guest,
                 initrd: None,
                 dir: self.dir,
-                cmdline: BLKLOOP,
+                cmdline: WORKLOAD,
                 mem: &mem,
                 extra: &extra,
                 relay,
@@ -434,7 +435,7 @@ fn main() {
         std::fs::metadata(&initrd).map(|m| m.len() / MIB).unwrap_or(0)
     );
     println!(
-        "novacron: {MEM_MIB} MiB guest, `{BLKLOOP}`, --compression auto --verify sampled --downtime-ms {DOWNTIME_MS} --auto-converge, destination --disk a blank sparse 1 GiB file; {runs} runs"
+        "novacron: {MEM_MIB} MiB guest, `{WORKLOAD}`, --compression auto --verify sampled --downtime-ms {DOWNTIME_MS} --auto-converge, destination --disk a blank sparse 1 GiB file; {runs} runs"
     );
     if have_qemu {
         println!(

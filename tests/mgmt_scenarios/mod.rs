@@ -267,23 +267,26 @@ pub async fn placement_lifecycle_and_errors(vmm: Vmm) {
         .into_inner();
     assert_eq!(stopped.phase, pb::VmPhase::Stopped as i32);
     assert!(!alive(running_pid(&old)), "vmm still alive after stop");
-    // Stopping again is fine; a stopped VM cannot migrate.
+    // Stopping again is fine; a stopped VM migrates cold (its disks copied) and stays
+    // stopped on its new host.
     c.stop_vm(pb::StopVmRequest {
         vm: "web-1".into(),
         ..Default::default()
     })
     .await
     .expect("stop again");
-    assert_eq!(
-        code(
-            c.migrate_vm(pb::MigrateVmRequest {
-                vm: "web-1".into(),
-                ..Default::default()
-            })
-            .await
-        ),
-        Code::FailedPrecondition
-    );
+    let moved = c
+        .migrate_vm(pb::MigrateVmRequest {
+            vm: "web-1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("cold migration of a stopped vm")
+        .into_inner();
+    assert_ne!(moved.source_host, moved.target_host);
+    let after = get(&mut c, "web-1").await;
+    assert_eq!(after.host, moved.target_host);
+    assert_eq!(after.phase, pb::VmPhase::Stopped as i32);
     let started = c
         .start_vm(pb::VmActionRequest {
             vm: "web-1".into(),
