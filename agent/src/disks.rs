@@ -55,7 +55,9 @@ pub struct PreparedDisk {
 
 const FICLONE: libc::c_ulong = 0x4004_9409;
 
-fn clone_or_copy(src: &Path, dst: &Path, try_clone: bool) -> std::io::Result<()> {
+/// Copies `src` to `dst`, as a reflink clone (shared blocks) when `try_clone` and the
+/// filesystem allows it.
+pub(crate) fn clone_or_copy(src: &Path, dst: &Path, try_clone: bool) -> std::io::Result<()> {
     if try_clone {
         let s = File::open(src)?;
         let d = OpenOptions::new()

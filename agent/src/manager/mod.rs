@@ -11,13 +11,16 @@
 //! Files: [`vm`] (a VM's record, metadata and status), [`files`] (its directory, command
 //! line, ports and console logs), [`lifecycle`] (launching, waiting for and stopping VMMs),
 //! [`adopt`] (re-adoption after an agent restart), [`migration`] (incoming and outgoing
-//! migrations).
+//! migrations), [`storage`] (snapshots, restores and clones).
 
 mod adopt;
 mod files;
 mod lifecycle;
 mod migration;
+mod storage;
 mod vm;
+
+pub use storage::SNAPSHOTS_DIR;
 
 pub use vm::{Meta, Role, VmData, VmHandle};
 
