@@ -28,20 +28,11 @@ fn allocated(path: &Path) -> u64 {
     std::fs::metadata(path).expect("stat disk").blocks() * 512
 }
 
-/// Deterministic bytes standing for files the host put on the disk.
-fn host_data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
+fn start_source(dir: &Scratch, cmdline: &str, disk: &str) -> Vmm {
+    start_source_with(dir, cmdline, disk, "64M")
 }
 
-fn start_source(dir: &Scratch, cmdline: &str, disk: &str) -> Vmm {
+fn start_source_with(dir: &Scratch, cmdline: &str, disk: &str, memory: &str) -> Vmm {
     let g = guest();
     Vmm::start(
         dir,
@@ -52,15 +43,19 @@ fn start_source(dir: &Scratch, cmdline: &str, disk: &str) -> Vmm {
             "--cmdline",
             cmdline,
             "--memory",
-            "64M",
+            memory,
             "--disk",
             disk,
         ],
     )
 }
 
-/// A destination with `disk`, waiting on a free port; (VMM, port).
+/// A destination with `disk` and 64 MiB, waiting on a free port; (VMM, port).
 fn start_destination(dir: &Scratch, disk: &str) -> (Vmm, u16) {
+    start_destination_with(dir, disk, "64M")
+}
+
+fn start_destination_with(dir: &Scratch, disk: &str, memory: &str) -> (Vmm, u16) {
     let port = free_port("127.0.0.1");
     let addr = format!("tcp:127.0.0.1:{port}");
     let mut dst = Vmm::start(
@@ -70,7 +65,7 @@ fn start_destination(dir: &Scratch, disk: &str) -> (Vmm, u16) {
             "--incoming",
             addr.as_str(),
             "--memory",
-            "64M",
+            memory,
             "--disk",
             disk,
         ],
@@ -108,7 +103,7 @@ fn read_range(path: &Path, at: u64, len: usize) -> Vec<u8> {
 fn disk_moves_with_the_guest(verify: &str) {
     let dir = Scratch::new(&format!("diskmig-{verify}"));
     let (src_disk, dst_disk) = (dir.path("src.img"), dir.path("dst.img"));
-    let host = host_data(4 * MIB as usize, 7);
+    let host = noise(4 * MIB as usize, 7);
     sparse_disk(&src_disk, 64 * MIB, 40 * MIB, &host);
     sparse_disk(&dst_disk, 64 * MIB, 0, &[]);
     let mut src = start_source(
@@ -122,6 +117,7 @@ fn disk_moves_with_the_guest(verify: &str) {
     let (ok, summary, err) = migrate(&src, port, &["--verify", verify]);
     assert!(ok, "migration failed: {err}\n{}", dst.err());
     assert_eq!(summary["ok"], true, "{summary}");
+    assert_eq!(summary["disk_bytes"], 64 * MIB, "{summary}");
     assert_eq!(src.wait_exit(T), Some(0), "{}", src.err());
     let last_src = field_values(&src.log(), "CHECK PASS", "seed")
         .into_iter()
@@ -169,7 +165,7 @@ fn idle_guest_disk_arrives_byte_for_byte_and_sparse_disks_cost_what_they_hold() 
     let dir = Scratch::new("diskmig-exact");
     let (src_disk, dst_disk) = (dir.path("src.img"), dir.path("dst.img"));
     let size = 1 << 30;
-    let host = host_data(2 * MIB as usize, 11);
+    let host = noise(2 * MIB as usize, 11);
     sparse_disk(&src_disk, size, 900 * MIB, &host);
     sparse_disk(&dst_disk, size, 0, &[]);
     // 8192 sectors = 4 MiB written by the guest from sector 2048, then idle.
@@ -267,4 +263,40 @@ fn destination_disk_holding_data_is_refused_at_start() {
     std::fs::write(&zeros, vec![0u8; 4 * MIB as usize]).expect("zeros");
     let (dst, _) = start_destination(&dir, zeros.to_str().expect("utf8"));
     drop(dst);
+}
+
+/// Sampled verification draws only from units that exist: a 4 GiB guest (RAM above the
+/// 32-bit MMIO hole) with a disk whose size is not a multiple of 256 KiB (so the unit space
+/// has gaps after it) migrates with every sample drawn and checked.
+#[test]
+fn sampled_verification_skips_the_mmio_hole_and_the_gaps_between_disks() {
+    let dir = Scratch::new("diskmig-holes");
+    let (src_disk, dst_disk) = (dir.path("src.img"), dir.path("dst.img"));
+    let size = 10 * MIB + 4096 + 512;
+    let host = noise(64 << 10, 3);
+    sparse_disk(&src_disk, size, 9 * MIB, &host);
+    sparse_disk(&dst_disk, size, 0, &[]);
+    let mut src = start_source_with(
+        &dir,
+        "workload=ab mib=16",
+        src_disk.to_str().expect("utf8"),
+        "4G",
+    );
+    src.wait_for("CHECK PASS", 0, T);
+    let (mut dst, port) = start_destination_with(&dir, dst_disk.to_str().expect("utf8"), "4G");
+    // Many samples, so a draw from the hole would be all but certain.
+    let (ok, summary, err) = migrate(
+        &src,
+        port,
+        &["--verify", "sampled", "--verify-sample-pages", "65536"],
+    );
+    assert!(ok, "migration failed: {err}\n{}", dst.err());
+    assert!(
+        summary["verified_pages"].as_u64().unwrap_or(0) >= 65536,
+        "{summary}"
+    );
+    assert_eq!(src.wait_exit(T), Some(0), "{}", src.err());
+    let len = dst.log().len();
+    dst.wait_for("CHECK PASS", len, T);
+    assert!(read_range(&dst_disk, 9 * MIB, host.len()) == host);
 }

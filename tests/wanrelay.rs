@@ -5,20 +5,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use novacron_testsupport::RelayProcess as Relay;
-
-/// Deterministic test payload.
-fn payload(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+use novacron_testsupport::{noise, RelayProcess as Relay};
 
 /// A server that runs `handler` on its first connection.
 fn server<F>(handler: F) -> (SocketAddr, thread::JoinHandle<()>)
@@ -53,7 +40,7 @@ fn echo(mut s: TcpStream) {
 fn data_arrives_intact_in_both_directions() {
     let (addr, srv) = server(echo);
     let relay = Relay::start(addr, &[]);
-    let data = payload(3 << 20, 1);
+    let data = noise(3 << 20, 1);
     let mut c = TcpStream::connect(relay.addr).unwrap();
     let mut w = c.try_clone().unwrap();
     let sent = data.clone();
@@ -87,7 +74,7 @@ fn rate_limit_2mb_at_8mbit_takes_about_2s() {
         tx.send((got, Instant::now())).unwrap();
     });
     let relay = Relay::start(addr, &["--rate", "8mbit"]);
-    let data = payload(LEN, 2);
+    let data = noise(LEN, 2);
     let t0 = Instant::now();
     let mut c = TcpStream::connect(relay.addr).unwrap();
     c.write_all(&data).unwrap();
@@ -160,12 +147,12 @@ fn flip_byte_at_flips_exactly_that_byte() {
                 Ok(n) => got.extend_from_slice(&buf[..n]),
             }
         }
-        s.write_all(&payload(LEN, 9)).unwrap();
+        s.write_all(&noise(LEN, 9)).unwrap();
         s.shutdown(Shutdown::Write).unwrap();
         tx.send(got).unwrap();
     });
     let relay = Relay::start(addr, &["--flip-byte-at", &AT.to_string()]);
-    let data = payload(LEN, 3);
+    let data = noise(LEN, 3);
     let mut c = TcpStream::connect(relay.addr).unwrap();
     c.write_all(&data).unwrap();
     let mut reply = Vec::new();
@@ -176,7 +163,7 @@ fn flip_byte_at_flips_exactly_that_byte() {
     let diffs: Vec<usize> = (0..LEN).filter(|&i| got[i] != data[i]).collect();
     assert_eq!(diffs, vec![AT]);
     assert_eq!(got[AT], data[AT] ^ 0xFF);
-    assert!(reply == payload(LEN, 9), "reverse direction was modified");
+    assert!(reply == noise(LEN, 9), "reverse direction was modified");
 }
 
 #[test]

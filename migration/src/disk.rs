@@ -240,6 +240,48 @@ pub fn check_blank(file: &File, path: &Path) -> Result<(), DiskError> {
     }
 }
 
+/// How [`clone_or_sparse_copy`] copied a disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CopyKind {
+    /// The destination shares the source's blocks (`FICLONE`).
+    Reflink,
+    /// Only the data extents were copied; holes stay holes.
+    Sparse,
+}
+
+/// `FICLONE`: `_IOW(0x94, 9, int)`.
+const FICLONE: libc::c_ulong = 0x4004_9409;
+
+/// Makes `dst` (open for writing) hold exactly `src`'s content and size: a reflink where
+/// the filesystem allows, else a copy of `src`'s data extents into a file of holes.
+pub fn clone_or_sparse_copy(src: &File, dst: &File) -> std::io::Result<CopyKind> {
+    let size = src.metadata()?.len();
+    dst.set_len(0)?;
+    // SAFETY: FICLONE on two descriptors owned by `dst` and `src` for the call; it only
+    // changes `dst`'s content (or fails, leaving it empty).
+    let r = unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) };
+    if r == 0 {
+        dst.set_len(size)?;
+        return Ok(CopyKind::Reflink);
+    }
+    dst.set_len(size)?;
+    let mut buf = vec![0u8; 1 << 20];
+    for (start, end) in data_extents(src, size)? {
+        let mut at = start;
+        while at < end {
+            let n = ((end - at) as usize).min(buf.len());
+            src.read_exact_at(&mut buf[..n], at)?;
+            // Zeros inside an extent stay holes too.
+            if buf[..n].iter().any(|&b| b != 0) {
+                dst.write_all_at(&buf[..n], at)?;
+            }
+            at += n as u64;
+        }
+    }
+    Ok(CopyKind::Sparse)
+}
+
 /// Disks laid end to end in one unit space: disk `i` starts at unit `starts[i]`, a
 /// multiple of 64. Units between disks are never populated and cannot be read or written.
 #[derive(Debug, Default)]
@@ -308,6 +350,12 @@ impl DiskSet {
             }
         }
         Ok(())
+    }
+
+    fn addressable_into(&self, set: &mut UnitSet) {
+        for (d, &start) in self.disks.iter().zip(&self.starts) {
+            set.fill_range(start, start + d.units());
+        }
     }
 
     /// Starts writeback of what was written so far (does not wait).
@@ -400,6 +448,10 @@ impl UnitSource for DiskSet {
             reason,
         })
     }
+
+    fn addressable(&self, set: &mut UnitSet) {
+        self.addressable_into(set);
+    }
 }
 
 impl PageStore for DiskSet {
@@ -458,6 +510,10 @@ impl UnitSink for DiskSet {
         }
     }
 
+    fn addressable(&self, set: &mut UnitSet) {
+        self.addressable_into(set);
+    }
+
     fn round_end(&mut self) {
         self.start_writeback();
     }
@@ -501,6 +557,23 @@ impl<A, B> Joined<A, B> {
         self.offset
     }
 
+    /// ORs into `set` the units `a` lists of the first part (of `counts.0` units) and `b`
+    /// of the second (of `counts.1`), each at its place in the joined space.
+    fn list_both(
+        &self,
+        set: &mut UnitSet,
+        counts: (u64, u64),
+        a: impl FnOnce(&A, &mut UnitSet),
+        b: impl FnOnce(&B, &mut UnitSet),
+    ) {
+        let mut part = UnitSet::new(counts.0);
+        a(&self.first, &mut part);
+        or_at(set, &part, 0);
+        let mut part = UnitSet::new(counts.1);
+        b(&self.second, &mut part);
+        or_at(set, &part, (self.offset / 64) as usize);
+    }
+
     /// Units of `set` (of this joined space) in the second part.
     pub fn second_count(&self, set: &UnitSet) -> u64 {
         let w = (self.offset / 64) as usize;
@@ -540,11 +613,7 @@ fn via_scratch<E>(
         scratch.clear();
     }
     f(scratch)?;
-    if let Some(out) = set.words_mut().get_mut(word..) {
-        for (o, w) in out.iter_mut().zip(scratch.words()) {
-            *o |= w;
-        }
-    }
+    or_at(set, scratch, word);
     Ok(())
 }
 
@@ -602,6 +671,25 @@ impl<A: UnitSource, B: UnitSource> UnitSource for Joined<A, B> {
             self.second.read(n - self.offset, buf)
         }
     }
+
+    fn addressable(&self, set: &mut UnitSet) {
+        let counts = (self.first.count(), self.second.count());
+        self.list_both(
+            set,
+            counts,
+            |a, s| a.addressable(s),
+            |b, s| b.addressable(s),
+        );
+    }
+}
+
+/// ORs `part`'s words into `set`'s from word `word`.
+fn or_at(set: &mut UnitSet, part: &UnitSet, word: usize) {
+    if let Some(out) = set.words_mut().get_mut(word..) {
+        for (o, x) in out.iter_mut().zip(part.words()) {
+            *o |= x;
+        }
+    }
 }
 
 impl<A: PageStore, B: PageStore> PageStore for Joined<A, B> {
@@ -640,20 +728,18 @@ impl<A: UnitSink, B: UnitSink> UnitSink for Joined<A, B> {
     }
 
     fn populated(&self, set: &mut UnitSet) {
-        let mut a = UnitSet::new(self.first.count());
-        self.first.populated(&mut a);
-        let mut b = UnitSet::new(self.second.count());
-        self.second.populated(&mut b);
-        let w = (self.offset / 64) as usize;
-        let words = set.words_mut();
-        for (o, x) in words.iter_mut().zip(a.words()) {
-            *o |= x;
-        }
-        if let Some(out) = words.get_mut(w..) {
-            for (o, x) in out.iter_mut().zip(b.words()) {
-                *o |= x;
-            }
-        }
+        let counts = (self.first.count(), self.second.count());
+        self.list_both(set, counts, |a, s| a.populated(s), |b, s| b.populated(s));
+    }
+
+    fn addressable(&self, set: &mut UnitSet) {
+        let counts = (self.first.count(), self.second.count());
+        self.list_both(
+            set,
+            counts,
+            |a, s| a.addressable(s),
+            |b, s| b.addressable(s),
+        );
     }
 
     fn round_end(&mut self) {
@@ -789,6 +875,11 @@ mod tests {
         // prepare: words of the first part go to memory, the rest to the disks.
         assert_eq!(j.prepare(d.words(), 0).unwrap(), 2);
         assert_eq!(j.prepare(d.words(), 2).unwrap(), 3);
+        // Addressable: memory's 70 units and the disk's 8, not the gaps.
+        let mut a = UnitSet::new(192);
+        UnitSource::addressable(&j, &mut a);
+        let want: Vec<u64> = (0..70).chain(128..136).collect();
+        assert_eq!(a.iter().collect::<Vec<_>>(), want);
         let _ = std::fs::remove_file(p);
     }
 }

@@ -509,9 +509,11 @@ fn check_sampled<K: UnitSink + Sync>(
             want.sample
         )));
     }
+    let mut addressable = UnitSet::new(count);
+    sink.addressable(&mut addressable);
     let got = verify::sampled_digests(
         final_pass,
-        count,
+        &addressable,
         want.sample,
         want.seed,
         verify::default_threads(),

@@ -611,9 +611,11 @@ impl Sender {
             VerifyMode::Sampled => {
                 let seed = verify::random_seed();
                 let src: &S = source;
+                let mut addressable = UnitSet::new(src.count());
+                src.addressable(&mut addressable);
                 let d = verify::sampled_digests(
                     final_pass,
-                    src.count(),
+                    &addressable,
                     sample,
                     seed,
                     threads,
@@ -1081,6 +1083,7 @@ fn precopy<S: UnitSource + Sync, G: Guest>(
         zero_pages: s.zero_units,
         wire_bytes: s.wire.sent(),
         memory_bytes: hello.memory,
+        disk_bytes: hello.copied_disks.iter().sum(),
         throttle_pct: decision.throttle_pct(),
         verified: confirm.verified_pages.is_some(),
         verify_mode: opts.verify,

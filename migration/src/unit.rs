@@ -78,6 +78,23 @@ impl UnitSet {
         n < self.len && self.words[(n / 64) as usize] & (1 << (n % 64)) != 0
     }
 
+    /// Adds units `from..to` (clipped to the set's length).
+    pub fn fill_range(&mut self, from: u64, to: u64) {
+        let to = to.min(self.len);
+        let mut n = from;
+        while n < to {
+            let (w, bit) = ((n / 64) as usize, n % 64);
+            let span = (64 - bit).min(to - n);
+            let bits = if span == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << span) - 1) << bit
+            };
+            self.words[w] |= bits;
+            n += span;
+        }
+    }
+
     /// Empties the set.
     pub fn clear(&mut self) {
         self.words.fill(0);
@@ -129,6 +146,12 @@ pub trait UnitSource {
     fn prepare(&mut self, words: &[u64], word: usize) -> Result<usize, UnitError>;
     /// Copies unit `n` into `buf`.
     fn read(&self, n: u64, buf: &mut [u8; PAGE_SIZE]) -> Result<(), UnitError>;
+    /// Puts into `set` every unit that exists (can be read), holes between memory regions
+    /// or disks left out; sampled verification draws from these. Default: all of
+    /// `0..count`.
+    fn addressable(&self, set: &mut UnitSet) {
+        set.fill_range(0, self.count());
+    }
 }
 
 /// Where the destination writes units: a [`PageStore`] the decoder applies batches to, that
@@ -143,6 +166,12 @@ pub trait UnitSink: PageStore {
     /// crc32 of unit `n`, or `None` if it cannot be read.
     fn checksum(&self, n: u64, buf: &mut [u8; PAGE_SIZE]) -> Option<u32> {
         self.read_page(n, buf).then(|| crc32fast::hash(buf))
+    }
+    /// Puts into `set` every unit that exists (can be read and written); the same set as
+    /// the source's [`UnitSource::addressable`] for a compatible machine. Default: all of
+    /// `0..count`.
+    fn addressable(&self, set: &mut UnitSet) {
+        set.fill_range(0, self.count());
     }
     /// A precopy round ended (a disk starts writing back what it received).
     fn round_end(&mut self) {}
@@ -280,6 +309,13 @@ mod tests {
         assert_eq!(s.iter().collect::<Vec<_>>(), vec![0, 63, 64, 129]);
         s.clear();
         assert_eq!(s.count(), 0);
+        s.fill_range(3, 70);
+        s.fill_range(128, 500);
+        let want: Vec<u64> = (3..70).chain(128..130).collect();
+        assert_eq!(s.iter().collect::<Vec<_>>(), want);
+        s.clear();
+        s.fill_range(0, 128);
+        assert_eq!(s.count(), 128);
     }
 
     #[test]

@@ -221,12 +221,13 @@ pub struct SampledDigests {
 }
 
 /// Sampled verification over one end's units: the digest of the `final_pass` units and
-/// the digest of `sample` units drawn with `seed` uniformly from all `count` units outside
-/// the final pass (every unit counts as a candidate, so both ends draw the same sample
-/// whatever either holds), records computed with `read` on `threads` threads.
+/// the digest of `sample` units drawn with `seed` uniformly from the `addressable` units
+/// outside the final pass (every existing unit counts as a candidate, whatever it holds,
+/// so both ends of compatible machines draw the same sample), records computed with
+/// `read` on `threads` threads.
 pub fn sampled_digests<E, R>(
     final_pass: &UnitSet,
-    count: u64,
+    addressable: &UnitSet,
     sample: u64,
     seed: u64,
     threads: usize,
@@ -236,14 +237,8 @@ where
     E: Send,
     R: Fn(u64, &mut [u8; PAGE_SIZE]) -> Result<(), E> + Sync,
 {
-    let mut all = UnitSet::new(count);
-    all.words_mut().fill(!0);
-    if !count.is_multiple_of(64) {
-        if let Some(last) = all.words_mut().last_mut() {
-            *last = (1u64 << (count % 64)) - 1;
-        }
-    }
-    let drawn = sampled_set(final_pass, &all, sample, seed);
+    let count = addressable.len();
+    let drawn = sampled_set(final_pass, addressable, sample, seed);
     let final_units: Vec<u64> = final_pass.iter().filter(|&n| n < count).collect();
     let sample_units: Vec<u64> = drawn.iter().filter(|&n| !final_pass.get(n)).collect();
     let final_records = crc_records(&final_units, threads, false, read)?;
@@ -418,10 +413,12 @@ mod tests {
             b
         };
         let final_pass = set_of(count, [5, 77, 9_000]);
+        let mut all = UnitSet::new(count);
+        all.fill_range(0, count);
         let at = |stale: Option<u64>, seed: u64| {
             sampled_digests(
                 &final_pass,
-                count,
+                &all,
                 count,
                 seed,
                 2,
@@ -445,7 +442,7 @@ mod tests {
         let small = |seed| {
             sampled_digests(
                 &final_pass,
-                count,
+                &all,
                 100,
                 seed,
                 1,
@@ -458,6 +455,27 @@ mod tests {
         };
         assert_eq!(small(1).sample_units, 100);
         assert!(small(1).sample_digest != small(2).sample_digest);
+        // Units that do not exist (a memory hole, the gap between disks) are never drawn,
+        // so a reader that cannot read them is never asked to.
+        let mut holes = UnitSet::new(count);
+        holes.fill_range(0, 3_000);
+        holes.fill_range(6_000, count);
+        let d = sampled_digests(
+            &final_pass,
+            &holes,
+            count,
+            3,
+            2,
+            &|n, b: &mut [u8; PAGE_SIZE]| {
+                if (3_000..6_000).contains(&n) {
+                    return Err(format!("unit {n} is in the hole"));
+                }
+                *b = page(n, None);
+                Ok(())
+            },
+        )
+        .expect("the hole is never read");
+        assert_eq!(d.sample_units, count - 3_000 - 3);
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Support shared by NovaCron's integration tests and benchmarks: locating the built
 //! binaries and the test guest, scratch directories, processes killed on drop, VMM
-//! processes and their serial logs, private network namespaces with taps, the WAN relay
+//! processes and their serial logs, deterministic test data, private network namespaces with taps, the WAN relay
 //! and the management-plane harness (controller, agents, VMMs).
 
 pub mod bench;
+pub mod data;
 pub mod mgmt;
 pub mod migration;
 pub mod net;
@@ -15,6 +16,7 @@ pub mod serial;
 pub mod vmm_process;
 pub mod wanrelay;
 
+pub use data::noise;
 pub use migration::{incoming, migration_pair};
 pub use net::free_port;
 pub use paths::{bin, bin_dir, guest, vmm};

@@ -373,6 +373,10 @@ pub struct MigrationSummary {
     pub wire_bytes: u64,
     /// Guest RAM bytes.
     pub memory_bytes: u64,
+    /// Bytes of the disks the stream copied (writable, not shared; their sizes, holes
+    /// included): their blocks are in the unit and wire figures.
+    #[serde(default)]
+    pub disk_bytes: u64,
     /// Highest throttle applied (percent).
     pub throttle_pct: u32,
     /// Whether the destination verified the final memory page by page.

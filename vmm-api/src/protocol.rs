@@ -158,6 +158,23 @@ pub struct SnapshotReply {
     pub bytes: u64,
     /// Milliseconds the guest was paused.
     pub paused_ms: f64,
+    /// The writable disks captured with the memory (`DIR/disk-N.img`).
+    #[serde(default)]
+    pub disks: Vec<SnapshotDisk>,
+}
+
+/// A disk captured by `snapshot`, as `meta.json` and the `snapshot` reply list it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotDisk {
+    /// The `--disk` index.
+    pub index: usize,
+    /// File name inside the snapshot directory.
+    pub file: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// "reflink" (shares the disk's blocks) or "sparse" (data extents copied).
+    #[serde(default)]
+    pub copy: String,
 }
 
 /// The reply of `pause`, `resume` and `shutdown`: `{}`.

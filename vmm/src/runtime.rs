@@ -183,6 +183,7 @@ impl Runtime {
             pages: info.pages,
             bytes: info.bytes,
             paused_ms: info.paused_ms,
+            disks: info.disks,
         })
     }
 

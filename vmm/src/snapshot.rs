@@ -5,12 +5,21 @@
 //! address: zero pages are holes. A diff snapshot holds only the pages dirtied since its
 //! parent snapshot (listed in `pages.bitmap`, so a page that became zero is restored as
 //! zero); restoring it applies the parent chain first.
+//!
+//! Every writable disk is captured with the memory, while the guest is paused, as
+//! `disk-N.img` (N the `--disk` index): a reflink of the disk where the filesystem allows
+//! (instant, blocks shared until either side writes), else a sparse copy of its data
+//! extents. Restoring writes each captured image back into the VM's `--disk` file before
+//! memory and state are loaded, so memory and disks are both back at the snapshot point.
+//! Read-only disks are not captured (they cannot change).
 
 use crate::dirty::{self, PageBitmap};
 use crate::layout::PAGE_SIZE;
 use crate::machine::Machine;
 use crate::memory::is_zero_page;
 use crate::persist::Persist;
+use novacron_migration::disk::{clone_or_sparse_copy, CopyKind};
+pub use novacron_vmm_api::protocol::SnapshotDisk;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -61,6 +70,95 @@ pub enum SnapshotError {
     /// meta.json could not be serialised.
     #[error("cannot serialise snapshot metadata: {0}")]
     Meta(serde_json::Error),
+    /// The snapshot's disks do not match the VM's `--disk` options.
+    #[error("snapshot {dir} cannot be restored onto these disks: {reason}")]
+    DiskMismatch {
+        /// The snapshot.
+        dir: PathBuf,
+        /// What differs.
+        reason: String,
+    },
+}
+
+/// Captures every writable disk of `m` into `dir` (the devices are paused).
+fn capture_disks(m: &Machine, dir: &Path) -> Result<Vec<SnapshotDisk>, SnapshotError> {
+    let mut out = Vec::new();
+    for (index, h) in m.disks().iter().enumerate() {
+        if h.config.read_only {
+            continue;
+        }
+        let file = format!("disk-{index}.img");
+        let path = dir.join(&file);
+        let dst = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(io("create", &path))?;
+        let how = clone_or_sparse_copy(&h.file, &dst).map_err(io("capture disk into", &path))?;
+        dst.sync_all().map_err(io("sync", &path))?;
+        let size = dst.metadata().map_err(io("stat", &path))?.len();
+        out.push(SnapshotDisk {
+            index,
+            file,
+            size,
+            copy: match how {
+                CopyKind::Reflink => "reflink",
+                CopyKind::Sparse => "sparse",
+            }
+            .into(),
+        });
+    }
+    Ok(out)
+}
+
+/// Writes the disks captured in `dir` back into `m`'s `--disk` files (not yet started).
+fn restore_disks(m: &Machine, dir: &Path, disks: &[SnapshotDisk]) -> Result<(), SnapshotError> {
+    let mismatch = |reason: String| SnapshotError::DiskMismatch {
+        dir: dir.to_path_buf(),
+        reason,
+    };
+    let writable = m.disks().iter().filter(|h| !h.config.read_only).count();
+    if disks.len() != writable {
+        return Err(mismatch(format!(
+            "it holds {} writable disk(s), the VM has {writable}",
+            disks.len()
+        )));
+    }
+    for d in disks {
+        let h = m
+            .disks()
+            .get(d.index)
+            .filter(|h| !h.config.read_only)
+            .ok_or_else(|| mismatch(format!("disk {} is not a writable --disk here", d.index)))?;
+        if d.file.contains('/') || d.file.starts_with('.') {
+            return Err(mismatch(format!(
+                "disk file name {:?} is not a plain name",
+                d.file
+            )));
+        }
+        let src_path = dir.join(&d.file);
+        let src = File::open(&src_path).map_err(io("open", &src_path))?;
+        let have = src.metadata().map_err(io("stat", &src_path))?.len();
+        let target = h.file.metadata().map_err(io("stat", &h.config.path))?.len();
+        if have != d.size || target != d.size {
+            return Err(mismatch(format!(
+                "disk {}: the snapshot's image is {have} bytes (recorded {}), {} is {target}",
+                d.index,
+                d.size,
+                h.config.path.display()
+            )));
+        }
+        let dst = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/self/fd/{}", h.file.as_raw_fd()))
+            .map_err(io("open for writing", &h.config.path))?;
+        clone_or_sparse_copy(&src, &dst).map_err(io("restore disk into", &h.config.path))?;
+        dst.sync_all().map_err(io("sync", &h.config.path))?;
+    }
+    Ok(())
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SnapshotError + 'a {
@@ -88,6 +186,9 @@ pub struct SnapshotMeta {
     pub pages: u64,
     /// Kernel command line of the original boot (informational).
     pub cmdline: String,
+    /// The writable disks captured with the memory.
+    #[serde(default)]
+    pub disks: Vec<SnapshotDisk>,
 }
 
 /// What `snapshot` reports.
@@ -101,6 +202,8 @@ pub struct SnapshotInfo {
     pub kind: String,
     /// Milliseconds the guest was paused.
     pub paused_ms: f64,
+    /// The disks captured.
+    pub disks: Vec<SnapshotDisk>,
 }
 
 /// The base a diff snapshot builds on: the previous snapshot's directory.
@@ -158,6 +261,7 @@ pub fn write(
         let raw: Vec<u8> = pages.words.iter().flat_map(|w| w.to_le_bytes()).collect();
         std::fs::write(&bm_path, raw).map_err(io("write", &bm_path))?;
     }
+    let disks = capture_disks(m, dir)?;
     let state = m.save()?;
     let state_path = dir.join("state.bin");
     std::fs::write(&state_path, crate::state::encode(&state)?).map_err(io("write", &state_path))?;
@@ -169,6 +273,7 @@ pub fn write(
         parent,
         pages: written,
         cmdline: m.config().cmdline.clone(),
+        disks: disks.clone(),
     };
     let meta_path = dir.join("meta.json");
     let mut f = File::create(&meta_path).map_err(io("create", &meta_path))?;
@@ -188,6 +293,7 @@ pub fn write(
         bytes,
         kind: meta.kind,
         paused_ms: t0.elapsed().as_secs_f64() * 1e3,
+        disks,
     })
 }
 
@@ -290,7 +396,11 @@ fn load_diff(m: &Machine, dir: &Path) -> Result<(), SnapshotError> {
 /// Loads memory (following the diff chain) and state from `dir` into a freshly built,
 /// not yet started machine.
 pub fn restore(m: &Machine, dir: &Path) -> Result<(), SnapshotError> {
-    for (i, (d, meta)) in chain(dir)?.iter().enumerate() {
+    let chain = chain(dir)?;
+    if let Some((_, last)) = chain.last() {
+        restore_disks(m, dir, &last.disks)?;
+    }
+    for (i, (d, meta)) in chain.iter().enumerate() {
         if meta.memory != m.config().memory || meta.vcpus != m.config().vcpus {
             return Err(SnapshotError::BadMeta {
                 path: d.clone(),

@@ -151,6 +151,15 @@ fn dirty_error(e: impl std::fmt::Display) -> UnitError {
     }
 }
 
+/// Puts the page frames of `m`'s RAM regions into `set` (the MMIO hole left out).
+fn ram_frames(m: &Machine, set: &mut UnitSet) {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    for r in m.mem().iter() {
+        let start = r.start_addr().0 / PAGE_SIZE as u64;
+        set.fill_range(start, start + r.len() / PAGE_SIZE as u64);
+    }
+}
+
 /// ORs a dirty bitmap into a unit set (same layout: bit `n` is page frame `n`).
 fn or_into(set: &mut UnitSet, bits: &PageBitmap) {
     for (o, w) in set.words_mut().iter_mut().zip(&bits.words) {
@@ -236,6 +245,9 @@ impl UnitSource for GuestSource<'_> {
                 reason: e.to_string(),
             })
     }
+    fn addressable(&self, set: &mut UnitSet) {
+        ram_frames(self.m, set);
+    }
 }
 
 /// Guest memory of a machine being received, as the engine's unit sink.
@@ -279,6 +291,9 @@ impl UnitSink for GuestSink<'_> {
 
     fn populated(&self, set: &mut UnitSet) {
         or_into(set, &dirty::touched_pages(self.m));
+    }
+    fn addressable(&self, set: &mut UnitSet) {
+        ram_frames(self.m, set);
     }
 }
 
