@@ -285,7 +285,8 @@ impl Manager {
         }
         let h = {
             let _g = self.create.lock().await;
-            if let Some(h) = self.map().get(&c.id).cloned() {
+            let existing = self.map().get(&c.id).cloned();
+            if let Some(h) = existing {
                 if !same_machine(&h.data().config, &c) {
                     return Err(ManagerError::AlreadyExists(format!(
                         "vm {} exists here with a different configuration",
