@@ -1,4 +1,5 @@
-//! Generates the gRPC code for `agent.proto` and `controller.proto` with tonic-prost-build.
+//! Generates the gRPC code for `agent.proto`, `controller.proto` and the storage APIs
+//! (`agent_storage.proto`, `storage.proto`, in the same packages) with tonic-prost-build.
 //! `protoc` comes from the `protoc-bin-vendored` crate unless `PROTOC` is already set, so no
 //! system package is needed. A file descriptor set is written to OUT_DIR for server
 //! reflection.
@@ -15,9 +16,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
     println!("cargo:rerun-if-changed=agent.proto");
     println!("cargo:rerun-if-changed=controller.proto");
+    println!("cargo:rerun-if-changed=agent_storage.proto");
+    println!("cargo:rerun-if-changed=storage.proto");
     println!("cargo:rerun-if-changed=build.rs");
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("novacron_descriptor.bin"))
-        .compile_protos(&["agent.proto", "controller.proto"], &["."])?;
+        .compile_protos(
+            &[
+                "agent.proto",
+                "controller.proto",
+                "agent_storage.proto",
+                "storage.proto",
+            ],
+            &["."],
+        )?;
     Ok(())
 }

@@ -137,7 +137,9 @@ pub fn prepare_incoming(dir: &Path, disks: &[apb::Disk], sizes: &[u64]) -> Resul
 
 const FICLONE: libc::c_ulong = 0x4004_9409;
 
-fn clone_or_copy(src: &Path, dst: &Path, try_clone: bool) -> std::io::Result<()> {
+/// Copies `src` to `dst`, as a reflink clone (shared blocks) when `try_clone` and the
+/// filesystem allows it.
+pub(crate) fn clone_or_copy(src: &Path, dst: &Path, try_clone: bool) -> std::io::Result<()> {
     if try_clone {
         let s = File::open(src)?;
         let d = OpenOptions::new()

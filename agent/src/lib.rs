@@ -5,7 +5,7 @@
 //!
 //! Modules: [`manager`] (VM lifecycle and migration), [`supervise`] (per-VM supervisor),
 //! [`vmm_client`] (the VMM control socket), [`procfs`] (process inspection), [`disks`],
-//! [`net`] (tap devices), [`host`] (inventory), [`api`] (gRPC service), [`registration`]
+//! [`net`] (tap devices), [`host`] (inventory), [`api`] (gRPC service), [`storage_api`] (snapshots, restores, clones), [`registration`]
 //! (controller registration and heartbeats), [`server`] (serving), [`summary`] (migration
 //! summaries as proto messages).
 
@@ -18,6 +18,7 @@ pub mod net;
 pub mod procfs;
 pub mod registration;
 pub mod server;
+pub mod storage_api;
 pub mod summary;
 pub mod supervise;
 pub mod vmm_client;

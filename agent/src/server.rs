@@ -10,11 +10,13 @@ use std::time::Duration;
 
 use novacron_proto::agent as apb;
 use novacron_proto::agent::agent_server::AgentServer;
+use novacron_proto::agent::agent_storage_server::AgentStorageServer;
 
 use crate::api::{AgentApi, HostInventory};
 use crate::host::{self, HostError};
 use crate::manager::{Manager, ManagerConfig, ManagerError};
 use crate::registration::{self, RegistrationError};
+use crate::storage_api::StorageApi;
 
 /// Errors of serving.
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +174,7 @@ pub async fn serve(cfg: AgentConfig) -> Result<(), ServerError> {
 
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<AgentServer<AgentApi>>().await;
+    health.set_serving::<AgentStorageServer<StorageApi>>().await;
     let reflection = novacron_proto::serving::reflection_service()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
     let api = AgentApi {
@@ -183,6 +186,9 @@ pub async fn serve(cfg: AgentConfig) -> Result<(), ServerError> {
         .add_service(health_svc)
         .add_service(reflection)
         .add_service(AgentServer::new(api))
+        .add_service(AgentStorageServer::new(StorageApi {
+            manager: Arc::clone(&manager),
+        }))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown_signal(),

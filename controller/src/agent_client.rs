@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use novacron_proto::agent as apb;
 use novacron_proto::agent::agent_client::AgentClient;
+use novacron_proto::agent::agent_storage_client::AgentStorageClient;
 use tonic::transport::{Channel, Endpoint};
 
 /// Errors reaching an agent.
@@ -39,9 +40,19 @@ impl AgentPool {
 
     /// A client for the agent at `addr` (HOST:PORT or a URI).
     pub fn client(&self, addr: &str) -> Result<AgentClient<Channel>, AgentClientError> {
+        self.channel(addr).map(AgentClient::new)
+    }
+
+    /// A client of the storage service of the agent at `addr`.
+    pub fn storage(&self, addr: &str) -> Result<AgentStorageClient<Channel>, AgentClientError> {
+        self.channel(addr).map(AgentStorageClient::new)
+    }
+
+    /// The (lazily connected) channel to the agent at `addr`.
+    fn channel(&self, addr: &str) -> Result<Channel, AgentClientError> {
         let mut map = self.channels.lock();
         if let Some(ch) = map.get(addr) {
-            return Ok(AgentClient::new(ch.clone()));
+            return Ok(ch.clone());
         }
         let uri = if addr.contains("://") {
             addr.to_string()
@@ -57,7 +68,7 @@ impl AgentPool {
             .tcp_nodelay(true);
         let ch = ep.connect_lazy();
         map.insert(addr.to_string(), ch.clone());
-        Ok(AgentClient::new(ch))
+        Ok(ch)
     }
 
     /// Drops the cached channel of `addr` (after the agent moved or restarted).

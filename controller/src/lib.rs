@@ -7,7 +7,8 @@
 //! view), [`controller`] (operations), [`migration`] (migrate, drain), [`settle`] (ambiguous migration outcomes), [`reconcile`] (the
 //! loop), [`events`] (event log and watch), [`agent_client`] (agents' gRPC clients), [`api`]
 //! (gRPC services), [`server`] (serving; bearer tokens
-//! through [`novacron_proto::auth`]), [`ctl`] (novactl).
+//! through [`novacron_proto::auth`]), [`ctl`] (novactl), [`storage`] (snapshots, clones,
+//! templates).
 
 pub mod agent_client;
 pub mod api;
@@ -20,6 +21,7 @@ pub mod scheduler;
 pub mod server;
 pub mod settle;
 pub mod state;
+pub mod storage;
 pub mod store;
 pub mod util;
 

@@ -8,11 +8,13 @@ use std::sync::Arc;
 use novacron_proto::auth::BearerAuth;
 use novacron_proto::controller::host_service_server::HostServiceServer;
 use novacron_proto::controller::registry_server::RegistryServer;
+use novacron_proto::controller::storage_service_server::StorageServiceServer;
 use novacron_proto::controller::vm_service_server::VmServiceServer;
 
 use crate::api::{HostApi, RegistryApi, VmApi};
 use crate::controller::{Config, Controller, ControllerError};
 use crate::reconcile;
+use crate::storage::api::StorageApi;
 
 /// Errors of serving.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +73,9 @@ pub async fn serve_with(
     health.set_serving::<VmServiceServer<VmApi>>().await;
     health.set_serving::<HostServiceServer<HostApi>>().await;
     health.set_serving::<RegistryServer<RegistryApi>>().await;
+    health
+        .set_serving::<StorageServiceServer<StorageApi>>()
+        .await;
     let reflection = novacron_proto::serving::reflection_service()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
 
@@ -86,6 +91,10 @@ pub async fn serve_with(
         ))
         .add_service(HostServiceServer::with_interceptor(
             HostApi(Arc::clone(&ctl)),
+            auth.clone(),
+        ))
+        .add_service(StorageServiceServer::with_interceptor(
+            StorageApi(Arc::clone(&ctl)),
             auth.clone(),
         ))
         .add_service(RegistryServer::with_interceptor(

@@ -4,8 +4,9 @@
 //! acknowledged change.
 //!
 //! Tables hold protobuf-encoded records: `vms` (id -> `Vm`), `hosts` (name -> `Host`),
-//! `events` (sequence -> `Event`) and `requests` (client request id -> the first answer, for
-//! idempotent retries).
+//! `events` (sequence -> `Event`), `requests` (client request id -> the first answer, for
+//! idempotent retries) and `storage` (the storage objects of `crate::storage`: key ->
+//! encoded record, keys prefixed by kind).
 
 use std::path::Path;
 
@@ -17,6 +18,7 @@ const VMS: TableDefinition<&str, &[u8]> = TableDefinition::new("vms");
 const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
+const STORAGE: TableDefinition<&str, &[u8]> = TableDefinition::new("storage");
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +107,10 @@ pub enum Op<'a> {
     PutHost(&'a pb::Host),
     /// Record a request's answer.
     PutRequest(&'a str, StoredRequest),
+    /// Insert or replace a storage record (key, encoded record).
+    PutRecord(&'a str, Vec<u8>),
+    /// Remove a storage record.
+    DeleteRecord(&'a str),
 }
 
 /// Everything loaded at startup.
@@ -140,6 +146,7 @@ impl Store {
             db!(txn.open_table(HOSTS))?;
             db!(txn.open_table(EVENTS))?;
             db!(txn.open_table(REQUESTS))?;
+            db!(txn.open_table(STORAGE))?;
         }
         db!(txn.commit())?;
         Ok(store)
@@ -194,6 +201,7 @@ impl Store {
             let mut vms = db!(txn.open_table(VMS))?;
             let mut hosts = db!(txn.open_table(HOSTS))?;
             let mut reqs = db!(txn.open_table(REQUESTS))?;
+            let mut recs = db!(txn.open_table(STORAGE))?;
             for op in ops {
                 match op {
                     Op::PutVm(vm) => {
@@ -207,6 +215,12 @@ impl Store {
                     }
                     Op::PutRequest(id, r) => {
                         db!(reqs.insert(*id, r.encode().as_slice()))?;
+                    }
+                    Op::PutRecord(key, b) => {
+                        db!(recs.insert(*key, b.as_slice()))?;
+                    }
+                    Op::DeleteRecord(key) => {
+                        db!(recs.remove(*key))?;
                     }
                 }
             }
@@ -228,6 +242,28 @@ impl Store {
         let txn = db!(self.db.begin_read())?;
         let t = db!(txn.open_table(REQUESTS))?;
         Ok(db!(t.get(id))?.and_then(|v| StoredRequest::decode(v.value())))
+    }
+
+    /// The storage records whose key starts with `prefix`, in key order.
+    pub fn records(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = db!(self.db.begin_read())?;
+        let t = db!(txn.open_table(STORAGE))?;
+        let mut out = Vec::new();
+        for row in db!(t.range(prefix..))? {
+            let (k, v) = db!(row)?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// One storage record.
+    pub fn record(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = db!(self.db.begin_read())?;
+        let t = db!(txn.open_table(STORAGE))?;
+        Ok(db!(t.get(key))?.map(|v| v.value().to_vec()))
     }
 
     /// Forgets request ids recorded before `cutoff_ms`. Returns how many went.

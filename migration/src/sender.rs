@@ -611,8 +611,10 @@ impl Sender {
             VerifyMode::Sampled => {
                 let seed = verify::random_seed();
                 let src: &S = source;
+                let t = Instant::now();
                 let mut addressable = UnitSet::new(src.count());
                 src.addressable(&mut addressable);
+                let listed_ms = t.elapsed().as_secs_f64() * 1e3;
                 let d = verify::sampled_digests(
                     final_pass,
                     &addressable,
@@ -629,9 +631,19 @@ impl Sender {
                     sample_digest: d.sample_digest,
                 }
                 .encode();
+                let digests_ms = t.elapsed().as_secs_f64() * 1e3;
                 self.wire
                     .out
                     .source_frame(FrameType::Verify, id, &payload)?;
+                tracing::debug!(
+                    listed_ms,
+                    digests_ms,
+                    written_ms = t.elapsed().as_secs_f64() * 1e3,
+                    final_units = d.final_units,
+                    sample_units = d.sample_units,
+                    threads,
+                    "sampled verification at the source"
+                );
                 Ok(d.final_units + d.sample_units)
             }
             VerifyMode::Full => {

@@ -90,6 +90,20 @@ impl Manager {
         migration_id: &str,
         incoming_timeout_s: Option<u64>,
     ) -> Result<Vec<String>, ManagerError> {
+        self.machine_options(c, socket, incoming, migration_id, incoming_timeout_s)
+            .map(|m| m.args())
+    }
+
+    /// The machine options behind [`Manager::vmm_args_for`] (restores set `restore` and
+    /// `paused` on them).
+    pub(super) fn machine_options(
+        &self,
+        c: &apb::VmConfig,
+        socket: &Path,
+        incoming: Option<&str>,
+        migration_id: &str,
+        incoming_timeout_s: Option<u64>,
+    ) -> Result<MachineOptions, ManagerError> {
         let tell = incoming.is_some();
         let dir = self.vm_dir(&c.id);
         let images = self.images_dir();
@@ -131,7 +145,7 @@ impl Manager {
             restore: None,
             paused: false,
         };
-        Ok(machine.args())
+        Ok(machine)
     }
 
     pub(super) fn keep_console_log(&self, id: &str, dir: &Path) {

@@ -11,16 +11,20 @@
 //! Files: [`vm`] (a VM's record, metadata and status), [`files`] (its directory, command
 //! line, ports and console logs), [`lifecycle`] (launching, waiting for and stopping VMMs),
 //! [`adopt`] (re-adoption after an agent restart), [`migration`] (incoming and outgoing
-//! migrations), [`cold`] (disks copied between agents for a stopped VM).
+//! migrations), [`cold`] (disks copied between agents for a stopped VM), [`storage`]
+//! (snapshots, restores and clones).
 
 mod adopt;
 mod cold;
 mod files;
 mod lifecycle;
 mod migration;
+mod storage;
 mod vm;
 
 pub use cold::ExportStream;
+pub use storage::SNAPSHOTS_DIR;
+
 pub use vm::{Meta, Role, VmData, VmHandle};
 
 use files::DiskPlan;

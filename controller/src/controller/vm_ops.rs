@@ -371,6 +371,7 @@ impl Controller {
                 self.agent_delete(&vm.host, &id).await?;
             }
             self.forget_vm(&vm)?;
+            self.forget_storage_of(&id)?;
             self.emit_vm("VmDeleted", &vm, "deleted");
             Ok((
                 pb::DeleteVmResponse {

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub use super::storage::{CloneArgs, RestoreArgs, SnapArgs, SnapshotsArgs, TemplateArgs};
+
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum Format {
@@ -71,6 +73,20 @@ pub enum VmCmd {
     /// Live-migrate a VM to a host (or one the scheduler picks); `--cancel` stops the VM's
     /// migration in progress.
     Migrate(MigrateArgs),
+    /// Snapshot a running VM: memory, device state and disks, crash-consistent.
+    Snapshot(SnapArgs),
+    /// List a VM's snapshots (every VM's without a name).
+    Snapshots(SnapshotsArgs),
+    /// Delete a snapshot.
+    SnapshotDelete(SnapArgs),
+    /// Put a VM back at a snapshot (memory, devices and disks) and resume it.
+    Restore(RestoreArgs),
+    /// A new VM with its own identity from a stopped VM or a snapshot.
+    Clone(CloneArgs),
+    /// Mark (or `--unset`) a VM or snapshot as a template for `vm create --template`.
+    Template(TemplateArgs),
+    /// List templates.
+    Templates,
 }
 
 /// How the destination verifies the final memory (`vm migrate --verify`).
@@ -197,6 +213,10 @@ pub struct CreateArgs {
     /// Create without starting.
     #[arg(long)]
     pub stopped: bool,
+    /// Clone the template VM (or `VM:SNAPSHOT`) instead: the new VM gets the template's
+    /// machine and disks with its own identity; the other machine arguments are ignored.
+    #[arg(long, default_value = "")]
+    pub template: String,
     /// Client request id.
     #[arg(long)]
     pub request_id: Option<String>,

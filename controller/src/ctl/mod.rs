@@ -9,6 +9,7 @@
 pub mod args;
 pub mod output;
 pub mod parse;
+pub mod storage;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use novacron_proto::auth::{read_token, AttachToken, AuthError};
 use novacron_proto::controller as pb;
 use novacron_proto::controller::host_service_client::HostServiceClient;
+use novacron_proto::controller::storage_service_client::StorageServiceClient;
 use novacron_proto::controller::vm_service_client::VmServiceClient;
 use novacron_vmm_api::units::UnitError;
 use tokio_stream::StreamExt;
@@ -85,6 +87,7 @@ type Authed = InterceptedService<Channel, AttachToken>;
 struct Clients {
     vm: VmServiceClient<Authed>,
     host: HostServiceClient<Authed>,
+    storage: StorageServiceClient<Authed>,
 }
 
 /// Default controller address.
@@ -122,7 +125,8 @@ async fn connect(cli: &Cli) -> Result<Clients, CtlError> {
         .map_err(|e| err(e.to_string()))?;
     Ok(Clients {
         vm: VmServiceClient::with_interceptor(ch.clone(), auth.clone()),
-        host: HostServiceClient::with_interceptor(ch, auth),
+        host: HostServiceClient::with_interceptor(ch.clone(), auth.clone()),
+        storage: StorageServiceClient::with_interceptor(ch, auth),
     })
 }
 
@@ -163,6 +167,26 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
     let fmt = cli.output;
     match cli.command {
         Command::Vm(cmd) => match cmd {
+            VmCmd::Create(a) if !a.template.is_empty() => {
+                let (source, snapshot) = storage::template_source(&a.template);
+                let clone = storage::CloneArgs {
+                    source,
+                    name: a.name,
+                    snapshot,
+                    stopped: a.stopped,
+                    request_id: a.request_id,
+                };
+                storage::clone(&mut c.storage.clone(), clone, true, fmt).await?;
+            }
+            VmCmd::Snapshot(a) => storage::snapshot(&mut c.storage.clone(), a, fmt).await?,
+            VmCmd::Snapshots(a) => storage::snapshots(&mut c.storage.clone(), a, fmt).await?,
+            VmCmd::SnapshotDelete(a) => {
+                storage::snapshot_delete(&mut c.storage.clone(), a, fmt).await?
+            }
+            VmCmd::Restore(a) => storage::restore(&mut c.storage.clone(), a, fmt).await?,
+            VmCmd::Clone(a) => storage::clone(&mut c.storage.clone(), a, false, fmt).await?,
+            VmCmd::Template(a) => storage::template(&mut c.storage.clone(), a, fmt).await?,
+            VmCmd::Templates => storage::templates(&mut c.storage.clone(), fmt).await?,
             VmCmd::Create(a) => {
                 let req = create_request(&a)?;
                 let vm = call!(c.vm, create_vm, req);

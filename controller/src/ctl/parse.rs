@@ -162,7 +162,7 @@ pub fn migrate_request(a: &MigrateArgs) -> Result<pb::MigrateVmRequest, CtlError
 }
 
 /// The request id given, or a fresh one.
-pub(super) fn rid(given: &Option<String>) -> String {
+pub(crate) fn rid(given: &Option<String>) -> String {
     given
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
