@@ -314,6 +314,9 @@ struct Phases {
 struct Recording<'a, K: ?Sized> {
     inner: &'a mut K,
     written: &'a mut UnitSet,
+    /// `(unit, crc32)` of every unit written, in write order (sampled verification's
+    /// final-pass records, computed as the pass is applied).
+    crcs: &'a mut Vec<(u64, u32)>,
 }
 
 impl<K: PageStore + ?Sized> PageStore for Recording<'_, K> {
@@ -329,6 +332,7 @@ impl<K: PageStore + ?Sized> PageStore for Recording<'_, K> {
         let ok = self.inner.write_page(index, data);
         if ok && index < self.written.len() {
             self.written.set(index);
+            self.crcs.push((index, crc32fast::hash(data)));
         }
         ok
     }
@@ -352,6 +356,7 @@ fn receive_stream<K: UnitSink + Sync, T: Takeover>(
     let mut verification: Option<Verification> = None;
     // Units written in the final pass, for sampled verification.
     let mut final_pass = UnitSet::new(sink.count());
+    let mut final_crcs: Vec<(u64, u32)> = Vec::new();
     loop {
         let f = input.read()?;
         match (step, f.kind) {
@@ -372,6 +377,7 @@ fn receive_stream<K: UnitSink + Sync, T: Takeover>(
                     let mut rec = Recording {
                         inner: &mut *sink,
                         written: &mut final_pass,
+                        crcs: &mut final_crcs,
                     };
                     decoder.decode(&f.payload, &mut rec)?;
                 } else {
@@ -430,7 +436,7 @@ fn receive_stream<K: UnitSink + Sync, T: Takeover>(
                     ));
                 }
                 let t = Instant::now();
-                let checked = check_sampled(&f.payload, &*sink, &final_pass)?;
+                let checked = check_sampled(&f.payload, &*sink, &final_pass, &mut final_crcs)?;
                 verification = Some(Verification {
                     listed: UnitSet::new(0),
                     records: checked,
@@ -513,6 +519,7 @@ fn check_sampled<K: UnitSink + Sync>(
     payload: &[u8],
     sink: &K,
     final_pass: &UnitSet,
+    final_crcs: &mut Vec<(u64, u32)>,
 ) -> Result<u64, SessionError> {
     let want = SampledVerify::decode(payload)?;
     let count = sink.count();
@@ -522,14 +529,23 @@ fn check_sampled<K: UnitSink + Sync>(
             want.sample
         )));
     }
+    // The final pass's records were taken as its units were applied; only the sample is
+    // read back here.
+    let (final_units, final_digest) = verify::final_pass_digest(final_crcs);
+    if final_units != want.final_units || final_digest != want.final_digest {
+        return Err(SessionError::Verify(format!(
+            "the final pass differs: {final_units} units received here, {} sent by the source \
+             (digest {final_digest:#010x} here, {:#010x} at the source)",
+            want.final_units, want.final_digest
+        )));
+    }
     let mut addressable = UnitSet::new(count);
     sink.addressable(&mut addressable);
-    let got = verify::sampled_digests(
-        final_pass,
-        &addressable,
-        want.sample,
-        want.seed,
+    let units = verify::sample_units(final_pass, &addressable, want.sample, want.seed);
+    let records = verify::crc_records(
+        &units,
         verify::default_threads(),
+        false,
         &|n, buf: &mut [u8; PAGE_SIZE]| {
             if sink.read_page(n, buf) {
                 Ok(())
@@ -539,21 +555,17 @@ fn check_sampled<K: UnitSink + Sync>(
         },
     )
     .map_err(SessionError::Verify)?;
-    if got.final_units != want.final_units || got.final_digest != want.final_digest {
-        return Err(SessionError::Verify(format!(
-            "the final pass differs: {} units received here, {} sent by the source \
-             (digest {:#010x} here, {:#010x} at the source)",
-            got.final_units, want.final_units, got.final_digest, want.final_digest
-        )));
-    }
-    if got.sample_digest != want.sample_digest {
+    let sample_digest = verify::digest(&records);
+    if sample_digest != want.sample_digest {
         return Err(SessionError::Verify(format!(
             "sampled units differ: {} units drawn with seed {:#x} outside the final pass \
-             (digest {:#010x} here, {:#010x} at the source)",
-            got.sample_units, want.seed, got.sample_digest, want.sample_digest
+             (digest {sample_digest:#010x} here, {:#010x} at the source)",
+            units.len(),
+            want.seed,
+            want.sample_digest
         )));
     }
-    Ok(got.final_units + got.sample_units)
+    Ok(final_units + units.len() as u64)
 }
 
 /// Checks one Verify frame's records against the sink, on several threads.

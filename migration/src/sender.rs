@@ -414,7 +414,7 @@ impl Sender {
     ) -> Result<(PassStats, f64), SessionError> {
         let start = Instant::now();
         let skip = self.skip.round == Some(round);
-        let st = self.send_pass(source, units, first, !first, skip)?;
+        let st = self.send_pass(source, units, first, !first, skip, None)?;
         self.wire.flush()?;
         let send_s = start.elapsed().as_secs_f64();
         self.end_round(round)?;
@@ -436,7 +436,9 @@ impl Sender {
     /// protection). With `skip_one`, the first non-zero unit is left out (test switch).
     /// Units are read straight into the batch of their encoder shard; finished batches are
     /// written as they come back, so reading, encoding and sending overlap. The stop
-    /// conditions are checked at every batch.
+    /// conditions are checked at every batch. With `records`, the `(unit, crc32)` of every
+    /// unit read is pushed there, ascending (the final pass's records for sampled
+    /// verification, computed while the pass is sent).
     fn send_pass<S: UnitSource>(
         &mut self,
         source: &mut S,
@@ -444,6 +446,7 @@ impl Sender {
         skip_zero: bool,
         prepare: bool,
         mut skip_one: bool,
+        mut records: Option<&mut Vec<(u64, u32)>>,
     ) -> Result<PassStats, SessionError> {
         let Sender {
             wire,
@@ -488,6 +491,9 @@ impl Sender {
             let shard = pool.shard_of(n);
             let buf = pool.slot(shard);
             source.read(n, buf)?;
+            if let Some(r) = records.as_mut() {
+                r.push((n, crc32fast::hash(&buf[..])));
+            }
             if is_zero_page(buf) {
                 zero += 1;
                 if skip_zero {
@@ -603,6 +609,7 @@ impl Sender {
         mode: VerifyMode,
         final_pass: &UnitSet,
         sample: u64,
+        mut final_records: Vec<(u64, u32)>,
     ) -> Result<u64, SessionError> {
         let id = source.id();
         let threads = verify::default_threads();
@@ -615,14 +622,15 @@ impl Sender {
                 let mut addressable = UnitSet::new(src.count());
                 src.addressable(&mut addressable);
                 let listed_ms = t.elapsed().as_secs_f64() * 1e3;
-                let d = verify::sampled_digests(
-                    final_pass,
-                    &addressable,
-                    sample,
-                    seed,
-                    threads,
-                    &|n, b| src.read(n, b),
-                )?;
+                let (final_units, final_digest) = verify::final_pass_digest(&mut final_records);
+                let units = verify::sample_units(final_pass, &addressable, sample, seed);
+                let records = verify::crc_records(&units, threads, false, &|n, b| src.read(n, b))?;
+                let d = verify::SampledDigests {
+                    final_units,
+                    sample_units: units.len() as u64,
+                    final_digest,
+                    sample_digest: verify::digest(&records),
+                };
                 let payload = SampledVerify {
                     seed,
                     sample,
@@ -1039,7 +1047,10 @@ fn precopy<S: UnitSource + Sync, G: Guest>(
     let n = dirty.count();
     let collected_ms = ms_since(t_pause);
     let skip_final = s.skip.round == Some(round);
-    let st = s.send_pass(source, &dirty, false, false, skip_final)?;
+    // Sampled verification's final-pass records are computed as the pass reads its units.
+    let mut final_records = Vec::new();
+    let record = (opts.verify == VerifyMode::Sampled).then_some(&mut final_records);
+    let st = s.send_pass(source, &dirty, false, false, skip_final, record)?;
     // Push the final units out now: the destination applies them while the state is saved.
     s.wire.flush()?;
     let sent_ms = ms_since(t_pause);
@@ -1048,9 +1059,11 @@ fn precopy<S: UnitSource + Sync, G: Guest>(
     let packed = zstd::bulk::compress(&state, DEFAULT_ZSTD_LEVEL)
         .map_err(|e| SessionError::Capture(Box::new(e)))?;
     s.wire.out.frame(FrameType::State, &packed)?;
+    // Out now: the destination restores it while verification is computed here.
+    s.wire.flush()?;
     let state_ms = ms_since(t_pause);
     let t_verify = Instant::now();
-    let listed = s.send_verify(source, opts.verify, &dirty, sample)?;
+    let listed = s.send_verify(source, opts.verify, &dirty, sample, final_records)?;
     let verify_ms = ms_since(t_verify);
     s.wire.flush()?;
     // The last moment to stop: after Complete the destination may commit.

@@ -238,9 +238,8 @@ where
     R: Fn(u64, &mut [u8; PAGE_SIZE]) -> Result<(), E> + Sync,
 {
     let count = addressable.len();
-    let drawn = sampled_set(final_pass, addressable, sample, seed);
     let final_units: Vec<u64> = final_pass.iter().filter(|&n| n < count).collect();
-    let sample_units: Vec<u64> = drawn.iter().filter(|&n| !final_pass.get(n)).collect();
+    let sample_units = sample_units(final_pass, addressable, sample, seed);
     let final_records = crc_records(&final_units, threads, false, read)?;
     let sample_records = crc_records(&sample_units, threads, false, read)?;
     Ok(SampledDigests {
@@ -249,6 +248,32 @@ where
         final_digest: digest(&final_records),
         sample_digest: digest(&sample_records),
     })
+}
+
+/// The units sampled verification checks besides the final pass: `sample` units drawn with
+/// `seed` uniformly from the `addressable` units outside `final_pass`, ascending.
+pub fn sample_units(
+    final_pass: &UnitSet,
+    addressable: &UnitSet,
+    sample: u64,
+    seed: u64,
+) -> Vec<u64> {
+    sampled_set(final_pass, addressable, sample, seed)
+        .iter()
+        .filter(|&n| n < addressable.len() && !final_pass.get(n))
+        .collect()
+}
+
+/// The final pass's records as both ends compute them while the pass is sent or applied:
+/// sorted by unit, the last record of a unit written twice kept. Returns the units and
+/// their digest ([`digest`] of the sorted records).
+pub fn final_pass_digest(records: &mut Vec<(u64, u32)>) -> (u64, u32) {
+    // Stable: of equal units the later write stays last, and dedup keeps the first of a
+    // run, so reverse first.
+    records.reverse();
+    records.sort_by_key(|r| r.0);
+    records.dedup_by_key(|r| r.0);
+    (records.len() as u64, digest(records))
 }
 
 /// The probability that a uniform sample of `sample` units out of `populated` contains at
