@@ -7,6 +7,9 @@ command -v iasl >/dev/null 2>&1 || need+=(acpica-tools)
 command -v cpio >/dev/null 2>&1 || need+=(cpio)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg)
+# mkfs.xfs: tests/mgmt_snapshots.rs measures block sharing of clones on an XFS (reflink)
+# loop filesystem.
+command -v mkfs.xfs >/dev/null 2>&1 || need+=(xfsprogs)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
