@@ -1,6 +1,6 @@
 //! The agent's storage service (`novacron.agent.v1.AgentStorage`, `proto/agent_storage.proto`):
-//! adapters from protobuf requests to the [`Manager`]'s snapshot, restore and clone
-//! operations. Errors map to status codes as in [`crate::api`].
+//! adapters from protobuf requests to the [`Manager`]'s snapshot, restore, clone, export and
+//! import operations. Errors map to status codes as in [`crate::api`].
 
 use std::sync::Arc;
 
@@ -77,5 +77,35 @@ impl AgentStorage for StorageApi {
                 .clone_vm(&r.source_vm_id, &r.snapshot, c, r.start)
                 .await?,
         ))
+    }
+
+    async fn export_snapshot(
+        &self,
+        r: Request<apb::ExportSnapshotRequest>,
+    ) -> Result<Response<apb::BackupInfo>, Status> {
+        let r = r.into_inner();
+        // Its own task: a caller that goes away must not leave a half-written backup.
+        let m = Arc::clone(&self.manager);
+        let task = tokio::spawn(async move { m.export_snapshot(&r.vm_id, &r.name, &r.path).await });
+        match task.await {
+            Ok(res) => Ok(Response::new(res?)),
+            Err(e) => Err(Status::internal(format!("export task failed: {e}"))),
+        }
+    }
+
+    async fn import_snapshot(
+        &self,
+        r: Request<apb::ImportSnapshotRequest>,
+    ) -> Result<Response<apb::ImportSnapshotResponse>, Status> {
+        let r = r.into_inner();
+        let m = Arc::clone(&self.manager);
+        let task = tokio::spawn(async move {
+            m.import_snapshot(&r.vm_id, &r.vm_name, &r.path, &r.snapshot)
+                .await
+        });
+        match task.await {
+            Ok(res) => Ok(Response::new(res?)),
+            Err(e) => Err(Status::internal(format!("import task failed: {e}"))),
+        }
     }
 }

@@ -2,7 +2,8 @@
 //! tonic-prost-build. [`agent`] is the host agent's API, [`controller`] the controller's
 //! user-facing VM/host services and the registry agents report to. [`FILE_DESCRIPTOR_SET`] is
 //! what the servers publish through gRPC server reflection; [`serving`] holds what both
-//! servers share, [`auth`] the bearer-token interceptors of every client and server.
+//! servers share, [`auth`] the bearer-token interceptors of every client and server, [`mac`]
+//! the MACs of VMs made from other VMs.
 
 /// Generated code, laid out like the proto packages (`novacron.agent.v1`, ...).
 pub mod novacron {
@@ -28,6 +29,7 @@ pub use novacron::agent::v1 as agent;
 pub use novacron::controller::v1 as controller;
 
 pub mod auth;
+pub mod mac;
 pub mod serving;
 
 /// Encoded `FileDescriptorSet` of both protocols, for `tonic-reflection`.

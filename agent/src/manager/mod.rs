@@ -12,9 +12,11 @@
 //! line, ports and console logs), [`lifecycle`] (launching, waiting for and stopping VMMs),
 //! [`adopt`] (re-adoption after an agent restart), [`migration`] (incoming and outgoing
 //! migrations), [`cold`] (disks copied between agents for a stopped VM), [`storage`]
-//! (snapshots, restores and clones).
+//! (snapshots, restores and clones), [`backup`] (snapshots exported to and imported from
+//! backup files).
 
 mod adopt;
+mod backup;
 mod cold;
 mod files;
 mod lifecycle;

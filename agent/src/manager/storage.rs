@@ -25,7 +25,7 @@ use super::{io_err, same_machine, Manager, ManagerError, Meta, Role, VmData, VmH
 /// Name of the directory of a VM's snapshots inside its directory.
 pub const SNAPSHOTS_DIR: &str = "snapshots";
 /// The agent's record inside a snapshot directory.
-const RECORD: &str = "snapshot.pb";
+pub(super) const RECORD: &str = "snapshot.pb";
 /// How long the VMM may take to write a snapshot (memory and disks).
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -38,7 +38,7 @@ pub fn valid_snapshot_name(n: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
 }
 
-fn check_name(n: &str) -> Result<(), ManagerError> {
+pub(super) fn check_name(n: &str) -> Result<(), ManagerError> {
     if valid_snapshot_name(n) {
         Ok(())
     } else {
@@ -49,12 +49,12 @@ fn check_name(n: &str) -> Result<(), ManagerError> {
 }
 
 /// The file the VMM writes disk `index` of a snapshot to.
-fn snapshot_disk(dir: &Path, index: usize) -> PathBuf {
+pub(super) fn snapshot_disk(dir: &Path, index: usize) -> PathBuf {
     dir.join(format!("disk-{index}.img"))
 }
 
 /// The agent's record of a snapshot directory (`None`: no complete snapshot there).
-fn read_record(dir: &Path) -> Result<Option<apb::SnapshotInfo>, ManagerError> {
+pub(super) fn read_record(dir: &Path) -> Result<Option<apb::SnapshotInfo>, ManagerError> {
     let p = dir.join(RECORD);
     match std::fs::read(&p) {
         Ok(b) => apb::SnapshotInfo::decode(b.as_slice())

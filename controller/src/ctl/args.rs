@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-pub use super::storage::{CloneArgs, RestoreArgs, SnapArgs, SnapshotsArgs, TemplateArgs};
+pub use super::storage::{
+    CloneArgs, ExportArgs, ImportArgs, RestoreArgs, SnapArgs, SnapshotsArgs, TemplateArgs,
+};
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -87,6 +89,10 @@ pub enum VmCmd {
     Template(TemplateArgs),
     /// List templates.
     Templates,
+    /// Write a snapshot as one compressed backup file on its host (`--to`, absolute, new).
+    SnapshotExport(ExportArgs),
+    /// Create a stopped VM from a backup file on a host; restore its snapshot to resume it.
+    SnapshotImport(ImportArgs),
 }
 
 /// How the destination verifies the final memory (`vm migrate --verify`).

@@ -187,6 +187,8 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
             VmCmd::Clone(a) => storage::clone(&mut c.storage.clone(), a, false, fmt).await?,
             VmCmd::Template(a) => storage::template(&mut c.storage.clone(), a, fmt).await?,
             VmCmd::Templates => storage::templates(&mut c.storage.clone(), fmt).await?,
+            VmCmd::SnapshotExport(a) => storage::export(&mut c.storage.clone(), a, fmt).await?,
+            VmCmd::SnapshotImport(a) => storage::import(&mut c.storage.clone(), a, fmt).await?,
             VmCmd::Create(a) => {
                 let req = create_request(&a)?;
                 let vm = call!(c.vm, create_vm, req);

@@ -1,5 +1,5 @@
 //! novactl's storage verbs (`vm snapshot|snapshots|snapshot-delete|restore|clone|template|
-//! templates`, `vm create --template`): their arguments and how they run against the
+//! templates|snapshot-export|snapshot-import`, `vm create --template`): their arguments and how they run against the
 //! controller's `StorageService`.
 
 use clap::Args;
@@ -68,6 +68,40 @@ pub struct TemplateArgs {
     /// Remove the mark.
     #[arg(long)]
     pub unset: bool,
+    /// Client request id.
+    #[arg(long)]
+    pub request_id: Option<String>,
+}
+
+/// `vm snapshot-export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// VM name or id.
+    pub name: String,
+    /// Snapshot name.
+    pub snapshot: String,
+    /// Absolute path of the backup file to create on the snapshot's host.
+    #[arg(long)]
+    pub to: String,
+    /// Client request id.
+    #[arg(long)]
+    pub request_id: Option<String>,
+}
+
+/// `vm snapshot-import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Name of the new VM.
+    pub name: String,
+    /// Host holding the backup file (the new VM lives there).
+    #[arg(long)]
+    pub host: String,
+    /// Absolute path of the backup file on that host.
+    #[arg(long)]
+    pub from: String,
+    /// Name of the imported snapshot (default: the exported snapshot's name).
+    #[arg(long, default_value = "")]
+    pub snapshot: String,
     /// Client request id.
     #[arg(long)]
     pub request_id: Option<String>,
@@ -275,5 +309,69 @@ pub async fn templates(c: &mut Client, f: Format) -> Result<(), CtlError> {
         .await?
         .into_inner();
     print_templates(&r.templates, f);
+    Ok(())
+}
+
+fn backup_json(b: &Option<novacron_proto::agent::BackupInfo>) -> serde_json::Value {
+    let b = b.clone().unwrap_or_default();
+    json!({"path": b.path, "files": b.files, "data_bytes": b.data_bytes, "backup_bytes": b.backup_bytes})
+}
+
+/// `vm snapshot-export NAME SNAP --to PATH`.
+pub async fn export(c: &mut Client, a: ExportArgs, f: Format) -> Result<(), CtlError> {
+    let req = pb::ExportSnapshotRequest {
+        request_id: rid(&a.request_id),
+        vm: a.name,
+        snapshot: a.snapshot,
+        path: a.to,
+    };
+    let r = c.export_snapshot(req).await?.into_inner();
+    match f {
+        Format::Json => println!(
+            "{}",
+            json!({"vm": r.vm, "snapshot": r.snapshot, "host": r.host, "backup": backup_json(&r.backup)})
+        ),
+        Format::Table => {
+            let b = r.backup.unwrap_or_default();
+            println!(
+                "snapshot {} of vm {} exported to {}:{} ({} files, {} bytes of data, {} bytes)",
+                r.snapshot, r.vm, r.host, b.path, b.files, b.data_bytes, b.backup_bytes
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `vm snapshot-import NEW --host HOST --from PATH [--snapshot S]`.
+pub async fn import(c: &mut Client, a: ImportArgs, f: Format) -> Result<(), CtlError> {
+    let req = pb::ImportSnapshotRequest {
+        request_id: rid(&a.request_id),
+        host: a.host,
+        path: a.from,
+        name: a.name,
+        snapshot: a.snapshot,
+    };
+    let r = c.import_snapshot(req).await?.into_inner();
+    match f {
+        Format::Json => println!(
+            "{}",
+            json!({
+                "vm": r.vm.as_ref().map(|v| json!({"name": v.name, "id": v.id, "host": v.host})),
+                "snapshot": r.snapshot.as_ref().map(snapshot_json),
+                "backup": backup_json(&r.backup),
+            })
+        ),
+        Format::Table => {
+            if let Some(vm) = &r.vm {
+                print_vm(vm, f);
+            }
+            if let Some(s) = &r.snapshot {
+                println!(
+                    "snapshot {} (restore it: novactl vm restore {} {})",
+                    s.name, s.vm, s.name
+                );
+            }
+        }
+    }
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! The `StorageService` of `proto/storage.proto`: thin adapters from requests to the
-//! controller's snapshot, clone and template operations.
+//! controller's snapshot, clone, template and backup operations.
 
 use std::sync::Arc;
 
@@ -68,5 +68,19 @@ impl StorageService for StorageApi {
         _r: Request<pb::ListTemplatesRequest>,
     ) -> Result<Response<pb::ListTemplatesResponse>, Status> {
         Ok(Response::new(self.0.list_templates()?))
+    }
+
+    async fn export_snapshot(
+        &self,
+        r: Request<pb::ExportSnapshotRequest>,
+    ) -> Result<Response<pb::ExportSnapshotResponse>, Status> {
+        Ok(Response::new(self.0.export_snapshot(r.into_inner()).await?))
+    }
+
+    async fn import_snapshot(
+        &self,
+        r: Request<pb::ImportSnapshotRequest>,
+    ) -> Result<Response<pb::ImportSnapshotResponse>, Status> {
+        Ok(Response::new(self.0.import_snapshot(r.into_inner()).await?))
     }
 }

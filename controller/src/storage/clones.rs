@@ -15,25 +15,13 @@ use crate::state::{agent_config, Needs};
 use crate::store::Op;
 use crate::util::now_ms;
 
-/// A fresh locally administered MAC for NIC `index` of VM `vm_id` (`52:54:00` and three
-/// bytes of a hash of both, so clones of one source never share one).
-fn clone_mac(vm_id: &str, index: usize) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in vm_id.bytes().chain(index.to_le_bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    let b = h.to_le_bytes();
-    format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
-}
-
 /// The spec of a clone: the source's, renamed, with fresh MACs, pinned to the source's host
 /// (its disks are there).
 fn clone_spec(base: &pb::VmSpec, name: &str, id: &str, host: &str) -> pb::VmSpec {
     let mut spec = base.clone();
     spec.name = name.to_string();
     for (i, n) in spec.networks.iter_mut().enumerate() {
-        n.mac = clone_mac(id, i);
+        n.mac = novacron_proto::mac::for_vm(id, i);
     }
     let mut p = spec.placement.clone().unwrap_or_default();
     p.host = host.to_string();

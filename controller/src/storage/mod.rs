@@ -1,5 +1,5 @@
 //! Storage objects of the controller (issue 12): snapshots of VMs (memory, devices and disks,
-//! taken and kept by the agent of the VM's host), restores, clones, and templates. The
+//! taken and kept by the agent of the VM's host), restores, clones, templates, and backups. The
 //! records live in the store's `storage` table under keys prefixed by kind, written in the
 //! same transaction as the event that describes the change:
 //!
@@ -8,10 +8,12 @@
 //!   their own `template` flag).
 //!
 //! Files: [`snapshots`] (take, list, delete, restore), [`clones`] (clones and templates),
+//! [`backup`] (export to and import from backup files),
 //! [`api`] (the `StorageService` of `proto/storage.proto`). Errors are the controller's
 //! ([`ControllerError`]), with the same status codes as the VM service.
 
 pub mod api;
+mod backup;
 mod clones;
 mod snapshots;
 
