@@ -205,6 +205,8 @@ mod tests {
                 "/d/api.sock",
                 "--disk",
                 "/d/root.img,ro",
+                "--disk",
+                "/nfs/data.img,shared",
                 "--net",
                 "tap=nc0,mac=52:54:00:00:00:01",
                 "--paused",
