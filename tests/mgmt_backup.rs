@@ -4,63 +4,15 @@
 //! store and agent data directory) as a new VM, and restoring that VM puts its disk at the
 //! snapshot's bytes and its guest counting on from the snapshot's value.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use novacron_proto::controller as pb;
-use novacron_proto::controller::storage_service_client::StorageServiceClient;
 use novacron_testsupport::mgmt::*;
-use novacron_testsupport::paths;
 
-/// First word of every record of the guest's `counter` workload ("NCCOUNT1").
-const MAGIC: u64 = u64::from_le_bytes(*b"NCCOUNT1");
+mod counter_guest;
+use counter_guest::*;
 
-/// The highest counter value recorded on a disk image.
-fn max_record(path: &Path) -> u64 {
-    let b = std::fs::read(path).unwrap();
-    b.chunks_exact(512)
-        .filter_map(|s| {
-            let w = |i: usize| u64::from_le_bytes(s[i..i + 8].try_into().unwrap());
-            (w(0) == MAGIC && w(16) == !w(8)).then(|| w(8))
-        })
-        .max()
-        .expect("no counter record on the disk")
-}
-
-/// The `COUNT n=` values of whole lines of a console log from byte `from` on.
-fn counts(console: &Path, from: usize) -> Vec<u64> {
-    let s = std::fs::read(console).unwrap_or_default();
-    let text = String::from_utf8_lossy(&s[from.min(s.len())..]).into_owned();
-    let whole = match text.rfind('\n') {
-        Some(i) => &text[..i],
-        None => "",
-    };
-    whole
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("COUNT n=")?.parse().ok())
-        .collect()
-}
-
-async fn storage(c: &Cluster) -> StorageServiceClient<tonic::transport::Channel> {
-    StorageServiceClient::connect(format!("http://{}", c.ctl_addr))
-        .await
-        .expect("storage service")
-}
-
-fn run<F: std::future::Future<Output = ()>>(limit: Duration, f: F) {
-    let _serial = serial();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        if tokio::time::timeout(limit, f).await.is_err() {
-            panic!("scenario exceeded {limit:?}");
-        }
-    });
-}
+use novacron_testsupport::mgmt::run_scenario as run;
 
 async fn one_host(tag: &str, host: &str, ip: &str) -> Cluster {
     let mut c = Cluster::new(tag, Vmm::Real, &[]);
@@ -208,26 +160,8 @@ fn export_a_snapshot_and_import_it_on_another_controller() {
 
         // Resume: its memory is at the snapshot point too.
         let mark = std::fs::metadata(&console_b).map(|m| m.len()).unwrap_or(0) as usize;
-        let out = Command::new(paths::vmm())
-            .args(["resume", "--api-socket"])
-            .arg(vmdir_b.join("api.sock"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        wait_for(
-            "the imported guest counting",
-            Duration::from_secs(20),
-            || {
-                let console = console_b.clone();
-                async move { (counts(&console, mark).len() > 100).then_some(()) }
-            },
-        )
-        .await;
-        let after = counts(&console_b, mark);
+        let after =
+            resume_and_count(&vmdir_b, &console_b, mark, "the imported guest counting").await;
         assert!(
             after[0] == at_snapshot || after[0] == at_snapshot + 1,
             "first count of the imported guest {} (the snapshot held {at_snapshot})",

@@ -25,19 +25,7 @@ const SECTORS: u64 = 2048;
 /// Where the host writes its own pattern, beyond the guest's range.
 const HOST_AT: u64 = 6 << 20;
 
-fn run<F: std::future::Future<Output = ()>>(limit: Duration, f: F) {
-    let _serial = serial();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        if tokio::time::timeout(limit, f).await.is_err() {
-            panic!("scenario exceeded {limit:?}");
-        }
-    });
-}
+use novacron_testsupport::mgmt::run_scenario as run;
 
 /// Deterministic, incompressible bytes (`testsupport::data::noise`).
 fn noise(seed: u64, len: usize) -> Vec<u8> {

@@ -34,19 +34,7 @@ const SLOW_GUEST: &str = "workload=fill mib=16 rate=100";
 /// 4 MiB/s: the first pass of SLOW_GUEST takes about four seconds.
 const SLOW_BANDWIDTH: u64 = 4 << 20;
 
-fn run<F: std::future::Future<Output = ()>>(limit: Duration, f: F) {
-    let _serial = serial();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        if tokio::time::timeout(limit, f).await.is_err() {
-            panic!("scenario exceeded {limit:?}");
-        }
-    });
-}
+use novacron_testsupport::mgmt::run_scenario as run;
 
 /// The environment that sets the agent's test faults (none when `fault` is empty).
 fn fault_env(fault: &str) -> Vec<(&str, &str)> {

@@ -10,55 +10,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use novacron_proto::controller as pb;
-use novacron_proto::controller::storage_service_client::StorageServiceClient;
 use novacron_testsupport::mgmt::*;
-use novacron_testsupport::paths;
 
-/// First word of every record of the guest's `counter` workload ("NCCOUNT1").
-const MAGIC: u64 = u64::from_le_bytes(*b"NCCOUNT1");
-
-/// The counter values recorded on a disk image (record `n` in sector `n % sectors`).
-fn records(path: &Path) -> Vec<u64> {
-    let b = std::fs::read(path).unwrap();
-    b.chunks_exact(512)
-        .filter_map(|s| {
-            let w = |i: usize| u64::from_le_bytes(s[i..i + 8].try_into().unwrap());
-            (w(0) == MAGIC && w(16) == !w(8)).then(|| w(8))
-        })
-        .collect()
-}
-
-fn max_record(path: &Path) -> u64 {
-    records(path)
-        .into_iter()
-        .max()
-        .expect("no counter record on the disk")
-}
-
-/// The `COUNT n=` values of a console log from byte `from` on.
-fn counts(console: &Path, from: usize) -> Vec<u64> {
-    let s = std::fs::read(console).unwrap();
-    let text = String::from_utf8_lossy(&s[from.min(s.len())..]).into_owned();
-    // Only whole lines: the guest may be in the middle of printing the last one.
-    let whole = match text.rfind('\n') {
-        Some(i) => &text[..i],
-        None => "",
-    };
-    whole
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("COUNT n=")?.parse().ok())
-        .collect()
-}
-
-fn last_count(console: &Path) -> u64 {
-    counts(console, 0).last().copied().unwrap_or(0)
-}
-
-async fn storage(c: &Cluster) -> StorageServiceClient<tonic::transport::Channel> {
-    StorageServiceClient::connect(format!("http://{}", c.ctl_addr))
-        .await
-        .expect("storage service")
-}
+mod counter_guest;
+use counter_guest::*;
 
 fn counter_spec(c: &Cluster, name: &str) -> pb::VmSpec {
     pb::VmSpec {
@@ -89,19 +44,7 @@ async fn cluster(tag: &str, before_agent: impl FnOnce(&Path)) -> Cluster {
     c
 }
 
-fn run<F: std::future::Future<Output = ()>>(limit: Duration, f: F) {
-    let _serial = serial();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        if tokio::time::timeout(limit, f).await.is_err() {
-            panic!("scenario exceeded {limit:?}");
-        }
-    });
-}
+use novacron_testsupport::mgmt::run_scenario as run;
 
 #[test]
 fn snapshot_and_restore_a_running_vm_with_a_disk() {
@@ -178,26 +121,7 @@ fn snapshot_and_restore_a_running_vm_with_a_disk() {
 
         // Resume: the guest's memory is at the snapshot point too, so it counts on from
         // the value the snapshot held (the record of n is written before its COUNT line).
-        let out = Command::new(paths::vmm())
-            .args(["resume", "--api-socket"])
-            .arg(vmdir.join("api.sock"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        wait_for(
-            "counting after the restore",
-            Duration::from_secs(20),
-            || {
-                let console = console.clone();
-                async move { (counts(&console, mark).len() > 100).then_some(()) }
-            },
-        )
-        .await;
-        let after = counts(&console, mark);
+        let after = resume_and_count(&vmdir, &console, mark, "counting after the restore").await;
         assert!(
             after[0] == at_snapshot || after[0] == at_snapshot + 1,
             "first count after the restore {} (snapshot held {at_snapshot}, the guest had \

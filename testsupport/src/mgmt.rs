@@ -37,6 +37,22 @@ pub fn serial() -> MutexGuard<'static, ()> {
     L.get_or_init(|| Mutex::new(())).lock()
 }
 
+/// Runs one management scenario: serialised with the binary's other tests ([`serial`]), on
+/// a 2-thread runtime, failing if it takes longer than `limit`.
+pub fn run_scenario<F: std::future::Future<Output = ()>>(limit: Duration, f: F) {
+    let _serial = serial();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        if tokio::time::timeout(limit, f).await.is_err() {
+            panic!("scenario exceeded {limit:?}");
+        }
+    });
+}
+
 /// Builds the binaries the scenarios run (once per test process). `cargo test` builds the
 /// executables of the package under test only, not the workspace's other binaries, so the
 /// agent, controller, novactl and VMM are brought up to date here with `cargo build` into the
