@@ -274,6 +274,38 @@ pub fn phase_from_report(st: &apb::VmStatus) -> Option<pb::VmPhase> {
     }
 }
 
+/// A new VM's record: generation 1, created now, on `host`, wanting `desired`, in `phase`.
+pub fn new_vm(
+    id: &str,
+    spec: pb::VmSpec,
+    host: &str,
+    desired: pb::DesiredState,
+    phase: pb::VmPhase,
+) -> pb::Vm {
+    let now = crate::util::now_ms();
+    pb::Vm {
+        id: id.to_string(),
+        name: spec.name.clone(),
+        spec: Some(spec),
+        desired: desired as i32,
+        phase: phase as i32,
+        host: host.to_string(),
+        created_at_ms: now,
+        updated_at_ms: now,
+        generation: 1,
+        ..Default::default()
+    }
+}
+
+/// The desired state of a VM created started (`start`) or stopped.
+pub fn desired(start: bool) -> pb::DesiredState {
+    if start {
+        pb::DesiredState::Running
+    } else {
+        pb::DesiredState::Stopped
+    }
+}
+
 /// The restart policy of a VM (unspecified means always).
 pub fn restart_policy(vm: &pb::Vm) -> pb::RestartPolicy {
     match vm

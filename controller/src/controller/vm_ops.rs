@@ -9,7 +9,7 @@ use tonic::Code;
 use super::validate_spec;
 use super::{agent_err, page_bounds, Controller, ControllerError, Result};
 use crate::agent_client::{request, CALL_TIMEOUT};
-use crate::state::Needs;
+use crate::state::{desired, new_vm, Needs};
 use crate::store::{Op, StoredRequest};
 use crate::util::now_ms;
 
@@ -65,23 +65,7 @@ impl Controller {
                 }
                 None => st.sched.place(&req)?,
             };
-            let now = now_ms();
-            let vm = pb::Vm {
-                id: id.clone(),
-                name: spec.name.clone(),
-                spec: Some(spec),
-                desired: if start {
-                    pb::DesiredState::Running
-                } else {
-                    pb::DesiredState::Stopped
-                } as i32,
-                phase: pb::VmPhase::Scheduled as i32,
-                host: host.clone(),
-                created_at_ms: now,
-                updated_at_ms: now,
-                generation: 1,
-                ..Default::default()
-            };
+            let vm = new_vm(&id, spec, &host, desired(start), pb::VmPhase::Scheduled);
             let mut ops = vec![Op::PutVm(&vm)];
             if !request_id.is_empty() {
                 ops.push(Op::PutRequest(
@@ -90,7 +74,7 @@ impl Controller {
                         method: "CreateVm".into(),
                         target: id.clone(),
                         response: vm.encode_to_vec(),
-                        at_ms: now,
+                        at_ms: vm.created_at_ms,
                     },
                 ));
             }

@@ -11,9 +11,8 @@ use super::snapshots::check_idle;
 use super::{check_snapshot_name, snap_key, storage_err, STORAGE_CALL_TIMEOUT};
 use crate::agent_client::request;
 use crate::controller::{validate_spec, Controller, ControllerError, Result};
-use crate::state::Needs;
+use crate::state::{new_vm, Needs};
 use crate::store::Op;
-use crate::util::now_ms;
 
 fn check_path(p: &str) -> Result<()> {
     if p.is_empty() || !p.starts_with('/') {
@@ -187,19 +186,13 @@ impl Controller {
         }
         let needs = Needs::of(&spec);
         st.sched.claim(&host, &needs.request(id, &[]))?;
-        let now = now_ms();
-        let mut vm = pb::Vm {
-            id: id.to_string(),
-            name: spec.name.clone(),
-            spec: Some(spec.clone()),
-            desired: pb::DesiredState::Stopped as i32,
-            phase: pb::VmPhase::Stopped as i32,
-            host: host.clone(),
-            created_at_ms: now,
-            updated_at_ms: now,
-            generation: 1,
-            ..Default::default()
-        };
+        let mut vm = new_vm(
+            id,
+            spec.clone(),
+            &host,
+            pb::DesiredState::Stopped,
+            pb::VmPhase::Stopped,
+        );
         if let Some(s) = resp.status {
             Self::apply_status(&mut vm, s);
         }

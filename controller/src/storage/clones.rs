@@ -11,9 +11,8 @@ use super::snapshots::check_idle;
 use super::{check_snapshot_name, decode, snap_key, storage_err, tmpl_key, STORAGE_CALL_TIMEOUT};
 use crate::agent_client::request;
 use crate::controller::{validate_spec, Controller, ControllerError, Result};
-use crate::state::{agent_config, Needs};
+use crate::state::{agent_config, desired, new_vm, Needs};
 use crate::store::Op;
-use crate::util::now_ms;
 
 /// The spec of a clone: the source's, renamed, with fresh MACs, pinned to the source's host
 /// (its disks are there).
@@ -87,23 +86,7 @@ impl Controller {
                 let needs = Needs::of(&spec);
                 st.host(&host)?;
                 st.sched.claim(&host, &needs.request(&id, &[]))?;
-                let now = now_ms();
-                let vm = pb::Vm {
-                    id: id.clone(),
-                    name: spec.name.clone(),
-                    spec: Some(spec),
-                    desired: if start {
-                        pb::DesiredState::Running
-                    } else {
-                        pb::DesiredState::Stopped
-                    } as i32,
-                    phase: pb::VmPhase::Scheduled as i32,
-                    host: host.clone(),
-                    created_at_ms: now,
-                    updated_at_ms: now,
-                    generation: 1,
-                    ..Default::default()
-                };
+                let vm = new_vm(&id, spec, &host, desired(start), pb::VmPhase::Scheduled);
                 let from = if req.snapshot.is_empty() {
                     format!("cloned from vm {}", src.name)
                 } else {
