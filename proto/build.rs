@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=controller.proto");
     println!("cargo:rerun-if-changed=agent_storage.proto");
     println!("cargo:rerun-if-changed=storage.proto");
+    println!("cargo:rerun-if-changed=join.proto");
     println!("cargo:rerun-if-changed=build.rs");
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("novacron_descriptor.bin"))
@@ -27,6 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "controller.proto",
                 "agent_storage.proto",
                 "storage.proto",
+                "join.proto",
             ],
             &["."],
         )?;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use novacron_proto::agent as apb;
+use novacron_proto::agent::agent_peer_server::AgentPeer;
 use novacron_proto::agent::agent_server::Agent;
 use tonic::{Request, Response, Status};
 
@@ -213,18 +214,6 @@ impl Agent for AgentApi {
         ))
     }
 
-    type ExportDiskStream = ExportStream;
-
-    async fn export_disk(
-        &self,
-        r: Request<apb::ExportDiskRequest>,
-    ) -> Result<Response<Self::ExportDiskStream>, Status> {
-        let r = r.into_inner();
-        Ok(Response::new(
-            self.manager.export_disk(&r.vm_id, r.index).await?,
-        ))
-    }
-
     async fn settle_in_doubt(
         &self,
         r: Request<apb::SettleInDoubtRequest>,
@@ -234,6 +223,28 @@ impl Agent for AgentApi {
             self.manager
                 .settle_in_doubt(&r.vm_id, r.destination_runs)
                 .await?,
+        ))
+    }
+}
+
+/// The service peer agents call (`novacron.agent.v1.AgentPeer`): disk export for cold moves.
+#[derive(Debug, Clone)]
+pub struct PeerApi {
+    /// VMs.
+    pub manager: Arc<Manager>,
+}
+
+#[tonic::async_trait]
+impl AgentPeer for PeerApi {
+    type ExportDiskStream = ExportStream;
+
+    async fn export_disk(
+        &self,
+        r: Request<apb::ExportDiskRequest>,
+    ) -> Result<Response<Self::ExportDiskStream>, Status> {
+        let r = r.into_inner();
+        Ok(Response::new(
+            self.manager.export_disk(&r.vm_id, r.index).await?,
         ))
     }
 }

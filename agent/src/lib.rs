@@ -13,6 +13,7 @@ pub mod api;
 pub mod disk_copy;
 pub mod disks;
 pub mod host;
+pub mod join;
 pub mod manager;
 pub mod net;
 pub mod procfs;

@@ -1,4 +1,5 @@
-//! `novacron-agent --listen ADDR --data-dir DIR --controller ADDR`: the NovaCron host agent.
+//! `novacron-agent --listen ADDR --data-dir DIR --controller ADDR`: the NovaCron host agent;
+//! `novacron-agent join --token T --controller-join ADDR`: obtains its host certificate.
 //! (`novacron-agent __supervise DIR` is the per-VM supervisor it starts; not for users.)
 
 use std::collections::HashMap;
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use novacron_agent::server::{self, AgentConfig};
-use novacron_agent::{host, supervise};
+use novacron_agent::{host, join, supervise};
 use novacron_vmm_api::units::{parse_size, UnitError};
 
 /// The NovaCron host agent.
@@ -52,9 +53,55 @@ struct Args {
     /// Heartbeat period unless the controller sets one (ms).
     #[arg(long, default_value_t = 1000)]
     heartbeat_interval_ms: u64,
-    /// File with the controller's bearer token.
+    /// TLS directory (ca.pem, cert.pem, key.pem) [default: DATA_DIR/tls].
     #[arg(long)]
-    token_file: Option<PathBuf>,
+    tls_dir: Option<PathBuf>,
+    /// Development only: serve plain HTTP/2 and check no certificates (prints a warning).
+    #[arg(long)]
+    insecure_dev: bool,
+}
+
+/// `novacron-agent join`: trades a join token for this host's certificate.
+#[derive(Debug, Parser)]
+#[command(name = "novacron-agent join")]
+struct JoinArgs {
+    /// The token `novacron-controller certs join-token --host NAME` printed.
+    #[arg(long)]
+    token: String,
+    /// The controller's join endpoint (HOST:PORT).
+    #[arg(long)]
+    controller_join: String,
+    /// Data directory; the certificate goes to DATA_DIR/tls unless --tls-dir.
+    #[arg(long, default_value = "/var/lib/novacron/agent")]
+    data_dir: PathBuf,
+    /// TLS directory to write.
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
+}
+
+fn join_main(argv: &[String]) -> ExitCode {
+    let args = JoinArgs::parse_from(argv);
+    let dir = args.tls_dir.unwrap_or_else(|| args.data_dir.join("tls"));
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("novacron-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(join::join(&args.token, &args.controller_join, &dir)) {
+        Ok(host) => {
+            println!("joined as host {host}; certificate in {}", dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("novacron-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `--capacity-memory` in MiB (sizes in the syntax of `novacron_vmm_api::units`), rounded up.
@@ -93,6 +140,9 @@ fn main() -> ExitCode {
         return ExitCode::from(supervise::supervise_main(Path::new(dir)) as u8);
     }
     novacron_proto::serving::init_logging();
+    if argv.get(1).map(String::as_str) == Some("join") {
+        return join_main(&argv[1..]);
+    }
     let args = Args::parse();
     let mut labels = HashMap::new();
     for l in &args.labels {
@@ -116,22 +166,40 @@ fn main() -> ExitCode {
         },
         None => None,
     };
-    let token = match &args.token_file {
-        Some(p) => match std::fs::read_to_string(p) {
-            Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
-            Ok(_) => {
-                eprintln!("novacron-agent: token file {} is empty", p.display());
-                return ExitCode::from(2);
-            }
+    let tls_dir = args
+        .tls_dir
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("tls"));
+    let (tls, cert_host) = if args.insecure_dev {
+        eprintln!(
+            "novacron-agent: WARNING: --insecure-dev: no TLS; anyone who can reach the agent \
+             drives its VMs; never use this outside development"
+        );
+        (None, None)
+    } else {
+        match join::load(&tls_dir) {
+            Ok((m, host)) => (Some(m), Some(host)),
             Err(e) => {
-                eprintln!("novacron-agent: token file {}: {e}", p.display());
+                eprintln!(
+                    "novacron-agent: {e}; obtain a host certificate with `novacron-agent join` \
+                     (or pass --insecure-dev for development)"
+                );
                 return ExitCode::from(2);
             }
-        },
-        None => None,
+        }
+    };
+    // The host name is the one the certificate carries: the controller checks it.
+    let name = match (args.name, cert_host) {
+        (Some(n), Some(c)) if n != c => {
+            eprintln!("novacron-agent: --name {n} but the certificate is for host {c}");
+            return ExitCode::from(2);
+        }
+        (_, Some(c)) => c,
+        (Some(n), None) => n,
+        (None, None) => host::hostname(),
     };
     let cfg = AgentConfig {
-        name: args.name.unwrap_or_else(host::hostname),
+        name,
         listen: args.listen,
         advertise: args.advertise,
         data_dir: args.data_dir,
@@ -143,7 +211,7 @@ fn main() -> ExitCode {
         stop_timeout: Duration::from_millis(args.stop_timeout_ms),
         start_timeout: Duration::from_millis(args.start_timeout_ms),
         heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms.max(10)),
-        token,
+        tls,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

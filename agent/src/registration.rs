@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use novacron_proto::agent as apb;
-use novacron_proto::auth::AttachToken;
 use novacron_proto::controller as cpb;
 use novacron_proto::controller::registry_client::RegistryClient;
-use tonic::codegen::InterceptedService;
+use novacron_security::pki::CONTROLLER_DNS_NAME;
+use novacron_security::{tls, TlsMaterial};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::manager::Manager;
@@ -26,32 +26,37 @@ pub enum RegistrationError {
         /// Parser message.
         reason: String,
     },
-    /// The token cannot be sent as a header.
-    #[error(transparent)]
-    Auth(#[from] novacron_proto::auth::AuthError),
+    /// The TLS settings are not usable.
+    #[error("tls settings for the controller: {0}")]
+    Tls(String),
 }
 
-type Client = RegistryClient<InterceptedService<Channel, AttachToken>>;
+type Client = RegistryClient<Channel>;
 
-/// Connects lazily to the controller at `addr`.
-pub fn client(addr: &str, token: Option<&str>) -> Result<Client, RegistrationError> {
-    let uri = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
+/// Connects lazily to the controller at `addr` (HOST:PORT), with mutual TLS when `tls` is
+/// given (the controller must present the controller's certificate; the agent presents its
+/// host certificate), plain HTTP/2 in development mode.
+pub fn client(addr: &str, tls: Option<&TlsMaterial>) -> Result<Client, RegistrationError> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let bad = |reason: String| RegistrationError::BadAddress {
+        addr: addr.to_string(),
+        reason,
     };
-    let ch = Endpoint::from_shared(uri)
-        .map_err(|e| RegistrationError::BadAddress {
-            addr: addr.to_string(),
-            reason: e.to_string(),
-        })?
+    if addr.contains("://") {
+        return Err(bad(
+            "give HOST:PORT (the scheme follows the TLS settings)".into()
+        ));
+    }
+    let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| bad(e.to_string()))?
         .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(10))
-        .connect_lazy();
-    Ok(RegistryClient::with_interceptor(
-        ch,
-        AttachToken::new(token)?,
-    ))
+        .timeout(Duration::from_secs(10));
+    if let Some(m) = tls {
+        ep = ep
+            .tls_config(tls::mutual_client(m, CONTROLLER_DNS_NAME))
+            .map_err(|e| RegistrationError::Tls(e.to_string()))?;
+    }
+    Ok(RegistryClient::new(ep.connect_lazy()))
 }
 
 /// Registers and heartbeats forever.

@@ -12,7 +12,10 @@ use novacron_proto::agent as apb;
 use novacron_proto::agent::agent_server::AgentServer;
 use novacron_proto::agent::agent_storage_server::AgentStorageServer;
 
-use crate::api::{AgentApi, HostInventory};
+use novacron_proto::agent::agent_peer_server::AgentPeerServer;
+use novacron_security::{tls, Allow, RequirePeer, TlsMaterial};
+
+use crate::api::{AgentApi, HostInventory, PeerApi};
 use crate::host::{self, HostError};
 use crate::manager::{Manager, ManagerConfig, ManagerError};
 use crate::registration::{self, RegistrationError};
@@ -76,8 +79,9 @@ pub struct AgentConfig {
     pub start_timeout: Duration,
     /// Heartbeat period when the controller gives none.
     pub heartbeat_interval: Duration,
-    /// Bearer token for the controller.
-    pub token: Option<String>,
+    /// This host's TLS material (its certificate, key, and the CA); none only in development
+    /// mode (`--insecure-dev`).
+    pub tls: Option<TlsMaterial>,
 }
 
 pub use novacron_proto::serving::shutdown_signal;
@@ -121,6 +125,7 @@ pub async fn serve(cfg: AgentConfig) -> Result<(), ServerError> {
             .filter(|c| c.is_ascii_alphanumeric())
             .take(4)
             .collect(),
+        peer_tls: cfg.tls.clone(),
     })?;
     let adopted = manager.adopt().await?;
     tracing::info!("{adopted} vms found in {}", cfg.data_dir.display());
@@ -161,7 +166,7 @@ pub async fn serve(cfg: AgentConfig) -> Result<(), ServerError> {
     };
     let registrar = match &cfg.controller {
         Some(addr) => {
-            let client = registration::client(addr, cfg.token.as_deref())?;
+            let client = registration::client(addr, cfg.tls.as_ref())?;
             Some(tokio::spawn(registration::run(
                 client,
                 info.clone(),
@@ -175,6 +180,7 @@ pub async fn serve(cfg: AgentConfig) -> Result<(), ServerError> {
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<AgentServer<AgentApi>>().await;
     health.set_serving::<AgentStorageServer<StorageApi>>().await;
+    health.set_serving::<AgentPeerServer<PeerApi>>().await;
     let reflection = novacron_proto::serving::reflection_service()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
     let api = AgentApi {
@@ -182,13 +188,42 @@ pub async fn serve(cfg: AgentConfig) -> Result<(), ServerError> {
         host: Arc::new(HostInventory { info }),
     };
     tracing::info!(name = %cfg.name, listen = %cfg.listen, advertise = %advertise, "agent serving");
-    let res = tonic::transport::Server::builder()
+    // With TLS the handshake already requires a certificate of the CA; the services then
+    // admit only the controller, and peer agents only for disk exports.
+    let (mut builder, controller_only, peers) = match &cfg.tls {
+        Some(m) => (
+            tonic::transport::Server::builder().tls_config(tls::mutual_server(m))?,
+            RequirePeer::new(Allow::Controller),
+            RequirePeer::new(Allow::ControllerOrHosts),
+        ),
+        None => {
+            tracing::warn!(
+                "DEVELOPMENT MODE: no TLS; anyone who can reach this port can drive this \
+                 agent's VMs"
+            );
+            (
+                tonic::transport::Server::builder(),
+                RequirePeer::insecure(),
+                RequirePeer::insecure(),
+            )
+        }
+    };
+    let res = builder
         .add_service(health_svc)
         .add_service(reflection)
-        .add_service(AgentServer::new(api))
-        .add_service(AgentStorageServer::new(StorageApi {
-            manager: Arc::clone(&manager),
-        }))
+        .add_service(AgentServer::with_interceptor(api, controller_only))
+        .add_service(AgentStorageServer::with_interceptor(
+            StorageApi {
+                manager: Arc::clone(&manager),
+            },
+            controller_only,
+        ))
+        .add_service(AgentPeerServer::with_interceptor(
+            PeerApi {
+                manager: Arc::clone(&manager),
+            },
+            peers,
+        ))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown_signal(),

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# NovaCron management-plane demo: builds the binaries, brings up a controller and two agents
-# on this machine (127.0.0.2 and 127.0.0.3), creates three VMs from the in-repo test guest,
+# NovaCron management-plane demo: builds the binaries, creates a CA and certificates, brings
+# up a secured controller (mutual TLS) and two agents on this machine (127.0.0.2 and
+# 127.0.0.3; node-a joins with a one-time token, node-b gets an issued certificate), creates
+# three VMs from the in-repo test guest,
 # live-migrates one, drains a host, and shows the result with novactl. Everything it started
 # is stopped on exit. Needs /dev/kvm. Usage: bash controller/scripts/demo.sh [--keep]
 set -euo pipefail
@@ -30,11 +32,25 @@ cleanup() {
 }
 trap cleanup EXIT
 
+JOIN=127.0.0.1:17071
 ctl() { "$BIN/novactl" --controller "$CTL" "$@"; }
 
-echo "== starting novacron-controller on $CTL and agents node-a (127.0.0.2) and node-b (127.0.0.3)"
-"$BIN/novacron-controller" --listen "$CTL" --data-dir "$DEMO/controller" >"$DEMO/controller.log" 2>&1 &
+echo "== certificates: a new CA, the controller's certificate and novactl's (certs init)"
+"$BIN/novacron-controller" certs init --data-dir "$DEMO/controller"
+export NOVACRON_TLS_DIR=$DEMO/controller/pki/clients/admin
+echo "== starting novacron-controller on $CTL (join endpoint $JOIN)"
+"$BIN/novacron-controller" --listen "$CTL" --join-listen "$JOIN" --data-dir "$DEMO/controller" \
+    >"$DEMO/controller.log" 2>&1 &
 PIDS+=($!)
+echo "== node-a joins with a one-time token; node-b's certificate is issued directly"
+TOKEN=$("$BIN/novacron-controller" certs join-token --data-dir "$DEMO/controller" --host node-a)
+for _ in $(seq 50); do
+    "$BIN/novacron-agent" join --token "$TOKEN" --controller-join "$JOIN" --data-dir "$DEMO/node-a" \
+        2>/dev/null && break
+    sleep 0.2
+done
+"$BIN/novacron-controller" certs issue --data-dir "$DEMO/controller" --host node-b --out "$DEMO/node-b/tls"
+echo "== starting agents node-a (127.0.0.2) and node-b (127.0.0.3)"
 "$BIN/novacron-agent" --listen 127.0.0.2:17080 --controller "$CTL" --name node-a --data-dir "$DEMO/node-a" \
     --vmm-binary "$BIN/novacron-vmm" --capacity-memory 1G --label zone=a >"$DEMO/node-a.log" 2>&1 &
 PIDS+=($!)

@@ -8,6 +8,7 @@ use std::time::Duration;
 use novacron_proto::agent as apb;
 use novacron_proto::agent::agent_client::AgentClient;
 use novacron_proto::agent::agent_storage_client::AgentStorageClient;
+use novacron_security::TlsMaterial;
 use tonic::transport::{Channel, Endpoint};
 
 /// Errors reaching an agent.
@@ -21,59 +22,89 @@ pub enum AgentClientError {
         /// Parser message.
         reason: String,
     },
+    /// The TLS settings for the agent are not usable.
+    #[error("tls settings for host {host}: {reason}")]
+    Tls {
+        /// The host.
+        host: String,
+        /// tonic's message.
+        reason: String,
+    },
 }
 
-/// A pool of agent clients keyed by address.
+/// Where a host's agent is: its name (which its certificate must carry) and its address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AgentAddr {
+    /// The host's name.
+    pub host: String,
+    /// HOST:PORT of its gRPC server.
+    pub address: String,
+}
+
+/// A pool of agent clients keyed by host and address. With TLS material every channel is
+/// mutual TLS: the controller presents its certificate, and an agent must present the
+/// certificate of the host it is registered as.
 #[derive(Debug, Default)]
 pub struct AgentPool {
-    channels: Mutex<HashMap<String, Channel>>,
+    tls: Option<TlsMaterial>,
+    channels: Mutex<HashMap<AgentAddr, Channel>>,
 }
 
 /// Deadline of ordinary agent calls.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl AgentPool {
-    /// An empty pool.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty pool; `tls` none is development mode (plain HTTP/2).
+    pub fn new(tls: Option<TlsMaterial>) -> Self {
+        Self {
+            tls,
+            channels: Mutex::default(),
+        }
     }
 
-    /// A client for the agent at `addr` (HOST:PORT or a URI).
-    pub fn client(&self, addr: &str) -> Result<AgentClient<Channel>, AgentClientError> {
+    /// A client for the agent at `addr`.
+    pub fn client(&self, addr: &AgentAddr) -> Result<AgentClient<Channel>, AgentClientError> {
         self.channel(addr).map(AgentClient::new)
     }
 
     /// A client of the storage service of the agent at `addr`.
-    pub fn storage(&self, addr: &str) -> Result<AgentStorageClient<Channel>, AgentClientError> {
+    pub fn storage(
+        &self,
+        addr: &AgentAddr,
+    ) -> Result<AgentStorageClient<Channel>, AgentClientError> {
         self.channel(addr).map(AgentStorageClient::new)
     }
 
     /// The (lazily connected) channel to the agent at `addr`.
-    fn channel(&self, addr: &str) -> Result<Channel, AgentClientError> {
+    fn channel(&self, addr: &AgentAddr) -> Result<Channel, AgentClientError> {
         let mut map = self.channels.lock();
         if let Some(ch) = map.get(addr) {
             return Ok(ch.clone());
         }
-        let uri = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
-        let ep = Endpoint::from_shared(uri)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut ep = Endpoint::from_shared(format!("{scheme}://{}", addr.address))
             .map_err(|e| AgentClientError::BadAddress {
-                addr: addr.to_string(),
+                addr: addr.address.clone(),
                 reason: e.to_string(),
             })?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            ep = ep
+                .tls_config(novacron_security::tls::mutual_client(tls, &addr.host))
+                .map_err(|e| AgentClientError::Tls {
+                    host: addr.host.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
         let ch = ep.connect_lazy();
-        map.insert(addr.to_string(), ch.clone());
+        map.insert(addr.clone(), ch.clone());
         Ok(ch)
     }
 
-    /// Drops the cached channel of `addr` (after the agent moved or restarted).
-    pub fn forget(&self, addr: &str) {
-        self.channels.lock().remove(addr);
+    /// Drops the cached channels of `address` (after the agent moved or restarted).
+    pub fn forget(&self, address: &str) {
+        self.channels.lock().retain(|k, _| k.address != address);
     }
 }
 

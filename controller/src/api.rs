@@ -201,6 +201,8 @@ impl Registry for RegistryApi {
         &self,
         r: Request<pb::RegisterHostRequest>,
     ) -> Result<Response<pb::RegisterHostResponse>, Status> {
+        let name = r.get_ref().host.as_ref().map(|h| h.name.as_str());
+        caller_is_host(&r, name.unwrap_or_default())?;
         Ok(Response::new(self.0.register_host(r.into_inner())?))
     }
 
@@ -208,6 +210,19 @@ impl Registry for RegistryApi {
         &self,
         r: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        caller_is_host(&r, &r.get_ref().name)?;
         Ok(Response::new(self.0.heartbeat(r.into_inner())?))
+    }
+}
+
+/// An agent speaks only for the host its certificate names (with TLS; development mode has
+/// no certificates).
+fn caller_is_host<T>(r: &Request<T>, name: &str) -> Result<(), Status> {
+    match novacron_security::peer::caller(r) {
+        None => Ok(()),
+        Some(novacron_security::Identity::Host(h)) if h == name => Ok(()),
+        Some(id) => Err(Status::permission_denied(format!(
+            "{id} may not report for host {name:?}"
+        ))),
     }
 }

@@ -69,12 +69,13 @@ impl Controller {
         let snap = store.load()?;
         let state = State::from_records(cfg.policy, snap.hosts, snap.vms, now_ms());
         let events = EventBus::new(Arc::clone(&store), snap.last_event_seq);
+        let agents = AgentPool::new(cfg.tls.clone());
         Ok(Arc::new(Controller {
             cfg,
             store,
             state: Mutex::new(state),
             events,
-            agents: AgentPool::new(),
+            agents,
             locks: Mutex::new(HashMap::new()),
         }))
     }

@@ -12,9 +12,11 @@
 
 pub mod agent_client;
 pub mod api;
+pub mod certs;
 pub mod controller;
 pub mod ctl;
 pub mod events;
+pub mod join;
 pub mod migration;
 pub mod reconcile;
 pub mod scheduler;

@@ -465,8 +465,9 @@ impl Controller {
         };
         let res = async {
             let src = apb::DiskSource {
-                agent_address: self.agent_addr(&source)?,
+                agent_address: self.agent_addr(&source)?.address,
                 vm_id: id.to_string(),
+                host_name: source.clone(),
             };
             self.agent_create_copied(&target, &vm, src).await?;
             // The target has every disk, verified: only now does the source's copy go.

@@ -11,8 +11,12 @@ use novacron_proto::controller::registry_server::RegistryServer;
 use novacron_proto::controller::storage_service_server::StorageServiceServer;
 use novacron_proto::controller::vm_service_server::VmServiceServer;
 
+use novacron_proto::controller::join_server::JoinServer;
+use novacron_security::{tls, Allow, RequirePeer, TlsMaterial};
+
 use crate::api::{HostApi, RegistryApi, VmApi};
 use crate::controller::{Config, Controller, ControllerError};
+use crate::join::JoinApi;
 use crate::reconcile;
 use crate::storage::api::StorageApi;
 
@@ -28,6 +32,9 @@ pub enum ServerError {
     /// Reflection could not be set up.
     #[error("reflection: {0}")]
     Reflection(String),
+    /// The TLS material is not usable.
+    #[error("tls: {0}")]
+    Tls(String),
     /// Binding the listener failed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -40,24 +47,65 @@ pub enum ServerError {
 
 pub use novacron_proto::serving::shutdown_signal;
 
-/// Opens the controller and serves on `listen` until a shutdown signal.
+/// How the controller serves: its TLS material (none only in development mode, with a
+/// warning), the bearer token of the user-facing services, and the join endpoint.
+#[derive(Default)]
+pub struct Serving {
+    /// The controller's certificate, key and the CA every client must chain to.
+    pub tls: Option<TlsMaterial>,
+    /// Bearer token required of user-facing calls.
+    pub token: Option<String>,
+    /// The join endpoint's listener and CA (server-only TLS; needs `tls`).
+    pub join: Option<(tokio::net::TcpListener, JoinApi)>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServerError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// Opens the controller and serves on `listen` (and joins on `join_listen`) until a shutdown
+/// signal. `cfg.tls` none is development mode: plain HTTP/2 and no certificate checks.
 pub async fn serve(
     cfg: Config,
     listen: SocketAddr,
+    join_listen: Option<SocketAddr>,
     token: Option<String>,
 ) -> Result<(), ServerError> {
+    let tls = cfg.tls.clone();
+    let ca = match &tls {
+        Some(_) => crate::certs::load_ca(&crate::certs::pki_dir(&cfg.data_dir))
+            .map_err(|e| ServerError::Tls(e.to_string()))?,
+        None => None,
+    };
+    let data_dir = cfg.data_dir.clone();
     let ctl = Controller::open(cfg)?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: listen,
-            source,
-        })?;
+    let listener = bind(listen).await?;
     let local = listener.local_addr().map_err(|source| ServerError::Bind {
         addr: listen,
         source,
     })?;
-    serve_with(ctl, listener, token, shutdown_signal()).await?;
+    let join = match (join_listen, ca) {
+        (Some(addr), Some(ca)) => {
+            let l = bind(addr).await?;
+            tracing::info!("join endpoint on {:?}", l.local_addr().ok());
+            Some((
+                l,
+                JoinApi {
+                    ca: Arc::new(ca),
+                    tokens: crate::certs::join_tokens(&crate::certs::pki_dir(&data_dir)),
+                },
+            ))
+        }
+        (Some(_), None) if tls.is_some() => {
+            tracing::info!("no CA key in the pki directory: the join endpoint is off");
+            None
+        }
+        _ => None,
+    };
+    let serving = Serving { tls, token, join };
+    serve_with(ctl, listener, serving, shutdown_signal()).await?;
     tracing::info!("controller on {local} stopped");
     Ok(())
 }
@@ -66,7 +114,7 @@ pub async fn serve(
 pub async fn serve_with(
     ctl: Arc<Controller>,
     listener: tokio::net::TcpListener,
-    token: Option<String>,
+    serving: Serving,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let (health, health_svc) = tonic_health::server::health_reporter();
@@ -79,10 +127,40 @@ pub async fn serve_with(
     let reflection = novacron_proto::serving::reflection_service()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
 
+    let (mut builder, agents) = match &serving.tls {
+        Some(m) => (
+            tonic::transport::Server::builder().tls_config(tls::mutual_server(m))?,
+            RequirePeer::new(Allow::Hosts),
+        ),
+        None => {
+            tracing::warn!(
+                "DEVELOPMENT MODE: no TLS and no client certificates; anyone who can reach \
+                 this port can drive the controller and impersonate agents"
+            );
+            (tonic::transport::Server::builder(), RequirePeer::insecure())
+        }
+    };
+    let (join_stop, join_task) = match (serving.join, &serving.tls) {
+        (Some((l, api)), Some(m)) => {
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let server = tonic::transport::Server::builder()
+                .tls_config(tls::server_only(m))?
+                .add_service(JoinServer::new(api))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(l),
+                    async {
+                        let _ = stopped.await;
+                    },
+                );
+            (Some(stop), Some(tokio::spawn(server)))
+        }
+        _ => (None, None),
+    };
+
     let reconciler = tokio::spawn(reconcile::run(Arc::clone(&ctl)));
-    let auth = BearerAuth::new(token);
+    let auth = BearerAuth::new(serving.token);
     tracing::info!("controller listening on {:?}", listener.local_addr().ok());
-    let res = tonic::transport::Server::builder()
+    let res = builder
         .add_service(health_svc)
         .add_service(reflection)
         .add_service(VmServiceServer::with_interceptor(
@@ -99,7 +177,7 @@ pub async fn serve_with(
         ))
         .add_service(RegistryServer::with_interceptor(
             RegistryApi(Arc::clone(&ctl)),
-            auth,
+            agents,
         ))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
@@ -107,6 +185,12 @@ pub async fn serve_with(
         )
         .await;
     reconciler.abort();
+    if let Some(stop) = join_stop {
+        let _ = stop.send(());
+    }
+    if let Some(t) = join_task {
+        let _ = t.await;
+    }
     res?;
     Ok(())
 }
@@ -134,7 +218,11 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_with(ctl, listener, Some("s3cret".into()), async {
+        let serving = Serving {
+            token: Some("s3cret".into()),
+            ..Serving::default()
+        };
+        let server = tokio::spawn(serve_with(ctl, listener, serving, async {
             let _ = stopped.await;
         }));
         let ch = Channel::from_shared(format!("http://{addr}"))
@@ -164,16 +252,13 @@ mod tests {
                 s.message()
             );
         }
+        // Agents authenticate with their host certificates, not the token (tests/mgmt_tls.rs);
+        // without TLS (this development server) the registry takes everyone.
         let hb = pb::HeartbeatRequest {
             name: "h".into(),
             ..Default::default()
         };
-        let mut anon =
-            RegistryClient::with_interceptor(ch.clone(), AttachToken::new(None).unwrap());
-        let s = anon.heartbeat(hb.clone()).await.unwrap_err();
-        assert_eq!(s.code(), tonic::Code::Unauthenticated);
-        let mut agent =
-            RegistryClient::with_interceptor(ch, AttachToken::new(Some("s3cret")).unwrap());
+        let mut agent = RegistryClient::new(ch);
         assert!(agent.heartbeat(hb).await.unwrap().into_inner().reregister);
         stop.send(()).unwrap();
         server.await.unwrap().unwrap();

@@ -56,9 +56,7 @@ pub fn last_count(console: &Path) -> u64 {
 
 /// The controller's storage service of `c`.
 pub async fn storage(c: &Cluster) -> StorageServiceClient<tonic::transport::Channel> {
-    StorageServiceClient::connect(format!("http://{}", c.ctl_addr))
-        .await
-        .expect("storage service")
+    c.storage().await
 }
 
 /// Resumes the paused VMM of `vmdir` (its `api.sock`) and waits until its guest printed

@@ -4,6 +4,10 @@
 //! (127.0.0.2, 127.0.0.3, ...), and cleans up every process it started (including the detached
 //! VMMs and their supervisors, found by the test's private directory in their command line)
 //! even when a test fails.
+//!
+//! Clusters run secured, as in production: [`Cluster::new`] creates the CA with
+//! `novacron-controller certs init`, each agent gets its host certificate from
+//! `certs issue`, and every client of the harness speaks mutual TLS.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,8 +23,11 @@ use novacron_proto::agent as apb;
 use novacron_proto::agent::agent_client::AgentClient;
 use novacron_proto::controller as pb;
 use novacron_proto::controller::host_service_client::HostServiceClient;
+use novacron_proto::controller::storage_service_client::StorageServiceClient;
 use novacron_proto::controller::vm_service_client::VmServiceClient;
-use tonic::transport::Channel;
+use novacron_security::pki::CONTROLLER_DNS_NAME;
+use novacron_security::{tls, TlsMaterial};
+use tonic::transport::{Channel, Endpoint};
 
 /// Which VMM the agents run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,8 +145,48 @@ pub struct Cluster {
     pub ctl_addr: String,
     /// Extra controller arguments.
     pub ctl_args: Vec<String>,
+    /// The controller's join endpoint (HOST:PORT).
+    pub join_addr: String,
     agents: HashMap<String, (String, Vec<String>)>,
     procs: HashMap<String, Child>,
+    /// The operator's client certificate (`certs init` made it), which the harness's
+    /// controller clients and novactl present.
+    pub client_tls: TlsMaterial,
+    /// The controller's own TLS material (the only certificate agents serve).
+    pub controller_tls: TlsMaterial,
+}
+
+/// Runs `novacron-controller ARGS` to completion (the `certs` commands), panicking on
+/// failure.
+pub fn controller_command(args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new(bin_dir().join("novacron-controller"))
+        .args(args)
+        .output()
+        .expect("run novacron-controller");
+    assert!(
+        out.status.success(),
+        "novacron-controller {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A channel to `addr` (HOST:PORT) speaking mutual TLS with `m`, to a server whose
+/// certificate names `server_name`; waits up to 20 s for the server to listen.
+pub async fn tls_channel(addr: &str, m: &TlsMaterial, server_name: &str) -> Channel {
+    let ep = Endpoint::from_shared(format!("https://{addr}"))
+        .expect("endpoint")
+        .connect_timeout(Duration::from_secs(2))
+        .tls_config(tls::mutual_client(m, server_name))
+        .expect("tls config");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match ep.connect().await {
+            Ok(c) => return c,
+            Err(e) if Instant::now() > deadline => panic!("{addr} unreachable: {e:?}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
 }
 
 impl Cluster {
@@ -162,7 +209,20 @@ impl Cluster {
             }
         };
         let ctl_addr = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+        let ctl_dir = root.join("controller");
+        controller_command(&[
+            "certs".as_ref(),
+            "init".as_ref(),
+            "--data-dir".as_ref(),
+            ctl_dir.as_os_str(),
+        ]);
+        let pki = ctl_dir.join("pki");
+        let client_tls = TlsMaterial::load(&pki.join("clients/admin")).expect("client bundle");
+        let controller_tls = TlsMaterial::load(&pki).expect("controller bundle");
         Cluster {
+            join_addr: format!("127.0.0.1:{}", free_port("127.0.0.1")),
+            client_tls,
+            controller_tls,
             root,
             vmm,
             kernel,
@@ -187,6 +247,7 @@ impl Cluster {
         let child = Command::new(bin_dir().join("novacron-controller"))
             .args(["--listen", &self.ctl_addr, "--data-dir"])
             .arg(self.root.join("controller"))
+            .args(["--join-listen", &self.join_addr])
             .args(&self.ctl_args)
             .stdin(Stdio::null())
             .stdout(self.log("controller"))
@@ -219,6 +280,10 @@ impl Cluster {
             Vmm::Real => real_vmm_binary(),
             Vmm::Fake => bin_dir().join("examples/fake_vmm"),
         };
+        let tls_dir = self.root.join(name).join("tls");
+        if !TlsMaterial::present(&tls_dir) {
+            self.issue_host_cert(name);
+        }
         let child = Command::new(bin_dir().join("novacron-agent"))
             .args([
                 "--listen",
@@ -243,6 +308,27 @@ impl Cluster {
         self.procs.insert(name.to_string(), child);
     }
 
+    /// Issues the host certificate of agent `name` into its TLS directory
+    /// (`certs issue --host`).
+    pub fn issue_host_cert(&self, name: &str) {
+        let out = self.root.join(name).join("tls");
+        controller_command(&[
+            "certs".as_ref(),
+            "issue".as_ref(),
+            "--data-dir".as_ref(),
+            self.root.join("controller").as_os_str(),
+            "--host".as_ref(),
+            name.as_ref(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ]);
+    }
+
+    /// A mutual-TLS channel to the controller with the operator's client certificate.
+    pub async fn ctl_channel(&self) -> Channel {
+        tls_channel(&self.ctl_addr, &self.client_tls, CONTROLLER_DNS_NAME).await
+    }
+
     /// The gRPC address (HOST:PORT) of the agent named `name`.
     pub fn agent_addr(&self, name: &str) -> String {
         self.agents
@@ -251,17 +337,10 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no agent {name}"))
     }
 
-    /// A client of the agent named `name` (waits for it to listen).
+    /// A client of the agent named `name` (waits for it to listen), with the controller's
+    /// certificate: agents serve no one else.
     pub async fn agent(&self, name: &str) -> AgentClient<Channel> {
-        let addr = format!("http://{}", self.agent_addr(name));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match AgentClient::connect(addr.clone()).await {
-                Ok(c) => return c,
-                Err(e) if Instant::now() > deadline => panic!("agent {name} unreachable: {e}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
+        AgentClient::new(tls_channel(&self.agent_addr(name), &self.controller_tls, name).await)
     }
 
     /// Pids of the live VMM processes (not their supervisors) this cluster's agents started.
@@ -306,26 +385,17 @@ impl Cluster {
 
     /// VM service client.
     pub async fn vms(&self) -> VmServiceClient<Channel> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match VmServiceClient::connect(format!("http://{}", self.ctl_addr)).await {
-                Ok(c) => return c,
-                Err(e) if Instant::now() > deadline => panic!("controller unreachable: {e}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
+        VmServiceClient::new(self.ctl_channel().await)
     }
 
     /// Host service client.
     pub async fn hosts(&self) -> HostServiceClient<Channel> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match HostServiceClient::connect(format!("http://{}", self.ctl_addr)).await {
-                Ok(c) => return c,
-                Err(e) if Instant::now() > deadline => panic!("controller unreachable: {e}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
+        HostServiceClient::new(self.ctl_channel().await)
+    }
+
+    /// Storage service client.
+    pub async fn storage(&self) -> StorageServiceClient<Channel> {
+        StorageServiceClient::new(self.ctl_channel().await)
     }
 
     /// Waits until `n` hosts are Ready.
@@ -366,7 +436,8 @@ impl Cluster {
     /// Runs novactl against this cluster's controller; returns (success, stdout, stderr).
     pub fn novactl(&self, args: &[&str]) -> (bool, String, String) {
         let out = Command::new(bin_dir().join("novactl"))
-            .args(["--controller", &self.ctl_addr])
+            .args(["--controller", &self.ctl_addr, "--tls-dir"])
+            .arg(self.root.join("controller/pki/clients/admin"))
             .args(args)
             .output()
             .expect("run novactl");

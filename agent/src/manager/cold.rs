@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use novacron_proto::agent as apb;
-use novacron_proto::agent::agent_client::AgentClient;
+use novacron_proto::agent::agent_peer_client::AgentPeerClient;
 use tokio::sync::mpsc;
 use tonic::Status;
 
@@ -186,17 +186,24 @@ impl Manager {
             addr: src.agent_address.clone(),
             message,
         };
-        let uri = if src.agent_address.contains("://") {
-            src.agent_address.clone()
+        let scheme = if self.cfg.peer_tls.is_some() {
+            "https"
         } else {
-            format!("http://{}", src.agent_address)
+            "http"
         };
-        let ep = tonic::transport::Endpoint::from_shared(uri)
+        let uri = format!("{scheme}://{}", src.agent_address);
+        let mut ep = tonic::transport::Endpoint::from_shared(uri)
             .map_err(|e| peer(format!("bad address: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
+        if let Some(tls) = &self.cfg.peer_tls {
+            // The source must hold the certificate of the host the controller named.
+            ep = ep
+                .tls_config(novacron_security::tls::mutual_client(tls, &src.host_name))
+                .map_err(|e| peer(format!("tls: {e}")))?;
+        }
         let ch = ep.connect().await.map_err(|e| peer(e.to_string()))?;
-        let mut client = AgentClient::new(ch);
+        let mut client = AgentPeerClient::new(ch);
         let req = apb::ExportDiskRequest {
             vm_id: src.vm_id.clone(),
             index: index as u32,

@@ -123,6 +123,9 @@ pub struct ManagerConfig {
     pub start_timeout: Duration,
     /// Short form of the agent id (tap names).
     pub agent_tag: String,
+    /// This host's TLS material for calling peer agents (none: development mode, plain
+    /// HTTP/2).
+    pub peer_tls: Option<novacron_security::TlsMaterial>,
 }
 
 /// The VM manager. See the module documentation.

@@ -1,18 +1,95 @@
-//! `novacron-controller --listen ADDR --data-dir DIR`: the NovaCron controller.
+//! `novacron-controller --listen ADDR --data-dir DIR`: the NovaCron controller;
+//! `novacron-controller certs init|issue|join-token`: its PKI.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use novacron_controller::scheduler::{Policy, Strategy};
-use novacron_controller::{server, Config};
+use novacron_controller::{certs, server, Config};
 use novacron_proto::auth;
+use novacron_security::{Identity, TlsMaterial};
 
 /// The NovaCron controller: VM and host API, scheduler, reconcile loop.
 #[derive(Debug, Parser)]
-#[command(name = "novacron-controller", version)]
+#[command(
+    name = "novacron-controller",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: Args,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Certificates: the CA, the controller's, hosts' and clients'.
+    #[command(subcommand)]
+    Certs(Certs),
+}
+
+#[derive(Debug, Subcommand)]
+enum Certs {
+    /// Creates the CA (or adopts yours with --ca-cert/--ca-key), the controller's certificate
+    /// and a client certificate for novactl, under DATA_DIR/pki.
+    Init {
+        /// The controller's data directory.
+        #[arg(long, default_value = "/var/lib/novacron/controller")]
+        data_dir: PathBuf,
+        /// Extra DNS name or IP address of the controller (repeatable; `localhost` and
+        /// 127.0.0.1 are always in).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        /// Your own CA certificate (PEM) instead of a new one.
+        #[arg(long, requires = "ca_key")]
+        ca_cert: Option<PathBuf>,
+        /// The key of --ca-cert (PEM).
+        #[arg(long, requires = "ca_cert")]
+        ca_key: Option<PathBuf>,
+        /// Name of the first client certificate.
+        #[arg(long, default_value = "admin")]
+        client: String,
+    },
+    /// Issues a host or client certificate into a TLS directory (ca.pem, cert.pem, key.pem).
+    Issue {
+        /// The controller's data directory (holding the CA).
+        #[arg(long, default_value = "/var/lib/novacron/controller")]
+        data_dir: PathBuf,
+        /// A host certificate for the agent of this host name.
+        #[arg(long, conflicts_with = "client", required_unless_present = "client")]
+        host: Option<String>,
+        /// A client certificate (novactl, automation) with this name.
+        #[arg(long)]
+        client: Option<String>,
+        /// Extra DNS name or IP address (hosts; repeatable).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Prints a one-time token with which the agent of HOST obtains its certificate
+    /// (`novacron-agent join`).
+    JoinToken {
+        /// The controller's data directory (holding the CA).
+        #[arg(long, default_value = "/var/lib/novacron/controller")]
+        data_dir: PathBuf,
+        /// The host's name (its certificate will carry it).
+        #[arg(long)]
+        host: String,
+        /// How long the token is valid, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_s: u64,
+    },
+}
+
+/// Serving options.
+#[derive(Debug, clap::Args)]
 struct Args {
     /// gRPC listen address.
     #[arg(long, default_value = "127.0.0.1:7070")]
@@ -56,11 +133,89 @@ struct Args {
     /// Require `authorization: Bearer <token>` with the token in this file.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// TLS directory (ca.pem, cert.pem, key.pem; ca.key enables joins) [default:
+    /// DATA_DIR/pki].
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
+    /// Join endpoint (server-only TLS), where agents trade a join token for a certificate.
+    #[arg(long, default_value = "127.0.0.1:7071")]
+    join_listen: SocketAddr,
+    /// Development only: serve plain HTTP/2 without certificates (prints a warning).
+    #[arg(long)]
+    insecure_dev: bool,
+}
+
+fn read_file(p: &std::path::Path) -> Result<String, String> {
+    std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+}
+
+fn certs(cmd: Certs) -> Result<(), String> {
+    match cmd {
+        Certs::Init {
+            data_dir,
+            sans,
+            ca_cert,
+            ca_key,
+            client,
+        } => {
+            let own = match (ca_cert, ca_key) {
+                (Some(c), Some(k)) => Some((read_file(&c)?, read_file(&k)?)),
+                _ => None,
+            };
+            let done = certs::init(&data_dir, &sans, own, &client).map_err(|e| e.to_string())?;
+            println!("controller TLS directory: {}", done.tls_dir.display());
+            println!(
+                "novactl certificate ({client}): export NOVACRON_TLS_DIR={}",
+                done.client_dir.display()
+            );
+            println!(
+                "agents: `novacron-controller certs join-token --host NAME`, then \
+                 `novacron-agent join --token TOKEN --controller-join HOST:7071`"
+            );
+            Ok(())
+        }
+        Certs::Issue {
+            data_dir,
+            host,
+            client,
+            sans,
+            out,
+        } => {
+            let who = match (host, client) {
+                (Some(h), _) => Identity::Host(h),
+                (None, Some(c)) => Identity::Client(c),
+                (None, None) => return Err("give --host or --client".into()),
+            };
+            certs::issue(&data_dir, &who, &sans, &out).map_err(|e| e.to_string())?;
+            println!("issued a certificate for {who} into {}", out.display());
+            Ok(())
+        }
+        Certs::JoinToken {
+            data_dir,
+            host,
+            ttl_s,
+        } => {
+            let t = certs::join_token(&data_dir, &host, Duration::from_secs(ttl_s))
+                .map_err(|e| e.to_string())?;
+            println!("{t}");
+            Ok(())
+        }
+    }
 }
 
 fn main() -> ExitCode {
     novacron_proto::serving::init_logging();
-    let args = Args::parse();
+    let cli = Cli::parse();
+    if let Some(Command::Certs(c)) = cli.command {
+        return match certs(c) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("novacron-controller: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let args = cli.serve;
     if args.cpu_overcommit <= 0.0 || args.memory_overcommit <= 0.0 {
         eprintln!("novacron-controller: overcommit ratios must be positive");
         return ExitCode::from(2);
@@ -75,7 +230,36 @@ fn main() -> ExitCode {
         },
         None => None,
     };
+    let tls_dir = args
+        .tls_dir
+        .clone()
+        .unwrap_or_else(|| certs::pki_dir(&args.data_dir));
+    let tls = if args.insecure_dev {
+        eprintln!(
+            "novacron-controller: WARNING: --insecure-dev: no TLS and no authentication; \
+             never use this outside development"
+        );
+        None
+    } else if !TlsMaterial::present(&tls_dir) {
+        eprintln!(
+            "novacron-controller: no TLS certificates in {}: run `novacron-controller certs \
+             init --data-dir {}` first (or pass --insecure-dev for development)",
+            tls_dir.display(),
+            args.data_dir.display()
+        );
+        return ExitCode::from(2);
+    } else {
+        match TlsMaterial::load(&tls_dir) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                eprintln!("novacron-controller: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let join_listen = tls.as_ref().map(|_| args.join_listen);
     let cfg = Config {
+        tls,
         data_dir: args.data_dir,
         policy: Policy {
             cpu_overcommit: args.cpu_overcommit,
@@ -103,7 +287,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(server::serve(cfg, args.listen, token)) {
+    match rt.block_on(server::serve(cfg, args.listen, join_listen, token)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("novacron-controller: {e}");

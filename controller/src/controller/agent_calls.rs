@@ -7,12 +7,12 @@ use novacron_proto::controller as pb;
 use tonic::Code;
 
 use super::{agent_err, Controller, ControllerError, Result};
-use crate::agent_client::{request, CALL_TIMEOUT};
+use crate::agent_client::{request, AgentAddr, CALL_TIMEOUT};
 use crate::state::{agent_config, phase_from_report};
 
 impl Controller {
     /// The address of a Ready host's agent.
-    pub(crate) fn agent_addr(&self, host: &str) -> Result<String> {
+    pub(crate) fn agent_addr(&self, host: &str) -> Result<AgentAddr> {
         let st = self.state();
         let e = st.host(host)?;
         if !e.ready() {
@@ -20,13 +20,19 @@ impl Controller {
                 "host {host} is NotReady"
             )));
         }
-        Ok(e.host.address.clone())
+        Ok(AgentAddr {
+            host: host.to_string(),
+            address: e.host.address.clone(),
+        })
     }
 
     /// The address of a host's agent whatever its readiness (settling a migration asks an
     /// agent that may have just restarted).
-    pub(crate) fn agent_addr_any(&self, host: &str) -> Result<String> {
-        Ok(self.state().host(host)?.host.address.clone())
+    pub(crate) fn agent_addr_any(&self, host: &str) -> Result<AgentAddr> {
+        Ok(AgentAddr {
+            host: host.to_string(),
+            address: self.state().host(host)?.host.address.clone(),
+        })
     }
 
     /// Creates (and optionally starts) `vm` on `host`'s agent.

@@ -30,6 +30,9 @@ pub struct Config {
     pub auto_converge: bool,
     /// Downtime target when a request gives none (0: the VMM's default).
     pub downtime_ms: u32,
+    /// The controller's TLS material: its certificate for calling agents, and the CA they
+    /// must chain to. None only in development mode (`--insecure-dev`).
+    pub tls: Option<novacron_security::TlsMaterial>,
 }
 
 impl Default for Config {
@@ -46,6 +49,7 @@ impl Default for Config {
             migrate_timeout: Duration::from_secs(600),
             auto_converge: true,
             downtime_ms: 0,
+            tls: None,
         }
     }
 }

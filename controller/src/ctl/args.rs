@@ -26,9 +26,14 @@ pub enum Format {
     about = "Command-line client of the NovaCron controller"
 )]
 pub struct Cli {
-    /// Controller address (HOST:PORT or http://HOST:PORT); env NOVACRON_CONTROLLER.
+    /// Controller address: HOST:PORT (mutual TLS) or http://HOST:PORT (a development
+    /// controller without TLS); env NOVACRON_CONTROLLER.
     #[arg(long, short = 'c', global = true)]
     pub controller: Option<String>,
+    /// TLS directory with this client's certificate (ca.pem, cert.pem, key.pem); env
+    /// NOVACRON_TLS_DIR, else ~/.config/novacron/tls.
+    #[arg(long, global = true)]
+    pub tls_dir: Option<PathBuf>,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = Format::Table, global = true)]
     pub output: Format,

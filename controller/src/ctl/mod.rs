@@ -19,6 +19,7 @@ use novacron_proto::controller as pb;
 use novacron_proto::controller::host_service_client::HostServiceClient;
 use novacron_proto::controller::storage_service_client::StorageServiceClient;
 use novacron_proto::controller::vm_service_client::VmServiceClient;
+use novacron_security::TlsMaterial;
 use novacron_vmm_api::units::UnitError;
 use tokio_stream::StreamExt;
 use tonic::codegen::InterceptedService;
@@ -93,6 +94,20 @@ struct Clients {
 /// Default controller address.
 pub const DEFAULT_CONTROLLER: &str = "127.0.0.1:7070";
 
+/// The client's TLS directory: `--tls-dir`, `NOVACRON_TLS_DIR`, or `~/.config/novacron/tls`
+/// when it exists.
+fn tls_dir(cli: &Cli) -> Option<PathBuf> {
+    if let Some(d) = cli
+        .tls_dir
+        .clone()
+        .or_else(|| std::env::var_os("NOVACRON_TLS_DIR").map(PathBuf::from))
+    {
+        return Some(d);
+    }
+    let d = PathBuf::from(std::env::var_os("HOME")?).join(".config/novacron/tls");
+    d.is_dir().then_some(d)
+}
+
 async fn connect(cli: &Cli) -> Result<Clients, CtlError> {
     let token_file = cli
         .token_file
@@ -108,21 +123,36 @@ async fn connect(cli: &Cli) -> Result<Clients, CtlError> {
         .clone()
         .or_else(|| std::env::var("NOVACRON_CONTROLLER").ok())
         .unwrap_or_else(|| DEFAULT_CONTROLLER.to_string());
-    let uri = if addr.contains("://") {
-        addr.clone()
-    } else {
-        format!("http://{addr}")
-    };
     let err = |reason: String| CtlError::Connect {
         addr: addr.clone(),
         reason,
     };
-    let ch = Endpoint::from_shared(uri)
+    let (uri, tls) = match addr.strip_prefix("http://") {
+        Some(_) => (addr.clone(), None),
+        None => {
+            let hostport = addr.strip_prefix("https://").unwrap_or(&addr);
+            let dir = tls_dir(cli).ok_or_else(|| {
+                err("no client certificate: give --tls-dir or NOVACRON_TLS_DIR (`novacron-controller \
+                     certs init` made one in DATA_DIR/pki/clients/admin), or \
+                     http://HOST:PORT for a development controller"
+                    .into())
+            })?;
+            let m = TlsMaterial::load(&dir).map_err(|e| err(e.to_string()))?;
+            (format!("https://{hostport}"), Some(m))
+        }
+    };
+    let mut ep = Endpoint::from_shared(uri)
         .map_err(|e| err(e.to_string()))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|e| err(e.to_string()))?;
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(m) = &tls {
+        ep = ep
+            .tls_config(novacron_security::tls::mutual_client(
+                m,
+                novacron_security::pki::CONTROLLER_DNS_NAME,
+            ))
+            .map_err(|e| err(e.to_string()))?;
+    }
+    let ch = ep.connect().await.map_err(|e| err(e.to_string()))?;
     Ok(Clients {
         vm: VmServiceClient::with_interceptor(ch.clone(), auth.clone()),
         host: HostServiceClient::with_interceptor(ch.clone(), auth.clone()),
