@@ -68,17 +68,7 @@ async fn replayed_seqs(c: &mut VmClient) -> Vec<u64> {
 
 /// Runs a scenario on a fresh runtime with a deadline, one scenario at a time.
 pub fn run<F: std::future::Future<Output = ()>>(limit: Duration, f: F) {
-    let _serial = serial();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        if tokio::time::timeout(limit, f).await.is_err() {
-            panic!("scenario exceeded {limit:?}");
-        }
-    });
+    run_scenario(limit, f)
 }
 
 fn code<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> Code {

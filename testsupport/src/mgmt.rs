@@ -48,6 +48,10 @@ pub fn serial() -> MutexGuard<'static, ()> {
 /// a 2-thread runtime, failing if it takes longer than `limit`.
 pub fn run_scenario<F: std::future::Future<Output = ()>>(limit: Duration, f: F) {
     let _serial = serial();
+    // Building the binaries is not the scenario's time (the first scenario of a test binary
+    // may rebuild them with the workspace's other feature set).
+    ensure_binaries(Vmm::Real);
+    ensure_binaries(Vmm::Fake);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
