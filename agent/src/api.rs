@@ -167,7 +167,13 @@ impl Agent for AgentApi {
             .ok_or_else(|| Status::invalid_argument("config is required"))?;
         let (address, status) = self
             .manager
-            .prepare_incoming(c, &r.migration_id, r.incoming_timeout_s, &r.disk_sizes)
+            .prepare_incoming(
+                c,
+                &r.migration_id,
+                r.incoming_timeout_s,
+                &r.disk_sizes,
+                r.tls.as_ref(),
+            )
             .await?;
         Ok(Response::new(apb::PrepareIncomingResponse {
             address,
@@ -195,7 +201,7 @@ impl Agent for AgentApi {
         let manager = Arc::clone(&self.manager);
         let task = tokio::spawn(async move {
             manager
-                .migrate_out(&r.vm_id, &r.to, &o, &r.migration_id)
+                .migrate_out(&r.vm_id, &r.to, &o, &r.migration_id, r.tls.as_ref())
                 .await
         });
         match task.await {

@@ -16,6 +16,7 @@ pub mod controller;
 pub mod ctl;
 pub mod events;
 pub mod migration;
+pub mod migration_tls;
 pub mod reconcile;
 pub mod scheduler;
 pub mod server;
