@@ -14,7 +14,10 @@ impl From<ManagerError> for Status {
     fn from(e: ManagerError) -> Self {
         let msg = e.to_string();
         match e {
-            ManagerError::InvalidArgument(_) => Status::invalid_argument(msg),
+            ManagerError::InvalidArgument(_)
+            | ManagerError::Disk(crate::disks::DiskError::Confined(_)) => {
+                Status::invalid_argument(msg)
+            }
             ManagerError::NotFound(_) => Status::not_found(msg),
             ManagerError::AlreadyExists(_) => Status::already_exists(msg),
             ManagerError::FailedPrecondition(_) | ManagerError::Disk(_) => {

@@ -32,6 +32,11 @@ trap cleanup EXIT
 
 ctl() { "$BIN/novactl" --controller "$CTL" "$@"; }
 
+# Agents take kernels only from their images directory (<data-dir>/images).
+for n in node-a node-b; do
+    mkdir -p "$DEMO/$n/images" && cp "$GUEST" "$DEMO/$n/images/"
+done
+
 echo "== starting novacron-controller on $CTL and agents node-a (127.0.0.2) and node-b (127.0.0.3)"
 "$BIN/novacron-controller" --listen "$CTL" --data-dir "$DEMO/controller" >"$DEMO/controller.log" 2>&1 &
 PIDS+=($!)
@@ -49,7 +54,7 @@ ctl host list
 
 echo "== creating three VMs from the test guest (workload=ab: a self-checking memory writer)"
 for i in 1 2 3; do
-    ctl vm create "demo-$i" --memory 64M --kernel "$GUEST" --cmdline "workload=ab mib=16" >/dev/null
+    ctl vm create "demo-$i" --memory 64M --kernel "$(basename "$GUEST")" --cmdline "workload=ab mib=16" >/dev/null
 done
 ctl vm list
 sleep 2

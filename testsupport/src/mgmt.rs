@@ -219,6 +219,7 @@ impl Cluster {
             Vmm::Real => real_vmm_binary(),
             Vmm::Fake => bin_dir().join("examples/fake_vmm"),
         };
+        self.stock_images(name);
         let child = Command::new(bin_dir().join("novacron-agent"))
             .args([
                 "--listen",
@@ -241,6 +242,23 @@ impl Cluster {
             .spawn()
             .expect("spawn agent");
         self.procs.insert(name.to_string(), child);
+    }
+
+    /// The images directory of the agent named `name` (agents take kernels and images from
+    /// there only).
+    pub fn images_dir(&self, name: &str) -> PathBuf {
+        self.root.join(name).join("images")
+    }
+
+    /// Puts the cluster's kernel into the agent's images directory (VM specs name it by
+    /// its file name).
+    fn stock_images(&self, name: &str) {
+        let images = self.images_dir(name);
+        std::fs::create_dir_all(&images).expect("images dir");
+        let to = images.join(self.kernel.file_name().expect("kernel file name"));
+        if !to.exists() {
+            std::fs::copy(&self.kernel, &to).expect("copy the kernel into the images dir");
+        }
     }
 
     /// The gRPC address (HOST:PORT) of the agent named `name`.
@@ -357,7 +375,11 @@ impl Cluster {
             name: name.to_string(),
             vcpus: 1,
             memory_mib,
-            kernel: self.kernel.display().to_string(),
+            kernel: self
+                .kernel
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             cmdline: self.cmdline.clone(),
             ..Default::default()
         }

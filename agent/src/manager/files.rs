@@ -9,6 +9,7 @@ use novacron_vmm_api::machine::{Disk, MachineOptions, Nic, Serial};
 use prost::Message;
 
 use crate::disks::{self, PreparedDisk};
+use crate::images_dir::ImagesDir;
 use crate::net::{self};
 use crate::supervise::{self, now_ms};
 
@@ -25,6 +26,20 @@ pub(crate) fn private_dir(dir: &Path) -> Result<(), ManagerError> {
         .create(dir)
         .map_err(io_err(dir))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err(dir))
+}
+
+/// The files of a migration credential in a VM directory ([`Manager::write_migration_tls`]).
+const MIGRATION_TLS_FILES: [&str; 3] = [
+    "migration-ca.pem",
+    "migration-cert.pem",
+    "migration-key.pem",
+];
+
+/// Removes a spent migration credential from a VM directory (best effort).
+pub(super) fn remove_migration_tls(dir: &Path) {
+    for f in MIGRATION_TLS_FILES {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
 }
 
 /// Writes `bytes` to a new or truncated `path` that only its owner may read (0600 whatever
@@ -93,11 +108,8 @@ impl Manager {
         dir: &Path,
         t: &apb::MigrationTls,
     ) -> Result<TlsFiles, ManagerError> {
-        let files = TlsFiles {
-            ca: dir.join("migration-ca.pem"),
-            cert: dir.join("migration-cert.pem"),
-            key: dir.join("migration-key.pem"),
-        };
+        let [ca, cert, key] = MIGRATION_TLS_FILES.map(|f| dir.join(f));
+        let files = TlsFiles { ca, cert, key };
         for (path, pem) in [
             (&files.ca, &t.ca_pem),
             (&files.cert, &t.cert_pem),
@@ -160,11 +172,19 @@ impl Manager {
         let dir = self.vm_dir(&c.id);
         let images = self.images_dir();
         let boot = incoming.is_none();
-        let resolve = |p: &str| (boot && !p.is_empty()).then(|| disks::resolve(&images, p));
+        let resolve = |what: &str, p: &str| -> Result<Option<PathBuf>, ManagerError> {
+            if !boot || p.is_empty() {
+                return Ok(None);
+            }
+            ImagesDir::new(&images)
+                .resolve(what, p)
+                .map(Some)
+                .map_err(|e| ManagerError::InvalidArgument(e.to_string()))
+        };
         let prepared: Vec<PreparedDisk> = disks::prepare(&dir, &images, &c.disks)?;
         let machine = MachineOptions {
-            kernel: resolve(&c.kernel),
-            initrd: resolve(&c.initrd),
+            kernel: resolve("kernel", &c.kernel)?,
+            initrd: resolve("initrd", &c.initrd)?,
             cmdline: if boot {
                 c.cmdline.clone()
             } else {
