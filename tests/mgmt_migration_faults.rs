@@ -464,7 +464,7 @@ impl ConfirmEater {
                 // Application data (23) after the handshake: is it the last record?
                 if head[0] == 23 {
                     app_records += 1;
-                    let _ = d_in.set_read_timeout(Some(Duration::from_millis(300)));
+                    let _ = d_in.set_read_timeout(Some(Duration::from_millis(50)));
                     let closed = matches!(d_in.peek(&mut [0u8; 1]), Ok(0));
                     let _ = d_in.set_read_timeout(None);
                     if closed && app_records > 1 {
