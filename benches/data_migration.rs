@@ -23,6 +23,10 @@
 //!   our median total is at most 0.25x QEMU's and every run's destination downtime at most
 //!   1 ms.
 //!
+//! Our runs go over plain `tcp:` and over `tls:` (the migration's one-time credential, as the
+//! agent always migrates), each case printing both and the ratio of the medians
+//! (`NOVACRON_BENCH_TLS`: `tcp`, `tls` or `both`, the default; the target is at most 1.10x).
+//!
 //! Run: `cargo bench --bench data_migration`. Environment: NOVACRON_BENCH_RUNS (default 3),
 //! NOVACRON_BENCH_ONLY (comma-separated subset of `wan`, `loopback`, `ab`; default all),
 //! NOVACRON_WAN_TIMEOUT (seconds per NovaCron attempt, default 60), NOVACRON_QEMU_TIMEOUT
@@ -35,7 +39,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use support::qemu::{QemuResult, QemuRun, QEMU};
-use support::{median, MigrationRun, MigrationSummary};
+use support::{median, MigrationRun, MigrationSummary, MigrationTls};
 
 /// The relay's link for the WAN case.
 const WAN: &[&str] = &["--rate", "100mbit", "--rtt-ms", "50"];
@@ -53,6 +57,8 @@ const MAX_WIRE_MIB: f64 = 170.0;
 const MAX_WAN_DEST_DT_MS: f64 = 2.0;
 /// Timeout of the one WAN 2 ms run without auto-converge.
 const NO_AC_TIMEOUT_S: u64 = 20;
+/// Most a `tls:` migration may cost over `tcp:` (median totals; ARCHITECTURE.md).
+const MAX_TLS_RATIO: f64 = 1.10;
 /// The loopback `ab` targets.
 const MAX_AB_RATIO: f64 = 0.25;
 const MAX_AB_DEST_DT_MS: f64 = 1.0;
@@ -182,6 +188,47 @@ struct Bench<'a> {
     qemu: bool,
     qemu_timeout: Duration,
     xbzrle_mib: u64,
+    /// Our runs over `tls:` with this credential (destination half, source half); `None`:
+    /// plain `tcp:`.
+    tls: Option<(&'a MigrationTls, &'a MigrationTls)>,
+}
+
+impl Bench<'_> {
+    /// Our rows' label: the transport.
+    fn label(&self) -> &'static str {
+        if self.tls.is_some() {
+            "nc-tls"
+        } else {
+            "novacron"
+        }
+    }
+}
+
+/// Which of our transports each case runs (`NOVACRON_BENCH_TLS`: `tcp`, `tls` or `both`).
+fn transports(setting: &str) -> Vec<bool> {
+    match setting {
+        "tcp" | "off" => vec![false],
+        "tls" | "on" => vec![true],
+        _ => vec![false, true],
+    }
+}
+
+/// The TLS cost of a case: median total over tls / over tcp, both printed.
+fn tls_cost(what: &str, tcp: &[Row], tls: &[Row]) -> Option<String> {
+    let total = |rows: &[Row]| median(&rows.iter().filter_map(|r| r.total_s).collect::<Vec<_>>());
+    if tcp.is_empty() || tls.is_empty() {
+        return None;
+    }
+    let ratio = total(tls) / total(tcp);
+    let dest = |rows: &[Row]| median(&rows.iter().filter_map(|r| r.dest_dt).collect::<Vec<_>>());
+    Some(format!(
+        "TLS cost, {what}: median total tcp {:.3} s, tls {:.3} s = {ratio:.3}x (<= {MAX_TLS_RATIO}x: {}); dest dt tcp {:.3} ms, tls {:.3} ms",
+        total(tcp),
+        total(tls),
+        if ratio <= MAX_TLS_RATIO { "PASS" } else { "MISS" },
+        dest(tcp),
+        dest(tls),
+    ))
 }
 
 /// One case: a guest, a link, a downtime target and whether to throttle.
@@ -227,6 +274,7 @@ impl Bench<'_> {
                 extra: &extra,
                 relay: case.relay,
                 disk: None,
+                tls: self.tls,
             }
             .run();
             match r {
@@ -244,7 +292,7 @@ impl Bench<'_> {
                         "-".to_string()
                     };
                     print_row(
-                        "novacron",
+                        self.label(),
                         case.link,
                         case.downtime_ms,
                         &run.to_string(),
@@ -256,7 +304,7 @@ impl Bench<'_> {
                 Err(e) => {
                     all_pass = false;
                     print_failure(
-                        "novacron",
+                        self.label(),
                         case.link,
                         case.downtime_ms,
                         &run.to_string(),
@@ -272,7 +320,7 @@ impl Bench<'_> {
                 (true, false) => "MISS",
             };
             print_row(
-                "novacron",
+                self.label(),
                 case.link,
                 case.downtime_ms,
                 "median",
@@ -369,7 +417,17 @@ fn main() {
         xbzrle_mib: env_or("NOVACRON_QEMU_XBZRLE_MIB", "256")
             .parse()
             .unwrap_or(256),
+        tls: None,
     };
+    // One credential for every TLS run, issued as the controller issues it per migration.
+    let cred = novacron_controller::migration_tls::issue("bench").expect("issue a credential");
+    let with_tls = Bench {
+        tls: Some((&cred.destination, &cred.source)),
+        timeout: b.timeout.clone(),
+        ..b
+    };
+    let variants = transports(&env_or("NOVACRON_BENCH_TLS", "both"));
+    let bench_of = |tls: bool| if tls { &with_tls } else { &b };
     if !b.qemu {
         println!("({QEMU} not installed: no QEMU figures; `apt-get install qemu-system-x86`)");
     }
@@ -424,7 +482,18 @@ fn main() {
                                 false,
                             );
                         }
-                        let (_, pass) = b.ours(&case, judge);
+                        let mut pass = true;
+                        let mut by_transport: Vec<Vec<Row>> = vec![Vec::new(), Vec::new()];
+                        for &tls in &variants {
+                            let (rows, p) = bench_of(tls).ours(&case, judge);
+                            pass &= p;
+                            by_transport[usize::from(tls)] = rows;
+                        }
+                        verdicts.extend(tls_cost(
+                            &format!("{link} real data, --downtime-ms {downtime_ms}"),
+                            &by_transport[0],
+                            &by_transport[1],
+                        ));
                         if judge {
                             verdicts.push(format!(
                                 "WAN real data, --downtime-ms {downtime_ms}{}: {} (<= {MAX_ROUNDS} rounds, <= {} s, <= {MAX_WIRE_MIB} MiB, dest dt <= {} ms, every run)",
@@ -458,7 +527,21 @@ fn main() {
             downtime_ms: 2,
             auto_converge: false,
         };
-        let (rows, _) = b.ours(&ours, false);
+        let mut by_transport: Vec<Vec<Row>> = vec![Vec::new(), Vec::new()];
+        for &tls in &variants {
+            by_transport[usize::from(tls)] = bench_of(tls).ours(&ours, false).0;
+        }
+        verdicts.extend(tls_cost(
+            "loopback ab 1 GiB",
+            &by_transport[0],
+            &by_transport[1],
+        ));
+        // The QEMU comparison uses the plain-TCP rows when there are some.
+        let rows = if by_transport[0].is_empty() {
+            by_transport[1].clone()
+        } else {
+            by_transport[0].clone()
+        };
         let q = if b.qemu {
             b.qemu(
                 &Case {

@@ -290,6 +290,7 @@ impl Bench<'_> {
                 extra: &extra,
                 relay,
                 disk: Some(self.disk),
+                tls: None,
             }
             .run();
             match r {

@@ -13,8 +13,11 @@
 //! vCPUs running: the final pass, state and restore, without the link's propagation delay,
 //! which is what QEMU's figure measures too).
 //!
+//! * Table 3: the cost of TLS on this link: one case over `tcp:` and `tls:`, medians and
+//!   their ratio.
+//!
 //! Run: `cargo bench --bench wan_migration` (NOVACRON_WAN_TIMEOUT=seconds per attempt,
-//! default 60).
+//! default 60; NOVACRON_WAN_TABLES=1,2,tls to choose tables; NOVACRON_BENCH_RUNS for table 3).
 
 mod support;
 
@@ -129,42 +132,102 @@ fn main() {
         dir: &dir,
         timeout: &timeout,
     };
+    // NOVACRON_WAN_TABLES: which of `1`, `2`, `tls` to run (comma-separated; default all).
+    let tables = std::env::var("NOVACRON_WAN_TABLES").unwrap_or_else(|_| "1,2,tls".into());
+    let want = |t: &str| tables.split(',').any(|x| x.trim() == t);
     let fill64 = "workload=fill mib=256 hot=64 rate=5000";
     let fill128 = "workload=fill mib=256 hot=128 rate=5000";
     let ab = "workload=ab mib=128";
 
-    println!(
-        "Table 1: 100 Mbit/s, 50 ms RTT (novacron-wanrelay), 512 MiB guest, downtime target {downtime} ms, timeout {timeout} s"
-    );
-    header();
-    let dt = ["--downtime-ms", downtime.as_str()];
-    for (name, cmdline) in [("fill 256 MiB, 64 MiB hot", fill64), ("ab 128 MiB", ab)] {
-        let none = b.row(name, cmdline, "none", &dt, None);
-        for enc in ["zstd", "delta", "auto"] {
-            b.row(name, cmdline, enc, &dt, none);
+    if want("1") {
+        println!(
+            "Table 1: 100 Mbit/s, 50 ms RTT (novacron-wanrelay), 512 MiB guest, downtime target {downtime} ms, timeout {timeout} s"
+        );
+        header();
+        let dt = ["--downtime-ms", downtime.as_str()];
+        for (name, cmdline) in [("fill 256 MiB, 64 MiB hot", fill64), ("ab 128 MiB", ab)] {
+            let none = b.row(name, cmdline, "none", &dt, None);
+            for enc in ["zstd", "delta", "auto"] {
+                b.row(name, cmdline, enc, &dt, none);
+            }
+        }
+        println!(
+            "(x of none: against the bytes none sent before giving up, when it did not converge)"
+        );
+    }
+    if want("2") {
+        println!();
+        println!("Table 2: same link, downtime target 2 ms");
+        header();
+        let dt2 = ["--downtime-ms", "2"];
+        for (name, cmdline) in [
+            ("fill 256 MiB, 64 MiB hot", fill64),
+            ("fill 256 MiB, 128 MiB hot", fill128),
+        ] {
+            for enc in ["delta", "auto"] {
+                b.row(name, cmdline, enc, &dt2, None);
+            }
+        }
+        b.row(
+            "ab 128 MiB",
+            ab,
+            "auto",
+            &["--downtime-ms", "2", "--auto-converge"],
+            None,
+        );
+    }
+    if want("tls") {
+        // What TLS costs on this link: the same migration over tcp: and over tls: (the
+        // credential the agent always migrates with), NOVACRON_BENCH_RUNS runs each.
+        let runs: usize = std::env::var("NOVACRON_BENCH_RUNS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3);
+        let cred = novacron_controller::migration_tls::issue("bench").expect("credential");
+        println!();
+        println!("Table 3: TLS cost on the same link, fill 256 MiB with 64 MiB hot, auto, downtime target {downtime} ms, median of {runs}");
+        let relay: &[&str] = &["--rate", "100mbit", "--rtt-ms", "50"];
+        let args = [
+            "--compression",
+            "auto",
+            "--timeout",
+            timeout.as_str(),
+            "--downtime-ms",
+            downtime.as_str(),
+        ];
+        let mut medians = Vec::new();
+        for tls in [false, true] {
+            let over = tls.then_some((&cred.destination, &cred.source));
+            let (mut total, mut wire) = (Vec::new(), Vec::new());
+            for _ in 0..runs {
+                match support::migrate_once_over(
+                    &vmm,
+                    &guest,
+                    &dir,
+                    fill64,
+                    "512M",
+                    &args,
+                    Some(relay),
+                    over,
+                ) {
+                    Ok(v) => {
+                        total.push(v["total_ms"].as_f64().unwrap_or(f64::NAN) / 1e3);
+                        wire.push(v["wire_bytes"].as_f64().unwrap_or(f64::NAN) / 1048576.0);
+                    }
+                    Err(e) => println!("  {} run failed: {e}", if tls { "tls" } else { "tcp" }),
+                }
+            }
+            let (t, w) = (support::median(&total), support::median(&wire));
+            println!(
+                "  {:<4} total {t:.2} s (runs {total:.2?}), {w:.1} MiB on the wire",
+                if tls { "tls" } else { "tcp" }
+            );
+            medians.push(t);
+        }
+        if let [tcp, tls] = medians[..] {
+            println!("  tls/tcp median total: {:.3}x", tls / tcp);
         }
     }
-    println!("(x of none: against the bytes none sent before giving up, when it did not converge)");
-
-    println!();
-    println!("Table 2: same link, downtime target 2 ms");
-    header();
-    let dt2 = ["--downtime-ms", "2"];
-    for (name, cmdline) in [
-        ("fill 256 MiB, 64 MiB hot", fill64),
-        ("fill 256 MiB, 128 MiB hot", fill128),
-    ] {
-        for enc in ["delta", "auto"] {
-            b.row(name, cmdline, enc, &dt2, None);
-        }
-    }
-    b.row(
-        "ab 128 MiB",
-        ab,
-        "auto",
-        &["--downtime-ms", "2", "--auto-converge"],
-        None,
-    );
     let _ = std::fs::remove_dir_all(&dir);
     println!("QEMU 7.2 on these hosts (ARCHITECTURE.md): real-data guest, 128 MiB hot set: 46 s, 530 MiB (XBZRLE); plain precopy never converges.");
 }

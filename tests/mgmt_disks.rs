@@ -424,14 +424,19 @@ fn destination_killed_mid_migration_keeps_the_source_and_its_disk() {
 fn shared_disk_is_neither_copied_nor_deleted() {
     run(Duration::from_secs(90), async {
         let mut cl = cluster("dshared").await;
-        let shared = cl.root.join("shared.img");
+        // Shared storage both hosts reach: one file, in both agents' images directories
+        // (hard links: agents take images from there only).
+        let shared = cl.images_dir("node-a").join("shared.img");
         let f = std::fs::File::create(&shared).expect("shared image");
         f.set_len(8 << 20).expect("size");
         drop(f);
+        let other = cl.images_dir("node-b");
+        std::fs::create_dir_all(&other).expect("images dir");
+        std::fs::hard_link(&shared, other.join("shared.img")).expect("link the shared image");
         let host = noise(5, 64 << 10);
         write_at(&shared, HOST_AT, &host);
         let disk = pb::DiskSpec {
-            image: shared.display().to_string(),
+            image: "shared.img".into(),
             shared: true,
             ..Default::default()
         };

@@ -335,7 +335,7 @@ fn stray_connections_before_the_real_stream() {
         let dst = wait_agent_state(&cl, "node-b", &vm.id, apb::VmState::Incoming).await;
         let peer = dst.migration.map(|m| m.peer).unwrap_or_default();
         let addr = peer
-            .strip_prefix("tcp:")
+            .strip_prefix("tls:")
             .unwrap_or_else(|| panic!("destination address {peer:?}"));
         stray_connections(addr).await;
         // The destination is still waiting for its real peer.
@@ -413,9 +413,12 @@ fn in_doubt_source_whose_destination_died_resumes() {
     });
 }
 
-/// A relay between the source VMM and the destination that forwards every frame except the
-/// destination's Confirm: once it sees it, it closes the source's side, so the destination
-/// has committed and the source never learns it (the source is then in doubt).
+/// A relay between the source VMM and the destination that forwards every TLS record except
+/// the destination's Confirm: the stream is encrypted, so the Confirm is recognised as the
+/// destination's last record, the one its end of the connection closes right after (the
+/// destination drops the stream once it has confirmed; after any other reply it waits for
+/// the source). It then closes the source's side, so the destination has committed and the
+/// source never learns it (the source is then in doubt).
 struct ConfirmEater {
     port: u16,
     target: std::sync::Arc<std::sync::Mutex<Option<String>>>,
@@ -423,7 +426,6 @@ struct ConfirmEater {
 
 impl ConfirmEater {
     fn start() -> Self {
-        use novacron_migration::protocol::{FrameType, HEADER_LEN};
         use std::io::{Read, Write};
         use std::net::{Shutdown, TcpListener, TcpStream};
         let l = TcpListener::bind("127.0.0.1:0").expect("relay listen");
@@ -450,21 +452,30 @@ impl ConfirmEater {
                 let _ = d_out.shutdown(Shutdown::Write);
             });
             let (mut d_in, mut s_out) = (dst, src);
-            let mut head = [0u8; HEADER_LEN];
+            // TLS records: type (1), version (2), length (2), then the record.
+            let mut head = [0u8; 5];
+            let mut app_records = 0u32;
             while d_in.read_exact(&mut head).is_ok() {
-                let len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
-                let mut payload = vec![0u8; len];
-                if d_in.read_exact(&mut payload).is_err() {
+                let len = u16::from_be_bytes([head[3], head[4]]) as usize;
+                let mut record = vec![0u8; len];
+                if d_in.read_exact(&mut record).is_err() {
                     break;
                 }
-                if head[4] == FrameType::Confirm as u8 {
-                    eprintln!("relay: Confirm eaten");
-                    let _ = s_out.shutdown(Shutdown::Both);
-                    return;
+                // Application data (23) after the handshake: is it the last record?
+                if head[0] == 23 {
+                    app_records += 1;
+                    let _ = d_in.set_read_timeout(Some(Duration::from_millis(50)));
+                    let closed = matches!(d_in.peek(&mut [0u8; 1]), Ok(0));
+                    let _ = d_in.set_read_timeout(None);
+                    if closed && app_records > 1 {
+                        eprintln!("relay: Confirm eaten");
+                        let _ = s_out.shutdown(Shutdown::Both);
+                        return;
+                    }
                 }
                 if s_out
                     .write_all(&head)
-                    .and_then(|_| s_out.write_all(&payload))
+                    .and_then(|_| s_out.write_all(&record))
                     .is_err()
                 {
                     break;
@@ -486,7 +497,7 @@ fn confirm_lost_source_in_doubt_destination_runs() {
         let dst = wait_agent_state(&cl, "node-b", &vm.id, apb::VmState::Incoming).await;
         let peer = dst.migration.map(|m| m.peer).unwrap_or_default();
         let addr = peer
-            .strip_prefix("tcp:")
+            .strip_prefix("tls:")
             .unwrap_or_else(|| panic!("destination address {peer:?}"));
         *relay.target.lock().expect("relay target") = Some(addr.to_string());
         let r = task

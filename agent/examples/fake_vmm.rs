@@ -94,7 +94,13 @@ fn parse(args: &[String]) -> Opts {
             "--api-socket" => o.api_socket = val(),
             "--incoming" => o.incoming = val(),
             "--paused" => {}
-            "--migration-id" | "--incoming-timeout" => {
+            // The stand-in's stream is its own plain protocol: it takes the credential
+            // flags of a `tls:` destination and ignores them.
+            "--migration-id"
+            | "--incoming-timeout"
+            | "--migration-tls-ca"
+            | "--migration-tls-cert"
+            | "--migration-tls-key" => {
                 val();
             }
             "--help" => {
@@ -178,7 +184,8 @@ fn main() {
         let addr = opts
             .incoming
             .strip_prefix("tcp:")
-            .unwrap_or_else(|| usage("--incoming needs tcp:HOST:PORT"))
+            .or_else(|| opts.incoming.strip_prefix("tls:"))
+            .unwrap_or_else(|| usage("--incoming needs tls:HOST:PORT or tcp:HOST:PORT"))
             .to_string();
         let l = match TcpListener::bind(&addr) {
             Ok(l) => l,
@@ -261,6 +268,7 @@ fn receive(l: TcpListener, vm: &Vm) -> Result<u64, String> {
 fn migrate(vm: &Vm, to: &str) -> Result<MigrationSummary, String> {
     let addr = to
         .strip_prefix("tcp:")
+        .or_else(|| to.strip_prefix("tls:"))
         .ok_or_else(|| format!("bad target {to}"))?;
     let t0 = Instant::now();
     let mut s = None;

@@ -15,7 +15,10 @@ impl From<ManagerError> for Status {
     fn from(e: ManagerError) -> Self {
         let msg = e.to_string();
         match e {
-            ManagerError::InvalidArgument(_) => Status::invalid_argument(msg),
+            ManagerError::InvalidArgument(_)
+            | ManagerError::Disk(crate::disks::DiskError::Confined(_)) => {
+                Status::invalid_argument(msg)
+            }
             ManagerError::NotFound(_) => Status::not_found(msg),
             ManagerError::AlreadyExists(_) => Status::already_exists(msg),
             ManagerError::FailedPrecondition(_) | ManagerError::Disk(_) => {
@@ -168,7 +171,13 @@ impl Agent for AgentApi {
             .ok_or_else(|| Status::invalid_argument("config is required"))?;
         let (address, status) = self
             .manager
-            .prepare_incoming(c, &r.migration_id, r.incoming_timeout_s, &r.disk_sizes)
+            .prepare_incoming(
+                c,
+                &r.migration_id,
+                r.incoming_timeout_s,
+                &r.disk_sizes,
+                r.tls.as_ref(),
+            )
             .await?;
         Ok(Response::new(apb::PrepareIncomingResponse {
             address,
@@ -196,7 +205,7 @@ impl Agent for AgentApi {
         let manager = Arc::clone(&self.manager);
         let task = tokio::spawn(async move {
             manager
-                .migrate_out(&r.vm_id, &r.to, &o, &r.migration_id)
+                .migrate_out(&r.vm_id, &r.to, &o, &r.migration_id, r.tls.as_ref())
                 .await
         });
         match task.await {

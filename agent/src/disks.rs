@@ -13,17 +13,15 @@ use std::path::{Path, PathBuf};
 
 use novacron_proto::agent as apb;
 
+use crate::images_dir::{ConfinementError, ImagesDir};
+
 /// Errors preparing disks.
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
-    /// The image does not exist on this host.
-    #[error("disk {index}: image {path} not found on this host")]
-    ImageMissing {
-        /// Disk index.
-        index: usize,
-        /// Resolved image path.
-        path: String,
-    },
+    /// The image is not a file of the agent's images directory (missing, or refused: the
+    /// answer is the same).
+    #[error(transparent)]
+    Confined(#[from] ConfinementError),
     /// Neither an image nor a size.
     #[error("disk {0}: needs an image or a size")]
     Empty(usize),
@@ -45,14 +43,10 @@ pub enum DiskError {
     },
 }
 
-/// Resolves a host path given by the controller: absolute as is, relative under `images`.
-pub fn resolve(images: &Path, p: &str) -> PathBuf {
-    let path = Path::new(p);
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        images.join(path)
-    }
+/// The image file of disk `index`: `name` resolved inside the agent's images directory
+/// ([`ImagesDir::resolve`]: nothing outside it, and the same answer for a missing file).
+pub fn image(images: &Path, index: usize, name: &str) -> Result<PathBuf, DiskError> {
+    Ok(ImagesDir::new(images).resolve(&format!("disk {index} image"), name)?)
 }
 
 /// A prepared disk: the path to hand the VMM and whether it is read-only.
@@ -79,11 +73,16 @@ pub fn moves(d: &apb::Disk) -> bool {
 }
 
 /// The file of disk `index` of a VM in `dir` (nothing is created).
-pub fn path_of(dir: &Path, images: &Path, index: usize, d: &apb::Disk) -> PathBuf {
+pub fn path_of(
+    dir: &Path,
+    images: &Path,
+    index: usize,
+    d: &apb::Disk,
+) -> Result<PathBuf, DiskError> {
     if in_place(d) {
-        resolve(images, &d.image)
+        image(images, index, &d.image)
     } else {
-        dir.join(format!("disk{index}.img"))
+        Ok(dir.join(format!("disk{index}.img")))
     }
 }
 
@@ -94,13 +93,15 @@ pub fn describe(dir: &Path, images: &Path, disks: &[apb::Disk]) -> Vec<apb::Disk
         .iter()
         .enumerate()
         .map(|(index, d)| {
-            let path = path_of(dir, images, index, d);
-            let (size_bytes, allocated_bytes) = std::fs::metadata(&path)
+            let path = path_of(dir, images, index, d).ok();
+            let (size_bytes, allocated_bytes) = path
+                .as_ref()
+                .and_then(|p| std::fs::metadata(p).ok())
                 .map(|m| (m.len(), m.blocks() * 512))
                 .unwrap_or((0, 0));
             apb::DiskStatus {
                 index: index as u32,
-                path: path.display().to_string(),
+                path: path.map(|p| p.display().to_string()).unwrap_or_default(),
                 size_bytes,
                 allocated_bytes,
                 readonly: d.readonly,
@@ -177,13 +178,7 @@ pub fn prepare(
             return Err(DiskError::SharedNeedsImage(index));
         }
         if !d.image.is_empty() {
-            let src = resolve(images, &d.image);
-            if !src.is_file() {
-                return Err(DiskError::ImageMissing {
-                    index,
-                    path: src.display().to_string(),
-                });
-            }
+            let src = image(images, index, &d.image)?;
             if in_place(d) {
                 out.push(PreparedDisk {
                     path: src,
@@ -247,7 +242,7 @@ mod tests {
                 shared: false,
             },
             apb::Disk {
-                image: images.join("base.img").display().to_string(),
+                image: "base.img".into(),
                 size_mib: 0,
                 readonly: true,
                 clone: false,
@@ -285,7 +280,17 @@ mod tests {
         }];
         assert!(matches!(
             prepare(&dir, &images, &missing),
-            Err(DiskError::ImageMissing { .. })
+            Err(DiskError::Confined(_))
+        ));
+        // An absolute path is refused even where the file exists.
+        let absolute = vec![apb::Disk {
+            image: images.join("base.img").display().to_string(),
+            readonly: true,
+            ..Default::default()
+        }];
+        assert!(matches!(
+            prepare(&dir, &images, &absolute),
+            Err(DiskError::Confined(_))
         ));
         let _ = std::fs::remove_dir_all(dir);
     }

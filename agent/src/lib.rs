@@ -5,6 +5,8 @@
 //!
 //! Modules: [`manager`] (VM lifecycle and migration), [`supervise`] (per-VM supervisor),
 //! [`vmm_client`] (the VMM control socket), [`procfs`] (process inspection), [`disks`],
+//! [`images_dir`] (the one resolver of kernel, initrd and image names: confined to the images
+//! directory),
 //! [`net`] (tap devices), [`host`] (inventory), [`api`] (gRPC service), [`storage_api`] (snapshots, restores, clones), [`registration`]
 //! (controller registration and heartbeats), [`server`] (serving), [`summary`] (migration
 //! summaries as proto messages).
@@ -13,6 +15,7 @@ pub mod api;
 pub mod disk_copy;
 pub mod disks;
 pub mod host;
+pub mod images_dir;
 pub mod join;
 pub mod manager;
 pub mod net;

@@ -35,6 +35,11 @@ trap cleanup EXIT
 JOIN=127.0.0.1:17071
 ctl() { "$BIN/novactl" --controller "$CTL" "$@"; }
 
+# Agents take kernels only from their images directory (<data-dir>/images).
+for n in node-a node-b; do
+    mkdir -p "$DEMO/$n/images" && cp "$GUEST" "$DEMO/$n/images/"
+done
+
 echo "== certificates: a new CA, the controller's certificate and novactl's (certs init)"
 "$BIN/novacron-controller" certs init --data-dir "$DEMO/controller"
 export NOVACRON_TLS_DIR=$DEMO/controller/pki/clients/admin
@@ -65,7 +70,7 @@ ctl host list
 
 echo "== creating three VMs from the test guest (workload=ab: a self-checking memory writer)"
 for i in 1 2 3; do
-    ctl vm create "demo-$i" --memory 64M --kernel "$GUEST" --cmdline "workload=ab mib=16" >/dev/null
+    ctl vm create "demo-$i" --memory 64M --kernel "$(basename "$GUEST")" --cmdline "workload=ab mib=16" >/dev/null
 done
 ctl vm list
 sleep 2

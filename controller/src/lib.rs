@@ -18,6 +18,7 @@ pub mod ctl;
 pub mod events;
 pub mod join;
 pub mod migration;
+pub mod migration_tls;
 pub mod reconcile;
 pub mod scheduler;
 pub mod server;

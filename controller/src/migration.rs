@@ -315,12 +315,16 @@ impl Controller {
             0 => INCOMING_WAIT_S,
             t => t.saturating_add(INCOMING_MARGIN_S),
         };
+        // This migration's one-time credential: each agent gets only its half.
+        let cred = crate::migration_tls::issue(migration_id)
+            .map_err(|e| ControllerError::Internal(e.to_string()))?;
         let prep = apb::PrepareIncomingRequest {
             request_id: String::new(),
             config: Some(agent_config(vm)),
             migration_id: migration_id.to_string(),
             incoming_timeout_s: wait_s,
             disk_sizes,
+            tls: Some(crate::migration_tls::to_proto(&cred.destination)),
         };
         let addr = dst
             .prepare_incoming(request(prep, CALL_TIMEOUT))
@@ -344,6 +348,7 @@ impl Controller {
             to: addr,
             migration_id: migration_id.to_string(),
             options: Some(opts),
+            tls: Some(crate::migration_tls::to_proto(&cred.source)),
         };
         let res = src
             .migrate_out(request(out, self.cfg.migrate_timeout))

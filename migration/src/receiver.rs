@@ -39,7 +39,6 @@
 //! they are checked.)
 
 use std::io::{BufReader, BufWriter, ErrorKind, Read};
-use std::net::TcpStream;
 use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
@@ -51,6 +50,7 @@ use crate::protocol::{
 };
 use crate::session::{Expect, HookError, SessionError};
 use crate::store::PageStore;
+use crate::transport::Transport;
 use crate::unit::{UnitSet, UnitSink};
 use crate::verify;
 use crate::{is_zero_page, Encoding, PAGE_SIZE};
@@ -95,7 +95,7 @@ const SPANS_PER_THREAD: usize = 4;
 /// afterwards each read at most the socket's read timeout. A timeout reads as
 /// [`ErrorKind::TimedOut`] with the wait in its message.
 struct Incoming {
-    stream: TcpStream,
+    stream: Transport,
     deadline: Option<Instant>,
     timeout: Duration,
 }
@@ -131,18 +131,19 @@ impl Incoming {
 }
 
 type Input = FrameReader<BufReader<Incoming>>;
-type Output = FrameWriter<BufWriter<TcpStream>>;
+type Output = FrameWriter<BufWriter<Transport>>;
 
 /// Receives one migration from `stream` into `sink`. On success the guest is running
 /// here; on error the source has been told (best effort) and the guest never ran. A
 /// connection that is not the awaited migration ends in [`SessionError::Stray`] having
 /// touched nothing: the caller may accept the next one.
 pub fn receive<K: UnitSink + Sync, T: Takeover>(
-    stream: TcpStream,
+    stream: impl Into<Transport>,
     sink: &mut K,
     takeover: &mut T,
     expect: &Expect,
 ) -> Result<Received, SessionError> {
+    let stream: Transport = stream.into();
     let _ = stream.set_nodelay(true);
     let stray = |e: std::io::Error| SessionError::Stray(format!("connection unusable: {e}"));
     stream

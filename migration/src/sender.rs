@@ -40,7 +40,6 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufReader, BufWriter, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use novacron_vmm_api::migration::{
@@ -58,6 +57,7 @@ use crate::protocol::{
     ProtocolError, RoundEnd, SampledVerify, PROTOCOL_VERSION, VERIFY_RECORD,
 };
 use crate::session::{Cancel, HookError, SessionError};
+use crate::transport::Transport;
 use crate::unit::{SourceId, UnitSet, UnitSource};
 use crate::verify;
 use crate::{is_zero_page, EncoderConfig, Encoding, DEFAULT_ZSTD_LEVEL, PAGE_SIZE};
@@ -252,7 +252,7 @@ enum Mode {
 
 /// The outgoing stream: paced writer, encoding choice, link meter and units per encoding.
 struct Wire {
-    out: FrameWriter<Paced<BufWriter<TcpStream>>>,
+    out: FrameWriter<Paced<BufWriter<Transport>>>,
     mode: Mode,
     link: LinkMeter,
     /// Units sent per encoding in the current pass (indexed by `Encoding as usize`).
@@ -374,9 +374,9 @@ struct Progress {
 /// The stream and unit machinery of one outgoing migration.
 struct Sender {
     wire: Wire,
-    input: FrameReader<BufReader<TcpStream>>,
-    /// The socket, for read deadlines.
-    socket: TcpStream,
+    input: FrameReader<BufReader<Transport>>,
+    /// The stream, for read deadlines.
+    socket: Transport,
     pool: EncoderPool,
     zero_units: u64,
     stop: Stop,
@@ -562,9 +562,9 @@ impl Sender {
                 break;
             }
             self.stop.check()?;
-            match self.socket.peek(&mut [0u8; 1]) {
+            match self.socket.wait_readable() {
                 // Data, or the end of the stream (the read reports it).
-                Ok(_) => break,
+                Ok(()) => break,
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -705,13 +705,14 @@ fn crc_cost<S: UnitSource>(source: &S, populated: &UnitSet) -> f64 {
     t.elapsed().as_secs_f64() / f64::from(n)
 }
 
-/// Migrates the units of `source` over `stream` (connected to the destination), announcing
+/// Migrates the units of `source` over `stream` (connected to the destination: a
+/// [`Transport`], mutual TLS or plain TCP), announcing
 /// the guest with `hello` (its `version` and `encodings` are filled in here). The options
 /// are validated against the guest and the host first. On success the destination runs the
 /// guest; on [`SessionError::InDoubt`] the caller must keep its guest paused; on any other
 /// error the caller resumes its own (the destination has been told, best effort).
 pub fn migrate<S: UnitSource + Sync, G: Guest>(
-    stream: TcpStream,
+    stream: impl Into<Transport>,
     mut hello: Hello,
     opts: &MigrateOptions,
     source: &mut S,
@@ -729,6 +730,7 @@ pub fn migrate<S: UnitSource + Sync, G: Guest>(
     if cancel.is_cancelled() {
         return Err(SessionError::Cancelled);
     }
+    let stream: Transport = stream.into();
     let _ = stream.set_nodelay(true);
     stream
         .set_read_timeout(Some(REPLY_TIMEOUT))

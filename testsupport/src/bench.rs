@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub use novacron_vmm_api::migration::MigrationSummary;
+pub use novacron_vmm_api::migration::{MigrationSummary, MigrationTls};
 
 pub mod qemu;
 
@@ -146,6 +146,22 @@ pub fn migrate_once(
     extra: &[&str],
     relay_args: Option<&[&str]>,
 ) -> Result<serde_json::Value, String> {
+    migrate_once_over(vmm, guest, dir, cmdline, mem, extra, relay_args, None)
+}
+
+/// [`migrate_once`] over `tls:` with a credential (destination half, source half), or plain
+/// `tcp:` with `None`.
+#[allow(clippy::too_many_arguments)]
+pub fn migrate_once_over(
+    vmm: &Path,
+    guest: &Path,
+    dir: &Path,
+    cmdline: &str,
+    mem: &str,
+    extra: &[&str],
+    relay_args: Option<&[&str]>,
+    tls: Option<(&MigrationTls, &MigrationTls)>,
+) -> Result<serde_json::Value, String> {
     let summary = MigrationRun {
         vmm,
         guest,
@@ -156,6 +172,7 @@ pub fn migrate_once(
         extra,
         relay: relay_args,
         disk: None,
+        tls,
     }
     .run()?;
     serde_json::to_value(summary).map_err(|e| e.to_string())
@@ -217,6 +234,26 @@ pub struct MigrationRun<'a> {
     pub relay: Option<&'a [&'a str]>,
     /// A writable disk (`--disk`) copied by the migration, or `None`.
     pub disk: Option<MigrationDisk<'a>>,
+    /// Migrate over `tls:` with this credential (destination half, source half), or plain
+    /// `tcp:` with `None`.
+    pub tls: Option<(&'a MigrationTls, &'a MigrationTls)>,
+}
+
+/// Writes one half of a credential into `dir` as `<name>-{ca,cert,key}.pem` and returns the
+/// `--migration-tls-*` arguments naming the files.
+fn tls_args(dir: &Path, name: &str, t: &MigrationTls) -> Result<Vec<String>, String> {
+    let mut a = Vec::new();
+    for (flag, suffix, pem) in [
+        ("--migration-tls-ca", "ca", &t.ca_pem),
+        ("--migration-tls-cert", "cert", &t.cert_pem),
+        ("--migration-tls-key", "key", &t.key_pem),
+    ] {
+        let p = dir.join(format!("{name}-{suffix}.pem"));
+        std::fs::write(&p, pem).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+        a.push(flag.to_string());
+        a.push(p.display().to_string());
+    }
+    Ok(a)
 }
 
 impl MigrationRun<'_> {
@@ -265,14 +302,18 @@ impl MigrationRun<'_> {
             .local_addr()
             .map_err(|e| e.to_string())?
             .port();
+        let scheme = if self.tls.is_some() { "tls" } else { "tcp" };
         let mut dst = Command::new(vmm);
         dst.args([
             "run",
             "--incoming",
-            &format!("tcp:127.0.0.1:{port}"),
+            &format!("{scheme}:127.0.0.1:{port}"),
             "--memory",
             mem,
         ]);
+        if let Some((d, _)) = self.tls {
+            dst.args(tls_args(dir, "d", d)?);
+        }
         if let Some(disk) = self.disk {
             dst.arg("--disk").arg(disk.destination);
         }
@@ -307,7 +348,11 @@ impl MigrationRun<'_> {
         let out = Command::new(vmm)
             .args(["migrate", "--api-socket"])
             .arg(&ssock)
-            .args(["--to", &format!("tcp:127.0.0.1:{target}")])
+            .args(["--to", &format!("{scheme}:127.0.0.1:{target}")])
+            .args(match self.tls {
+                Some((_, src)) => tls_args(dir, "s", src)?,
+                None => Vec::new(),
+            })
             .args(self.extra)
             .output()
             .map_err(|e| e.to_string())?;

@@ -17,7 +17,7 @@ pub mod vmm_process;
 pub mod wanrelay;
 
 pub use data::noise;
-pub use migration::{incoming, migration_pair};
+pub use migration::{incoming, incoming_tls, migration_pair, tls_flags};
 pub use net::free_port;
 pub use paths::{bin, bin_dir, guest, vmm};
 pub use process::Kill;

@@ -288,6 +288,7 @@ impl Cluster {
         if !TlsMaterial::present(&tls_dir) {
             self.issue_host_cert(name);
         }
+        self.stock_images(name);
         let child = Command::new(bin_dir().join("novacron-agent"))
             .args([
                 "--listen",
@@ -331,6 +332,23 @@ impl Cluster {
     /// A mutual-TLS channel to the controller with the operator's client certificate.
     pub async fn ctl_channel(&self) -> Channel {
         tls_channel(&self.ctl_addr, &self.client_tls, CONTROLLER_DNS_NAME).await
+    }
+
+    /// The images directory of the agent named `name` (agents take kernels and images from
+    /// there only).
+    pub fn images_dir(&self, name: &str) -> PathBuf {
+        self.root.join(name).join("images")
+    }
+
+    /// Puts the cluster's kernel into the agent's images directory (VM specs name it by
+    /// its file name).
+    fn stock_images(&self, name: &str) {
+        let images = self.images_dir(name);
+        std::fs::create_dir_all(&images).expect("images dir");
+        let to = images.join(self.kernel.file_name().expect("kernel file name"));
+        if !to.exists() {
+            std::fs::copy(&self.kernel, &to).expect("copy the kernel into the images dir");
+        }
     }
 
     /// The gRPC address (HOST:PORT) of the agent named `name`.
@@ -431,7 +449,11 @@ impl Cluster {
             name: name.to_string(),
             vcpus: 1,
             memory_mib,
-            kernel: self.kernel.display().to_string(),
+            kernel: self
+                .kernel
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             cmdline: self.cmdline.clone(),
             ..Default::default()
         }

@@ -58,8 +58,12 @@ pub struct MachineOptions {
     pub disks: Vec<Disk>,
     /// Network interfaces, in order.
     pub nets: Vec<Nic>,
-    /// Wait for an incoming migration on `tcp:HOST:PORT` instead of booting.
+    /// Wait for an incoming migration on `tls:HOST:PORT` (or `tcp:HOST:PORT`, debugging
+    /// only) instead of booting.
     pub incoming: Option<String>,
+    /// The destination's half of the migration credential (`--migration-tls-ca`,
+    /// `--migration-tls-cert`, `--migration-tls-key`), required with `tls:`.
+    pub incoming_tls: Option<crate::migration::TlsFiles>,
     /// The id the incoming migration's stream must carry (`--migration-id`); a stream
     /// with any other id is refused and the VMM keeps waiting for its real peer.
     pub migration_id: Option<String>,
@@ -85,6 +89,7 @@ impl Default for MachineOptions {
             disks: Vec::new(),
             nets: Vec::new(),
             incoming: None,
+            incoming_tls: None,
             migration_id: None,
             incoming_timeout_s: None,
             restore: None,
@@ -138,6 +143,11 @@ impl MachineOptions {
         }
         if let Some(addr) = &self.incoming {
             opt("incoming", addr.clone());
+        }
+        if let Some(t) = &self.incoming_tls {
+            opt("migration-tls-ca", t.ca.display().to_string());
+            opt("migration-tls-cert", t.cert.display().to_string());
+            opt("migration-tls-key", t.key.display().to_string());
         }
         if let Some(id) = &self.migration_id {
             opt("migration-id", id.clone());

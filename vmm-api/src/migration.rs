@@ -159,6 +159,67 @@ pub struct MigrateOptions {
     /// Encoder threads (0 = automatic, see [`MigrateOptions::encoder_threads`]).
     #[serde(default)]
     pub encoder_threads: u32,
+    /// The source's half of the migration's one-time credential; required by a `tls:`
+    /// destination, refused with `tcp:`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<MigrationTls>,
+}
+
+/// One VMM's half of a migration's one-time credential (PEM text): the migration's own CA
+/// certificate, this VMM's certificate signed by it, and this VMM's private key. The
+/// destination accepts only a client whose certificate chains to `ca_pem`; the source
+/// accepts only a server that does. The controller issues one per migration
+/// (`novacron_controller::migration_tls`); `Debug` never prints the key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationTls {
+    /// The migration's CA certificate (PEM).
+    pub ca_pem: String,
+    /// This VMM's certificate, signed by that CA (PEM).
+    pub cert_pem: String,
+    /// This VMM's private key (PEM, PKCS#8).
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for MigrationTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MigrationTls")
+            .field("ca_pem", &format_args!("{} bytes", self.ca_pem.len()))
+            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Where a VMM reads its half of a migration credential from (`--migration-tls-ca`,
+/// `--migration-tls-cert`, `--migration-tls-key`): PEM files, the key readable by its
+/// owner only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The migration's CA certificate.
+    pub ca: std::path::PathBuf,
+    /// This VMM's certificate.
+    pub cert: std::path::PathBuf,
+    /// This VMM's private key.
+    pub key: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    /// Reads the three files.
+    pub fn read(&self) -> Result<MigrationTls, OptionsError> {
+        let read = |what: &str, p: &std::path::Path| {
+            std::fs::read_to_string(p).map_err(|e| {
+                OptionsError(format!(
+                    "cannot read the migration TLS {what} {}: {e}",
+                    p.display()
+                ))
+            })
+        };
+        Ok(MigrationTls {
+            ca_pem: read("CA certificate", &self.ca)?,
+            cert_pem: read("certificate", &self.cert)?,
+            key_pem: read("key", &self.key)?,
+        })
+    }
 }
 
 fn default_downtime() -> u64 {
@@ -184,6 +245,7 @@ impl Default for MigrateOptions {
             test_skip_page_round: None,
             cache_bytes: 0,
             encoder_threads: 0,
+            tls: None,
         }
     }
 }

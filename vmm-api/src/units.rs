@@ -76,6 +76,8 @@ mod tests {
         assert_eq!(parse_size("64KB"), Ok(64 << 10));
         assert_eq!(parse_size("4096"), Ok(4096));
         assert_eq!(parse_size(" 1T "), Ok(1 << 40));
+        assert_eq!(parse_size("17179869183G"), Ok(17_179_869_183 << 30));
+        assert_eq!(parse_size("18446744073709551615"), Ok(u64::MAX));
         for bad in [
             "2Q",
             "M",
@@ -83,6 +85,11 @@ mod tests {
             "lots",
             "-5M",
             "99999999999999999999G",
+            "99999999999999999G",
+            "17179869184G",
+            "16777216T",
+            "18014398509481984K",
+            "18446744073709551616",
             "",
             "1.5G",
         ] {
@@ -112,6 +119,10 @@ mod tests {
             "4bit",
             "nanmbit",
             "infgbit",
+            "99999999999999999G",
+            "99999999999999999gbit",
+            "1e300gbit",
+            "18446744073709551616",
         ] {
             assert!(parse_rate(bad).is_err(), "{bad:?} accepted");
         }

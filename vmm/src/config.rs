@@ -235,6 +235,28 @@ mod tests {
         assert_eq!(a.incoming.as_deref(), Some("tcp:127.0.0.1:4444"));
         assert_eq!(a.migration_id.as_deref(), Some("mig-7"));
         assert_eq!(a.incoming_timeout, Some(45));
+        assert!(a.migration_tls_ca.is_none());
+        let tls = parse_run(&MachineOptions {
+            incoming: Some("tls:127.0.0.1:4444".into()),
+            incoming_tls: Some(novacron_vmm_api::migration::TlsFiles {
+                ca: "/d/ca.pem".into(),
+                cert: "/d/cert.pem".into(),
+                key: "/d/key.pem".into(),
+            }),
+            ..incoming.clone()
+        });
+        assert_eq!(
+            (
+                tls.migration_tls_ca.as_deref(),
+                tls.migration_tls_cert.as_deref(),
+                tls.migration_tls_key.as_deref()
+            ),
+            (
+                Some(Path::new("/d/ca.pem")),
+                Some(Path::new("/d/cert.pem")),
+                Some(Path::new("/d/key.pem"))
+            )
+        );
         assert!(a.kernel.is_none() && a.cmdline.is_empty() && !a.paused);
         assert_eq!(a.serial, SerialTarget::None);
         assert_eq!(
@@ -293,9 +315,20 @@ pub struct RunArgs {
     /// Restore a snapshot directory (written by `snapshot`) instead of booting.
     #[arg(long, conflicts_with_all = ["kernel", "incoming"])]
     pub restore: Option<PathBuf>,
-    /// Wait for an incoming migration on tcp:HOST:PORT instead of booting.
+    /// Wait for an incoming migration on tls:HOST:PORT (mutual TLS with the
+    /// --migration-tls-* credential) or tcp:HOST:PORT (plain, debugging only) instead of
+    /// booting.
     #[arg(long, conflicts_with = "kernel")]
     pub incoming: Option<String>,
+    /// With --incoming tls:...: the migration's CA certificate (PEM).
+    #[arg(long, requires_all = ["incoming", "migration_tls_cert", "migration_tls_key"])]
+    pub migration_tls_ca: Option<PathBuf>,
+    /// With --incoming tls:...: this destination's certificate (PEM), signed by that CA.
+    #[arg(long, requires = "migration_tls_ca")]
+    pub migration_tls_cert: Option<PathBuf>,
+    /// With --incoming tls:...: this destination's private key (PEM).
+    #[arg(long, requires = "migration_tls_ca")]
+    pub migration_tls_key: Option<PathBuf>,
     /// With --incoming: the migration id the source's stream must carry; streams with
     /// another id are refused and the VMM keeps waiting.
     #[arg(long, requires = "incoming")]

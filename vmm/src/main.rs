@@ -92,9 +92,19 @@ struct MigrateArgs {
     /// The source VMM's control socket.
     #[arg(long)]
     api_socket: PathBuf,
-    /// Destination: tcp:HOST:PORT.
+    /// Destination: tls:HOST:PORT (with --migration-tls-*) or tcp:HOST:PORT (plain,
+    /// debugging only).
     #[arg(long)]
     to: String,
+    /// With tls:...: the migration's CA certificate (PEM).
+    #[arg(long, requires_all = ["migration_tls_cert", "migration_tls_key"])]
+    migration_tls_ca: Option<PathBuf>,
+    /// With tls:...: this source's certificate (PEM), signed by that CA.
+    #[arg(long, requires = "migration_tls_ca")]
+    migration_tls_cert: Option<PathBuf>,
+    /// With tls:...: this source's private key (PEM).
+    #[arg(long, requires = "migration_tls_ca")]
+    migration_tls_key: Option<PathBuf>,
     /// Downtime target in milliseconds.
     #[arg(long, default_value_t = 2)]
     downtime_ms: u64,
@@ -202,8 +212,27 @@ fn run(mut args: RunArgs) -> ExitCode {
     match &args.incoming {
         Some(addr) => {
             use novacron_vmm::migration::destination::{self, Incoming};
+            let tls = match (
+                &args.migration_tls_ca,
+                &args.migration_tls_cert,
+                &args.migration_tls_key,
+            ) {
+                (Some(ca), Some(cert), Some(key)) => {
+                    let files = novacron_vmm_api::migration::TlsFiles {
+                        ca: ca.clone(),
+                        cert: cert.clone(),
+                        key: key.clone(),
+                    };
+                    match files.read() {
+                        Ok(t) => Some(t),
+                        Err(e) => return fail(e),
+                    }
+                }
+                _ => None,
+            };
             let inc = Incoming {
                 addr: addr.clone(),
+                tls,
                 migration_id: args.migration_id.clone(),
                 accept_timeout: args
                     .incoming_timeout
@@ -274,7 +303,21 @@ fn client<T: DeserializeOwned + Serialize>(sock: &Path, req: &Request, print: bo
 }
 
 fn migrate(a: MigrateArgs) -> ExitCode {
+    let tls = match (
+        a.migration_tls_ca,
+        a.migration_tls_cert,
+        a.migration_tls_key,
+    ) {
+        (Some(ca), Some(cert), Some(key)) => {
+            match (novacron_vmm_api::migration::TlsFiles { ca, cert, key }).read() {
+                Ok(t) => Some(t),
+                Err(e) => return fail(e),
+            }
+        }
+        _ => None,
+    };
     let req = Request::Migrate(MigrateOptions {
+        tls,
         to: a.to,
         downtime_ms: a.downtime_ms,
         bandwidth: a.bandwidth,

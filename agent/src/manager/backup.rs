@@ -214,15 +214,12 @@ impl Manager {
         };
         check_name(&name)?;
         let dir = self.vm_dir(vm_id);
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        super::files::private_dir(&dir)?;
         for (i, d) in c.disks.iter().enumerate() {
             if d.readonly {
-                let img = disks::resolve(&self.images_dir(), &d.image);
-                if !img.is_file() {
+                if let Err(e) = disks::image(&self.images_dir(), i, &d.image) {
                     return Err(ManagerError::FailedPrecondition(format!(
-                        "read-only disk {i} of the backup's vm is {}, which this host does not \
-                         have: put the image there first",
-                        img.display()
+                        "read-only disk {i} of the backup's vm: {e}; put the image there first"
                     )));
                 }
                 continue;

@@ -57,7 +57,7 @@ impl Manager {
                     if disk.shared { "shared" } else { "read-only" }
                 )));
             }
-            disks::path_of(&d.dir, &self.images_dir(), i, disk)
+            disks::path_of(&d.dir, &self.images_dir(), i, disk)?
         };
         let (tx, rx) = mpsc::channel(disk_copy::QUEUE);
         let vm = id.to_string();

@@ -9,10 +9,54 @@ use novacron_vmm_api::machine::{Disk, MachineOptions, Nic, Serial};
 use prost::Message;
 
 use crate::disks::{self, PreparedDisk};
+use crate::images_dir::ImagesDir;
 use crate::net::{self};
 use crate::supervise::{self, now_ms};
 
 use super::{io_err, Manager, ManagerError, Meta};
+use novacron_vmm_api::migration::TlsFiles;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+
+/// Creates `dir` (and missing parents) and makes it 0700 whatever the umask: a VM's
+/// directory holds its disks, its control socket and migration keys.
+pub(crate) fn private_dir(dir: &Path) -> Result<(), ManagerError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err(dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err(dir))
+}
+
+/// The files of a migration credential in a VM directory ([`Manager::write_migration_tls`]).
+const MIGRATION_TLS_FILES: [&str; 3] = [
+    "migration-ca.pem",
+    "migration-cert.pem",
+    "migration-key.pem",
+];
+
+/// Removes a spent migration credential from a VM directory (best effort).
+pub(super) fn remove_migration_tls(dir: &Path) {
+    for f in MIGRATION_TLS_FILES {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+}
+
+/// Writes `bytes` to a new or truncated `path` that only its owner may read (0600 whatever
+/// the umask).
+fn private_file(path: &Path, bytes: &[u8]) -> Result<(), ManagerError> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(path))?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io_err(path))?;
+    f.write_all(bytes).map_err(io_err(path))
+}
 
 /// Where the disks of a new VM directory come from.
 #[derive(Debug)]
@@ -35,7 +79,7 @@ impl Manager {
         plan: DiskPlan<'_>,
     ) -> Result<(), ManagerError> {
         let dir = self.vm_dir(&c.id);
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        private_dir(&dir)?;
         supervise::write_atomic(&dir.join("config.pb"), &c.encode_to_vec())?;
         self.write_meta(&dir, meta)?;
         match plan {
@@ -54,6 +98,26 @@ impl Manager {
             net::ensure_tap(&self.tap(&c.id, i), &nic.bridge)?;
         }
         Ok(())
+    }
+
+    /// Writes the destination's half of a migration credential into the VM's directory
+    /// (0700), each file created 0600 whatever the umask, for the incoming VMM's
+    /// `--migration-tls-*` flags.
+    pub(super) fn write_migration_tls(
+        &self,
+        dir: &Path,
+        t: &apb::MigrationTls,
+    ) -> Result<TlsFiles, ManagerError> {
+        let [ca, cert, key] = MIGRATION_TLS_FILES.map(|f| dir.join(f));
+        let files = TlsFiles { ca, cert, key };
+        for (path, pem) in [
+            (&files.ca, &t.ca_pem),
+            (&files.cert, &t.cert_pem),
+            (&files.key, &t.key_pem),
+        ] {
+            private_file(path, pem.as_bytes())?;
+        }
+        Ok(files)
     }
 
     pub(super) fn tap(&self, vm_id: &str, i: usize) -> String {
@@ -108,11 +172,19 @@ impl Manager {
         let dir = self.vm_dir(&c.id);
         let images = self.images_dir();
         let boot = incoming.is_none();
-        let resolve = |p: &str| (boot && !p.is_empty()).then(|| disks::resolve(&images, p));
+        let resolve = |what: &str, p: &str| -> Result<Option<PathBuf>, ManagerError> {
+            if !boot || p.is_empty() {
+                return Ok(None);
+            }
+            ImagesDir::new(&images)
+                .resolve(what, p)
+                .map(Some)
+                .map_err(|e| ManagerError::InvalidArgument(e.to_string()))
+        };
         let prepared: Vec<PreparedDisk> = disks::prepare(&dir, &images, &c.disks)?;
         let machine = MachineOptions {
-            kernel: resolve(&c.kernel),
-            initrd: resolve(&c.initrd),
+            kernel: resolve("kernel", &c.kernel)?,
+            initrd: resolve("initrd", &c.initrd)?,
             cmdline: if boot {
                 c.cmdline.clone()
             } else {
@@ -140,6 +212,7 @@ impl Manager {
                 })
                 .collect(),
             incoming: incoming.map(str::to_string),
+            incoming_tls: None,
             migration_id: (tell && !migration_id.is_empty()).then(|| migration_id.to_string()),
             incoming_timeout_s: incoming_timeout_s.filter(|_| tell),
             restore: None,

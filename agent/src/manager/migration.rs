@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use novacron_proto::agent as apb;
+use novacron_vmm_api::migration::MigrationTls;
 
 use crate::supervise::{now_ms, Launch};
 use crate::vmm_client::{self, VmmClientError};
@@ -16,6 +17,17 @@ use super::{Manager, ManagerError, Meta, Role, VmData, VmHandle};
 /// How long an incoming VMM waits for its connection when the controller names no deadline.
 const DEFAULT_INCOMING_TIMEOUT_S: u64 = 600;
 
+/// The migration credential of a request: all three PEM items, or INVALID_ARGUMENT (the
+/// agent never runs a migration stream without TLS).
+fn credential(t: Option<&apb::MigrationTls>) -> Result<&apb::MigrationTls, ManagerError> {
+    t.filter(|t| !t.ca_pem.is_empty() && !t.cert_pem.is_empty() && !t.key_pem.is_empty())
+        .ok_or_else(|| {
+            ManagerError::InvalidArgument(
+                "the migration credential (tls: ca_pem, cert_pem, key_pem) is required: the controller issues one per migration".into(),
+            )
+        })
+}
+
 /// A loopback port nothing listens on (bound and released; test fault only).
 fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -25,7 +37,9 @@ fn closed_port() -> u16 {
 }
 
 impl Manager {
-    /// Migration destination: starts an incoming VMM and returns its `tcp:HOST:PORT`. Its
+    /// Migration destination: starts an incoming VMM and returns its `tls:HOST:PORT` (the
+    /// VMM accepts only the source certified by `tls`, the credential's destination half,
+    /// written 0600 into the VM's directory; INVALID_ARGUMENT without one). Its
     /// writable disks that move are created blank at the source's sizes (`disk_sizes`, by
     /// index) for the stream to fill; a failure removes them with the VM's directory.
     /// The VMM gets `--migration-id` and `--incoming-timeout` (`incoming_timeout_s`, 0: 600
@@ -37,7 +51,9 @@ impl Manager {
         migration_id: &str,
         incoming_timeout_s: u32,
         disk_sizes: &[u64],
+        tls: Option<&apb::MigrationTls>,
     ) -> Result<(String, apb::VmStatus), ManagerError> {
+        let tls = credential(tls)?;
         self.validate(&c, false)?;
         let _g = self.create.lock().await;
         if let Some(h) = self.map().get(&c.id).cloned() {
@@ -52,7 +68,7 @@ impl Manager {
             )));
         }
         let port = free_port(&self.cfg.migration_host)?;
-        let addr = format!("tcp:{}:{port}", self.cfg.migration_host);
+        let addr = format!("tls:{}:{port}", self.cfg.migration_host);
         let meta = Meta {
             socket: self.socket_path(&c.id),
             role: Role::Incoming,
@@ -76,7 +92,17 @@ impl Manager {
             }
             None => wait_s,
         };
-        let argv = self.vmm_args_for(&c, &meta.socket, Some(&addr), migration_id, Some(wait_s))?;
+        let files = match self.write_migration_tls(&self.vm_dir(&c.id), tls) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(self.vm_dir(&c.id));
+                return Err(e);
+            }
+        };
+        let mut machine =
+            self.machine_options(&c, &meta.socket, Some(&addr), migration_id, Some(wait_s))?;
+        machine.incoming_tls = Some(files);
+        let argv = machine.args();
         let boot_argv = if c.kernel.is_empty() {
             argv.clone()
         } else {
@@ -185,6 +211,7 @@ impl Manager {
         to: &str,
         options: &apb::MigrateOptions,
         migration_id: &str,
+        tls: Option<&apb::MigrationTls>,
     ) -> Result<apb::MigrateOutResponse, ManagerError> {
         if let Some(done) = self.finished_migration(migration_id) {
             return Ok(done);
@@ -194,22 +221,28 @@ impl Manager {
         if let Some(done) = self.finished_migration(migration_id) {
             return Ok(done);
         }
-        if !to.starts_with("tcp:") {
+        let tls = credential(tls)?;
+        if !to.starts_with("tls:") {
             return Err(ManagerError::InvalidArgument(format!(
-                "migration target {to:?} is not tcp:HOST:PORT"
+                "migration target {to:?} is not tls:HOST:PORT (the agent sends migration streams over TLS only)"
             )));
         }
         let to = if self.faults.migrate_unreachable {
             tracing::warn!("test fault migrate-unreachable: sending to a closed port");
-            format!("tcp:127.0.0.1:{}", closed_port())
+            format!("tls:127.0.0.1:{}", closed_port())
         } else if let Some(port) = self.faults.migrate_via_port {
             tracing::warn!(port, "test fault migrate-via: sending through a relay");
-            format!("tcp:127.0.0.1:{port}")
+            format!("tls:127.0.0.1:{port}")
         } else {
             to.to_string()
         };
-        let args = vmm_client::migrate_options(&to, options, migration_id)
+        let mut args = vmm_client::migrate_options(&to, options, migration_id)
             .map_err(|e| ManagerError::InvalidArgument(e.to_string()))?;
+        args.tls = Some(MigrationTls {
+            ca_pem: tls.ca_pem.clone(),
+            cert_pem: tls.cert_pem.clone(),
+            key_pem: tls.key_pem.clone(),
+        });
         let (socket, pid, dir) = {
             let mut d = h.data();
             d.refresh();

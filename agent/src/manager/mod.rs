@@ -42,6 +42,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use crate::disk_copy::CopyError;
 use crate::disks::{self, DiskError};
+use crate::images_dir::ImagesDir;
 use crate::net::NetError;
 use crate::supervise::{now_ms, SuperviseError};
 use crate::vmm_client::{self, Info, Observed, VmmClientError};
@@ -277,13 +278,27 @@ impl Manager {
         if c.vcpus == 0 || c.memory_mib == 0 {
             return bad("vcpus and memory must be positive".into());
         }
+        // Every file the VM boots from comes from the images directory (the same answer
+        // for a missing file and a path outside it).
+        let images = ImagesDir::new(self.images_dir());
+        let confined = |what: &str, name: &str| {
+            images
+                .resolve(what, name)
+                .map(|_| ())
+                .map_err(|e| ManagerError::InvalidArgument(e.to_string()))
+        };
         if need_kernel {
             if c.kernel.is_empty() {
                 return bad("a kernel is required".into());
             }
-            let k = disks::resolve(&self.images_dir(), &c.kernel);
-            if !k.is_file() {
-                return bad(format!("kernel {} not found on this host", k.display()));
+            confined("kernel", &c.kernel)?;
+            if !c.initrd.is_empty() {
+                confined("initrd", &c.initrd)?;
+            }
+        }
+        for (i, d) in c.disks.iter().enumerate() {
+            if !d.image.is_empty() {
+                confined(&format!("disk {i} image"), &d.image)?;
             }
         }
         Ok(())
@@ -394,6 +409,8 @@ impl Manager {
             if let Err(e) = self.write_meta(&dir, &meta) {
                 tracing::warn!("{e}");
             }
+            // The migration's credential is spent (its CA signs nothing more): drop the key.
+            files::remove_migration_tls(&dir);
             tracing::info!(vm = %d.config.name, "incoming migration completed");
         }
         d.refresh();

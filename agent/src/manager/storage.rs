@@ -377,7 +377,7 @@ impl Manager {
         dir: &Path,
         files: &[Option<PathBuf>],
     ) -> Result<(), ManagerError> {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        super::files::private_dir(dir)?;
         for (i, f) in files.iter().enumerate() {
             let Some(src) = f else { continue };
             if !src.is_file() {

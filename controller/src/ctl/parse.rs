@@ -193,6 +193,71 @@ mod tests {
     }
 
     #[test]
+    fn sizes_and_rates_that_overflow_are_errors_not_panics() {
+        for b in [
+            "99999999999999999G",
+            "99999999999999999999G",
+            "17179869184G",
+            "16777216T",
+            "18446744073709551616",
+            "99999999999999999gbit",
+            "1e300gbit",
+            "17179869184GiB/s",
+        ] {
+            let e = parse_bandwidth(b).expect_err(b).to_string();
+            assert!(e.contains("invalid rate"), "{b}: {e}");
+        }
+        // The largest rate that fits is accepted.
+        assert_eq!(
+            parse_bandwidth("17179869183G").unwrap(),
+            17_179_869_183u64 << 30
+        );
+        for m in [
+            "99999999999999999G",
+            "-99999999999999999G",
+            "17592186044416",
+            "16777216T",
+            "99999999999999999999",
+        ] {
+            assert!(parse_mib(m).is_err(), "{m} accepted");
+        }
+        assert_eq!(parse_mib("17592186044415").unwrap(), 17_592_186_044_415);
+        let cli = Cli::try_parse_from([
+            "novactl",
+            "vm",
+            "migrate",
+            "web",
+            "--bandwidth",
+            "99999999999999999G",
+        ])
+        .unwrap();
+        let Command::Vm(VmCmd::Migrate(a)) = cli.command else {
+            panic!("not migrate")
+        };
+        let e = migrate_request(&a).unwrap_err().to_string();
+        assert!(
+            e.starts_with("--bandwidth: invalid rate '99999999999999999G'"),
+            "{e}"
+        );
+        let cli = Cli::try_parse_from([
+            "novactl",
+            "vm",
+            "create",
+            "x",
+            "--memory",
+            "99999999999999999G",
+            "--disk",
+            "size=99999999999999999T",
+        ])
+        .unwrap();
+        let Command::Vm(VmCmd::Create(a)) = cli.command else {
+            panic!("not create")
+        };
+        let e = create_request(&a).unwrap_err().to_string();
+        assert!(e.starts_with("--memory: invalid size"), "{e}");
+    }
+
+    #[test]
     fn unit_errors_name_the_argument() {
         let cli = Cli::try_parse_from(["novactl", "vm", "create", "x", "--memory", "12Q"]).unwrap();
         let Command::Vm(VmCmd::Create(a)) = cli.command else {

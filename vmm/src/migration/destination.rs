@@ -7,11 +7,15 @@
 //! connection (a port scan that connects and closes, junk, a peer silent until the read
 //! timeout, a Hello of another migration id: [`SessionError::Stray`], or any failure before
 //! a Hello of the awaited migration) is logged, counted and dropped; it changed nothing
-//! here. Once the awaited source's Hello has been accepted, a failed stream ends the VMM
+//! here. With `tls:`, a connection must first complete a mutually authenticated TLS
+//! handshake with a client certificate of this migration's CA, within the read timeout:
+//! a plain-TCP client, one without a certificate, or one certified by another CA fails the
+//! handshake and is a stray like the others: the destination keeps waiting for its real
+//! peer until the accept deadline. Once the awaited source's Hello has been accepted, a failed stream ends the VMM
 //! with an error (the guest never ran here).
 
 use super::glue::{GuestSink, VmTakeover};
-use super::options::parse_tcp;
+use super::options::{parse_addr, tls_context, MigrationTls};
 use super::MigrationError;
 use crate::machine::Machine;
 use novacron_migration::disk::Joined;
@@ -57,8 +61,10 @@ fn wait_readable(listener: &TcpListener, timeout: Duration) -> std::io::Result<b
 /// What the destination waits for.
 #[derive(Debug, Clone)]
 pub struct Incoming {
-    /// `tcp:HOST:PORT` to listen on.
+    /// `tls:HOST:PORT` (or `tcp:HOST:PORT`, debugging only) to listen on.
     pub addr: String,
+    /// The destination's half of the migration credential (required with `tls:`).
+    pub tls: Option<MigrationTls>,
     /// The migration id the source's Hello must carry (`None`: any).
     pub migration_id: Option<String>,
     /// Give up if no migration has started within this time.
@@ -74,7 +80,9 @@ pub fn receive(
     on_listening: &dyn Fn(std::net::SocketAddr),
 ) -> Result<Received, MigrationError> {
     let addr = &inc.addr;
-    let sa = parse_tcp(addr)?;
+    let parsed = parse_addr(addr)?;
+    let sa = parsed.addr;
+    let tls = tls_context(addr, &parsed, inc.tls.as_ref(), true)?;
     super::glue::check_incoming_disks(m)?;
     let listen_err = |source| MigrationError::Listen {
         addr: addr.to_string(),
@@ -106,6 +114,19 @@ pub fn receive(
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(source) => return Err(listen_err(source)),
+        };
+        let stream = match &tls {
+            Some(ctx) => match ctx.handshake(stream, expect.read_timeout) {
+                Ok(s) => s,
+                Err(e) => {
+                    strays += 1;
+                    tracing::warn!(
+                        "incoming migration: refused connection {strays} from {peer}: {e}; still waiting"
+                    );
+                    continue;
+                }
+            },
+            None => stream.into(),
         };
         let mut sink = Joined::sink(GuestSink::new(m), super::glue::disk_sink(m)?)?;
         let mut takeover = VmTakeover::new(m, inc.migration_id.clone());

@@ -27,6 +27,14 @@ pub enum MigrationError {
         /// Error.
         source: std::io::Error,
     },
+    /// The destination did not prove it is this migration's peer (or is not TLS at all).
+    #[error("refusing destination {addr}: {source}; the guest keeps running here")]
+    Tls {
+        /// Address.
+        addr: String,
+        /// The handshake's failure.
+        source: novacron_migration::transport::TransportError,
+    },
     /// Could not listen for an incoming migration.
     #[error("cannot listen for incoming migration on {addr}: {source}")]
     Listen {

@@ -1,29 +1,78 @@
-//! Where a migration goes: the `tcp:HOST:PORT` address syntax. The options and the summary
-//! themselves are contracts shared with the agent: `novacron_vmm_api::migration`.
+//! Where a migration goes: the `tls:HOST:PORT` (mutual TLS with the migration's one-time
+//! credential: what the agent always uses) and `tcp:HOST:PORT` (plain, for debugging at the
+//! VMM's command line) address syntax. The options and the summary themselves are contracts
+//! shared with the agent: `novacron_vmm_api::migration`.
 
 use super::MigrationError;
+use novacron_migration::transport::TlsContext;
 pub use novacron_vmm_api::migration::{
-    mem_available_bytes, Compression, MigrateOptions, MigrationSummary, RoundSummary,
+    mem_available_bytes, Compression, MigrateOptions, MigrationSummary, MigrationTls, RoundSummary,
     MAX_ENCODER_THREADS,
 };
 use std::net::{SocketAddr, ToSocketAddrs};
 
-/// Resolves `tcp:HOST:PORT`.
-pub fn parse_tcp(s: &str) -> Result<SocketAddr, MigrationError> {
-    let rest = s.strip_prefix("tcp:").ok_or_else(|| {
-        MigrationError::Options(format!("invalid address '{s}': expected tcp:HOST:PORT"))
-    })?;
-    rest.to_socket_addrs()
+/// A parsed migration address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Address {
+    /// The socket address.
+    pub addr: SocketAddr,
+    /// `tls:` (true) or `tcp:`.
+    pub tls: bool,
+}
+
+/// Resolves `tls:HOST:PORT` or `tcp:HOST:PORT`.
+pub fn parse_addr(s: &str) -> Result<Address, MigrationError> {
+    let (tls, rest) = match (s.strip_prefix("tls:"), s.strip_prefix("tcp:")) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        (None, None) => {
+            return Err(MigrationError::Options(format!(
+                "invalid address '{s}': expected tls:HOST:PORT (or tcp:HOST:PORT for a plain debugging stream)"
+            )))
+        }
+    };
+    let addr = rest
+        .to_socket_addrs()
         .map_err(|e| MigrationError::Options(format!("invalid address '{s}': {e}")))?
         .next()
-        .ok_or_else(|| MigrationError::Options(format!("address '{s}' resolves to nothing")))
+        .ok_or_else(|| MigrationError::Options(format!("address '{s}' resolves to nothing")))?;
+    Ok(Address { addr, tls })
+}
+
+/// The TLS configuration an address asks for: `tls:` needs the credential, `tcp:` refuses
+/// one (a credential with a plain stream is surely a mistake). `server` is the
+/// destination's side.
+pub fn tls_context(
+    addr: &str,
+    a: &Address,
+    tls: Option<&MigrationTls>,
+    server: bool,
+) -> Result<Option<TlsContext>, MigrationError> {
+    match (a.tls, tls) {
+        (true, Some(c)) => {
+            let ctx = if server {
+                TlsContext::server(c)
+            } else {
+                TlsContext::client(c)
+            };
+            ctx.map(Some).map_err(|e| MigrationError::Options(e.to_string()))
+        }
+        (true, None) => Err(MigrationError::Options(format!(
+            "'{addr}' is a TLS address but no migration credential was given (--migration-tls-ca, --migration-tls-cert, --migration-tls-key, or `tls` in the migrate request)"
+        ))),
+        (false, Some(_)) => Err(MigrationError::Options(format!(
+            "a migration credential was given for the plain address '{addr}': use tls:HOST:PORT"
+        ))),
+        (false, None) => Ok(None),
+    }
 }
 
 /// Checks `opts` against a guest of `guest_bytes` and this host's available memory before a
-/// migration starts ([`MigrateOptions::validate`] plus the address), so bad options are
-/// answered at once and never pause the guest.
+/// migration starts ([`MigrateOptions::validate`] plus the address and its credential), so
+/// bad options are answered at once and never pause the guest.
 pub fn validate(opts: &MigrateOptions, guest_bytes: u64) -> Result<(), MigrationError> {
-    parse_tcp(&opts.to)?;
+    let a = parse_addr(&opts.to)?;
+    tls_context(&opts.to, &a, opts.tls.as_ref(), false)?;
     // An unreadable /proc/meminfo only skips the host-memory check (0 = unknown); the
     // engine's own allocation of the cache is fallible as well.
     let available = mem_available_bytes().unwrap_or(0);
@@ -86,7 +135,22 @@ mod tests {
             to: "udp:x".into(),
             ..opts()
         };
-        assert!(refusal(addr).contains("expected tcp:HOST:PORT"));
+        assert!(refusal(addr).contains("expected tls:HOST:PORT"));
+        let no_credential = MigrateOptions {
+            to: "tls:127.0.0.1:4444".into(),
+            ..opts()
+        };
+        assert!(refusal(no_credential).contains("no migration credential"));
+        let bad_credential = MigrateOptions {
+            to: "tls:127.0.0.1:4444".into(),
+            tls: Some(MigrationTls {
+                ca_pem: "junk".into(),
+                cert_pem: "junk".into(),
+                key_pem: "junk".into(),
+            }),
+            ..opts()
+        };
+        assert!(refusal(bad_credential).contains("not valid PEM"));
     }
 
     #[test]

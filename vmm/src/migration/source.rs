@@ -1,20 +1,25 @@
-//! The source side of a live migration: connects to the destination and runs the engine's
+//! The source side of a live migration: connects to the destination (mutual TLS with
+//! `tls:`), and runs the engine's
 //! precopy ([`novacron_migration::sender`]) over this machine's memory; any failure before
 //! the destination's confirmation resumes the guest here.
 
 use super::glue::{self, GuestSource, VmGuest};
-use super::options::{parse_tcp, MigrateOptions, MigrationSummary};
+use super::options::{parse_addr, tls_context, MigrateOptions, MigrationSummary};
 use super::MigrationError;
 use crate::machine::Machine;
 use novacron_migration::disk::Joined;
 use novacron_migration::sender;
 use novacron_migration::session::{Cancel, SessionError};
+use novacron_migration::transport::Transport;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Longest wait for the destination to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn connect(opts: &MigrateOptions) -> Result<TcpStream, MigrationError> {
-    let addr = parse_tcp(&opts.to)?;
+    let addr = parse_addr(&opts.to)?.addr;
     // The destination may still be starting: retry briefly.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -50,8 +55,21 @@ pub fn migrate(
     on_connected: &dyn Fn(&TcpStream),
 ) -> Result<MigrationSummary, MigrationError> {
     let disks = glue::disk_source(m)?;
-    let stream = connect(opts)?;
-    on_connected(&stream);
+    let tls = tls_context(&opts.to, &parse_addr(&opts.to)?, opts.tls.as_ref(), false)?;
+    let socket = connect(opts)?;
+    on_connected(&socket);
+    // With `tls:` only a destination certified by this migration's CA gets the stream; a
+    // failed handshake fails the migration before anything paused the guest.
+    let stream = match tls {
+        Some(ctx) => {
+            ctx.handshake(socket, HANDSHAKE_TIMEOUT)
+                .map_err(|source| MigrationError::Tls {
+                    addr: opts.to.clone(),
+                    source,
+                })?
+        }
+        None => Transport::from(socket),
+    };
     // Guest memory, then the copied disks, in one unit space: one session moves both.
     let mut source = Joined::source(GuestSource::new(m), disks)?;
     let mut guest = VmGuest::new(m, opts.auto_converge);
