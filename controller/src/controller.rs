@@ -18,6 +18,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use crate::agent_client::AgentPool;
 use crate::events::EventBus;
+use crate::iam::Iam;
 use crate::state::State;
 use crate::store::{Op, Store};
 use crate::util::now_ms;
@@ -31,6 +32,7 @@ mod locks;
 mod registry;
 pub mod validate;
 mod vm_ops;
+pub(crate) use vm_ops::Origin;
 
 pub use config::Config;
 pub(crate) use error::agent_err;
@@ -51,6 +53,7 @@ pub struct Controller {
     pub(crate) events: EventBus,
     pub(crate) agents: AgentPool,
     locks: Mutex<HashMap<String, locks::KeyLock>>,
+    iam: Arc<Iam>,
 }
 
 /// The page size of a list request: the default when none is given, at most [`MAX_PAGE`].
@@ -67,8 +70,12 @@ impl Controller {
         let store = Arc::new(Store::open(&cfg.data_dir)?);
         let _ = store.expire_requests(now_ms() - 24 * 3600 * 1000);
         let snap = store.load()?;
-        let state = State::from_records(cfg.policy, snap.hosts, snap.vms, now_ms());
+        let iam = Arc::new(Iam::open(Arc::clone(&store), &cfg.data_dir)?);
         let events = EventBus::new(Arc::clone(&store), snap.last_event_seq);
+        for vm in &snap.vms {
+            events.learn_project(&vm.id, crate::iam::project_of(vm));
+        }
+        let state = State::from_records(cfg.policy, snap.hosts, snap.vms, now_ms());
         Ok(Arc::new(Controller {
             cfg,
             store,
@@ -76,7 +83,40 @@ impl Controller {
             events,
             agents: AgentPool::new(),
             locks: Mutex::new(HashMap::new()),
+            iam,
         }))
+    }
+
+    /// Identity and access: users, projects, tokens, the audit log.
+    pub fn iam(&self) -> &Arc<Iam> {
+        &self.iam
+    }
+
+    /// What the VMs of `project` use, against its quota.
+    pub fn project_usage(&self, project: &str) -> pb::Usage {
+        crate::iam::quotas::usage(self.state().vms.values(), project)
+    }
+
+    /// Runs `f` under the state mutex (what creates check quotas under).
+    pub(crate) fn with_state_lock<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _st = self.state();
+        f()
+    }
+
+    /// Checks that a new VM of `project` with `spec` fits the project's quota, under the
+    /// state mutex `st` that the caller holds until the VM is in the state: the same atomic
+    /// step as the scheduler's claim, so concurrent creates cannot exceed a quota.
+    pub(crate) fn check_quota(&self, st: &State, project: &str, spec: &pb::VmSpec) -> Result<()> {
+        let quota = self
+            .iam
+            .quota(project)
+            .map_err(|e| ControllerError::Internal(e.to_string()))?;
+        if quota == pb::Quota::default() {
+            return Ok(());
+        }
+        let used = crate::iam::quotas::usage(st.vms.values(), project);
+        crate::iam::quotas::check(project, &quota, &used, spec)
+            .map_err(ControllerError::ResourceExhausted)
     }
 
     /// The settings.

@@ -8,13 +8,14 @@
 //! loop), [`events`] (event log and watch), [`agent_client`] (agents' gRPC clients), [`api`]
 //! (gRPC services), [`server`] (serving; bearer tokens
 //! through [`novacron_proto::auth`]), [`ctl`] (novactl), [`storage`] (snapshots, clones,
-//! templates).
+//! templates), [`iam`] (users, projects, roles, tokens, quotas, audit log).
 
 pub mod agent_client;
 pub mod api;
 pub mod controller;
 pub mod ctl;
 pub mod events;
+pub mod iam;
 pub mod migration;
 pub mod reconcile;
 pub mod scheduler;

@@ -1,4 +1,6 @@
 //! `novacron-controller --listen ADDR --data-dir DIR`: the NovaCron controller.
+//! `novacron-controller bootstrap-admin --data-dir DIR --user NAME [--password-file F]
+//! [--totp]`: creates the first admin in the store (the controller stopped).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use novacron_controller::iam::authn::IamMode;
 use novacron_controller::scheduler::{Policy, Strategy};
 use novacron_controller::{server, Config};
 use novacron_proto::auth;
@@ -53,13 +56,84 @@ struct Args {
     /// Downtime target of migrations that do not give one (ms; 0: the VMM's default).
     #[arg(long, default_value_t = 0)]
     migration_downtime_ms: u32,
-    /// Require `authorization: Bearer <token>` with the token in this file.
+    /// Agents must send `authorization: Bearer <token>` with the token in this file (users
+    /// authenticate with their own tokens: `novactl login`).
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// Development only: calls without a token act as an admin.
+    #[arg(long)]
+    insecure_dev: bool,
+}
+
+/// Creates the first admin of a controller's store. Run it on the controller host with the
+/// controller stopped; the password comes from `--password-file` or the first line of
+/// standard input.
+#[derive(Debug, Parser)]
+#[command(name = "novacron-controller bootstrap-admin")]
+struct BootstrapArgs {
+    /// Directory of the embedded store.
+    #[arg(long, default_value = "/var/lib/novacron/controller")]
+    data_dir: PathBuf,
+    /// Name of the admin.
+    #[arg(long)]
+    user: String,
+    /// File holding the password (default: read a line from standard input).
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// Also enrol TOTP now and print its secret and otpauth URL.
+    #[arg(long)]
+    totp: bool,
+}
+
+fn bootstrap(args: BootstrapArgs) -> ExitCode {
+    let password = match &args.password_file {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display())),
+        None => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map(|_| line)
+                .map_err(|e| format!("standard input: {e}"))
+        }
+    };
+    let password = match password {
+        Ok(p) => p.trim_end_matches(['\r', '\n']).to_string(),
+        Err(e) => {
+            eprintln!("novacron-controller bootstrap-admin: cannot read the password: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let res = novacron_controller::store::Store::open(&args.data_dir)
+        .map_err(|e| e.to_string())
+        .and_then(|store| {
+            novacron_controller::iam::Iam::open(std::sync::Arc::new(store), &args.data_dir)
+                .map_err(|e| e.to_string())
+        })
+        .and_then(|iam| {
+            novacron_controller::iam::bootstrap_admin(iam.store(), &args.user, &password, args.totp)
+                .map_err(|e| e.to_string())
+        });
+    match res {
+        Ok(totp) => {
+            println!("admin {} created", args.user);
+            if let Some(t) = totp {
+                println!("TOTP secret: {}", t.secret);
+                println!("otpauth URL: {}", t.otpauth_url);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("novacron-controller bootstrap-admin: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
     novacron_proto::serving::init_logging();
+    if std::env::args().nth(1).as_deref() == Some("bootstrap-admin") {
+        return bootstrap(BootstrapArgs::parse_from(std::env::args().skip(1)));
+    }
     let args = Args::parse();
     if args.cpu_overcommit <= 0.0 || args.memory_overcommit <= 0.0 {
         eprintln!("novacron-controller: overcommit ratios must be positive");
@@ -103,7 +177,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(server::serve(cfg, args.listen, token)) {
+    let iam = if args.insecure_dev {
+        IamMode::InsecureDev
+    } else {
+        IamMode::Enforce
+    };
+    match rt.block_on(server::serve(cfg, args.listen, token, iam)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("novacron-controller: {e}");

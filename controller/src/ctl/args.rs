@@ -32,9 +32,15 @@ pub struct Cli {
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = Format::Table, global = true)]
     pub output: Format,
-    /// File holding the controller's bearer token; env NOVACRON_TOKEN_FILE.
+    /// File holding the bearer token (an API token or a session token); env
+    /// NOVACRON_TOKEN_FILE, then env NOVACRON_TOKEN (the token itself), then the token
+    /// `novactl login` stored.
     #[arg(long, global = true)]
     pub token_file: Option<PathBuf>,
+    /// Project of new objects, and the only one lists show (default: `default` for new
+    /// objects, every project you see for lists).
+    #[arg(long, global = true)]
+    pub project: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

@@ -165,6 +165,7 @@ macro_rules! call {
 pub async fn run(cli: Cli) -> Result<(), CtlError> {
     let c = connect(&cli).await?;
     let fmt = cli.output;
+    let project = cli.project.clone().unwrap_or_default();
     match cli.command {
         Command::Vm(cmd) => match cmd {
             VmCmd::Create(a) if !a.template.is_empty() => {
@@ -179,18 +180,23 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
                 storage::clone(&mut c.storage.clone(), clone, true, fmt).await?;
             }
             VmCmd::Snapshot(a) => storage::snapshot(&mut c.storage.clone(), a, fmt).await?,
-            VmCmd::Snapshots(a) => storage::snapshots(&mut c.storage.clone(), a, fmt).await?,
+            VmCmd::Snapshots(a) => {
+                storage::snapshots(&mut c.storage.clone(), a, &project, fmt).await?
+            }
             VmCmd::SnapshotDelete(a) => {
                 storage::snapshot_delete(&mut c.storage.clone(), a, fmt).await?
             }
             VmCmd::Restore(a) => storage::restore(&mut c.storage.clone(), a, fmt).await?,
             VmCmd::Clone(a) => storage::clone(&mut c.storage.clone(), a, false, fmt).await?,
             VmCmd::Template(a) => storage::template(&mut c.storage.clone(), a, fmt).await?,
-            VmCmd::Templates => storage::templates(&mut c.storage.clone(), fmt).await?,
+            VmCmd::Templates => storage::templates(&mut c.storage.clone(), &project, fmt).await?,
             VmCmd::SnapshotExport(a) => storage::export(&mut c.storage.clone(), a, fmt).await?,
-            VmCmd::SnapshotImport(a) => storage::import(&mut c.storage.clone(), a, fmt).await?,
+            VmCmd::SnapshotImport(a) => {
+                storage::import(&mut c.storage.clone(), a, &project, fmt).await?
+            }
             VmCmd::Create(a) => {
-                let req = create_request(&a)?;
+                let mut req = create_request(&a)?;
+                req.project = project.clone();
                 let vm = call!(c.vm, create_vm, req);
                 output::print_vm(&vm, fmt);
             }
@@ -209,6 +215,7 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
                         page_token: token.clone(),
                         host: a.host.clone(),
                         labels: labels.clone(),
+                        project: project.clone(),
                     };
                     let resp = call!(c.vm, list_vms, req);
                     all.extend(resp.vms);
