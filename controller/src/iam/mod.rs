@@ -138,19 +138,23 @@ fn decode<M: Message + Default>(key: &str, b: &[u8]) -> Result<M> {
     M::decode(b).map_err(|e| IamError::Internal(format!("stored record {key}: {e}")))
 }
 
-pub(crate) fn user_key(name: &str) -> String {
+/// The store key of a record.
+pub fn user_key(name: &str) -> String {
     format!("user/{name}")
 }
 
-pub(crate) fn project_key(name: &str) -> String {
+/// The store key of a record.
+pub fn project_key(name: &str) -> String {
     format!("project/{name}")
 }
 
-pub(crate) fn member_key(project: &str, user: &str) -> String {
+/// The store key of a record.
+pub fn member_key(project: &str, user: &str) -> String {
     format!("member/{project}/{user}")
 }
 
-pub(crate) fn token_key(id: &str) -> String {
+/// The store key of a record.
+pub fn token_key(id: &str) -> String {
     format!("token/{id}")
 }
 
