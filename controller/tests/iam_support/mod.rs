@@ -306,3 +306,140 @@ pub struct Clients {
     pub storage: StorageServiceClient<Authed>,
     pub iam: IamServiceClient<Authed>,
 }
+
+/// Points host h1 of a (stopped) fixture store at `address`.
+pub fn set_host_address(dir: &Path, address: &str) {
+    let store = Store::open(dir).unwrap();
+    let mut h = store
+        .load()
+        .unwrap()
+        .hosts
+        .into_iter()
+        .find(|h| h.name == "h1")
+        .unwrap();
+    h.address = address.to_string();
+    store.apply(&[Op::PutHost(&h)]).unwrap();
+}
+
+/// An agent that only creates VMs (after `delay`, so that concurrent creates overlap) and
+/// deletes them; everything else is UNIMPLEMENTED.
+#[derive(Debug, Clone)]
+pub struct StubAgent {
+    pub delay: Duration,
+    pub created: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+use novacron_proto::agent::agent_server::{Agent, AgentServer};
+use tonic::{Request, Response, Status};
+
+type DiskStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<apb::DiskExportMessage, Status>> + Send>,
+>;
+
+#[tonic::async_trait]
+impl Agent for StubAgent {
+    async fn get_host_info(
+        &self,
+        _r: Request<apb::GetHostInfoRequest>,
+    ) -> Result<Response<apb::HostInfo>, Status> {
+        Err(Status::unimplemented("stub"))
+    }
+    async fn create_vm(
+        &self,
+        r: Request<apb::CreateVmRequest>,
+    ) -> Result<Response<apb::VmStatus>, Status> {
+        tokio::time::sleep(self.delay).await;
+        self.created
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let id = r.into_inner().config.map(|c| c.id).unwrap_or_default();
+        Ok(Response::new(apb::VmStatus {
+            vm_id: id,
+            state: apb::VmState::Stopped as i32,
+            ..Default::default()
+        }))
+    }
+    async fn start_vm(
+        &self,
+        _r: Request<apb::VmRequest>,
+    ) -> Result<Response<apb::VmStatus>, Status> {
+        Err(Status::unimplemented("stub"))
+    }
+    async fn stop_vm(
+        &self,
+        _r: Request<apb::StopVmRequest>,
+    ) -> Result<Response<apb::VmStatus>, Status> {
+        Err(Status::unimplemented("stub"))
+    }
+    async fn reboot_vm(
+        &self,
+        _r: Request<apb::VmRequest>,
+    ) -> Result<Response<apb::VmStatus>, Status> {
+        Err(Status::unimplemented("stub"))
+    }
+    async fn delete_vm(
+        &self,
+        r: Request<apb::VmRequest>,
+    ) -> Result<Response<apb::DeleteVmResponse>, Status> {
+        let _ = r;
+        Ok(Response::new(apb::DeleteVmResponse::default()))
+    }
+    async fn get_vm(&self, _r: Request<apb::VmRequest>) -> Result<Response<apb::VmStatus>, Status> {
+        Err(Status::unimplemented("stub"))
+    }
+    async fn list_vms(
+        &self,
+        _r: Request<apb::ListVmsRequest>,
+    ) -> Result<Response<apb::ListVmsResponse>, Status> {
+        Err(Status::unimplemented("stub"))
+    }
+    async fn prepare_incoming(
+        &self,
+        _r: Request<apb::PrepareIncomingRequest>,
+    ) -> Result<Response<apb::PrepareIncomingResponse>, Status> {
+        Err(Status::unimplemented("stub"))
+    }
+    async fn abort_incoming(
+        &self,
+        _r: Request<apb::VmRequest>,
+    ) -> Result<Response<apb::VmStatus>, Status> {
+        Err(Status::unimplemented("stub"))
+    }
+    async fn migrate_out(
+        &self,
+        _r: Request<apb::MigrateOutRequest>,
+    ) -> Result<Response<apb::MigrateOutResponse>, Status> {
+        Err(Status::unimplemented("stub"))
+    }
+    async fn cancel_migration(
+        &self,
+        _r: Request<apb::VmRequest>,
+    ) -> Result<Response<apb::VmStatus>, Status> {
+        Err(Status::unimplemented("stub"))
+    }
+    async fn settle_in_doubt(
+        &self,
+        _r: Request<apb::SettleInDoubtRequest>,
+    ) -> Result<Response<apb::VmStatus>, Status> {
+        Err(Status::unimplemented("stub"))
+    }
+    type ExportDiskStream = DiskStream;
+    async fn export_disk(
+        &self,
+        _r: Request<apb::ExportDiskRequest>,
+    ) -> Result<Response<DiskStream>, Status> {
+        Err(Status::unimplemented("stub"))
+    }
+}
+
+/// Serves a [`StubAgent`] on 127.0.0.1:0; returns its address.
+pub async fn stub_agent(agent: StubAgent) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(AgentServer::new(agent))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await;
+    });
+    addr
+}
