@@ -127,7 +127,7 @@ pub(crate) fn vm_for(
     let vm = ctl
         .state()
         .find_vm(key)
-        .map(Clone::clone)
+        .cloned()
         .map_err(|_| Status::not_found(not_found()))?;
     let project = project_of(&vm);
     // Recorded even when the caller cannot see it: the project's owners read who probed.

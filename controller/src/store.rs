@@ -132,6 +132,9 @@ pub struct Snapshot {
     pub last_event_seq: u64,
 }
 
+/// One row of [`Store::dump_except_audit`]: table name, key bytes, value bytes.
+pub type DumpRow = (&'static str, Vec<u8>, Vec<u8>);
+
 /// The embedded database. Cheap to share behind an `Arc`; redb serialises writers.
 #[derive(Debug)]
 pub struct Store {
@@ -354,7 +357,7 @@ impl Store {
 
     /// Every table but `audit`, row by row (table name, key bytes, value bytes): what a
     /// refused call must leave unchanged, for tests.
-    pub fn dump_except_audit(&self) -> Result<Vec<(&'static str, Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn dump_except_audit(&self) -> Result<Vec<DumpRow>, StoreError> {
         let txn = db!(self.db.begin_read())?;
         let mut out = Vec::new();
         for (name, def) in [

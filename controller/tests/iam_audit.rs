@@ -3,6 +3,9 @@
 //! result; reads are not; `ListAudit` filters by project and time and is for admins and
 //! owners; a watch shows each caller only its projects' events.
 
+// Test code: a failed step panics with its error.
+#![allow(clippy::unwrap_used)]
+
 mod iam_support;
 
 use std::time::Duration;

@@ -7,6 +7,9 @@
 //! calls, refused or not, add one audit record; reads add none. The table of rows is
 //! checked against the services' descriptors, so an RPC without a row fails the test.
 
+// Test code: a failed step panics with its error.
+#![allow(clippy::unwrap_used)]
+
 mod iam_support;
 
 use std::collections::BTreeSet;

@@ -3,6 +3,9 @@
 //! rest answer RESOURCE_EXHAUSTED naming the quota. The agent (a stub) answers each create
 //! after a delay, so every create of a round is in flight at once.
 
+// Test code: a failed step panics with its error.
+#![allow(clippy::unwrap_used)]
+
 mod iam_support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -3,6 +3,9 @@
 //! wrong password or TOTP code (or none, once TOTP is enrolled) all answer UNAUTHENTICATED;
 //! the right credentials work, and development mode lets token-less calls act as admin.
 
+// Test code: a failed step panics with its error.
+#![allow(clippy::unwrap_used)]
+
 mod iam_support;
 
 use std::time::Duration;

@@ -53,7 +53,7 @@ pub fn check(
     used: &pb::Usage,
     spec: &pb::VmSpec,
 ) -> Result<(), String> {
-    let mut after = used.clone();
+    let mut after = *used;
     add(&mut after, &usage_of_spec(spec));
     let over = |what: &str, max: u64, want: u64, have: u64| {
         Err(format!(

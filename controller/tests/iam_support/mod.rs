@@ -1,7 +1,7 @@
 //! Shared by the identity and access tests: a fixture store (users, projects, members, API
 //! tokens, a host, VMs and snapshots in two projects) written with the library, and a real
 //! controller serving a copy of it on 127.0.0.1:0 over real gRPC.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
