@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub use super::iam::{AuditArgs, LoginArgs, ProjectCmd, TokenCmd, UserCmd};
 pub use super::storage::{
     CloneArgs, ExportArgs, ImportArgs, RestoreArgs, SnapArgs, SnapshotsArgs, TemplateArgs,
 };
@@ -57,6 +58,23 @@ pub enum Command {
     Host(HostCmd),
     /// Show events (and follow them with --follow).
     Events(EventsArgs),
+    /// Log in (password, then the TOTP code if enrolled) and keep the session token.
+    Login(LoginArgs),
+    /// Forget the stored session token.
+    Logout,
+    /// Who the token is, and its projects.
+    Whoami,
+    /// Users (admins), and your TOTP second factor.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Projects, their members and quotas.
+    #[command(subcommand)]
+    Project(ProjectCmd),
+    /// API tokens for automation (the project is `--project`).
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// The audit log of mutating calls (`--project P`; admins: all projects).
+    Audit(AuditArgs),
 }
 
 /// `vm` verbs.

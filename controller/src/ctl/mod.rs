@@ -4,19 +4,22 @@
 //! are retried with the same id when the controller is briefly unavailable.
 //!
 //! [`args`] holds the command line as clap parses it, [`parse`] turns arguments into
-//! requests, [`output`] prints answers; this module connects and runs a command.
+//! requests, [`output`] prints answers, [`storage`] and [`iam`] hold the storage and the
+//! identity verbs (login, users, projects, tokens, audit); this module connects and runs a
+//! command.
 
 pub mod args;
+pub mod iam;
 pub mod output;
 pub mod parse;
 pub mod storage;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use novacron_proto::auth::{read_token, AttachToken, AuthError};
+use novacron_proto::auth::{AttachToken, AuthError};
 use novacron_proto::controller as pb;
 use novacron_proto::controller::host_service_client::HostServiceClient;
+use novacron_proto::controller::iam_service_client::IamServiceClient;
 use novacron_proto::controller::storage_service_client::StorageServiceClient;
 use novacron_proto::controller::vm_service_client::VmServiceClient;
 use novacron_vmm_api::units::UnitError;
@@ -88,19 +91,17 @@ struct Clients {
     vm: VmServiceClient<Authed>,
     host: HostServiceClient<Authed>,
     storage: StorageServiceClient<Authed>,
+    iam: IamServiceClient<Authed>,
 }
 
 /// Default controller address.
 pub const DEFAULT_CONTROLLER: &str = "127.0.0.1:7070";
 
 async fn connect(cli: &Cli) -> Result<Clients, CtlError> {
-    let token_file = cli
-        .token_file
-        .clone()
-        .or_else(|| std::env::var_os("NOVACRON_TOKEN_FILE").map(PathBuf::from));
-    let token = match &token_file {
-        Some(p) => Some(read_token(p)?),
-        None => None,
+    let token = match cli.command {
+        // A login needs no token (and a stale one must not stand in its way).
+        Command::Login(_) => None,
+        _ => iam::token_for(cli)?,
     };
     let auth = AttachToken::new(token.as_deref())?;
     let addr = cli
@@ -126,7 +127,8 @@ async fn connect(cli: &Cli) -> Result<Clients, CtlError> {
     Ok(Clients {
         vm: VmServiceClient::with_interceptor(ch.clone(), auth.clone()),
         host: HostServiceClient::with_interceptor(ch.clone(), auth.clone()),
-        storage: StorageServiceClient::with_interceptor(ch, auth),
+        storage: StorageServiceClient::with_interceptor(ch.clone(), auth.clone()),
+        iam: IamServiceClient::with_interceptor(ch, auth),
     })
 }
 
@@ -163,6 +165,9 @@ macro_rules! call {
 
 /// Runs one novactl command, writing its output to stdout.
 pub async fn run(cli: Cli) -> Result<(), CtlError> {
+    if let Command::Logout = cli.command {
+        return iam::logout();
+    }
     let c = connect(&cli).await?;
     let fmt = cli.output;
     let project = cli.project.clone().unwrap_or_default();
@@ -333,6 +338,13 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
                 output::print_drain(&r, fmt);
             }
         },
+        Command::Login(a) => iam::login(&mut c.iam.clone(), a, fmt).await?,
+        Command::Logout => iam::logout()?,
+        Command::Whoami => iam::whoami(&mut c.iam.clone(), fmt).await?,
+        Command::User(cmd) => iam::user(&mut c.iam.clone(), cmd, fmt).await?,
+        Command::Project(cmd) => iam::project(&mut c.iam.clone(), cmd, fmt).await?,
+        Command::Token(cmd) => iam::token(&mut c.iam.clone(), cmd, &project, fmt).await?,
+        Command::Audit(a) => iam::audit(&mut c.iam.clone(), a, &project, fmt).await?,
         Command::Events(a) => {
             let req = pb::WatchEventsRequest {
                 since_seq: a.since,
