@@ -30,8 +30,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ctl() { "$BIN/novactl" --controller "$CTL" "$@"; }
+ctl() { NOVACRON_CONFIG_DIR="$DEMO/novactl" "$BIN/novactl" --controller "$CTL" "$@"; }
 
+echo "== creating the first admin (novacron-controller bootstrap-admin)"
+printf 'demo-password\n' >"$DEMO/password"
+"$BIN/novacron-controller" bootstrap-admin --data-dir "$DEMO/controller" --user admin \
+    --password-file "$DEMO/password"
 echo "== starting novacron-controller on $CTL and agents node-a (127.0.0.2) and node-b (127.0.0.3)"
 "$BIN/novacron-controller" --listen "$CTL" --data-dir "$DEMO/controller" >"$DEMO/controller.log" 2>&1 &
 PIDS+=($!)
@@ -41,6 +45,11 @@ PIDS+=($!)
 "$BIN/novacron-agent" --listen 127.0.0.3:17080 --controller "$CTL" --name node-b --data-dir "$DEMO/node-b" \
     --vmm-binary "$BIN/novacron-vmm" --capacity-memory 1G --label zone=b >"$DEMO/node-b.log" 2>&1 &
 PIDS+=($!)
+for _ in $(seq 50); do
+    ctl login --user admin --password-file "$DEMO/password" >/dev/null 2>&1 && break
+    sleep 0.2
+done
+ctl whoami
 for _ in $(seq 50); do
     [ "$(ctl -o json host list 2>/dev/null | grep -c '"state": "Ready"')" = 2 ] && break
     sleep 0.2
