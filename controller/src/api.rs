@@ -19,7 +19,7 @@ use crate::controller::Controller;
 use crate::events::{EventError, EventFilter};
 use crate::iam::audit::Call;
 use crate::iam::authn::principal;
-use crate::iam::{check, project_of, requested_project, Action, Object, Principal};
+use crate::iam::{check, project_of, Action, Object, Principal};
 
 /// Errors of the API layer itself.
 #[derive(Debug, thiserror::Error)]
@@ -165,7 +165,11 @@ impl VmService for VmApi {
             .as_ref()
             .map(|s| s.name.clone())
             .unwrap_or_default();
-        let project = requested_project(&req.project).to_string();
+        let project = if req.project.is_empty() {
+            p.default_project()
+        } else {
+            req.project.clone()
+        };
         let mut call = self.call(&p, "VmService/CreateVm", &req.request_id, &name);
         call.project(&project);
         let res = async {

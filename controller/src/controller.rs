@@ -97,20 +97,25 @@ impl Controller {
         crate::iam::quotas::usage(self.state().vms.values(), project)
     }
 
-    /// Runs `f` under the state mutex (what creates check quotas under).
-    pub(crate) fn with_state_lock<T>(&self, f: impl FnOnce() -> T) -> T {
-        let _st = self.state();
-        f()
+    /// Runs `f` under the state mutex (what creates check projects and quotas under), with
+    /// the state it guards.
+    pub(crate) fn with_state_lock<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        let st = self.state();
+        f(&st)
     }
 
-    /// Checks that a new VM of `project` with `spec` fits the project's quota, under the
+    /// Checks that `project` exists and a new VM of it with `spec` fits its quota, under the
     /// state mutex `st` that the caller holds until the VM is in the state: the same atomic
     /// step as the scheduler's claim, so concurrent creates cannot exceed a quota.
     pub(crate) fn check_quota(&self, st: &State, project: &str, spec: &pb::VmSpec) -> Result<()> {
-        let quota = self
-            .iam
-            .quota(project)
-            .map_err(|e| ControllerError::Internal(e.to_string()))?;
+        // Read under the mutex `DeleteProject` deletes under: no VM lands in a project
+        // being deleted.
+        let Some(proj) = self.iam.project(project)? else {
+            return Err(ControllerError::NotFound(crate::iam::project_not_found(
+                project,
+            )));
+        };
+        let quota = proj.quota.unwrap_or_default();
         if quota == pb::Quota::default() {
             return Ok(());
         }

@@ -154,6 +154,21 @@ impl Principal {
     pub fn sees(&self, project: &str) -> bool {
         self.level(project).is_some()
     }
+
+    /// The project of a new object whose request names none: the API token's project;
+    /// else `default` when the caller sees it; else the caller's only project; else
+    /// `default` (which then answers NOT_FOUND).
+    pub fn default_project(&self) -> String {
+        if let Some(p) = self.scoped_project() {
+            return p.to_string();
+        }
+        if !self.sees(super::DEFAULT_PROJECT) && self.roles.len() == 1 {
+            if let Some(p) = self.roles.keys().next() {
+                return p.clone();
+            }
+        }
+        super::DEFAULT_PROJECT.to_string()
+    }
 }
 
 /// What a call does to its object, for [`authorize`].
@@ -315,5 +330,21 @@ mod tests {
         assert!(!admin.sees("q"));
         admin.scope = Some(Scope::Admin);
         assert!(admin.is_admin());
+    }
+
+    #[test]
+    fn new_objects_default_to_the_callers_project() {
+        assert_eq!(user(&[("p", Role::Operator)]).default_project(), "p");
+        assert_eq!(
+            user(&[("p", Role::Owner), ("q", Role::Owner)]).default_project(),
+            "default"
+        );
+        assert_eq!(
+            user(&[("p", Role::Owner), ("default", Role::Viewer)]).default_project(),
+            "default"
+        );
+        let mut t = user(&[("p", Role::Owner), ("q", Role::Owner)]);
+        t.scope = Some(Scope::Project("q".into(), Role::Viewer));
+        assert_eq!(t.default_project(), "q");
     }
 }

@@ -341,13 +341,6 @@ impl IamService for IamApi {
                 .iam()
                 .project(&req.name)?
                 .ok_or_else(|| Status::not_found(project_not_found(&req.name)))?;
-            let used = self.usage(&req.name);
-            if used.vms > 0 {
-                return Err(Status::failed_precondition(format!(
-                    "project {} still has {} VMs: delete them first",
-                    req.name, used.vms
-                )));
-            }
             let mut keys = vec![project_key(&req.name)];
             for m in self.iam().members(Some(&req.name))? {
                 keys.push(member_key(&m.project, &m.user));
@@ -359,7 +352,18 @@ impl IamService for IamApi {
                 }
             }
             let ops: Vec<Op<'_>> = keys.iter().map(|k| Op::DeleteIam(k)).collect();
-            self.iam().store().apply(&ops).map_err(IamError::from)?;
+            // Checked and deleted under the state mutex: no create lands in it meanwhile.
+            self.0.with_state_lock(|st| {
+                let used = super::quotas::usage(st.vms.values(), &req.name);
+                if used.vms > 0 {
+                    return Err(Status::failed_precondition(format!(
+                        "project {} still has {} VMs: delete them first",
+                        req.name, used.vms
+                    )));
+                }
+                self.iam().store().apply(&ops).map_err(IamError::from)?;
+                Ok(())
+            })?;
             Ok(proj)
         })();
         self.finish(call, res)
@@ -448,7 +452,7 @@ impl IamService for IamApi {
             // Under the state mutex: a create deciding meanwhile sees the old or the new
             // quota, never half of one.
             self.0
-                .with_state_lock(|| {
+                .with_state_lock(|_| {
                     self.iam()
                         .store()
                         .apply(&[Op::PutIam(&key, proj.encode_to_vec())])

@@ -13,7 +13,7 @@ use crate::api::{client_rid, split, vm_for};
 use crate::controller::Controller;
 use crate::iam::audit::Call;
 use crate::iam::authn::principal;
-use crate::iam::{check, project_of, requested_project, Action, Object, Principal};
+use crate::iam::{check, project_of, Action, Object, Principal};
 
 /// The storage service.
 #[derive(Debug, Clone)]
@@ -192,7 +192,11 @@ impl StorageService for StorageApi {
         r: Request<pb::ImportSnapshotRequest>,
     ) -> R<pb::ImportSnapshotResponse> {
         let (p, mut req) = split(r)?;
-        let project = requested_project(&req.project).to_string();
+        let project = if req.project.is_empty() {
+            p.default_project()
+        } else {
+            req.project.clone()
+        };
         let mut call = self.call(
             &p,
             "StorageService/ImportSnapshot",
