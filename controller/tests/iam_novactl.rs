@@ -271,6 +271,7 @@ async fn login_projects_tokens_and_audit_from_the_command_line() {
 async fn bootstrap_admin_on_the_controller_host() {
     let dir = iam_support::scratch("bootstrap");
     let bin = env!("CARGO_BIN_EXE_novacron-controller");
+    let token_file = dir.join("admin-token");
     let boot = |user: &str, totp: bool| {
         let mut c = Command::new(bin);
         c.args([
@@ -282,6 +283,7 @@ async fn bootstrap_admin_on_the_controller_host() {
         ]);
         if totp {
             c.arg("--totp");
+            c.arg("--api-token-file").arg(&token_file);
         }
         let mut child = c
             .stdin(Stdio::piped())
@@ -308,7 +310,20 @@ async fn bootstrap_admin_on_the_controller_host() {
     let srv = start(&dir, IamMode::Enforce).await;
     let rec = users::get(srv.ctl.iam().store(), "admin").unwrap().unwrap();
     assert!(rec.admin() && !rec.totp_secret.is_empty());
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
     let config = dir.join("cfg");
+    let (good, out, err) = novactl(
+        &srv.addr.to_string(),
+        &config,
+        &[],
+        &["whoami", "--token-file", token_file.to_str().unwrap()],
+        "",
+    );
+    assert!(
+        good && out.starts_with("admin, admin (API token "),
+        "{out} {err}"
+    );
     let pw = dir.join("pw");
     std::fs::write(&pw, PASSWORD).unwrap();
     let (good, _, err) = novactl(

@@ -116,6 +116,21 @@ async fn concurrent_creates_never_exceed_a_quota() {
     let u = q.usage.unwrap();
     assert_eq!((u.vms, u.vcpus, u.memory_bytes), (5, 5, 5 * 64 * MIB));
 
+    // A clone counts against its source's project too.
+    let s = srv
+        .clients(Some(&oscar))
+        .storage
+        .clone_vm(pb::CloneVmRequest {
+            source: "a-vm".into(),
+            name: "a-clone".into(),
+            stopped: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    assert!(s.message().contains("max_vms"), "{s:?}");
+
     // vCPUs: 5 in use, 3 more allowed; 2-vCPU creates: exactly one fits.
     a.iam
         .set_quota(set(pb::Quota {

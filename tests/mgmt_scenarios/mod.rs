@@ -112,6 +112,7 @@ async fn create(c: &mut VmClient, spec: pb::VmSpec) -> pb::Vm {
         request_id: String::new(),
         spec: Some(spec),
         stopped: false,
+        ..Default::default()
     })
     .await
     .unwrap_or_else(|e| panic!("create {name}: {e}"))
@@ -327,6 +328,7 @@ pub async fn placement_lifecycle_and_errors(vmm: Vmm) {
         request_id: "req-1".into(),
         spec: Some(cl.spec("retry", 32)),
         stopped: false,
+        ..Default::default()
     };
     let first = c.create_vm(req.clone()).await.expect("create").into_inner();
     let again = c.create_vm(req).await.expect("retried create").into_inner();
@@ -662,6 +664,7 @@ pub async fn controller_restart(vmm: Vmm) {
         request_id: "dup".into(),
         spec: Some(cl.spec("p-dup", 32)),
         stopped: true,
+        ..Default::default()
     };
     let first = c.create_vm(req.clone()).await.expect("create").into_inner();
     cl.kill("controller");

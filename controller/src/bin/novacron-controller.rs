@@ -83,6 +83,23 @@ struct BootstrapArgs {
     /// Also enrol TOTP now and print its secret and otpauth URL.
     #[arg(long)]
     totp: bool,
+    /// Also write an admin API token (valid until revoked) to this new file (mode 0600), for
+    /// automation that cannot log in (`novactl --token-file`).
+    #[arg(long)]
+    api_token_file: Option<PathBuf>,
+}
+
+/// Writes `text` to a new file only its owner can read.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
 }
 
 fn bootstrap(args: BootstrapArgs) -> ExitCode {
@@ -110,8 +127,26 @@ fn bootstrap(args: BootstrapArgs) -> ExitCode {
                 .map_err(|e| e.to_string())
         })
         .and_then(|iam| {
-            novacron_controller::iam::bootstrap_admin(iam.store(), &args.user, &password, args.totp)
-                .map_err(|e| e.to_string())
+            let totp = novacron_controller::iam::bootstrap_admin(
+                iam.store(),
+                &args.user,
+                &password,
+                args.totp,
+            )
+            .map_err(|e| e.to_string())?;
+            if let Some(path) = &args.api_token_file {
+                let (_, token) = novacron_controller::iam::tokens::mint(
+                    iam.store(),
+                    &args.user,
+                    "",
+                    novacron_proto::controller::Role::Admin as i32,
+                    "bootstrap",
+                    0,
+                )
+                .map_err(|e| e.to_string())?;
+                write_private(path, &token).map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            Ok(totp)
         });
     match res {
         Ok(totp) => {

@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::users::random;
-use super::{IamError, Result};
+use super::{token_key, IamError, Result};
+use crate::store::{Op, Store};
+use crate::util::now_ms;
 
 /// The key file in the data directory.
 pub const KEY_FILE: &str = "iam-signing.key";
@@ -171,6 +173,48 @@ pub fn parse_api_token(t: &str) -> Option<(&str, &str)> {
     let (id, secret) = rest.split_once('.')?;
     let hexy = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_hexdigit());
     (hexy(id) && hexy(secret) && id.len() == 16).then_some((id, secret))
+}
+
+/// Stores a new API token of `user` for `project` with `role` (no checks: the caller
+/// decided it may), valid `ttl_s` (0: until revoked); returns what the API shows and the
+/// token itself, which is never stored.
+pub fn mint(
+    store: &Store,
+    user: &str,
+    project: &str,
+    role: i32,
+    description: &str,
+    ttl_s: u64,
+) -> Result<(pb::ApiToken, String)> {
+    let (id, secret, token) = new_api_token()?;
+    let now = now_ms();
+    let info = pb::ApiToken {
+        id: id.clone(),
+        user: user.to_string(),
+        project: project.to_string(),
+        role,
+        description: description.to_string(),
+        created_at_ms: now,
+        expires_at_ms: if ttl_s == 0 {
+            0
+        } else {
+            now.saturating_add(
+                i64::try_from(ttl_s)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(1000),
+            )
+        },
+        revoked: false,
+    };
+    let rec = TokenRecord {
+        info: Some(info.clone()),
+        digest: digest(&secret),
+    };
+    store.apply(&[Op::PutIam(
+        &token_key(&id),
+        prost::Message::encode_to_vec(&rec),
+    )])?;
+    Ok((info, token))
 }
 
 /// A stored API token: what the API shows, and the digest of its secret.
