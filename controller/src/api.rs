@@ -110,6 +110,20 @@ pub(crate) fn client_rid<'a>(p: &Principal, rid: &'a str) -> &'a str {
         .unwrap_or(rid)
 }
 
+/// The stored answer of a retried request (its id is the caller's own, see [`split`]): a
+/// retry gets it even when the object is gone (a retried delete), without a new policy
+/// decision about an object that may no longer exist.
+pub(crate) fn replay<R: prost::Message + Default>(
+    ctl: &Controller,
+    request_id: &str,
+    method: &str,
+) -> Result<Option<R>, Status> {
+    if request_id.is_empty() {
+        return Ok(None);
+    }
+    Ok(ctl.stored_answer(request_id, method)?)
+}
+
 /// The VM `key` names, if the caller may do `action` to it: NOT_FOUND (the message of a
 /// missing VM) when it cannot see the VM's project, PERMISSION_DENIED when its role does
 /// not allow the action. Records the project in `call`.
@@ -211,6 +225,9 @@ impl VmService for VmApi {
         let (p, mut req) = split(r)?;
         let mut call = self.call(&p, "VmService/StartVm", &req.request_id, &req.vm);
         let res = async {
+            if let Some(r) = replay(&self.0, &req.request_id, "StartVm")? {
+                return Ok(r);
+            }
             req.vm = vm_for(&self.0, &p, &req.vm, Action::Operate, Some(&mut call))?.id;
             Ok(self.0.start_vm(req).await?)
         }
@@ -222,6 +239,9 @@ impl VmService for VmApi {
         let (p, mut req) = split(r)?;
         let mut call = self.call(&p, "VmService/StopVm", &req.request_id, &req.vm);
         let res = async {
+            if let Some(r) = replay(&self.0, &req.request_id, "StopVm")? {
+                return Ok(r);
+            }
             req.vm = vm_for(&self.0, &p, &req.vm, Action::Operate, Some(&mut call))?.id;
             Ok(self.0.stop_vm(req).await?)
         }
@@ -233,6 +253,9 @@ impl VmService for VmApi {
         let (p, mut req) = split(r)?;
         let mut call = self.call(&p, "VmService/RebootVm", &req.request_id, &req.vm);
         let res = async {
+            if let Some(r) = replay(&self.0, &req.request_id, "RebootVm")? {
+                return Ok(r);
+            }
             req.vm = vm_for(&self.0, &p, &req.vm, Action::Operate, Some(&mut call))?.id;
             Ok(self.0.reboot_vm(req).await?)
         }
@@ -247,6 +270,9 @@ impl VmService for VmApi {
         let (p, mut req) = split(r)?;
         let mut call = self.call(&p, "VmService/DeleteVm", &req.request_id, &req.vm);
         let res = async {
+            if let Some(r) = replay(&self.0, &req.request_id, "DeleteVm")? {
+                return Ok(r);
+            }
             req.vm = vm_for(&self.0, &p, &req.vm, Action::Delete, Some(&mut call))?.id;
             Ok(self.0.delete_vm(req).await?)
         }
@@ -261,6 +287,9 @@ impl VmService for VmApi {
         let (p, mut req) = split(r)?;
         let mut call = self.call(&p, "VmService/MigrateVm", &req.request_id, &req.vm);
         let res = async {
+            if let Some(r) = replay(&self.0, &req.request_id, "MigrateVm")? {
+                return Ok(r);
+            }
             req.vm = vm_for(&self.0, &p, &req.vm, Action::Operate, Some(&mut call))?.id;
             Ok(self.0.migrate_vm(req).await?)
         }

@@ -202,12 +202,24 @@ async fn concurrent_creates_never_exceed_a_quota() {
         .iter()
         .find(|v| v.created_by == "oscar" && v.name.starts_with("vms-"))
         .unwrap();
-    o.vm.delete_vm(pb::VmActionRequest {
-        request_id: String::new(),
+    let del = pb::VmActionRequest {
+        request_id: "del-1".into(),
         vm: mine.name.clone(),
-    })
-    .await
-    .unwrap();
+    };
+    let first = o.vm.delete_vm(del.clone()).await.unwrap().into_inner();
+    // A retry gets the first answer although the VM is gone; the same id from another
+    // user is another request (ids are the caller's own).
+    assert_eq!(
+        o.vm.delete_vm(del.clone()).await.unwrap().into_inner(),
+        first
+    );
+    let s = srv
+        .clients(Some(&session(&fx.dir, "alice", 0, 600)))
+        .vm
+        .delete_vm(del)
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::NotFound);
     let (ok, _) = race(&srv, &oscar, "again", 3, 1, 64).await;
     assert_eq!(ok, 1);
     srv.stop().await;

@@ -241,6 +241,13 @@ async fn api_tokens_revoked_expired_and_scoped() {
         .await
         .unwrap_err();
     assert_eq!(s.code(), Code::PermissionDenied);
+    // An automation token cannot replace its user's second factor.
+    let s = bot
+        .iam
+        .enroll_totp(pb::EnrollTotpRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied);
     // Revoked: refused from then on.
     a.iam
         .revoke_api_token(pb::RevokeApiTokenRequest {

@@ -43,7 +43,7 @@ impl Controller {
     }
 
     /// The stored answer of a request id, checking it was used for `method`.
-    pub(super) fn stored_answer<R: Message + Default>(
+    pub(crate) fn stored_answer<R: Message + Default>(
         &self,
         request_id: &str,
         method: &str,

@@ -58,8 +58,15 @@ impl IamApi {
         users::get(self.iam().store(), name)?.ok_or_else(|| user_not_found(name))
     }
 
-    /// The user a self-service call is about: the caller, or (admins) the one named.
+    /// The user a TOTP call is about: the caller (in a login session), or (admins) the one
+    /// named.
     fn target(&self, p: &Principal, named: &str) -> Result<UserRecord, Status> {
+        if p.token.is_some() && !p.is_admin() {
+            // A leaked automation token must not be able to replace its user's second factor.
+            return Err(Status::permission_denied(
+                "TOTP enrolment needs a login session (novactl login), not an API token",
+            ));
+        }
         if named.is_empty() || named == p.user {
             return self.user(&p.user);
         }

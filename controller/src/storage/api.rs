@@ -9,7 +9,7 @@ use novacron_proto::controller as pb;
 use novacron_proto::controller::storage_service_server::StorageService;
 use tonic::{Request, Response, Status};
 
-use crate::api::{client_rid, split, vm_for};
+use crate::api::{client_rid, replay, split, vm_for};
 use crate::controller::Controller;
 use crate::iam::audit::Call;
 use crate::iam::authn::principal;
@@ -47,6 +47,9 @@ impl StorageService for StorageApi {
             &object,
         );
         let res = async {
+            if let Some(r) = replay(&self.0, &req.request_id, "CreateSnapshot")? {
+                return Ok(r);
+            }
             req.vm = vm_for(&self.0, &p, &req.vm, Action::Operate, Some(&mut call))?.id;
             Ok(self.0.create_snapshot(req, &p.user).await?)
         }
@@ -94,6 +97,9 @@ impl StorageService for StorageApi {
             &object,
         );
         let res = async {
+            if let Some(r) = replay(&self.0, &req.request_id, "DeleteSnapshot")? {
+                return Ok(r);
+            }
             let vm = vm_for(&self.0, &p, &req.vm, Action::Read, Some(&mut call))?;
             let snap = self.0.snapshot_record(&vm, &req.snapshot)?;
             // Operators delete only the snapshots they took.
@@ -123,6 +129,9 @@ impl StorageService for StorageApi {
             &object,
         );
         let res = async {
+            if let Some(r) = replay(&self.0, &req.request_id, "RestoreSnapshot")? {
+                return Ok(r);
+            }
             req.vm = vm_for(&self.0, &p, &req.vm, Action::Operate, Some(&mut call))?.id;
             Ok(self.0.restore_snapshot(req).await?)
         }
@@ -134,6 +143,9 @@ impl StorageService for StorageApi {
         let (p, mut req) = split(r)?;
         let mut call = self.call(&p, "StorageService/CloneVm", &req.request_id, &req.name);
         let res = async {
+            if let Some(r) = replay(&self.0, &req.request_id, "CloneVm")? {
+                return Ok(r);
+            }
             req.source = vm_for(&self.0, &p, &req.source, Action::Operate, Some(&mut call))?.id;
             Ok(self.0.clone_vm(req, &p.user).await?)
         }
@@ -146,6 +158,9 @@ impl StorageService for StorageApi {
         let object = snap_object(&req.vm, &req.snapshot);
         let mut call = self.call(&p, "StorageService/SetTemplate", &req.request_id, &object);
         let res = async {
+            if let Some(r) = replay(&self.0, &req.request_id, "SetTemplate")? {
+                return Ok(r);
+            }
             req.vm = vm_for(&self.0, &p, &req.vm, Action::Operate, Some(&mut call))?.id;
             Ok(self.0.set_template(req).await?)
         }
@@ -180,6 +195,9 @@ impl StorageService for StorageApi {
             &object,
         );
         let res = async {
+            if let Some(r) = replay(&self.0, &req.request_id, "ExportSnapshot")? {
+                return Ok(r);
+            }
             req.vm = vm_for(&self.0, &p, &req.vm, Action::Manage, Some(&mut call))?.id;
             Ok(self.0.export_snapshot(req).await?)
         }
