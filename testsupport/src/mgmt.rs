@@ -370,6 +370,10 @@ impl Cluster {
         let out = Command::new(bin_dir().join("novactl"))
             .args(["--controller", &self.ctl_addr])
             .args(args)
+            // Never a login token of whoever runs the tests.
+            .env("NOVACRON_CONFIG_DIR", self.root.join("novactl"))
+            .env_remove("NOVACRON_TOKEN")
+            .env_remove("NOVACRON_TOKEN_FILE")
             .output()
             .expect("run novactl");
         (
