@@ -6,8 +6,8 @@
 //! Modules: [`store`] (redb), [`scheduler`] (filters, scores, claims), [`state`] (in-memory
 //! view), [`controller`] (operations), [`migration`] (migrate, drain), [`settle`] (ambiguous migration outcomes), [`reconcile`] (the
 //! loop), [`events`] (event log and watch), [`agent_client`] (agents' gRPC clients), [`api`]
-//! (gRPC services), [`server`] (serving; bearer tokens
-//! through [`novacron_proto::auth`]), [`ctl`] (novactl), [`storage`] (snapshots, clones,
+//! (gRPC services), [`server`] (serving; users' tokens checked by [`iam`], the agents'
+//! shared token through [`novacron_proto::auth`]), [`ctl`] (novactl), [`storage`] (snapshots, clones,
 //! templates), [`iam`] (users, projects, roles, tokens, quotas, audit log).
 
 pub mod agent_client;
