@@ -1,5 +1,6 @@
 //! Generates the gRPC code for `agent.proto`, `controller.proto` and the storage APIs
-//! (`agent_storage.proto`, `storage.proto`, in the same packages) with tonic-prost-build.
+//! (`agent_storage.proto`, `storage.proto`) and identity and access (`iam.proto`), in the same
+//! packages, with tonic-prost-build.
 //! `protoc` comes from the `protoc-bin-vendored` crate unless `PROTOC` is already set, so no
 //! system package is needed. A file descriptor set is written to OUT_DIR for server
 //! reflection.
@@ -19,6 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=agent_storage.proto");
     println!("cargo:rerun-if-changed=storage.proto");
     println!("cargo:rerun-if-changed=join.proto");
+    println!("cargo:rerun-if-changed=iam.proto");
     println!("cargo:rerun-if-changed=build.rs");
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("novacron_descriptor.bin"))
@@ -29,6 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "agent_storage.proto",
                 "storage.proto",
                 "join.proto",
+                "iam.proto",
             ],
             &["."],
         )?;

@@ -33,7 +33,7 @@ cleanup() {
 trap cleanup EXIT
 
 JOIN=127.0.0.1:17071
-ctl() { "$BIN/novactl" --controller "$CTL" "$@"; }
+ctl() { NOVACRON_CONFIG_DIR="$DEMO/novactl" "$BIN/novactl" --controller "$CTL" "$@"; }
 
 # Agents take kernels only from their images directory (<data-dir>/images).
 for n in node-a node-b; do
@@ -43,6 +43,10 @@ done
 echo "== certificates: a new CA, the controller's certificate and novactl's (certs init)"
 "$BIN/novacron-controller" certs init --data-dir "$DEMO/controller"
 export NOVACRON_TLS_DIR=$DEMO/controller/pki/clients/admin
+echo "== creating the first admin (novacron-controller bootstrap-admin)"
+printf 'demo-password\n' >"$DEMO/password"
+"$BIN/novacron-controller" bootstrap-admin --data-dir "$DEMO/controller" --user admin \
+    --password-file "$DEMO/password"
 echo "== starting novacron-controller on $CTL (join endpoint $JOIN)"
 "$BIN/novacron-controller" --listen "$CTL" --join-listen "$JOIN" --data-dir "$DEMO/controller" \
     >"$DEMO/controller.log" 2>&1 &
@@ -62,6 +66,11 @@ PIDS+=($!)
 "$BIN/novacron-agent" --listen 127.0.0.3:17080 --controller "$CTL" --name node-b --data-dir "$DEMO/node-b" \
     --vmm-binary "$BIN/novacron-vmm" --capacity-memory 1G --label zone=b >"$DEMO/node-b.log" 2>&1 &
 PIDS+=($!)
+for _ in $(seq 50); do
+    ctl login --user admin --password-file "$DEMO/password" >/dev/null 2>&1 && break
+    sleep 0.2
+done
+ctl whoami
 for _ in $(seq 50); do
     [ "$(ctl -o json host list 2>/dev/null | grep -c '"state": "Ready"')" = 2 ] && break
     sleep 0.2

@@ -18,6 +18,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use crate::agent_client::AgentPool;
 use crate::events::EventBus;
+use crate::iam::Iam;
 use crate::state::State;
 use crate::store::{Op, Store};
 use crate::util::now_ms;
@@ -31,6 +32,7 @@ mod locks;
 mod registry;
 pub mod validate;
 mod vm_ops;
+pub(crate) use vm_ops::Origin;
 
 pub use config::Config;
 pub(crate) use error::agent_err;
@@ -51,6 +53,7 @@ pub struct Controller {
     pub(crate) events: EventBus,
     pub(crate) agents: AgentPool,
     locks: Mutex<HashMap<String, locks::KeyLock>>,
+    iam: Arc<Iam>,
 }
 
 /// The page size of a list request: the default when none is given, at most [`MAX_PAGE`].
@@ -67,8 +70,12 @@ impl Controller {
         let store = Arc::new(Store::open(&cfg.data_dir)?);
         let _ = store.expire_requests(now_ms() - 24 * 3600 * 1000);
         let snap = store.load()?;
-        let state = State::from_records(cfg.policy, snap.hosts, snap.vms, now_ms());
+        let iam = Arc::new(Iam::open(Arc::clone(&store), &cfg.data_dir)?);
         let events = EventBus::new(Arc::clone(&store), snap.last_event_seq);
+        for vm in &snap.vms {
+            events.learn_project(&vm.id, crate::iam::project_of(vm));
+        }
+        let state = State::from_records(cfg.policy, snap.hosts, snap.vms, now_ms());
         let agents = AgentPool::new(cfg.tls.clone());
         Ok(Arc::new(Controller {
             cfg,
@@ -77,7 +84,45 @@ impl Controller {
             events,
             agents,
             locks: Mutex::new(HashMap::new()),
+            iam,
         }))
+    }
+
+    /// Identity and access: users, projects, tokens, the audit log.
+    pub fn iam(&self) -> &Arc<Iam> {
+        &self.iam
+    }
+
+    /// What the VMs of `project` use, against its quota.
+    pub fn project_usage(&self, project: &str) -> pb::Usage {
+        crate::iam::quotas::usage(self.state().vms.values(), project)
+    }
+
+    /// Runs `f` under the state mutex (what creates check projects and quotas under), with
+    /// the state it guards.
+    pub(crate) fn with_state_lock<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        let st = self.state();
+        f(&st)
+    }
+
+    /// Checks that `project` exists and a new VM of it with `spec` fits its quota, under the
+    /// state mutex `st` that the caller holds until the VM is in the state: the same atomic
+    /// step as the scheduler's claim, so concurrent creates cannot exceed a quota.
+    pub(crate) fn check_quota(&self, st: &State, project: &str, spec: &pb::VmSpec) -> Result<()> {
+        // Read under the mutex `DeleteProject` deletes under: no VM lands in a project
+        // being deleted.
+        let Some(proj) = self.iam.project(project)? else {
+            return Err(ControllerError::NotFound(crate::iam::project_not_found(
+                project,
+            )));
+        };
+        let quota = proj.quota.unwrap_or_default();
+        if quota == pb::Quota::default() {
+            return Ok(());
+        }
+        let used = crate::iam::quotas::usage(st.vms.values(), project);
+        crate::iam::quotas::check(project, &quota, &used, spec)
+            .map_err(ControllerError::ResourceExhausted)
     }
 
     /// The settings.

@@ -3,6 +3,7 @@
 //! watchers. A watch replays stored events after a sequence number and then follows the live
 //! feed without gaps or duplicates.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -35,6 +36,9 @@ pub struct EventBus {
     // Serialises append + broadcast so subscribers see sequence order.
     order: Mutex<()>,
     tx: broadcast::Sender<pb::Event>,
+    // The project of each VM, learnt from the VMs stored with events, so that every event
+    // about a VM carries its project (a watch shows callers only their projects' events).
+    projects: Mutex<HashMap<String, String>>,
 }
 
 /// Filters of a watch.
@@ -63,7 +67,15 @@ impl EventBus {
             seq: AtomicU64::new(last_seq),
             order: Mutex::new(()),
             tx,
+            projects: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Remembers the project of a VM (its events carry it).
+    pub fn learn_project(&self, vm_id: &str, project: &str) {
+        self.projects
+            .lock()
+            .insert(vm_id.to_string(), project.to_string());
     }
 
     /// Records and broadcasts an event. A store failure is logged, not returned: events
@@ -105,7 +117,23 @@ impl EventBus {
         let guard = self.order.lock();
         let seq = self.seq.load(Ordering::SeqCst) + 1;
         let (name, id) = vm.unwrap_or(("", ""));
+        for op in ops {
+            if let Op::PutVm(v) = op {
+                self.learn_project(&v.id, crate::iam::project_of(v));
+            }
+        }
+        let project = if id.is_empty() {
+            String::new()
+        } else {
+            let mut m = self.projects.lock();
+            let p = m.get(id).cloned().unwrap_or_default();
+            if kind == "VmDeleted" {
+                m.remove(id);
+            }
+            p
+        };
         let ev = pb::Event {
+            project,
             seq,
             time_ms: now_ms(),
             kind: kind.to_string(),

@@ -6,9 +6,9 @@
 //! Modules: [`store`] (redb), [`scheduler`] (filters, scores, claims), [`state`] (in-memory
 //! view), [`controller`] (operations), [`migration`] (migrate, drain), [`settle`] (ambiguous migration outcomes), [`reconcile`] (the
 //! loop), [`events`] (event log and watch), [`agent_client`] (agents' gRPC clients), [`api`]
-//! (gRPC services), [`server`] (serving; bearer tokens
-//! through [`novacron_proto::auth`]), [`ctl`] (novactl), [`storage`] (snapshots, clones,
-//! templates).
+//! (gRPC services), [`server`] (serving; users' tokens checked by [`iam`], the agents'
+//! shared token through [`novacron_proto::auth`]), [`ctl`] (novactl), [`storage`] (snapshots, clones,
+//! templates), [`iam`] (users, projects, roles, tokens, quotas, audit log).
 
 pub mod agent_client;
 pub mod api;
@@ -16,6 +16,7 @@ pub mod certs;
 pub mod controller;
 pub mod ctl;
 pub mod events;
+pub mod iam;
 pub mod join;
 pub mod migration;
 pub mod migration_tls;

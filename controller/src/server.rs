@@ -1,12 +1,14 @@
-//! Serving: the controller's gRPC server with its three services, standard gRPC health
-//! checking (`grpc.health.v1`) and server reflection, plus the reconcile loop, until SIGINT or
-//! SIGTERM.
+//! Serving: the controller's gRPC server with its services, standard gRPC health checking
+//! (`grpc.health.v1`) and server reflection, plus the reconcile loop and the join endpoint,
+//! until SIGINT or SIGTERM. With TLS every connection is mutual TLS; the user-facing services
+//! (VM, host, storage, identity) then authenticate every call with [`Authenticate`] (users'
+//! session and API tokens), and the agents' `Registry` admits host certificates only.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use novacron_proto::auth::BearerAuth;
 use novacron_proto::controller::host_service_server::HostServiceServer;
+use novacron_proto::controller::iam_service_server::IamServiceServer;
 use novacron_proto::controller::registry_server::RegistryServer;
 use novacron_proto::controller::storage_service_server::StorageServiceServer;
 use novacron_proto::controller::vm_service_server::VmServiceServer;
@@ -16,6 +18,8 @@ use novacron_security::{tls, Allow, RequirePeer, TlsMaterial};
 
 use crate::api::{HostApi, RegistryApi, VmApi};
 use crate::controller::{Config, Controller, ControllerError};
+use crate::iam::authn::{Authenticate, IamMode};
+use crate::iam::service::IamApi;
 use crate::join::JoinApi;
 use crate::reconcile;
 use crate::storage::api::StorageApi;
@@ -48,13 +52,12 @@ pub enum ServerError {
 pub use novacron_proto::serving::shutdown_signal;
 
 /// How the controller serves: its TLS material (none only in development mode, with a
-/// warning), the bearer token of the user-facing services, and the join endpoint.
-#[derive(Default)]
+/// warning), how users authenticate, and the join endpoint.
 pub struct Serving {
     /// The controller's certificate, key and the CA every client must chain to.
     pub tls: Option<TlsMaterial>,
-    /// Bearer token required of user-facing calls.
-    pub token: Option<String>,
+    /// Users' authentication.
+    pub iam: IamMode,
     /// The join endpoint's listener and CA (server-only TLS; needs `tls`).
     pub join: Option<(tokio::net::TcpListener, JoinApi)>,
 }
@@ -71,7 +74,7 @@ pub async fn serve(
     cfg: Config,
     listen: SocketAddr,
     join_listen: Option<SocketAddr>,
-    token: Option<String>,
+    iam: IamMode,
 ) -> Result<(), ServerError> {
     let tls = cfg.tls.clone();
     let ca = match &tls {
@@ -104,7 +107,7 @@ pub async fn serve(
         }
         _ => None,
     };
-    let serving = Serving { tls, token, join };
+    let serving = Serving { tls, iam, join };
     serve_with(ctl, listener, serving, shutdown_signal()).await?;
     tracing::info!("controller on {local} stopped");
     Ok(())
@@ -124,6 +127,7 @@ pub async fn serve_with(
     health
         .set_serving::<StorageServiceServer<StorageApi>>()
         .await;
+    health.set_serving::<IamServiceServer<IamApi>>().await;
     let reflection = novacron_proto::serving::reflection_service()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
 
@@ -158,22 +162,31 @@ pub async fn serve_with(
     };
 
     let reconciler = tokio::spawn(reconcile::run(Arc::clone(&ctl)));
-    let auth = BearerAuth::new(serving.token);
+    if serving.iam == IamMode::InsecureDev {
+        tracing::warn!(
+            "--insecure-dev: calls without a token act as an admin; never run this in production"
+        );
+    }
+    let users = Authenticate::new(Arc::clone(ctl.iam()), serving.iam);
     tracing::info!("controller listening on {:?}", listener.local_addr().ok());
     let res = builder
         .add_service(health_svc)
         .add_service(reflection)
         .add_service(VmServiceServer::with_interceptor(
             VmApi(Arc::clone(&ctl)),
-            auth.clone(),
+            users.clone(),
         ))
         .add_service(HostServiceServer::with_interceptor(
             HostApi(Arc::clone(&ctl)),
-            auth.clone(),
+            users.clone(),
         ))
         .add_service(StorageServiceServer::with_interceptor(
             StorageApi(Arc::clone(&ctl)),
-            auth.clone(),
+            users,
+        ))
+        .add_service(IamServiceServer::with_interceptor(
+            IamApi(Arc::clone(&ctl)),
+            Authenticate::optional(Arc::clone(ctl.iam()), serving.iam),
         ))
         .add_service(RegistryServer::with_interceptor(
             RegistryApi(Arc::clone(&ctl)),
@@ -205,8 +218,8 @@ mod tests {
 
     use super::*;
 
-    /// With a token configured, the served VM and registry services refuse calls without it
-    /// or with another one, and answer the clients that attach it.
+    /// The VM service refuses calls without a user's token or with one that is not a user's,
+    /// and answers an admin's session token.
     #[tokio::test]
     async fn served_services_require_the_token() {
         let dir = std::env::temp_dir().join(format!("novacron-auth-{}", uuid::Uuid::new_v4()));
@@ -215,12 +228,16 @@ mod tests {
             ..Config::default()
         };
         let ctl = Controller::open(cfg).unwrap();
+        crate::iam::bootstrap_admin(ctl.iam().store(), "root", "password1", false).unwrap();
+        let now = crate::util::now_ms() as u64 / 1000;
+        let (session, _) = ctl.iam().signing_key().issue("root", now, 60).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let serving = Serving {
-            token: Some("s3cret".into()),
-            ..Serving::default()
+            tls: None,
+            iam: IamMode::Enforce,
+            join: None,
         };
         let server = tokio::spawn(serve_with(ctl, listener, serving, async {
             let _ = stopped.await;
@@ -235,7 +252,7 @@ mod tests {
         };
         let list = pb::ListVmsRequest::default();
         assert_eq!(
-            vms(Some("s3cret"))
+            vms(Some(&session))
                 .list_vms(list.clone())
                 .await
                 .unwrap()
@@ -243,7 +260,7 @@ mod tests {
                 .total,
             0
         );
-        for (token, message) in [(None, "missing"), (Some("s3cre"), "invalid")] {
+        for (token, message) in [(None, "missing"), (Some("s3cret"), "invalid")] {
             let s = vms(token).list_vms(list.clone()).await.unwrap_err();
             assert_eq!(s.code(), tonic::Code::Unauthenticated, "{token:?}");
             assert!(
@@ -252,8 +269,8 @@ mod tests {
                 s.message()
             );
         }
-        // Agents authenticate with their host certificates, not the token (tests/mgmt_tls.rs);
-        // without TLS (this development server) the registry takes everyone.
+        // Agents authenticate with their host certificates (tests/mgmt_tls.rs); without
+        // TLS (this development server) the registry takes everyone.
         let hb = pb::HeartbeatRequest {
             name: "h".into(),
             ..Default::default()

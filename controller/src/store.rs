@@ -6,7 +6,9 @@
 //! Tables hold protobuf-encoded records: `vms` (id -> `Vm`), `hosts` (name -> `Host`),
 //! `events` (sequence -> `Event`), `requests` (client request id -> the first answer, for
 //! idempotent retries) and `storage` (the storage objects of `crate::storage`: key ->
-//! encoded record, keys prefixed by kind).
+//! encoded record, keys prefixed by kind), `iam` (users, projects, members and API tokens of
+//! `crate::iam`: key -> encoded record, keys prefixed by kind) and `audit` (sequence -> an
+//! `AuditRecord`, appended by every mutating call).
 
 use std::path::Path;
 
@@ -19,6 +21,8 @@ const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
 const STORAGE: TableDefinition<&str, &[u8]> = TableDefinition::new("storage");
+const IAM: TableDefinition<&str, &[u8]> = TableDefinition::new("iam");
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +115,10 @@ pub enum Op<'a> {
     PutRecord(&'a str, Vec<u8>),
     /// Remove a storage record.
     DeleteRecord(&'a str),
+    /// Insert or replace an identity record (key, encoded record).
+    PutIam(&'a str, Vec<u8>),
+    /// Remove an identity record.
+    DeleteIam(&'a str),
 }
 
 /// Everything loaded at startup.
@@ -123,6 +131,9 @@ pub struct Snapshot {
     /// Highest event sequence number used.
     pub last_event_seq: u64,
 }
+
+/// One row of [`Store::dump_except_audit`]: table name, key bytes, value bytes.
+pub type DumpRow = (&'static str, Vec<u8>, Vec<u8>);
 
 /// The embedded database. Cheap to share behind an `Arc`; redb serialises writers.
 #[derive(Debug)]
@@ -147,6 +158,8 @@ impl Store {
             db!(txn.open_table(EVENTS))?;
             db!(txn.open_table(REQUESTS))?;
             db!(txn.open_table(STORAGE))?;
+            db!(txn.open_table(IAM))?;
+            db!(txn.open_table(AUDIT))?;
         }
         db!(txn.commit())?;
         Ok(store)
@@ -202,6 +215,7 @@ impl Store {
             let mut hosts = db!(txn.open_table(HOSTS))?;
             let mut reqs = db!(txn.open_table(REQUESTS))?;
             let mut recs = db!(txn.open_table(STORAGE))?;
+            let mut iam = db!(txn.open_table(IAM))?;
             for op in ops {
                 match op {
                     Op::PutVm(vm) => {
@@ -221,6 +235,12 @@ impl Store {
                     }
                     Op::DeleteRecord(key) => {
                         db!(recs.remove(*key))?;
+                    }
+                    Op::PutIam(key, b) => {
+                        db!(iam.insert(*key, b.as_slice()))?;
+                    }
+                    Op::DeleteIam(key) => {
+                        db!(iam.remove(*key))?;
                     }
                 }
             }
@@ -264,6 +284,105 @@ impl Store {
         let txn = db!(self.db.begin_read())?;
         let t = db!(txn.open_table(STORAGE))?;
         Ok(db!(t.get(key))?.map(|v| v.value().to_vec()))
+    }
+
+    /// The identity records whose key starts with `prefix`, in key order.
+    pub fn iam_records(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = db!(self.db.begin_read())?;
+        let t = db!(txn.open_table(IAM))?;
+        let mut out = Vec::new();
+        for row in db!(t.range(prefix..))? {
+            let (k, v) = db!(row)?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// One identity record.
+    pub fn iam_record(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = db!(self.db.begin_read())?;
+        let t = db!(txn.open_table(IAM))?;
+        Ok(db!(t.get(key))?.map(|v| v.value().to_vec()))
+    }
+
+    /// Appends an audit record under the next sequence number (set in the record), trimming
+    /// the log to the last `keep`; returns the sequence number. One durable transaction.
+    pub fn append_audit(
+        &self,
+        rec: &mut novacron_proto::controller::AuditRecord,
+        keep: u64,
+    ) -> Result<u64, StoreError> {
+        let txn = db!(self.db.begin_write())?;
+        let seq;
+        {
+            let mut t = db!(txn.open_table(AUDIT))?;
+            seq = db!(t.last())?.map(|(k, _)| k.value()).unwrap_or(0) + 1;
+            rec.seq = seq;
+            db!(t.insert(seq, rec.encode_to_vec().as_slice()))?;
+            if seq > keep && seq.is_multiple_of(256) {
+                let cutoff = seq - keep;
+                db!(t.retain_in(..cutoff, |_, _| false))?;
+            }
+        }
+        db!(txn.commit())?;
+        Ok(seq)
+    }
+
+    /// The audit records, oldest first, that `keep` accepts.
+    pub fn audit(
+        &self,
+        mut keep: impl FnMut(&novacron_proto::controller::AuditRecord) -> bool,
+    ) -> Result<Vec<novacron_proto::controller::AuditRecord>, StoreError> {
+        let txn = db!(self.db.begin_read())?;
+        let t = db!(txn.open_table(AUDIT))?;
+        let mut out = Vec::new();
+        for row in db!(t.iter())? {
+            let (_, v) = db!(row)?;
+            let r =
+                novacron_proto::controller::AuditRecord::decode(v.value()).map_err(|source| {
+                    StoreError::Decode {
+                        table: "audit",
+                        source,
+                    }
+                })?;
+            if keep(&r) {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every table but `audit`, row by row (table name, key bytes, value bytes): what a
+    /// refused call must leave unchanged, for tests.
+    pub fn dump_except_audit(&self) -> Result<Vec<DumpRow>, StoreError> {
+        let txn = db!(self.db.begin_read())?;
+        let mut out = Vec::new();
+        for (name, def) in [
+            ("vms", VMS),
+            ("hosts", HOSTS),
+            ("requests", REQUESTS),
+            ("storage", STORAGE),
+            ("iam", IAM),
+        ] {
+            let t = db!(txn.open_table(def))?;
+            for row in db!(t.iter())? {
+                let (k, v) = db!(row)?;
+                out.push((name, k.value().as_bytes().to_vec(), v.value().to_vec()));
+            }
+        }
+        let t = db!(txn.open_table(EVENTS))?;
+        for row in db!(t.iter())? {
+            let (k, v) = db!(row)?;
+            out.push((
+                "events",
+                k.value().to_le_bytes().to_vec(),
+                v.value().to_vec(),
+            ));
+        }
+        Ok(out)
     }
 
     /// Forgets request ids recorded before `cutoff_ms`. Returns how many went.

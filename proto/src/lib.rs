@@ -1,6 +1,7 @@
 //! NovaCron gRPC protocols, generated from `agent.proto` and `controller.proto` by
 //! tonic-prost-build. [`agent`] is the host agent's API, [`controller`] the controller's
-//! user-facing VM/host services and the registry agents report to. [`FILE_DESCRIPTOR_SET`] is
+//! user-facing VM/host/storage services, the identity and access service (`iam.proto`) and the
+//! registry agents report to. [`FILE_DESCRIPTOR_SET`] is
 //! what the servers publish through gRPC server reflection; [`serving`] holds what both
 //! servers share, [`auth`] the bearer-token interceptors of every client and server, [`mac`]
 //! the MACs of VMs made from other VMs.

@@ -55,7 +55,7 @@ pub fn last_count(console: &Path) -> u64 {
 }
 
 /// The controller's storage service of `c`.
-pub async fn storage(c: &Cluster) -> StorageServiceClient<tonic::transport::Channel> {
+pub async fn storage(c: &Cluster) -> StorageServiceClient<novacron_testsupport::mgmt::Authed> {
     c.storage().await
 }
 

@@ -10,12 +10,10 @@ use tokio_stream::StreamExt;
 use tonic::Code;
 
 /// A client of the controller's VM service.
-type VmClient =
-    novacron_proto::controller::vm_service_client::VmServiceClient<tonic::transport::Channel>;
+type VmClient = novacron_proto::controller::vm_service_client::VmServiceClient<Authed>;
 
 /// A client of the controller's host service.
-type HostClient =
-    novacron_proto::controller::host_service_client::HostServiceClient<tonic::transport::Channel>;
+type HostClient = novacron_proto::controller::host_service_client::HostServiceClient<Authed>;
 
 /// The status code of a create request that must fail (with a message).
 async fn create_error(c: &mut VmClient, spec: pb::VmSpec) -> Code {
@@ -102,6 +100,7 @@ async fn create(c: &mut VmClient, spec: pb::VmSpec) -> pb::Vm {
         request_id: String::new(),
         spec: Some(spec),
         stopped: false,
+        ..Default::default()
     })
     .await
     .unwrap_or_else(|e| panic!("create {name}: {e}"))
@@ -317,6 +316,7 @@ pub async fn placement_lifecycle_and_errors(vmm: Vmm) {
         request_id: "req-1".into(),
         spec: Some(cl.spec("retry", 32)),
         stopped: false,
+        ..Default::default()
     };
     let first = c.create_vm(req.clone()).await.expect("create").into_inner();
     let again = c.create_vm(req).await.expect("retried create").into_inner();
@@ -652,6 +652,7 @@ pub async fn controller_restart(vmm: Vmm) {
         request_id: "dup".into(),
         spec: Some(cl.spec("p-dup", 32)),
         stopped: true,
+        ..Default::default()
     };
     let first = c.create_vm(req.clone()).await.expect("create").into_inner();
     cl.kill("controller");

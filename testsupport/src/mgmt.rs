@@ -21,13 +21,18 @@ use crate::net::free_port;
 use crate::paths::bin_dir;
 use novacron_proto::agent as apb;
 use novacron_proto::agent::agent_client::AgentClient;
+use novacron_proto::auth::AttachToken;
 use novacron_proto::controller as pb;
 use novacron_proto::controller::host_service_client::HostServiceClient;
 use novacron_proto::controller::storage_service_client::StorageServiceClient;
 use novacron_proto::controller::vm_service_client::VmServiceClient;
 use novacron_security::pki::CONTROLLER_DNS_NAME;
 use novacron_security::{tls, TlsMaterial};
+use tonic::codegen::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+/// A channel to the controller that attaches the admin's token to every call.
+pub type Authed = InterceptedService<Channel, AttachToken>;
 
 /// Which VMM the agents run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +163,8 @@ pub struct Cluster {
     pub client_tls: TlsMaterial,
     /// The controller's own TLS material (the only certificate agents serve).
     pub controller_tls: TlsMaterial,
+    /// The bootstrap admin's API token (file: `<root>/admin.token`).
+    pub admin_token: String,
 }
 
 /// Runs `novacron-controller ARGS` to completion (the `certs` commands), panicking on
@@ -223,7 +230,27 @@ impl Cluster {
         let pki = ctl_dir.join("pki");
         let client_tls = TlsMaterial::load(&pki.join("clients/admin")).expect("client bundle");
         let controller_tls = TlsMaterial::load(&pki).expect("controller bundle");
+        // The first admin, and an API token of theirs for the harness's clients.
+        let password = root.join("admin-password");
+        std::fs::write(&password, "harness-password\n").expect("password file");
+        let token_file = root.join("admin.token");
+        controller_command(&[
+            "bootstrap-admin".as_ref(),
+            "--data-dir".as_ref(),
+            ctl_dir.as_os_str(),
+            "--user".as_ref(),
+            "admin".as_ref(),
+            "--password-file".as_ref(),
+            password.as_os_str(),
+            "--api-token-file".as_ref(),
+            token_file.as_os_str(),
+        ]);
+        let admin_token = std::fs::read_to_string(&token_file)
+            .expect("admin token")
+            .trim()
+            .to_string();
         Cluster {
+            admin_token,
             join_addr: format!("127.0.0.1:{}", free_port("127.0.0.1")),
             client_tls,
             controller_tls,
@@ -246,7 +273,9 @@ impl Cluster {
             .expect("log file")
     }
 
-    /// Starts (or restarts) the controller.
+    /// Starts (or restarts) the controller, secured: the harness's clients present the
+    /// operator's certificate and the bootstrap admin's API token (users, roles and tokens
+    /// are proven by `controller/tests/iam_*.rs`).
     pub fn start_controller(&mut self) {
         let child = Command::new(bin_dir().join("novacron-controller"))
             .args(["--listen", &self.ctl_addr, "--data-dir"])
@@ -406,18 +435,23 @@ impl Cluster {
     }
 
     /// VM service client.
-    pub async fn vms(&self) -> VmServiceClient<Channel> {
-        VmServiceClient::new(self.ctl_channel().await)
+    pub async fn vms(&self) -> VmServiceClient<Authed> {
+        VmServiceClient::with_interceptor(self.ctl_channel().await, self.attach())
+    }
+
+    /// The interceptor attaching the bootstrap admin's API token.
+    pub fn attach(&self) -> AttachToken {
+        AttachToken::new(Some(&self.admin_token)).expect("token fits a header")
     }
 
     /// Host service client.
-    pub async fn hosts(&self) -> HostServiceClient<Channel> {
-        HostServiceClient::new(self.ctl_channel().await)
+    pub async fn hosts(&self) -> HostServiceClient<Authed> {
+        HostServiceClient::with_interceptor(self.ctl_channel().await, self.attach())
     }
 
     /// Storage service client.
-    pub async fn storage(&self) -> StorageServiceClient<Channel> {
-        StorageServiceClient::new(self.ctl_channel().await)
+    pub async fn storage(&self) -> StorageServiceClient<Authed> {
+        StorageServiceClient::with_interceptor(self.ctl_channel().await, self.attach())
     }
 
     /// Waits until `n` hosts are Ready.
@@ -464,7 +498,13 @@ impl Cluster {
         let out = Command::new(bin_dir().join("novactl"))
             .args(["--controller", &self.ctl_addr, "--tls-dir"])
             .arg(self.root.join("controller/pki/clients/admin"))
+            .arg("--token-file")
+            .arg(self.root.join("admin.token"))
             .args(args)
+            // Never a login token of whoever runs the tests.
+            .env("NOVACRON_CONFIG_DIR", self.root.join("novactl"))
+            .env_remove("NOVACRON_TOKEN")
+            .env_remove("NOVACRON_TOKEN_FILE")
             .output()
             .expect("run novactl");
         (
@@ -545,7 +585,7 @@ where
 }
 
 /// Gets a VM.
-pub async fn get(c: &mut VmServiceClient<Channel>, vm: &str) -> pb::Vm {
+pub async fn get(c: &mut VmServiceClient<Authed>, vm: &str) -> pb::Vm {
     c.get_vm(pb::GetVmRequest { vm: vm.to_string() })
         .await
         .expect("get vm")
@@ -553,7 +593,7 @@ pub async fn get(c: &mut VmServiceClient<Channel>, vm: &str) -> pb::Vm {
 }
 
 /// All VMs.
-pub async fn list(c: &mut VmServiceClient<Channel>) -> Vec<pb::Vm> {
+pub async fn list(c: &mut VmServiceClient<Authed>) -> Vec<pb::Vm> {
     let mut all = Vec::new();
     let mut token = String::new();
     loop {
@@ -576,7 +616,7 @@ pub async fn list(c: &mut VmServiceClient<Channel>) -> Vec<pb::Vm> {
 
 /// Waits until the VM's phase is `phase`.
 pub async fn wait_phase(
-    c: &VmServiceClient<Channel>,
+    c: &VmServiceClient<Authed>,
     vm: &str,
     phase: pb::VmPhase,
     timeout: Duration,

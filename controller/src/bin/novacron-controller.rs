@@ -1,5 +1,7 @@
 //! `novacron-controller --listen ADDR --data-dir DIR`: the NovaCron controller;
 //! `novacron-controller certs init|issue|join-token`: its PKI.
+//! `novacron-controller bootstrap-admin --data-dir DIR --user NAME [--password-file F]
+//! [--totp]`: creates the first admin in the store (the controller stopped).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,9 +9,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use novacron_controller::iam::authn::IamMode;
 use novacron_controller::scheduler::{Policy, Strategy};
 use novacron_controller::{certs, server, Config};
-use novacron_proto::auth;
 use novacron_security::{Identity, TlsMaterial};
 
 /// The NovaCron controller: VM and host API, scheduler, reconcile loop.
@@ -130,9 +132,6 @@ struct Args {
     /// Downtime target of migrations that do not give one (ms; 0: the VMM's default).
     #[arg(long, default_value_t = 0)]
     migration_downtime_ms: u32,
-    /// Require `authorization: Bearer <token>` with the token in this file.
-    #[arg(long)]
-    token_file: Option<PathBuf>,
     /// TLS directory (ca.pem, cert.pem, key.pem; ca.key enables joins) [default:
     /// DATA_DIR/pki].
     #[arg(long)]
@@ -203,8 +202,110 @@ fn certs(cmd: Certs) -> Result<(), String> {
     }
 }
 
+/// Creates the first admin of a controller's store. Run it on the controller host with the
+/// controller stopped; the password comes from `--password-file` or the first line of
+/// standard input.
+#[derive(Debug, Parser)]
+#[command(name = "novacron-controller bootstrap-admin")]
+struct BootstrapArgs {
+    /// Directory of the embedded store.
+    #[arg(long, default_value = "/var/lib/novacron/controller")]
+    data_dir: PathBuf,
+    /// Name of the admin.
+    #[arg(long)]
+    user: String,
+    /// File holding the password (default: read a line from standard input).
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// Also enrol TOTP now and print its secret and otpauth URL.
+    #[arg(long)]
+    totp: bool,
+    /// Also write an admin API token (valid until revoked) to this new file (mode 0600), for
+    /// automation that cannot log in (`novactl --token-file`).
+    #[arg(long)]
+    api_token_file: Option<PathBuf>,
+}
+
+/// Writes `text` to a new file only its owner can read.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
+
+fn bootstrap(args: BootstrapArgs) -> ExitCode {
+    let password = match &args.password_file {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display())),
+        None => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map(|_| line)
+                .map_err(|e| format!("standard input: {e}"))
+        }
+    };
+    let password = match password {
+        Ok(p) => p.trim_end_matches(['\r', '\n']).to_string(),
+        Err(e) => {
+            eprintln!("novacron-controller bootstrap-admin: cannot read the password: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let res = novacron_controller::store::Store::open(&args.data_dir)
+        .map_err(|e| e.to_string())
+        .and_then(|store| {
+            novacron_controller::iam::Iam::open(std::sync::Arc::new(store), &args.data_dir)
+                .map_err(|e| e.to_string())
+        })
+        .and_then(|iam| {
+            let totp = novacron_controller::iam::bootstrap_admin(
+                iam.store(),
+                &args.user,
+                &password,
+                args.totp,
+            )
+            .map_err(|e| e.to_string())?;
+            if let Some(path) = &args.api_token_file {
+                let (_, token) = novacron_controller::iam::tokens::mint(
+                    iam.store(),
+                    &args.user,
+                    "",
+                    novacron_proto::controller::Role::Admin as i32,
+                    "bootstrap",
+                    0,
+                )
+                .map_err(|e| e.to_string())?;
+                write_private(path, &token).map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            Ok(totp)
+        });
+    match res {
+        Ok(totp) => {
+            println!("admin {} created", args.user);
+            if let Some(t) = totp {
+                println!("TOTP secret: {}", t.secret);
+                println!("otpauth URL: {}", t.otpauth_url);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("novacron-controller bootstrap-admin: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     novacron_proto::serving::init_logging();
+    if std::env::args().nth(1).as_deref() == Some("bootstrap-admin") {
+        return bootstrap(BootstrapArgs::parse_from(std::env::args().skip(1)));
+    }
     let cli = Cli::parse();
     if let Some(Command::Certs(c)) = cli.command {
         return match certs(c) {
@@ -220,16 +321,6 @@ fn main() -> ExitCode {
         eprintln!("novacron-controller: overcommit ratios must be positive");
         return ExitCode::from(2);
     }
-    let token = match &args.token_file {
-        Some(p) => match auth::read_token(p) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                eprintln!("novacron-controller: {e}");
-                return ExitCode::from(2);
-            }
-        },
-        None => None,
-    };
     let tls_dir = args
         .tls_dir
         .clone()
@@ -287,7 +378,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(server::serve(cfg, args.listen, join_listen, token)) {
+    let iam = if args.insecure_dev {
+        IamMode::InsecureDev
+    } else {
+        IamMode::Enforce
+    };
+    match rt.block_on(server::serve(cfg, args.listen, join_listen, iam)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("novacron-controller: {e}");

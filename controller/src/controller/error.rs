@@ -42,6 +42,9 @@ pub enum ControllerError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Identity and access (opening the signing key, reading records).
+    #[error(transparent)]
+    Iam(#[from] crate::iam::IamError),
     /// Anything else.
     #[error("internal error: {0}")]
     Internal(String),
@@ -93,6 +96,7 @@ impl From<ControllerError> for Status {
                 }
                 code => Status::new(code, msg),
             },
+            ControllerError::Iam(e) => e.into(),
             ControllerError::Store(_) | ControllerError::Internal(_) => Status::internal(msg),
         }
     }

@@ -8,6 +8,10 @@ use super::{Controller, ControllerError, Result};
 use crate::store::{Op, StoredRequest};
 use crate::util::now_ms;
 
+/// Longest stored request id: the API prefixes a client's id (at most 128 bytes) with its
+/// user name (at most 64) and a `/`.
+const MAX_STORED_RID: usize = 256;
+
 impl Controller {
     /// Runs `fut` once per client request id: a retry gets the stored first answer.
     pub(crate) async fn idempotent<R, F>(&self, request_id: &str, method: &str, fut: F) -> Result<R>
@@ -18,10 +22,10 @@ impl Controller {
         if request_id.is_empty() {
             return fut.await.map(|(r, _)| r);
         }
-        if request_id.len() > 128 {
-            return Err(ControllerError::InvalidArgument(
-                "request_id is longer than 128 bytes".into(),
-            ));
+        if request_id.len() > MAX_STORED_RID {
+            return Err(ControllerError::InvalidArgument(format!(
+                "request_id is longer than {MAX_STORED_RID} bytes"
+            )));
         }
         let _guard = self.lock_key(&format!("req:{request_id}")).await;
         if let Some(stored) = self.stored_answer::<R>(request_id, method)? {
@@ -39,15 +43,15 @@ impl Controller {
     }
 
     /// The stored answer of a request id, checking it was used for `method`.
-    pub(super) fn stored_answer<R: Message + Default>(
+    pub(crate) fn stored_answer<R: Message + Default>(
         &self,
         request_id: &str,
         method: &str,
     ) -> Result<Option<R>> {
-        if request_id.len() > 128 {
-            return Err(ControllerError::InvalidArgument(
-                "request_id is longer than 128 bytes".into(),
-            ));
+        if request_id.len() > MAX_STORED_RID {
+            return Err(ControllerError::InvalidArgument(format!(
+                "request_id is longer than {MAX_STORED_RID} bytes"
+            )));
         }
         let Some(stored) = self.store.get_request(request_id)? else {
             return Ok(None);

@@ -13,18 +13,40 @@ use crate::state::{desired, new_vm, Needs};
 use crate::store::{Op, StoredRequest};
 use crate::util::now_ms;
 
+/// Where a new VM belongs and who made it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Origin {
+    /// Project.
+    pub project: String,
+    /// User.
+    pub created_by: String,
+}
+
+impl Origin {
+    /// Sets the VM's project and creator.
+    pub fn stamp(&self, vm: &mut pb::Vm) {
+        vm.project = self.project.clone();
+        vm.created_by = self.created_by.clone();
+    }
+}
+
 impl Controller {
-    /// Creates a VM: validates, places it atomically, persists it, then has its agent create
-    /// (and start) it. An agent failure undoes everything.
-    pub async fn create_vm(&self, req: pb::CreateVmRequest) -> Result<pb::Vm> {
+    /// Creates a VM in `req.project` (empty: `default`) for user `by`: validates, checks the
+    /// project's quota and places it in one atomic step, persists it, then has its agent
+    /// create (and start) it. An agent failure undoes everything.
+    pub async fn create_vm(&self, req: pb::CreateVmRequest, by: &str) -> Result<pb::Vm> {
         let spec = req
             .spec
             .ok_or_else(|| ControllerError::InvalidArgument("spec is required".into()))?;
         validate_spec(&spec)?;
         let rid = req.request_id.clone();
+        let origin = Origin {
+            project: crate::iam::requested_project(&req.project).to_string(),
+            created_by: by.to_string(),
+        };
         if rid.is_empty() {
             return self
-                .create_inner(spec, !req.stopped, rid)
+                .create_inner(spec, !req.stopped, rid, &origin)
                 .await
                 .map(|(vm, _)| vm);
         }
@@ -34,7 +56,7 @@ impl Controller {
         if let Some(stored) = self.stored_answer::<pb::Vm>(&rid, "CreateVm")? {
             return Ok(stored);
         }
-        self.create_inner(spec, !req.stopped, rid)
+        self.create_inner(spec, !req.stopped, rid, &origin)
             .await
             .map(|(vm, _)| vm)
     }
@@ -44,6 +66,7 @@ impl Controller {
         spec: pb::VmSpec,
         start: bool,
         request_id: String,
+        origin: &Origin,
     ) -> Result<(pb::Vm, String)> {
         let id = uuid::Uuid::new_v4().to_string();
         let _vm_guard = self.lock_key(&id).await;
@@ -55,6 +78,7 @@ impl Controller {
                     spec.name
                 )));
             }
+            self.check_quota(&st, &origin.project, &spec)?;
             let needs = Needs::of(&spec);
             let req = needs.request(&id, &[]);
             let host = match &needs.pinned {
@@ -65,7 +89,8 @@ impl Controller {
                 }
                 None => st.sched.place(&req)?,
             };
-            let vm = new_vm(&id, spec, &host, desired(start), pb::VmPhase::Scheduled);
+            let mut vm = new_vm(&id, spec, &host, desired(start), pb::VmPhase::Scheduled);
+            origin.stamp(&mut vm);
             let mut ops = vec![Op::PutVm(&vm)];
             if !request_id.is_empty() {
                 ops.push(Op::PutRequest(
@@ -155,13 +180,26 @@ impl Controller {
 
     /// A page of VMs ordered by name.
     pub fn list_vms(&self, req: &pb::ListVmsRequest) -> Result<pb::ListVmsResponse> {
+        self.list_vms_in(req, &|_| true)
+    }
+
+    /// A page of the VMs, ordered by name, whose project `visible` accepts (and that are of
+    /// `req.project` when given).
+    pub fn list_vms_in(
+        &self,
+        req: &pb::ListVmsRequest,
+        visible: &dyn Fn(&str) -> bool,
+    ) -> Result<pb::ListVmsResponse> {
         let size = page_bounds(req.page_size);
         let st = self.state();
         if !req.host.is_empty() {
             st.host(&req.host)?;
         }
         let filter = |vm: &pb::Vm| {
-            (req.host.is_empty() || vm.host == req.host)
+            let project = crate::iam::project_of(vm);
+            visible(project)
+                && (req.project.is_empty() || project == req.project)
+                && (req.host.is_empty() || vm.host == req.host)
                 && req
                     .labels
                     .iter()

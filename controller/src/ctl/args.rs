@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub use super::iam::{AuditArgs, LoginArgs, ProjectCmd, TokenCmd, UserCmd};
 pub use super::storage::{
     CloneArgs, ExportArgs, ImportArgs, RestoreArgs, SnapArgs, SnapshotsArgs, TemplateArgs,
 };
@@ -37,9 +38,15 @@ pub struct Cli {
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = Format::Table, global = true)]
     pub output: Format,
-    /// File holding the controller's bearer token; env NOVACRON_TOKEN_FILE.
+    /// File holding the bearer token (an API token or a session token); env
+    /// NOVACRON_TOKEN_FILE, then env NOVACRON_TOKEN (the token itself), then the token
+    /// `novactl login` stored.
     #[arg(long, global = true)]
     pub token_file: Option<PathBuf>,
+    /// Project of new objects, and the only one lists show (default: `default` for new
+    /// objects, every project you see for lists).
+    #[arg(long, global = true)]
+    pub project: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -56,6 +63,23 @@ pub enum Command {
     Host(HostCmd),
     /// Show events (and follow them with --follow).
     Events(EventsArgs),
+    /// Log in (password, then the TOTP code if enrolled) and keep the session token.
+    Login(LoginArgs),
+    /// Forget the stored session token.
+    Logout,
+    /// Who the token is, and its projects.
+    Whoami,
+    /// Users (admins), and your TOTP second factor.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Projects, their members and quotas.
+    #[command(subcommand)]
+    Project(ProjectCmd),
+    /// API tokens for automation (the project is `--project`).
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// The audit log of mutating calls (`--project P`; admins: all projects).
+    Audit(AuditArgs),
 }
 
 /// `vm` verbs.

@@ -4,19 +4,22 @@
 //! are retried with the same id when the controller is briefly unavailable.
 //!
 //! [`args`] holds the command line as clap parses it, [`parse`] turns arguments into
-//! requests, [`output`] prints answers; this module connects and runs a command.
+//! requests, [`output`] prints answers, [`storage`] and [`iam`] hold the storage and the
+//! identity verbs (login, users, projects, tokens, audit); this module connects and runs a
+//! command.
 
 pub mod args;
+pub mod iam;
 pub mod output;
 pub mod parse;
 pub mod storage;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use novacron_proto::auth::{read_token, AttachToken, AuthError};
+use novacron_proto::auth::{AttachToken, AuthError};
 use novacron_proto::controller as pb;
 use novacron_proto::controller::host_service_client::HostServiceClient;
+use novacron_proto::controller::iam_service_client::IamServiceClient;
 use novacron_proto::controller::storage_service_client::StorageServiceClient;
 use novacron_proto::controller::vm_service_client::VmServiceClient;
 use novacron_security::TlsMaterial;
@@ -89,6 +92,7 @@ struct Clients {
     vm: VmServiceClient<Authed>,
     host: HostServiceClient<Authed>,
     storage: StorageServiceClient<Authed>,
+    iam: IamServiceClient<Authed>,
 }
 
 /// Default controller address.
@@ -96,26 +100,23 @@ pub const DEFAULT_CONTROLLER: &str = "127.0.0.1:7070";
 
 /// The client's TLS directory: `--tls-dir`, `NOVACRON_TLS_DIR`, or `~/.config/novacron/tls`
 /// when it exists.
-fn tls_dir(cli: &Cli) -> Option<PathBuf> {
+fn tls_dir(cli: &Cli) -> Option<std::path::PathBuf> {
     if let Some(d) = cli
         .tls_dir
         .clone()
-        .or_else(|| std::env::var_os("NOVACRON_TLS_DIR").map(PathBuf::from))
+        .or_else(|| std::env::var_os("NOVACRON_TLS_DIR").map(std::path::PathBuf::from))
     {
         return Some(d);
     }
-    let d = PathBuf::from(std::env::var_os("HOME")?).join(".config/novacron/tls");
+    let d = std::path::PathBuf::from(std::env::var_os("HOME")?).join(".config/novacron/tls");
     d.is_dir().then_some(d)
 }
 
 async fn connect(cli: &Cli) -> Result<Clients, CtlError> {
-    let token_file = cli
-        .token_file
-        .clone()
-        .or_else(|| std::env::var_os("NOVACRON_TOKEN_FILE").map(PathBuf::from));
-    let token = match &token_file {
-        Some(p) => Some(read_token(p)?),
-        None => None,
+    let token = match cli.command {
+        // A login needs no token (and a stale one must not stand in its way).
+        Command::Login(_) => None,
+        _ => iam::token_for(cli)?,
     };
     let auth = AttachToken::new(token.as_deref())?;
     let addr = cli
@@ -156,7 +157,8 @@ async fn connect(cli: &Cli) -> Result<Clients, CtlError> {
     Ok(Clients {
         vm: VmServiceClient::with_interceptor(ch.clone(), auth.clone()),
         host: HostServiceClient::with_interceptor(ch.clone(), auth.clone()),
-        storage: StorageServiceClient::with_interceptor(ch, auth),
+        storage: StorageServiceClient::with_interceptor(ch.clone(), auth.clone()),
+        iam: IamServiceClient::with_interceptor(ch, auth),
     })
 }
 
@@ -193,8 +195,12 @@ macro_rules! call {
 
 /// Runs one novactl command, writing its output to stdout.
 pub async fn run(cli: Cli) -> Result<(), CtlError> {
+    if let Command::Logout = cli.command {
+        return iam::logout();
+    }
     let c = connect(&cli).await?;
     let fmt = cli.output;
+    let project = cli.project.clone().unwrap_or_default();
     match cli.command {
         Command::Vm(cmd) => match cmd {
             VmCmd::Create(a) if !a.template.is_empty() => {
@@ -209,18 +215,23 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
                 storage::clone(&mut c.storage.clone(), clone, true, fmt).await?;
             }
             VmCmd::Snapshot(a) => storage::snapshot(&mut c.storage.clone(), a, fmt).await?,
-            VmCmd::Snapshots(a) => storage::snapshots(&mut c.storage.clone(), a, fmt).await?,
+            VmCmd::Snapshots(a) => {
+                storage::snapshots(&mut c.storage.clone(), a, &project, fmt).await?
+            }
             VmCmd::SnapshotDelete(a) => {
                 storage::snapshot_delete(&mut c.storage.clone(), a, fmt).await?
             }
             VmCmd::Restore(a) => storage::restore(&mut c.storage.clone(), a, fmt).await?,
             VmCmd::Clone(a) => storage::clone(&mut c.storage.clone(), a, false, fmt).await?,
             VmCmd::Template(a) => storage::template(&mut c.storage.clone(), a, fmt).await?,
-            VmCmd::Templates => storage::templates(&mut c.storage.clone(), fmt).await?,
+            VmCmd::Templates => storage::templates(&mut c.storage.clone(), &project, fmt).await?,
             VmCmd::SnapshotExport(a) => storage::export(&mut c.storage.clone(), a, fmt).await?,
-            VmCmd::SnapshotImport(a) => storage::import(&mut c.storage.clone(), a, fmt).await?,
+            VmCmd::SnapshotImport(a) => {
+                storage::import(&mut c.storage.clone(), a, &project, fmt).await?
+            }
             VmCmd::Create(a) => {
-                let req = create_request(&a)?;
+                let mut req = create_request(&a)?;
+                req.project = project.clone();
                 let vm = call!(c.vm, create_vm, req);
                 output::print_vm(&vm, fmt);
             }
@@ -239,6 +250,7 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
                         page_token: token.clone(),
                         host: a.host.clone(),
                         labels: labels.clone(),
+                        project: project.clone(),
                     };
                     let resp = call!(c.vm, list_vms, req);
                     all.extend(resp.vms);
@@ -356,6 +368,13 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
                 output::print_drain(&r, fmt);
             }
         },
+        Command::Login(a) => iam::login(&mut c.iam.clone(), a, fmt).await?,
+        Command::Logout => iam::logout()?,
+        Command::Whoami => iam::whoami(&mut c.iam.clone(), fmt).await?,
+        Command::User(cmd) => iam::user(&mut c.iam.clone(), cmd, fmt).await?,
+        Command::Project(cmd) => iam::project(&mut c.iam.clone(), cmd, fmt).await?,
+        Command::Token(cmd) => iam::token(&mut c.iam.clone(), cmd, &project, fmt).await?,
+        Command::Audit(a) => iam::audit(&mut c.iam.clone(), a, &project, fmt).await?,
         Command::Events(a) => {
             let req = pb::WatchEventsRequest {
                 since_seq: a.since,

@@ -136,6 +136,7 @@ pub fn create_request(a: &CreateArgs) -> Result<pb::CreateVmRequest, CtlError> {
         request_id: rid(&a.request_id),
         spec: Some(spec),
         stopped: a.stopped,
+        ..Default::default()
     })
 }
 

@@ -189,7 +189,12 @@ pub async fn snapshot(c: &mut Client, a: SnapArgs, f: Format) -> Result<(), CtlE
 }
 
 /// `vm snapshots [NAME]` (every page).
-pub async fn snapshots(c: &mut Client, a: SnapshotsArgs, f: Format) -> Result<(), CtlError> {
+pub async fn snapshots(
+    c: &mut Client,
+    a: SnapshotsArgs,
+    project: &str,
+    f: Format,
+) -> Result<(), CtlError> {
     let mut all = Vec::new();
     let mut token = String::new();
     loop {
@@ -198,6 +203,7 @@ pub async fn snapshots(c: &mut Client, a: SnapshotsArgs, f: Format) -> Result<()
                 vm: a.name.clone(),
                 page_size: 500,
                 page_token: token,
+                project: project.to_string(),
             })
             .await?
             .into_inner();
@@ -303,9 +309,11 @@ pub async fn template(c: &mut Client, a: TemplateArgs, f: Format) -> Result<(), 
 }
 
 /// `vm templates`.
-pub async fn templates(c: &mut Client, f: Format) -> Result<(), CtlError> {
+pub async fn templates(c: &mut Client, project: &str, f: Format) -> Result<(), CtlError> {
     let r = c
-        .list_templates(pb::ListTemplatesRequest {})
+        .list_templates(pb::ListTemplatesRequest {
+            project: project.to_string(),
+        })
         .await?
         .into_inner();
     print_templates(&r.templates, f);
@@ -343,13 +351,19 @@ pub async fn export(c: &mut Client, a: ExportArgs, f: Format) -> Result<(), CtlE
 }
 
 /// `vm snapshot-import NEW --host HOST --from PATH [--snapshot S]`.
-pub async fn import(c: &mut Client, a: ImportArgs, f: Format) -> Result<(), CtlError> {
+pub async fn import(
+    c: &mut Client,
+    a: ImportArgs,
+    project: &str,
+    f: Format,
+) -> Result<(), CtlError> {
     let req = pb::ImportSnapshotRequest {
         request_id: rid(&a.request_id),
         host: a.host,
         path: a.from,
         name: a.name,
         snapshot: a.snapshot,
+        project: project.to_string(),
     };
     let r = c.import_snapshot(req).await?.into_inner();
     match f {

@@ -10,7 +10,7 @@ use prost::Message;
 use super::snapshots::check_idle;
 use super::{check_snapshot_name, snap_key, storage_err, STORAGE_CALL_TIMEOUT};
 use crate::agent_client::request;
-use crate::controller::{validate_spec, Controller, ControllerError, Result};
+use crate::controller::{validate_spec, Controller, ControllerError, Origin, Result};
 use crate::state::{new_vm, Needs};
 use crate::store::Op;
 
@@ -119,10 +119,12 @@ impl Controller {
         .await
     }
 
-    /// Creates a stopped VM on a host from a backup file there (see the module documentation).
+    /// Creates a stopped VM on a host from a backup file there (see the module
+    /// documentation), in `req.project` (within its quota), for user `by`.
     pub async fn import_snapshot(
         &self,
         req: pb::ImportSnapshotRequest,
+        by: &str,
     ) -> Result<pb::ImportSnapshotResponse> {
         if !req.snapshot.is_empty() {
             check_snapshot_name(&req.snapshot)?;
@@ -156,7 +158,11 @@ impl Controller {
                 .await
                 .map_err(storage_err(&req.host))?
                 .into_inner();
-            let res = self.record_import(&req, &id, resp);
+            let origin = Origin {
+                project: crate::iam::requested_project(&req.project).to_string(),
+                created_by: by.to_string(),
+            };
+            let res = self.record_import(&req, &id, resp, &origin);
             if res.is_err() {
                 let _ = self.agent_delete(&req.host, &id).await;
             }
@@ -171,6 +177,7 @@ impl Controller {
         req: &pb::ImportSnapshotRequest,
         id: &str,
         resp: apb::ImportSnapshotResponse,
+        origin: &Origin,
     ) -> Result<pb::ImportSnapshotResponse> {
         let info = resp.snapshot.unwrap_or_default();
         let config = info.config.clone().unwrap_or_default();
@@ -184,6 +191,7 @@ impl Controller {
                 spec.name
             )));
         }
+        self.check_quota(&st, &origin.project, &spec)?;
         let needs = Needs::of(&spec);
         st.sched.claim(&host, &needs.request(id, &[]))?;
         let mut vm = new_vm(
@@ -193,6 +201,7 @@ impl Controller {
             pb::DesiredState::Stopped,
             pb::VmPhase::Stopped,
         );
+        origin.stamp(&mut vm);
         if let Some(s) = resp.status {
             Self::apply_status(&mut vm, s);
         }
@@ -207,6 +216,8 @@ impl Controller {
             paused_ms: info.paused_ms,
             memory_bytes: info.memory_bytes,
             disks: info.disks,
+            project: origin.project.clone(),
+            created_by: origin.created_by.clone(),
         };
         let backup = resp.backup.unwrap_or_default();
         let key = snap_key(id, &snap.name);

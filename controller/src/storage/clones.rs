@@ -10,7 +10,7 @@ use prost::Message;
 use super::snapshots::check_idle;
 use super::{check_snapshot_name, decode, snap_key, storage_err, tmpl_key, STORAGE_CALL_TIMEOUT};
 use crate::agent_client::request;
-use crate::controller::{validate_spec, Controller, ControllerError, Result};
+use crate::controller::{validate_spec, Controller, ControllerError, Origin, Result};
 use crate::state::{agent_config, desired, new_vm, Needs};
 use crate::store::Op;
 
@@ -29,8 +29,9 @@ fn clone_spec(base: &pb::VmSpec, name: &str, id: &str, host: &str) -> pb::VmSpec
 }
 
 impl Controller {
-    /// Creates a VM from a stopped VM or a snapshot (see the module documentation).
-    pub async fn clone_vm(&self, req: pb::CloneVmRequest) -> Result<pb::Vm> {
+    /// Creates a VM from a stopped VM or a snapshot (see the module documentation) for user
+    /// `by`, in the source's project (and within its quota).
+    pub async fn clone_vm(&self, req: pb::CloneVmRequest, by: &str) -> Result<pb::Vm> {
         if !req.snapshot.is_empty() {
             check_snapshot_name(&req.snapshot)?;
         }
@@ -83,10 +84,16 @@ impl Controller {
                         spec.name
                     )));
                 }
+                let origin = Origin {
+                    project: crate::iam::project_of(&src).to_string(),
+                    created_by: by.to_string(),
+                };
+                self.check_quota(&st, &origin.project, &spec)?;
                 let needs = Needs::of(&spec);
                 st.host(&host)?;
                 st.sched.claim(&host, &needs.request(&id, &[]))?;
-                let vm = new_vm(&id, spec, &host, desired(start), pb::VmPhase::Scheduled);
+                let mut vm = new_vm(&id, spec, &host, desired(start), pb::VmPhase::Scheduled);
+                origin.stamp(&mut vm);
                 let from = if req.snapshot.is_empty() {
                     format!("cloned from vm {}", src.name)
                 } else {
@@ -174,6 +181,7 @@ impl Controller {
                     snapshot: String::new(),
                     host: vm.host.clone(),
                     template: req.template,
+                    project: crate::iam::project_of(&vm).to_string(),
                 };
                 let key = tmpl_key(&id);
                 let op = if req.template {
@@ -206,6 +214,7 @@ impl Controller {
                     snapshot: snap.name,
                     host: snap.host,
                     template: req.template,
+                    project: crate::iam::project_of(&vm).to_string(),
                 }
             };
             Ok((t, id.clone()))
@@ -215,26 +224,49 @@ impl Controller {
 
     /// Every template: VMs marked as one, then snapshots, by VM name.
     pub fn list_templates(&self) -> Result<pb::ListTemplatesResponse> {
+        self.list_templates_in(&pb::ListTemplatesRequest::default(), &|_| true)
+    }
+
+    /// The templates whose VM's project `visible` accepts (and is `req.project` when given).
+    pub fn list_templates_in(
+        &self,
+        req: &pb::ListTemplatesRequest,
+        visible: &dyn Fn(&str) -> bool,
+    ) -> Result<pb::ListTemplatesResponse> {
         let mut templates = Vec::new();
         for (k, v) in self.store.records("tmpl/")? {
             let mut t: pb::Template = decode(&k, &v)?;
             if let Ok(vm) = self.state().find_vm(&t.vm_id) {
                 t.vm = vm.name.clone();
                 t.host = vm.host.clone();
+                t.project = crate::iam::project_of(vm).to_string();
             }
             templates.push(t);
         }
         for s in self.snapshot_records(None)? {
             if s.template {
+                let project = match self.state().vms.get(&s.vm_id) {
+                    Some(vm) => crate::iam::project_of(vm).to_string(),
+                    None => s.project.clone(),
+                };
                 templates.push(pb::Template {
                     vm: s.vm,
                     vm_id: s.vm_id,
                     snapshot: s.name,
                     host: s.host,
                     template: true,
+                    project,
                 });
             }
         }
+        for t in templates.iter_mut() {
+            if t.project.is_empty() {
+                t.project = crate::iam::DEFAULT_PROJECT.to_string();
+            }
+        }
+        templates.retain(|t| {
+            visible(&t.project) && (req.project.is_empty() || t.project == req.project)
+        });
         templates.sort_by(|a, b| (&a.vm, &a.snapshot).cmp(&(&b.vm, &b.snapshot)));
         Ok(pb::ListTemplatesResponse { templates })
     }

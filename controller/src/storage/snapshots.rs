@@ -27,8 +27,12 @@ pub(super) fn check_idle(vm: &pb::Vm) -> Result<()> {
 }
 
 impl Controller {
-    /// Takes a snapshot of a running VM on its host.
-    pub async fn create_snapshot(&self, req: pb::CreateSnapshotRequest) -> Result<pb::Snapshot> {
+    /// Takes a snapshot of a running VM on its host, for user `by`.
+    pub async fn create_snapshot(
+        &self,
+        req: pb::CreateSnapshotRequest,
+        by: &str,
+    ) -> Result<pb::Snapshot> {
         check_snapshot_name(&req.snapshot)?;
         self.idempotent(&req.request_id, "CreateSnapshot", async {
             let id = self.state().vm_id(&req.vm)?;
@@ -71,6 +75,8 @@ impl Controller {
                 paused_ms: info.paused_ms,
                 memory_bytes: info.memory_bytes,
                 disks: info.disks,
+                project: crate::iam::project_of(&vm).to_string(),
+                created_by: by.to_string(),
             };
             let msg = format!(
                 "snapshot {}: guest paused {:.1} ms, {} bytes of memory, {} disks",
@@ -103,6 +109,16 @@ impl Controller {
         &self,
         req: &pb::ListSnapshotsRequest,
     ) -> Result<pb::ListSnapshotsResponse> {
+        self.list_snapshots_in(req, &|_| true)
+    }
+
+    /// A page of the snapshots whose VM's project `visible` accepts (and is `req.project`
+    /// when given), as [`Controller::list_snapshots`].
+    pub fn list_snapshots_in(
+        &self,
+        req: &pb::ListSnapshotsRequest,
+        visible: &dyn Fn(&str) -> bool,
+    ) -> Result<pb::ListSnapshotsResponse> {
         let size = match req.page_size as usize {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
@@ -113,6 +129,17 @@ impl Controller {
             Some(self.state().vm_id(&req.vm)?)
         };
         let mut all = self.snapshot_records(vm_id.as_deref())?;
+        {
+            let st = self.state();
+            all.retain_mut(|s| {
+                if let Some(vm) = st.vms.get(&s.vm_id) {
+                    s.project = crate::iam::project_of(vm).to_string();
+                } else if s.project.is_empty() {
+                    s.project = crate::iam::DEFAULT_PROJECT.to_string();
+                }
+                visible(&s.project) && (req.project.is_empty() || s.project == req.project)
+            });
+        }
         all.sort_by(|a, b| (&a.vm, &a.name).cmp(&(&b.vm, &b.name)));
         let total = all.len() as u32;
         let mut snapshots: Vec<pb::Snapshot> = all
