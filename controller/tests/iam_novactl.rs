@@ -26,8 +26,10 @@ fn novactl(
     args: &[&str],
     stdin: &str,
 ) -> (bool, String, String) {
+    // These controllers serve without TLS (identity and access is what is tested here;
+    // tests/mgmt_tls.rs proves the transport).
     let mut child = Command::new(env!("CARGO_BIN_EXE_novactl"))
-        .args(["--controller", addr])
+        .args(["--controller", &format!("http://{addr}")])
         .args(args)
         .env("NOVACRON_CONFIG_DIR", config)
         .env_remove("NOVACRON_TOKEN")
@@ -155,7 +157,12 @@ async fn login_projects_tokens_and_audit_from_the_command_line() {
     // The enrolment prints the secret, then reads the code from standard input: the test
     // answers like an authenticator would.
     let mut child = Command::new(env!("CARGO_BIN_EXE_novactl"))
-        .args(["--controller", &addr, "user", "totp-enroll"])
+        .args([
+            "--controller",
+            &format!("http://{addr}"),
+            "user",
+            "totp-enroll",
+        ])
         .env("NOVACRON_CONFIG_DIR", &vconfig)
         .env_remove("NOVACRON_TOKEN")
         .env_remove("NOVACRON_TOKEN_FILE")
