@@ -69,6 +69,7 @@ pub fn issue(migration_id: &str) -> Result<Credential, MigrationTlsError> {
         KeyUsagePurpose::DigitalSignature,
     ];
     let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::from_params(&ca, &ca_key);
 
     let leaf = |role: &str, eku: ExtendedKeyUsagePurpose| -> Result<MigrationTls, rcgen::Error> {
         let key = KeyPair::generate()?;
@@ -81,7 +82,7 @@ pub fn issue(migration_id: &str) -> Result<Credential, MigrationTlsError> {
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![eku];
         p.use_authority_key_identifier_extension = true;
-        let cert = p.signed_by(&key, &ca_cert, &ca_key)?;
+        let cert = p.signed_by(&key, &issuer)?;
         Ok(MigrationTls {
             ca_pem: ca_cert.pem(),
             cert_pem: cert.pem(),
@@ -91,6 +92,7 @@ pub fn issue(migration_id: &str) -> Result<Credential, MigrationTlsError> {
     let destination = leaf("destination", ExtendedKeyUsagePurpose::ServerAuth)?;
     let source = leaf("source", ExtendedKeyUsagePurpose::ClientAuth)?;
     // The CA's key goes here: nothing can sign for this migration any more.
+    drop(issuer);
     drop(ca_key);
     Ok(Credential {
         source,

@@ -428,26 +428,26 @@ impl Write for Transport {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests_support {
     use super::*;
     use rcgen::{
         BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair,
         KeyUsagePurpose,
     };
-    use std::net::TcpListener;
 
     /// (destination half, source half) of a fresh credential, as the controller issues it.
-    fn credential() -> (MigrationTls, MigrationTls) {
+    pub(super) fn credential() -> (MigrationTls, MigrationTls) {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca = CertificateParams::new(vec![]).unwrap();
         ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let issuer = rcgen::Issuer::from_params(&ca, &ca_key);
         let ca = ca.self_signed(&ca_key).unwrap();
         let leaf = |eku| {
             let key = KeyPair::generate().unwrap();
             let mut p = CertificateParams::new(vec![SERVER_NAME.to_string()]).unwrap();
             p.extended_key_usages = vec![eku];
-            let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
+            let cert = p.signed_by(&key, &issuer).unwrap();
             MigrationTls {
                 ca_pem: ca.pem(),
                 cert_pem: cert.pem(),
@@ -459,6 +459,13 @@ mod tests {
             leaf(ExtendedKeyUsagePurpose::ClientAuth),
         )
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::credential;
+    use super::*;
+    use std::net::TcpListener;
 
     /// Runs a TLS server with `server` on a loopback port; it echoes what it reads back
     /// (and reports its handshake's outcome).
@@ -608,5 +615,73 @@ mod tests {
         dst.key_pem = "not a key".into();
         let e = TlsContext::server(&dst).unwrap_err().to_string();
         assert!(e.contains("key is not valid PEM"), "{e}");
+    }
+}
+
+/// Throughput of the stream itself over loopback, plain and TLS (a measurement, not a check:
+/// `cargo test --release -p novacron-migration --lib transport::throughput -- --ignored
+/// --nocapture`).
+#[cfg(test)]
+mod throughput {
+    use super::tests_support::credential;
+    use super::*;
+    use std::net::TcpListener;
+
+    fn run(tls: bool, bytes: usize) -> f64 {
+        let (dst, src) = credential();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut t = if tls {
+                TlsContext::server(&dst)
+                    .unwrap()
+                    .handshake(s, Duration::from_secs(5))
+                    .unwrap()
+            } else {
+                Transport::from(s)
+            };
+            let mut r = BufReader::with_capacity(1 << 20, &mut t);
+            let mut buf = vec![0u8; 4 << 20];
+            let mut n = 0;
+            while n < bytes {
+                let k = r.read(&mut buf).unwrap();
+                assert!(k > 0);
+                n += k;
+            }
+        });
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let t0 = Instant::now();
+        let t = if tls {
+            TlsContext::client(&src)
+                .unwrap()
+                .handshake(s, Duration::from_secs(5))
+                .unwrap()
+        } else {
+            Transport::from(s)
+        };
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, t);
+        let chunk = vec![0x5au8; 4 << 20];
+        let mut sent = 0;
+        while sent < bytes {
+            w.write_all(&chunk).unwrap();
+            sent += chunk.len();
+        }
+        w.flush().unwrap();
+        server.join().unwrap();
+        bytes as f64 / t0.elapsed().as_secs_f64() / 1e6
+    }
+
+    #[test]
+    #[ignore]
+    fn throughput() {
+        for _ in 0..2 {
+            let tcp = run(false, 1 << 30);
+            let tls = run(true, 1 << 30);
+            println!(
+                "1 GiB over loopback: tcp {tcp:.0} MB/s, tls {tls:.0} MB/s ({:.2}x)",
+                tcp / tls
+            );
+        }
     }
 }
