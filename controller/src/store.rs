@@ -264,10 +264,14 @@ impl Store {
         Ok(db!(t.get(id))?.and_then(|v| StoredRequest::decode(v.value())))
     }
 
-    /// The storage records whose key starts with `prefix`, in key order.
-    pub fn records(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    /// The records of a keyed table whose key starts with `prefix`, in key order.
+    fn prefixed(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        prefix: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let txn = db!(self.db.begin_read())?;
-        let t = db!(txn.open_table(STORAGE))?;
+        let t = db!(txn.open_table(table))?;
         let mut out = Vec::new();
         for row in db!(t.range(prefix..))? {
             let (k, v) = db!(row)?;
@@ -277,35 +281,37 @@ impl Store {
             out.push((k.value().to_string(), v.value().to_vec()));
         }
         Ok(out)
+    }
+
+    /// One record of a keyed table.
+    fn keyed(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = db!(self.db.begin_read())?;
+        let t = db!(txn.open_table(table))?;
+        Ok(db!(t.get(key))?.map(|v| v.value().to_vec()))
+    }
+
+    /// The storage records whose key starts with `prefix`, in key order.
+    pub fn records(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.prefixed(STORAGE, prefix)
     }
 
     /// One storage record.
     pub fn record(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = db!(self.db.begin_read())?;
-        let t = db!(txn.open_table(STORAGE))?;
-        Ok(db!(t.get(key))?.map(|v| v.value().to_vec()))
+        self.keyed(STORAGE, key)
     }
 
     /// The identity records whose key starts with `prefix`, in key order.
     pub fn iam_records(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let txn = db!(self.db.begin_read())?;
-        let t = db!(txn.open_table(IAM))?;
-        let mut out = Vec::new();
-        for row in db!(t.range(prefix..))? {
-            let (k, v) = db!(row)?;
-            if !k.value().starts_with(prefix) {
-                break;
-            }
-            out.push((k.value().to_string(), v.value().to_vec()));
-        }
-        Ok(out)
+        self.prefixed(IAM, prefix)
     }
 
     /// One identity record.
     pub fn iam_record(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = db!(self.db.begin_read())?;
-        let t = db!(txn.open_table(IAM))?;
-        Ok(db!(t.get(key))?.map(|v| v.value().to_vec()))
+        self.keyed(IAM, key)
     }
 
     /// Appends an audit record under the next sequence number (set in the record), trimming
