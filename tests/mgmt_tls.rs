@@ -9,6 +9,7 @@ use std::time::Duration;
 use novacron_proto::agent as apb;
 use novacron_proto::agent::agent_client::AgentClient;
 use novacron_proto::agent::agent_peer_client::AgentPeerClient;
+use novacron_proto::auth::AttachToken;
 use novacron_proto::controller as pb;
 use novacron_proto::controller::registry_client::RegistryClient;
 use novacron_proto::controller::vm_service_client::VmServiceClient;
@@ -32,10 +33,11 @@ async fn channel(addr: &str, cfg: Option<ClientTlsConfig>) -> Result<Channel, St
     ep.connect().await.map_err(|e| format!("{e:?}"))
 }
 
-/// Lists VMs on the controller through `cfg`: Err when the handshake or the call fails.
-async fn list_vms(addr: &str, cfg: Option<ClientTlsConfig>) -> Result<(), String> {
+/// Lists VMs on the controller through `cfg` with the admin's token: Err when the handshake
+/// or the call fails.
+async fn list_vms(addr: &str, cfg: Option<ClientTlsConfig>, token: &str) -> Result<(), String> {
     let ch = channel(addr, cfg).await?;
-    VmServiceClient::new(ch)
+    VmServiceClient::with_interceptor(ch, AttachToken::new(Some(token)).unwrap())
         .list_vms(pb::ListVmsRequest::default())
         .await
         .map(|_| ())
@@ -69,7 +71,7 @@ fn handshakes_need_a_certificate_of_the_ca_and_services_check_identities() {
 
         // The right certificates work.
         let good = tls::mutual_client(&c.client_tls, CONTROLLER_DNS_NAME);
-        list_vms(&ctl, Some(good))
+        list_vms(&ctl, Some(good), &c.admin_token)
             .await
             .expect("operator certificate");
         let as_controller = tls::mutual_client(&c.controller_tls, "node-a");
@@ -87,7 +89,7 @@ fn handshakes_need_a_certificate_of_the_ca_and_services_check_identities() {
         ] {
             let call = |cfg| async {
                 if what == "controller" {
-                    list_vms(addr, cfg).await
+                    list_vms(addr, cfg, &c.admin_token).await
                 } else {
                     host_info(addr, cfg).await
                 }
@@ -115,7 +117,9 @@ fn handshakes_need_a_certificate_of_the_ca_and_services_check_identities() {
         assert!(host_info(&agent, Some(wrong_name)).await.is_err());
         let imposter = tls::mutual_client(&c.client_tls, "node-a");
         assert!(
-            list_vms(&ctl, Some(imposter)).await.is_err(),
+            list_vms(&ctl, Some(imposter), &c.admin_token)
+                .await
+                .is_err(),
             "controller accepted as node-a"
         );
 
