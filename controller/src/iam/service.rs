@@ -242,11 +242,7 @@ impl IamService for IamApi {
     async fn enroll_totp(&self, r: Request<pb::EnrollTotpRequest>) -> R<pb::EnrollTotpResponse> {
         let p = principal(&r)?;
         let req = r.into_inner();
-        let who = if req.user.is_empty() {
-            &p.user
-        } else {
-            &req.user
-        };
+        let who = self_or(&p.user, &req.user);
         let call = Call::new(&p, "IamService/EnrollTotp", &req.request_id, who);
         let res = (|| {
             let mut u = self.target(&p, &req.user)?;
@@ -261,11 +257,7 @@ impl IamService for IamApi {
     async fn confirm_totp(&self, r: Request<pb::ConfirmTotpRequest>) -> R<pb::User> {
         let p = principal(&r)?;
         let req = r.into_inner();
-        let who = if req.user.is_empty() {
-            &p.user
-        } else {
-            &req.user
-        };
+        let who = self_or(&p.user, &req.user);
         let call = Call::new(&p, "IamService/ConfirmTotp", &req.request_id, who);
         let res = (|| {
             let mut u = self.target(&p, &req.user)?;
@@ -620,5 +612,14 @@ impl IamService for IamApi {
         )
         .map_err(IamError::from)?;
         Ok(Response::new(pb::ListAuditResponse { records }))
+    }
+}
+
+/// The user a self-service call names: `named`, or the caller when it names none.
+fn self_or<'a>(caller: &'a str, named: &'a str) -> &'a str {
+    if named.is_empty() {
+        caller
+    } else {
+        named
     }
 }
