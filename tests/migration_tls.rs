@@ -35,7 +35,7 @@ fn migrate_tls(
 }
 
 fn boot_source(dir: &Scratch) -> Vmm {
-    let mut src = Vmm::boot_guest(dir, "src", "workload=ab mib=32", "128M");
+    let mut src = Vmm::boot_guest(dir, "src", "workload=rand mib=32 rate=5000 bytes=64", "128M");
     src.wait_for("CHECK PASS", 0, Duration::from_secs(120));
     src
 }
@@ -103,7 +103,6 @@ fn answer(mut s: impl Read) -> Result<Vec<u8>, std::io::Error> {
 }
 
 #[test]
-#[ignore = "does not finish under CI load with 2 test threads (stop 22): run with `cargo test --test migration_tls -- --ignored --test-threads=1`"]
 fn tls_migration_moves_the_guest_with_memory_verified() {
     let dir = Scratch::new("tls-ok");
     let c = issue("tls-ok").unwrap();
@@ -122,7 +121,6 @@ fn tls_migration_moves_the_guest_with_memory_verified() {
 }
 
 #[test]
-#[ignore = "does not finish under CI load with 2 test threads (stop 22): run with `cargo test --test migration_tls -- --ignored --test-threads=1`"]
 fn strays_cannot_reach_a_tls_destination_and_the_real_source_still_migrates() {
     let dir = Scratch::new("tls-strays");
     let c = issue("tls-strays").unwrap();
@@ -196,7 +194,6 @@ fn strays_cannot_reach_a_tls_destination_and_the_real_source_still_migrates() {
 }
 
 #[test]
-#[ignore = "does not finish under CI load with 2 test threads (stop 22): run with `cargo test --test migration_tls -- --ignored --test-threads=1`"]
 fn a_destination_that_is_not_the_peer_fails_the_migration_and_the_source_keeps_running() {
     let dir = Scratch::new("tls-wrongdst");
     let c = issue("tls-wrongdst").unwrap();
