@@ -388,6 +388,53 @@ async fn login_with_password_and_totp() {
 }
 
 #[tokio::test]
+async fn repeated_failed_logins_must_wait_before_the_next_attempt_is_checked() {
+    let fx = fixture("throttle");
+    let srv = start(&fx.dir, IamMode::Enforce).await;
+    let mut anon = srv.clients(None);
+    let login = |user: &str, password: &str| pb::LoginRequest {
+        user: user.into(),
+        password: password.into(),
+        totp_code: String::new(),
+    };
+    for i in 0..5 {
+        let s = anon.iam.login(login("victor", "guess")).await.unwrap_err();
+        assert_eq!(s.code(), Code::Unauthenticated, "attempt {i}");
+    }
+    // Now even the right password is not checked until the wait is over.
+    let s = anon.iam.login(login("victor", PASSWORD)).await.unwrap_err();
+    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    assert!(
+        s.message()
+            .starts_with("too many failed logins for user victor: try again in"),
+        "{}",
+        s.message()
+    );
+    // Another user name is not affected (and an unknown one fails as usual).
+    let s = anon.iam.login(login("nobody", "x")).await.unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+    // After the wait (1 s after the fifth failure) the right password logs in, and that
+    // clears the record.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    anon.iam
+        .login(login("victor", PASSWORD))
+        .await
+        .expect("login after the wait");
+    let s = anon.iam.login(login("victor", "guess")).await.unwrap_err();
+    assert_eq!(
+        s.code(),
+        Code::Unauthenticated,
+        "a fresh record after success"
+    );
+    anon.iam
+        .login(login("victor", PASSWORD))
+        .await
+        .expect("no wait after a single failure");
+    srv.stop().await;
+    let _ = std::fs::remove_dir_all(&fx.dir);
+}
+
+#[tokio::test]
 async fn development_mode_lets_tokenless_calls_act_as_admin() {
     let fx = fixture("devmode");
     let srv = start(&fx.dir, IamMode::InsecureDev).await;

@@ -10,14 +10,15 @@
 //! Files: [`users`] (passwords, TOTP), [`tokens`] (signing key, JWTs, API tokens),
 //! [`roles`] (roles, [`roles::Principal`] and the one policy, [`roles::authorize`]),
 //! [`quotas`] (usage and limits, checked in the scheduler's atomic step), [`audit`] (the
-//! audit log), [`authn`] (the `Authenticate` interceptor), [`service`] (`IamService` of
-//! `proto/iam.proto`).
+//! audit log), [`authn`] (the `Authenticate` interceptor), [`throttle`] (waits after
+//! repeated failed logins), [`service`] (`IamService` of `proto/iam.proto`).
 
 pub mod audit;
 pub mod authn;
 pub mod quotas;
 pub mod roles;
 pub mod service;
+pub mod throttle;
 pub mod tokens;
 pub mod users;
 
@@ -163,6 +164,7 @@ pub fn token_key(id: &str) -> String {
 pub struct Iam {
     store: Arc<Store>,
     key: SigningKey,
+    throttle: throttle::LoginThrottle,
 }
 
 impl Iam {
@@ -170,7 +172,11 @@ impl Iam {
     /// mode 0600, on first use), and makes sure the `default` project exists.
     pub fn open(store: Arc<Store>, data_dir: &Path) -> Result<Self> {
         let key = SigningKey::load_or_create(data_dir)?;
-        let iam = Iam { store, key };
+        let iam = Iam {
+            store,
+            key,
+            throttle: throttle::LoginThrottle::default(),
+        };
         if iam.project(DEFAULT_PROJECT)?.is_none() {
             let p = pb::Project {
                 name: DEFAULT_PROJECT.into(),
@@ -192,6 +198,11 @@ impl Iam {
     /// The token signing key.
     pub fn signing_key(&self) -> &SigningKey {
         &self.key
+    }
+
+    /// The failed-login records.
+    pub fn login_throttle(&self) -> &throttle::LoginThrottle {
+        &self.throttle
     }
 
     /// A project by name.

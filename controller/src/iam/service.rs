@@ -2,6 +2,7 @@
 //! tokens and the audit log. Every mutating call is audited (see [`super::audit`]).
 
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use novacron_proto::controller as pb;
 use novacron_proto::controller::iam_service_server::IamService;
@@ -75,6 +76,28 @@ impl IamApi {
     }
 
     fn login(&self, req: &pb::LoginRequest) -> Result<pb::LoginResponse, Status> {
+        let throttle = self.iam().login_throttle();
+        let now = Instant::now();
+        if let Some(wait) = throttle.refused_for(&req.user, now) {
+            return Err(Status::resource_exhausted(format!(
+                "too many failed logins for user {}: try again in {} s",
+                req.user,
+                wait.as_secs().max(1)
+            )));
+        }
+        let res = self.check_login(req);
+        match &res {
+            Ok(_) => throttle.succeeded(&req.user),
+            // A password that is right but lacks its second factor is not a failure.
+            Err(s) if s.metadata().get(TOTP_REQUIRED).is_some() => {}
+            Err(s) if s.code() == tonic::Code::Unauthenticated => throttle.failed(&req.user, now),
+            Err(_) => {}
+        }
+        res
+    }
+
+    /// Checks the password and second factor of a login and issues its session token.
+    fn check_login(&self, req: &pb::LoginRequest) -> Result<pb::LoginResponse, Status> {
         let bad = || Status::unauthenticated("invalid user name or password");
         let Some(mut u) = users::get(self.iam().store(), &req.user)? else {
             let _ = users::verify_password(dummy_hash(), &req.password);
