@@ -2,7 +2,10 @@
 //! `novacron-controller`, which validates, schedules, persists (fsync) and asks a real
 //! `novacron-agent`, which prepares the VM directory and starts a supervised `novacron-vmm`
 //! and waits for its control API; `CreateVm` answers once the VMM runs. Also measured: until
-//! the guest prints `READY` on its console, and `DeleteVm`.
+//! the guest prints `READY` on its console, `DeleteVm`, and a new connection plus one call
+//! (what each novactl run pays). Each row is measured twice: secured (mutual TLS and the API
+//! token: the default) and with `--insecure-dev` (plaintext gRPC, the token still checked),
+//! so the difference is what TLS costs (`MGMT_BENCH_TLS=on|off` runs one of them).
 //!
 //! `cargo bench --bench mgmt_create_latency` (real VMM and test guest; MGMT_BENCH_VMM=fake
 //! for the contract stand-in, MGMT_BENCH_N for the number of VMs). Without `--bench` (as
@@ -52,8 +55,22 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(async move {
-        let mut cl = Cluster::new("bench", vmm, &[]);
+    // Secured (mutual TLS, token checked: the default) and `--insecure-dev` (plaintext, the
+    // same token checked), alternating, so the difference is what TLS costs.
+    let variants: Vec<bool> = match std::env::var("MGMT_BENCH_TLS").as_deref() {
+        Ok("on") => vec![false],
+        Ok("off") => vec![true],
+        _ => vec![false, true],
+    };
+    for insecure in variants {
+        rt.block_on(one_variant(vmm, n, insecure));
+    }
+}
+
+async fn one_variant(vmm: Vmm, n: usize, insecure: bool) {
+    {
+        let mut cl = Cluster::new(if insecure { "bench-plain" } else { "bench-tls" }, vmm, &[]);
+        cl.insecure = insecure;
         if vmm == Vmm::Real {
             cl.cmdline = "workload=idle hz=10 report_ms=0".into();
         }
@@ -92,13 +109,19 @@ fn main() {
             delete.push(t1.elapsed());
         }
         println!(
-            "create-to-running through controller -> agent -> {} ({} VMs, one at a time, 32 MiB)",
+            "create-to-running through controller -> agent -> {} ({} VMs, one at a time, 32 MiB), \
+             gRPC {}",
             if vmm == Vmm::Real {
                 "novacron-vmm + test guest"
             } else {
                 "fake_vmm"
             },
-            n
+            n,
+            if insecure {
+                "plaintext (--insecure-dev)"
+            } else {
+                "mutual TLS + token"
+            }
         );
         println!(
             "{:<28} {:>5} {:>9} {:>9} {:>9} {:>9}",
@@ -107,5 +130,16 @@ fn main() {
         row("CreateVm (vmm running)", create);
         row("create to guest READY", ready);
         row("DeleteVm", delete);
-    });
+        // What a one-shot client (novactl) pays: a new connection (TLS handshake) + one call.
+        let mut connect = Vec::new();
+        for _ in 0..n {
+            let t0 = Instant::now();
+            let mut c = cl.vms().await;
+            c.list_vms(pb::ListVmsRequest::default())
+                .await
+                .expect("list");
+            connect.push(t0.elapsed());
+        }
+        row("connect + ListVms", connect);
+    }
 }

@@ -35,7 +35,12 @@ fn migrate_tls(
 }
 
 fn boot_source(dir: &Scratch) -> Vmm {
-    let mut src = Vmm::boot_guest(dir, "src", "workload=rand mib=32 rate=5000 bytes=64", "128M");
+    let mut src = Vmm::boot_guest(
+        dir,
+        "src",
+        "workload=rand mib=32 rate=5000 bytes=64",
+        "128M",
+    );
     src.wait_for("CHECK PASS", 0, Duration::from_secs(120));
     src
 }

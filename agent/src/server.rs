@@ -225,7 +225,7 @@ pub async fn serve(cfg: AgentConfig) -> Result<(), ServerError> {
             peers,
         ))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            novacron_proto::serving::incoming(listener),
             shutdown_signal(),
         )
         .await;

@@ -150,12 +150,9 @@ pub async fn serve_with(
             let server = tonic::transport::Server::builder()
                 .tls_config(tls::server_only(m))?
                 .add_service(JoinServer::new(api))
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(l),
-                    async {
-                        let _ = stopped.await;
-                    },
-                );
+                .serve_with_incoming_shutdown(novacron_proto::serving::incoming(l), async {
+                    let _ = stopped.await;
+                });
             (Some(stop), Some(tokio::spawn(server)))
         }
         _ => (None, None),
@@ -192,10 +189,7 @@ pub async fn serve_with(
             RegistryApi(Arc::clone(&ctl)),
             agents,
         ))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(novacron_proto::serving::incoming(listener), shutdown)
         .await;
     reconciler.abort();
     if let Some(stop) = join_stop {

@@ -165,6 +165,9 @@ pub struct Cluster {
     pub controller_tls: TlsMaterial,
     /// The bootstrap admin's API token (file: `<root>/admin.token`).
     pub admin_token: String,
+    /// Run the controller and agents with `--insecure-dev` (plaintext gRPC; the token is
+    /// still sent and checked): only to measure what TLS costs (`benches/`).
+    pub insecure: bool,
 }
 
 /// Runs `novacron-controller ARGS` to completion (the `certs` commands), panicking on
@@ -182,14 +185,17 @@ pub fn controller_command(args: &[&std::ffi::OsStr]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A channel to `addr` (HOST:PORT) speaking mutual TLS with `m`, to a server whose
-/// certificate names `server_name`; waits up to 20 s for the server to listen.
-pub async fn tls_channel(addr: &str, m: &TlsMaterial, server_name: &str) -> Channel {
-    let ep = Endpoint::from_shared(format!("https://{addr}"))
-        .expect("endpoint")
-        .connect_timeout(Duration::from_secs(2))
-        .tls_config(tls::mutual_client(m, server_name))
-        .expect("tls config");
+/// A plaintext channel to `addr` (HOST:PORT); waits up to 20 s for the server to listen.
+pub async fn plain_channel(addr: &str) -> Channel {
+    connect(
+        Endpoint::from_shared(format!("http://{addr}")).expect("endpoint"),
+        addr,
+    )
+    .await
+}
+
+async fn connect(ep: Endpoint, addr: &str) -> Channel {
+    let ep = ep.connect_timeout(Duration::from_secs(2));
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match ep.connect().await {
@@ -198,6 +204,16 @@ pub async fn tls_channel(addr: &str, m: &TlsMaterial, server_name: &str) -> Chan
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
+}
+
+/// A channel to `addr` (HOST:PORT) speaking mutual TLS with `m`, to a server whose
+/// certificate names `server_name`; waits up to 20 s for the server to listen.
+pub async fn tls_channel(addr: &str, m: &TlsMaterial, server_name: &str) -> Channel {
+    let ep = Endpoint::from_shared(format!("https://{addr}"))
+        .expect("endpoint")
+        .tls_config(tls::mutual_client(m, server_name))
+        .expect("tls config");
+    connect(ep, addr).await
 }
 
 impl Cluster {
@@ -262,6 +278,7 @@ impl Cluster {
             ctl_args: ctl_args.iter().map(|s| s.to_string()).collect(),
             agents: HashMap::new(),
             procs: HashMap::new(),
+            insecure: false,
         }
     }
 
@@ -281,6 +298,7 @@ impl Cluster {
             .args(["--listen", &self.ctl_addr, "--data-dir"])
             .arg(self.root.join("controller"))
             .args(["--join-listen", &self.join_addr])
+            .args(self.insecure.then_some("--insecure-dev"))
             .args(&self.ctl_args)
             .stdin(Stdio::null())
             .stdout(self.log("controller"))
@@ -332,6 +350,7 @@ impl Cluster {
             .arg("--vmm-binary")
             .arg(vmm)
             .args(["--stop-timeout-ms", "3000"])
+            .args(self.insecure.then_some("--insecure-dev"))
             .args(&extra)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -358,8 +377,12 @@ impl Cluster {
         ]);
     }
 
-    /// A mutual-TLS channel to the controller with the operator's client certificate.
+    /// A channel to the controller: mutual TLS with the operator's client certificate
+    /// (plaintext when [`Cluster::insecure`]).
     pub async fn ctl_channel(&self) -> Channel {
+        if self.insecure {
+            return plain_channel(&self.ctl_addr).await;
+        }
         tls_channel(&self.ctl_addr, &self.client_tls, CONTROLLER_DNS_NAME).await
     }
 
@@ -391,7 +414,11 @@ impl Cluster {
     /// A client of the agent named `name` (waits for it to listen), with the controller's
     /// certificate: agents serve no one else.
     pub async fn agent(&self, name: &str) -> AgentClient<Channel> {
-        AgentClient::new(tls_channel(&self.agent_addr(name), &self.controller_tls, name).await)
+        let addr = self.agent_addr(name);
+        if self.insecure {
+            return AgentClient::new(plain_channel(&addr).await);
+        }
+        AgentClient::new(tls_channel(&addr, &self.controller_tls, name).await)
     }
 
     /// Pids of the live VMM processes (not their supervisors) this cluster's agents started.
@@ -495,8 +522,13 @@ impl Cluster {
 
     /// Runs novactl against this cluster's controller; returns (success, stdout, stderr).
     pub fn novactl(&self, args: &[&str]) -> (bool, String, String) {
+        let controller = if self.insecure {
+            format!("http://{}", self.ctl_addr)
+        } else {
+            self.ctl_addr.clone()
+        };
         let out = Command::new(bin_dir().join("novactl"))
-            .args(["--controller", &self.ctl_addr, "--tls-dir"])
+            .args(["--controller", &controller, "--tls-dir"])
             .arg(self.root.join("controller/pki/clients/admin"))
             .arg("--token-file")
             .arg(self.root.join("admin.token"))
