@@ -21,9 +21,9 @@ impl From<ManagerError> for Status {
             }
             ManagerError::NotFound(_) => Status::not_found(msg),
             ManagerError::AlreadyExists(_) => Status::already_exists(msg),
-            ManagerError::FailedPrecondition(_) | ManagerError::Disk(_) => {
-                Status::failed_precondition(msg)
-            }
+            ManagerError::FailedPrecondition(_)
+            | ManagerError::Disk(_)
+            | ManagerError::Cgroup { .. } => Status::failed_precondition(msg),
             ManagerError::Unavailable(_) | ManagerError::Vmm(_) => Status::unavailable(msg),
             ManagerError::Aborted(_) | ManagerError::Copy { .. } => Status::aborted(msg),
             ManagerError::Net(_) | ManagerError::Supervise(_) | ManagerError::Io { .. } => {

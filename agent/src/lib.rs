@@ -4,6 +4,7 @@
 //! and registers and heartbeats with the controller.
 //!
 //! Modules: [`manager`] (VM lifecycle and migration), [`supervise`] (per-VM supervisor),
+//! [`cgroup`] (per-VM cgroups: limits, usage, OOM kills),
 //! [`vmm_client`] (the VMM control socket), [`procfs`] (process inspection), [`disks`],
 //! [`images_dir`] (the one resolver of kernel, initrd and image names: confined to the images
 //! directory),
@@ -12,6 +13,7 @@
 //! summaries as proto messages).
 
 pub mod api;
+pub mod cgroup;
 pub mod disk_copy;
 pub mod disks;
 pub mod host;

@@ -59,6 +59,14 @@ struct Args {
     /// Development only: serve plain HTTP/2 and check no certificates (prints a warning).
     #[arg(long)]
     insecure_dev: bool,
+    /// Run VMs without per-VM cgroups (no CPU, memory or pids limits; prints a warning): for
+    /// hosts where the agent cannot create cgroups.
+    #[arg(long)]
+    no_cgroups: bool,
+    /// CPU overcommit F: each VM may use vcpus/F CPUs (at least 0.1 CPU); 1.0 gives every
+    /// vCPU a whole CPU.
+    #[arg(long, default_value_t = 1.0)]
+    cpu_overcommit: f64,
 }
 
 /// `novacron-agent join`: trades a join token for this host's certificate.
@@ -166,6 +174,12 @@ fn main() -> ExitCode {
         },
         None => None,
     };
+    if args.no_cgroups {
+        eprintln!(
+            "novacron-agent: WARNING: --no-cgroups: VMs run without CPU, memory or pids limits; \
+             one guest can starve the host"
+        );
+    }
     let tls_dir = args
         .tls_dir
         .clone()
@@ -212,6 +226,8 @@ fn main() -> ExitCode {
         start_timeout: Duration::from_millis(args.start_timeout_ms),
         heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms.max(10)),
         tls,
+        cgroups: !args.no_cgroups,
+        cpu_overcommit: args.cpu_overcommit,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

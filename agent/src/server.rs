@@ -16,6 +16,7 @@ use novacron_proto::agent::agent_peer_server::AgentPeerServer;
 use novacron_security::{tls, Allow, RequirePeer, TlsMaterial};
 
 use crate::api::{AgentApi, HostInventory, PeerApi};
+use crate::cgroup::{self, HostCgroups};
 use crate::host::{self, HostError};
 use crate::manager::{Manager, ManagerConfig, ManagerError};
 use crate::registration::{self, RegistrationError};
@@ -82,6 +83,10 @@ pub struct AgentConfig {
     /// This host's TLS material (its certificate, key, and the CA); none only in development
     /// mode (`--insecure-dev`).
     pub tls: Option<TlsMaterial>,
+    /// Run VMs in per-VM cgroups (false: `--no-cgroups`).
+    pub cgroups: bool,
+    /// CPU overcommit of the VMs' CPU quotas (`--cpu-overcommit`).
+    pub cpu_overcommit: f64,
 }
 
 pub use novacron_proto::serving::shutdown_signal;
@@ -105,6 +110,8 @@ pub async fn serve(cfg: AgentConfig) -> Result<(), ServerError> {
         .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_string())
         .ok_or_else(|| ServerError::Config(format!("advertise address {advertise} has no port")))?;
     let agent_id = host::agent_id(&cfg.data_dir)?;
+    let cpu_overcommit = cgroup::check_overcommit(cfg.cpu_overcommit)
+        .map_err(|e| ServerError::Config(e.to_string()))?;
     let agent_exe = std::env::current_exe()
         .map_err(|e| ServerError::Config(format!("cannot locate own executable: {e}")))?;
     if !cfg.vmm_binary.is_file() {
@@ -112,6 +119,16 @@ pub async fn serve(cfg: AgentConfig) -> Result<(), ServerError> {
             "vmm binary {} not found; VMs will fail to start",
             cfg.vmm_binary.display()
         );
+    }
+    let cgroups = if cfg.cgroups {
+        HostCgroups::detect(&agent_id, cpu_overcommit)
+    } else {
+        HostCgroups::disabled()
+    };
+    if let Some(why) = cgroups.unavailable() {
+        tracing::error!("cgroups unavailable: {why}; every VM start will fail");
+    } else {
+        tracing::info!("{}", cgroups.describe());
     }
     let manager = Manager::new(ManagerConfig {
         data_dir: cfg.data_dir.clone(),
@@ -126,6 +143,7 @@ pub async fn serve(cfg: AgentConfig) -> Result<(), ServerError> {
             .take(4)
             .collect(),
         peer_tls: cfg.tls.clone(),
+        cgroups,
     })?;
     let adopted = manager.adopt().await?;
     tracing::info!("{adopted} vms found in {}", cfg.data_dir.display());

@@ -6,6 +6,7 @@ use std::time::Duration;
 use novacron_proto::agent as apb;
 use prost::Message;
 
+use crate::supervise;
 use crate::vmm_client;
 
 use super::{io_err, Manager, ManagerError, Meta, VmData, VmHandle};
@@ -42,6 +43,8 @@ impl Manager {
                 }
             };
             let mut data = VmData::created(config, dir.clone(), meta);
+            // The cgroup of its last launch (running or not: deleting the VM removes it).
+            data.cgroup = supervise::read_launch(&dir).ok().and_then(|l| l.cgroup);
             data.refresh();
             if data.pid > 0 {
                 match vmm_client::observe(&data.meta.socket, Duration::from_secs(2)).await {

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use novacron_proto::agent as apb;
 
+use crate::cgroup::VmCgroup;
 use crate::net::{self};
 use crate::procfs;
 use crate::supervise::{self, now_ms, Launch};
@@ -40,6 +41,7 @@ impl Manager {
                 vmm: self.cfg.vmm_binary.clone(),
                 argv: argv.clone(),
                 boot_argv: argv,
+                cgroup: None,
             };
             (d.dir.clone(), d.meta.socket.clone(), launch)
         };
@@ -47,6 +49,7 @@ impl Manager {
         self.wait_api(h, &dir, &socket).await
     }
 
+    /// Writes `launch` (with the VM's cgroup, created here) and starts its supervisor.
     pub(super) async fn launch(
         &self,
         h: &VmHandle,
@@ -55,9 +58,28 @@ impl Manager {
         launch: &Launch,
     ) -> Result<(), ManagerError> {
         let _ = std::fs::remove_file(socket);
-        supervise::prepare_launch(dir, launch)?;
+        // The VM's cgroup (created, or reused from its previous run, with the limits of its
+        // configuration) goes into launch.json: the supervisor puts every VMM of this launch,
+        // restarts after a reset included, into it.
+        let (id, name, vcpus, memory_mib) = {
+            let d = h.data();
+            let c = &d.config;
+            (c.id.clone(), c.name.clone(), c.vcpus, c.memory_mib)
+        };
+        let limits = self.cfg.cgroups.limits(vcpus, memory_mib);
+        let cgroup = self
+            .cfg
+            .cgroups
+            .create(&id, &limits)
+            .map_err(|source| ManagerError::Cgroup { vm: name, source })?;
+        let launch = Launch {
+            cgroup: cgroup.clone(),
+            ..launch.clone()
+        };
+        supervise::prepare_launch(dir, &launch)?;
         {
             let mut d = h.data();
+            d.cgroup = cgroup;
             d.meta.ever_started = true;
             d.exit = None;
             d.info = None;
@@ -85,14 +107,12 @@ impl Manager {
                 let mut d = h.data();
                 d.starting_until_ms = 0;
                 d.refresh();
-                let why = if !exit.error.is_empty() {
-                    exit.error.clone()
-                } else {
+                let why = exit.reason().unwrap_or_else(|| {
                     format!(
                         "vmm exited with status {:?} (signal {:?}): {tail}",
                         exit.code, exit.signal
                     )
-                };
+                });
                 d.message = why.clone();
                 return Err(ManagerError::FailedPrecondition(why));
             }
@@ -192,13 +212,14 @@ impl Manager {
     }
 
     pub(super) async fn remove_locked(&self, h: &VmHandle) -> Result<(), ManagerError> {
-        let (id, dir, socket, nics) = {
+        let (id, dir, socket, nics, cgroup) = {
             let d = h.data();
             (
                 d.config.id.clone(),
                 d.dir.clone(),
                 d.meta.socket.clone(),
                 d.config.nics.len(),
+                d.cgroup.clone(),
             )
         };
         for i in 0..nics {
@@ -215,6 +236,9 @@ impl Manager {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
+        if let Some(cg) = cgroup {
+            remove_cgroup(&id, &cg).await;
+        }
         let mut attempt = 0;
         while dir.exists() {
             match std::fs::remove_dir_all(&dir) {
@@ -229,6 +253,26 @@ impl Manager {
         }
         tracing::info!(id = %id, "removed");
         Ok(())
+    }
+}
+
+/// Removes a VM's cgroup once its processes are gone: the kernel refuses (EBUSY) while a task
+/// is still in it, e.g. a VMM not yet reaped. Retries for about two seconds, then logs and
+/// leaves it (an empty cgroup costs little; the next VM of that id reuses it).
+async fn remove_cgroup(id: &str, cg: &VmCgroup) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match cg.remove() {
+            Ok(()) => return,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!("removing the cgroup of {id}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => {
+                tracing::warn!("the cgroup of vm {id} stays: {e}");
+                return;
+            }
+        }
     }
 }
 

@@ -112,6 +112,7 @@ impl Manager {
             vmm: self.cfg.vmm_binary.clone(),
             argv,
             boot_argv,
+            cgroup: None,
         };
         let data = VmData {
             state: apb::VmState::Incoming,

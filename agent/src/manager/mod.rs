@@ -40,6 +40,7 @@ use novacron_proto::agent as apb;
 use novacron_vmm_api::protocol::Lifecycle;
 use parking_lot::{Mutex, MutexGuard};
 
+use crate::cgroup::{CgroupError, HostCgroups};
 use crate::disk_copy::CopyError;
 use crate::disks::{self, DiskError};
 use crate::images_dir::ImagesDir;
@@ -87,6 +88,14 @@ pub enum ManagerError {
     /// Supervision files or process.
     #[error(transparent)]
     Supervise(#[from] SuperviseError),
+    /// The VM's cgroup could not be set up.
+    #[error("vm {vm}: {source}")]
+    Cgroup {
+        /// VM name.
+        vm: String,
+        /// What failed.
+        source: CgroupError,
+    },
     /// The VMM API.
     #[error(transparent)]
     Vmm(#[from] VmmClientError),
@@ -127,6 +136,8 @@ pub struct ManagerConfig {
     /// This host's TLS material for calling peer agents (none: development mode, plain
     /// HTTP/2).
     pub peer_tls: Option<novacron_security::TlsMaterial>,
+    /// Where VM cgroups go and the CPU overcommit of their limits.
+    pub cgroups: HostCgroups,
 }
 
 /// The VM manager. See the module documentation.

@@ -264,6 +264,7 @@ impl Manager {
             vmm: self.cfg.vmm_binary.clone(),
             argv: m.args(),
             boot_argv,
+            cgroup: None,
         };
         self.launch(&h, &vm_dir, &socket, &launch).await?;
         let st = self.wait_api(&h, &vm_dir, &socket).await?;

@@ -10,6 +10,7 @@ use novacron_vmm_api::protocol::Lifecycle;
 use parking_lot::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 
+use crate::cgroup::VmCgroup;
 use crate::procfs;
 use crate::supervise::{self, now_ms, ExitRecord};
 use crate::vmm_client::Info;
@@ -73,6 +74,8 @@ pub struct VmData {
     pub starting_until_ms: i64,
     /// The VMM last reported itself in doubt (final frame sent, no confirmation seen).
     pub in_doubt: bool,
+    /// Its cgroup (from its last launch), if it has one.
+    pub cgroup: Option<VmCgroup>,
 }
 
 /// Status message of a VMM gone without an exit record (so far).
@@ -95,6 +98,7 @@ impl VmData {
             message: String::new(),
             starting_until_ms: 0,
             in_doubt: false,
+            cgroup: None,
         }
     }
 
@@ -162,6 +166,11 @@ impl VmData {
         let now = now_ms();
         let live = self.pid > 0 && self.running();
         let metrics = if live {
+            let cg = self
+                .cgroup
+                .as_ref()
+                .map(VmCgroup::usage)
+                .unwrap_or_default();
             apb::VmMetrics {
                 cpu_time_ms: procfs::cpu_time_ms(self.pid).unwrap_or(0),
                 rss_bytes: procfs::rss_bytes(self.pid).unwrap_or(0),
@@ -170,6 +179,12 @@ impl VmData {
                     .as_ref()
                     .map(|i| i.dirty_pages_per_sec)
                     .unwrap_or(0),
+                cgroup_memory_bytes: cg.memory_bytes,
+                cgroup_memory_limit_bytes: cg.memory_limit_bytes,
+                cgroup_cpu_usage_ms: cg.cpu_usage_ms,
+                cgroup_cpu_quota_millicpus: cg.cpu_quota_millicpus,
+                cgroup_pids: cg.pids,
+                cgroup_oom_kills: cg.oom_kills,
             }
         } else {
             apb::VmMetrics::default()
@@ -179,7 +194,7 @@ impl VmData {
             None => (-1, 0),
         };
         let message = match (&self.exit, self.message.is_empty()) {
-            (Some(e), true) if !live && !e.error.is_empty() => e.error.clone(),
+            (Some(e), true) if !live => e.reason().unwrap_or_default(),
             _ => self.message.clone(),
         };
         let mut migration = self.migration.clone();
@@ -241,5 +256,55 @@ impl VmHandle {
     /// The data, locked briefly.
     pub fn data(&self) -> MutexGuard<'_, VmData> {
         self.data.lock()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::OomKill;
+
+    /// A VMM the OOM killer took is reported crashed, with the memory limit as the reason.
+    #[test]
+    fn oom_kill_is_the_crash_reason() {
+        let dir = std::env::temp_dir().join(format!("nc-vm-oom-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let rec = ExitRecord {
+            signal: Some(libc::SIGKILL),
+            at_ms: 1,
+            pid: 42,
+            oom_kill: Some(OomKill {
+                limit_bytes: 184 << 20,
+                cgroup: "/sys/fs/cgroup/novacron/A/vm1".into(),
+            }),
+            ..Default::default()
+        };
+        supervise::write_atomic(&dir.join("exit.json"), &serde_json::to_vec(&rec).unwrap())
+            .unwrap();
+        let meta = Meta {
+            socket: dir.join("api.sock"),
+            ever_started: true,
+            ..Default::default()
+        };
+        let mut d = VmData::created(apb::VmConfig::default(), dir.clone(), meta);
+        d.refresh();
+        let st = d.status();
+        assert_eq!(st.state, apb::VmState::Crashed as i32);
+        assert_eq!(st.exit_signal, libc::SIGKILL);
+        assert_eq!(
+            st.message,
+            "killed by the kernel OOM killer: the VM's memory limit of 184 MiB (cgroup \
+             /sys/fs/cgroup/novacron/A/vm1) was reached"
+        );
+        // A plain SIGKILL says nothing more than the signal.
+        let rec = ExitRecord {
+            oom_kill: None,
+            ..rec
+        };
+        supervise::write_atomic(&dir.join("exit.json"), &serde_json::to_vec(&rec).unwrap())
+            .unwrap();
+        d.refresh();
+        assert_eq!(d.status().message, "");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
