@@ -65,6 +65,12 @@ pub fn status_json(s: &apb::VmStatus) -> Value {
             "cpu_time_ms": m.cpu_time_ms,
             "rss_bytes": m.rss_bytes,
             "dirty_pages_per_sec": m.dirty_pages_per_sec,
+            "cgroup_memory_bytes": m.cgroup_memory_bytes,
+            "cgroup_memory_limit_bytes": m.cgroup_memory_limit_bytes,
+            "cgroup_cpu_usage_ms": m.cgroup_cpu_usage_ms,
+            "cgroup_cpu_quota_millicpus": m.cgroup_cpu_quota_millicpus,
+            "cgroup_pids": m.cgroup_pids,
+            "cgroup_oom_kills": m.cgroup_oom_kills,
         },
     })
 }
@@ -276,12 +282,44 @@ const VM_HEADER: [&str; 10] = [
     "NAME", "PHASE", "HOST", "VCPUS", "MEMORY", "PID", "UPTIME", "RSS", "RESTARTS", "ID",
 ];
 
+/// The table view's line on a running VM's cgroup (none when it has none).
+fn cgroup_line(m: &apb::VmMetrics) -> Option<String> {
+    let limited = m.cgroup_memory_limit_bytes > 0 || m.cgroup_cpu_quota_millicpus > 0;
+    if !limited && m.cgroup_memory_bytes == 0 && m.cgroup_cpu_usage_ms == 0 {
+        return None;
+    }
+    let or_none = |v: u64, s: String| if v == 0 { "none".to_string() } else { s };
+    Some(format!(
+        "cgroup: memory {}M of {}, cpu {} ms (quota {}), {} tasks, {} oom kills",
+        m.cgroup_memory_bytes >> 20,
+        or_none(
+            m.cgroup_memory_limit_bytes,
+            format!("{}M", m.cgroup_memory_limit_bytes >> 20)
+        ),
+        m.cgroup_cpu_usage_ms,
+        or_none(
+            m.cgroup_cpu_quota_millicpus,
+            format!("{:.2} CPU", m.cgroup_cpu_quota_millicpus as f64 / 1000.0)
+        ),
+        m.cgroup_pids,
+        m.cgroup_oom_kills
+    ))
+}
+
 /// Prints one VM.
 pub fn print_vm(vm: &pb::Vm, f: Format) {
     match f {
         Format::Json => print_json(&vm_json(vm)),
         Format::Table => {
             println!("{}", table(&VM_HEADER, &[vm_row(vm)]));
+            let m = vm
+                .status
+                .as_ref()
+                .and_then(|s| s.metrics)
+                .unwrap_or_default();
+            if let Some(l) = cgroup_line(&m) {
+                println!("{l}");
+            }
             if !vm.message.is_empty() {
                 println!("message: {}", vm.message);
             }
@@ -481,5 +519,29 @@ mod tests {
             &[vec!["xxx".into(), "y".into()], vec!["z".into(), "w".into()]],
         );
         assert_eq!(t, "A    BB\nxxx  y\nz    w");
+    }
+
+    #[test]
+    fn cgroup_line_shows_usage_and_limits() {
+        assert_eq!(cgroup_line(&apb::VmMetrics::default()), None);
+        let m = apb::VmMetrics {
+            cgroup_memory_bytes: 40 << 20,
+            cgroup_memory_limit_bytes: 184 << 20,
+            cgroup_cpu_usage_ms: 1234,
+            cgroup_cpu_quota_millicpus: 200,
+            cgroup_pids: 4,
+            cgroup_oom_kills: 0,
+            ..Default::default()
+        };
+        assert_eq!(
+            cgroup_line(&m).unwrap(),
+            "cgroup: memory 40M of 184M, cpu 1234 ms (quota 0.20 CPU), 4 tasks, 0 oom kills"
+        );
+        let j = status_json(&apb::VmStatus {
+            metrics: Some(m),
+            ..Default::default()
+        });
+        assert_eq!(j["metrics"]["cgroup_cpu_quota_millicpus"], 200);
+        assert_eq!(j["metrics"]["cgroup_memory_limit_bytes"], 184u64 << 20);
     }
 }
