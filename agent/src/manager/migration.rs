@@ -203,6 +203,46 @@ impl Manager {
         Ok(status)
     }
 
+    /// Before a migration whose encoder keeps a delta cache (`delta`, `auto`), raises the VM's
+    /// memory limit by the cache's size (the VMM's default: half the guest RAM), so the
+    /// cache cannot push the VMM into its cgroup's OOM killer. The limit stays raised until
+    /// the VM's next start (the VMM need not give the cache's memory back to the kernel).
+    fn make_room_for_delta_cache(
+        &self,
+        h: &VmHandle,
+        args: &novacron_vmm_api::migration::MigrateOptions,
+    ) -> Result<(), ManagerError> {
+        use novacron_vmm_api::migration::Compression;
+        if !matches!(args.compression, Compression::Delta | Compression::Auto) {
+            return Ok(());
+        }
+        let (name, memory_mib, cgroup) = {
+            let d = h.data();
+            (d.config.name.clone(), d.config.memory_mib, d.cgroup.clone())
+        };
+        let Some(cg) = cgroup else {
+            return Ok(());
+        };
+        let cache = match args.cache_bytes {
+            0 => crate::cgroup::delta_cache_bytes(memory_mib),
+            b => b,
+        };
+        let limit = cg.memory_limit_bytes.saturating_add(cache);
+        if cg
+            .memory_limit()
+            .is_some_and(|now| now == 0 || now >= limit)
+        {
+            return Ok(());
+        }
+        cg.set_memory_limit(limit)
+            .map_err(|source| ManagerError::Cgroup {
+                vm: name.clone(),
+                source,
+            })?;
+        tracing::info!(vm = %name, limit_mib = limit >> 20, "memory limit raised for the delta cache");
+        Ok(())
+    }
+
     /// Migration source: sends `migrate` to the VMM and waits for the summary. On success the
     /// VMM has exited and the VM is forgotten here (its console log is kept under
     /// `<data-dir>/migrated/`).
@@ -244,6 +284,7 @@ impl Manager {
             cert_pem: tls.cert_pem.clone(),
             key_pem: tls.key_pem.clone(),
         });
+        self.make_room_for_delta_cache(&h, &args)?;
         let (socket, pid, dir) = {
             let mut d = h.data();
             d.refresh();
