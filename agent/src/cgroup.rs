@@ -580,6 +580,9 @@ fn parse_self_cgroup(text: &str) -> BTreeMap<String, String> {
     out
 }
 
+/// The v1 blkio weight files, by preference (CFQ's, then BFQ's).
+const V1_WEIGHT_FILES: [&str; 2] = ["blkio.weight", "blkio.bfq.weight"];
+
 /// The controllers the VM cgroups need.
 const REQUIRED: [&str; 3] = ["cpu", "memory", "pids"];
 
@@ -639,12 +642,22 @@ fn choose(
         .map(|c| dir_of(c))
         .collect();
     if let [Some(cpu), Some(cpuacct), Some(memory), Some(pids)] = v1.as_slice() {
+        // blkio only with a proportional scheduler's weight file (they exist in the root
+        // cgroup too): without one there is nothing to write, and no directory is made.
+        let weighted = mounts
+            .iter()
+            .find(|m| !m.v2 && m.controllers.iter().any(|x| x == "blkio"))
+            .is_some_and(|m| {
+                V1_WEIGHT_FILES
+                    .iter()
+                    .any(|f| controllers_of(&m.mount_point.join(f)).is_some())
+            });
         return Mode::V1 {
             cpu: cpu.clone(),
             cpuacct: cpuacct.clone(),
             memory: memory.clone(),
             pids: pids.clone(),
-            blkio: dir_of("blkio"),
+            blkio: dir_of("blkio").filter(|_| weighted),
         };
     }
     let missing: Vec<&str> = ["cpu", "cpuacct", "memory", "pids"]
@@ -669,6 +682,13 @@ impl HostCgroups {
             }),
             (Err(e), _) | (_, Err(e)) => Mode::Unavailable(e),
         };
+        if let Mode::V1 { blkio: None, .. } = &mode {
+            tracing::warn!(
+                "no cgroup v1 blkio hierarchy with {} (no proportional I/O scheduler): VMs get \
+                 no I/O weight",
+                V1_WEIGHT_FILES.join(" or ")
+            );
+        }
         HostCgroups {
             mode,
             cpu_overcommit,
@@ -844,21 +864,15 @@ impl HostCgroups {
                     Some(b) => {
                         let d = b.join(vm_id);
                         mkdir_all(&d)?;
-                        let w = write_weight(
-                            &d,
-                            &["blkio.weight", "blkio.bfq.weight"],
-                            &l.io_weight.to_string(),
-                        )?;
+                        let w = write_weight(&d, &V1_WEIGHT_FILES, &l.io_weight.to_string())?;
                         if w.is_none() {
                             // Nothing to keep it for.
                             let _ = std::fs::remove_dir(&d);
                         }
                         w
                     }
-                    None => {
-                        tracing::warn!("no blkio cgroup hierarchy: VMs get no I/O weight");
-                        None
-                    }
+                    // Warned about at start.
+                    None => None,
                 };
                 Ok(Some(VmCgroup {
                     version: Version::V1,
@@ -997,9 +1011,10 @@ mod tests {
 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
 ";
         let own = "9:name=systemd:/\n8:pids:/\n7:blkio:/\n4:memory:/sess/abc\n2:cpuacct:/\n1:cpu:/\n0::/\n";
-        let ctl = |p: &Path| {
-            (p == Path::new("/sys/fs/cgroup/unified/cgroup.controllers"))
-                .then(|| "hugetlb\n".to_string())
+        let ctl = |p: &Path| match p.to_str() {
+            Some("/sys/fs/cgroup/unified/cgroup.controllers") => Some("hugetlb\n".to_string()),
+            Some("/sys/fs/cgroup/blkio/blkio.bfq.weight") => Some("default 100\n".to_string()),
+            _ => None,
         };
         let m = choose(hybrid, own, "A", &ctl);
         assert_eq!(
@@ -1012,6 +1027,12 @@ mod tests {
                 blkio: Some("/sys/fs/cgroup/blkio/novacron/A".into()),
             }
         );
+        // Without a weight file (no proportional I/O scheduler, as on this CI host) no blkio
+        // directory is made.
+        match choose(hybrid, own, "A", &|_: &Path| None) {
+            Mode::V1 { blkio, .. } => assert_eq!(blkio, None),
+            other => panic!("{other:?}"),
+        }
         // Co-mounted cpu,cpuacct share one directory.
         let comounted =
             "32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n\

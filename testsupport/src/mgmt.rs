@@ -574,6 +574,65 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Removes the cgroups the cluster's agents made for their VMs (`novacron/<agent-id>` in
+    /// each cgroup hierarchy, at its root or below this process's own cgroup there; see
+    /// `agent/src/cgroup.rs`) once the killed VMMs are gone, so a failed test leaves no
+    /// cgroups behind.
+    fn remove_cgroups(&self) {
+        let ids: Vec<String> = self
+            .agents
+            .keys()
+            .filter_map(|n| std::fs::read_to_string(self.root.join(n).join("agent-id")).ok())
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty() && !s.contains('/'))
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let mounts: Vec<PathBuf> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (left, right) = l.split_once(" - ")?;
+                let fstype = right.split(' ').next()?;
+                (fstype == "cgroup" || fstype == "cgroup2")
+                    .then(|| left.split(' ').nth(4).map(PathBuf::from))?
+            })
+            .collect();
+        let own: Vec<String> = std::fs::read_to_string("/proc/self/cgroup")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                l.splitn(3, ':')
+                    .nth(2)
+                    .map(|p| p.trim_matches('/').to_string())
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for m in &mounts {
+            let bases = std::iter::once(m.clone()).chain(own.iter().map(|p| m.join(p)));
+            for base in bases {
+                let top = base.join("novacron");
+                for id in &ids {
+                    let agent = top.join(id);
+                    let Ok(rd) = std::fs::read_dir(&agent) else {
+                        continue;
+                    };
+                    for vm in rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
+                        // Busy until the killed VMMs have exited.
+                        while std::fs::remove_dir(&vm).is_err() && Instant::now() < deadline {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                    let _ = std::fs::remove_dir(&agent);
+                }
+                let _ = std::fs::remove_dir(&top);
+            }
+        }
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         let names: Vec<String> = self.procs.keys().cloned().collect();
@@ -581,6 +640,7 @@ impl Drop for Cluster {
             self.kill(&n);
         }
         self.kill_leftovers();
+        self.remove_cgroups();
         if std::thread::panicking() {
             eprintln!("test cluster kept for inspection: {}", self.root.display());
             for f in ["controller.log", "node-a.log", "node-b.log"] {
