@@ -338,9 +338,86 @@ fn cpu_quota_holds_a_spinning_guest() {
         assert!(share >= 0.1, "the spinning guest used only {share:.3} CPU");
         let m = metrics(&get(&mut c, "spin").await);
         assert_eq!(m.cgroup_cpu_quota_millicpus, 200, "{m:?}");
+
         delete(&mut c, "spin").await;
         for d in &cg.dirs {
             assert!(!d.exists(), "{} left behind", d.display());
         }
+
+        // A cgroup the kernel refuses fails the start, naming the file and the OS error: in
+        // v1 a child's CFS quota may not exceed its parent's, so the agent's directory gets
+        // 0.1 CPU and the next VM (0.2 CPU) cannot be limited.
+        if !cg.v2 {
+            let agent_dir = cg.cpu.parent().expect("agent dir").to_path_buf();
+            std::fs::create_dir_all(&agent_dir).unwrap();
+            std::fs::write(agent_dir.join("cpu.cfs_quota_us"), "10000").unwrap();
+            let r = c
+                .create_vm(pb::CreateVmRequest {
+                    spec: Some(cl.spec("refused", 32)),
+                    ..Default::default()
+                })
+                .await;
+            let msg = match r {
+                Err(s) => s.message().to_string(),
+                Ok(v) => {
+                    let v = v.into_inner();
+                    assert_ne!(v.phase, pb::VmPhase::Running as i32, "{v:?}");
+                    format!("{} {:?}", v.message, v.status)
+                }
+            };
+            assert!(
+                msg.contains("cpu.cfs_quota_us") && msg.contains("Invalid argument"),
+                "{msg}"
+            );
+            // The half-made cgroup is gone.
+            let left: Vec<_> = std::fs::read_dir(&agent_dir)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.path().is_dir())
+                .collect();
+            assert!(left.is_empty(), "left in {}: {left:?}", agent_dir.display());
+            std::fs::write(agent_dir.join("cpu.cfs_quota_us"), "-1").unwrap();
+            let _ = c
+                .delete_vm(pb::VmActionRequest {
+                    vm: "refused".into(),
+                    ..Default::default()
+                })
+                .await;
+        }
+
+        // --no-cgroups: no cgroup, no cgroup metrics, and a warning.
+        cl.start_agent("node-b", "127.0.0.3", &["--no-cgroups"]);
+        cl.wait_ready_hosts(2).await;
+        let mut spec = cl.spec("free", 32);
+        spec.placement = Some(pb::Placement {
+            host: "node-b".into(),
+            ..Default::default()
+        });
+        let free = create(&mut c, spec).await;
+        let launch = read(&vm_dir(&free).join("launch.json"));
+        let j: serde_json::Value = serde_json::from_str(&launch).unwrap();
+        assert!(j["cgroup"].is_null(), "{launch}");
+        let pid = running_pid(&free);
+        let own = read(Path::new(&format!("/proc/{pid}/cgroup")));
+        assert!(!own.contains("/novacron/"), "{own}");
+        let m = wait_for("metrics of node-b", Duration::from_secs(20), || {
+            let mut c = c.clone();
+            async move {
+                let m = metrics(&get(&mut c, "free").await);
+                (m.rss_bytes > 0).then_some(m)
+            }
+        })
+        .await;
+        assert_eq!(
+            (
+                m.cgroup_memory_limit_bytes,
+                m.cgroup_cpu_quota_millicpus,
+                m.cgroup_memory_bytes
+            ),
+            (0, 0, 0)
+        );
+        let log = read(&cl.root.join("node-b.log"));
+        assert!(log.contains("WARNING: --no-cgroups"), "{log}");
+        delete(&mut c, "free").await;
     });
 }

@@ -792,8 +792,35 @@ impl HostCgroups {
                 {
                     attempt += 1;
                 }
+                Err(e) => {
+                    // Leave no half-made cgroup behind (best effort: the next start of this
+                    // VM would reuse it anyway).
+                    for d in self.leaf_dirs(vm_id) {
+                        let _ = std::fs::remove_dir(d);
+                    }
+                    return Err(e);
+                }
                 r => return r,
             }
+        }
+    }
+
+    /// The directories a VM's cgroup has or would have.
+    fn leaf_dirs(&self, vm_id: &str) -> Vec<PathBuf> {
+        match &self.mode {
+            Mode::Disabled | Mode::Unavailable(_) => Vec::new(),
+            Mode::V2 { levels } => levels.last().map(|d| d.join(vm_id)).into_iter().collect(),
+            Mode::V1 {
+                cpu,
+                cpuacct,
+                memory,
+                pids,
+                blkio,
+            } => [cpu, cpuacct, memory, pids]
+                .into_iter()
+                .chain(blkio.as_ref())
+                .map(|d| d.join(vm_id))
+                .collect(),
         }
     }
 
