@@ -275,6 +275,7 @@ impl Bench<'_> {
                 relay: case.relay,
                 disk: None,
                 tls: self.tls,
+                run_args: &[],
             }
             .run();
             match r {

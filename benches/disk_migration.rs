@@ -291,6 +291,7 @@ impl Bench<'_> {
                 relay,
                 disk: Some(self.disk),
                 tls: None,
+                run_args: &[],
             }
             .run();
             match r {

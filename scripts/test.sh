@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --workspace --bins
+# The sandbox tests' VMM, with the misbehaviour hooks compiled in (never shipped).
+cargo build -p novacron-vmm --features test-hooks --bin novacron-vmm-testhooks
 cargo test --workspace -- --test-threads=2

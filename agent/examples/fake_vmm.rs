@@ -409,6 +409,7 @@ fn serve_api(conn: UnixStream, vm: Arc<Vm>) {
                 Err(e) => Err(e),
             },
             Request::Snapshot { .. } => Err("the fake VMM does not write snapshots".to_string()),
+            Request::TestHook(_) => Err("the fake VMM has no test hooks".to_string()),
         };
         if w.write_all(encode_response(&reply).as_bytes()).is_err() {
             return;

@@ -109,9 +109,15 @@ impl ExitRecord {
         if !self.error.is_empty() {
             return Some(self.error.clone());
         }
+        if self.signal == Some(libc::SIGSYS) {
+            return Some(SECCOMP_KILL.to_string());
+        }
         self.oom_kill.as_ref().map(OomKill::message)
     }
 }
+
+/// The crash reason of a VMM that its seccomp filter killed.
+pub const SECCOMP_KILL: &str = "killed by SIGSYS: the VMM made a system call outside its seccomp filter (a VMM bug, or a guest trying to escape); the kernel log names the call (dmesg: audit type=1326)";
 
 /// Whether a VMM that ended with `signal` was killed by the OOM killer of its cgroup, given
 /// the cgroup's `oom_kill` counter before it started and after it ended.
@@ -486,6 +492,15 @@ mod tests {
         let e: ExitRecord =
             serde_json::from_str(r#"{"code": null, "signal": 9, "at_ms": 1, "pid": 2}"#).unwrap();
         assert_eq!((e.oom_kill.clone(), e.reason()), (None, None));
+    }
+
+    #[test]
+    fn a_seccomp_kill_names_the_filter() {
+        let e = ExitRecord {
+            signal: Some(libc::SIGSYS),
+            ..Default::default()
+        };
+        assert!(e.reason().unwrap().contains("outside its seccomp filter"));
     }
 
     #[test]

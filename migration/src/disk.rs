@@ -317,6 +317,7 @@ impl Writeback {
         let spawned = std::thread::Builder::new()
             .name("disk-writeback".into())
             .spawn(move || {
+                crate::threads::started(crate::threads::ThreadRole::DiskWriteback);
                 while wait.recv().is_ok() {
                     for (f, path) in &files {
                         if let Err(e) = f.sync_data() {

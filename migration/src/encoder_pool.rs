@@ -166,7 +166,10 @@ impl EncoderPool {
             let done = done_tx.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("encoder-{index}"))
-                .spawn(move || worker(index, encoder, rx, done))
+                .spawn(move || {
+                    crate::threads::started(crate::threads::ThreadRole::Encoder);
+                    worker(index, encoder, rx, done)
+                })
                 .map_err(|source| PoolError::Spawn {
                     shard: index,
                     source,

@@ -144,6 +144,7 @@ pub mod stats;
 pub mod store;
 #[cfg(any(test, feature = "testdata"))]
 pub mod testdata;
+pub mod threads;
 pub mod transport;
 pub mod unit;
 pub mod verify;

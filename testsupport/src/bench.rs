@@ -173,6 +173,7 @@ pub fn migrate_once_over(
         relay: relay_args,
         disk: None,
         tls,
+        run_args: &[],
     }
     .run()?;
     serde_json::to_value(summary).map_err(|e| e.to_string())
@@ -237,6 +238,8 @@ pub struct MigrationRun<'a> {
     /// Migrate over `tls:` with this credential (destination half, source half), or plain
     /// `tcp:` with `None`.
     pub tls: Option<(&'a MigrationTls, &'a MigrationTls)>,
+    /// Extra `run` arguments of both VMMs (e.g. `--no-seccomp`).
+    pub run_args: &'a [&'a str],
 }
 
 /// Writes one half of a credential into `dir` as `<name>-{ca,cert,key}.pem` and returns the
@@ -271,7 +274,8 @@ impl MigrationRun<'_> {
             disk.blank_destination()?;
         }
         let mut src = Command::new(vmm);
-        src.args(["run", "--kernel"]).arg(self.guest);
+        src.arg("run").args(self.run_args);
+        src.arg("--kernel").arg(self.guest);
         if let Some(initrd) = self.initrd {
             src.arg("--initrd").arg(initrd);
         }
@@ -304,8 +308,8 @@ impl MigrationRun<'_> {
             .port();
         let scheme = if self.tls.is_some() { "tls" } else { "tcp" };
         let mut dst = Command::new(vmm);
+        dst.arg("run").args(self.run_args);
         dst.args([
-            "run",
             "--incoming",
             &format!("{scheme}:127.0.0.1:{port}"),
             "--memory",

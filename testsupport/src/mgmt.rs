@@ -168,6 +168,9 @@ pub struct Cluster {
     /// Run the controller and agents with `--insecure-dev` (plaintext gRPC; the token is
     /// still sent and checked): only to measure what TLS costs (`benches/`).
     pub insecure: bool,
+    /// Another `novacron-vmm` for the agents started from now on (e.g.
+    /// [`Cluster::use_testhooks_vmm`]); `None` runs this build's.
+    pub vmm_binary: Option<PathBuf>,
 }
 
 /// Runs `novacron-controller ARGS` to completion (the `certs` commands), panicking on
@@ -279,6 +282,7 @@ impl Cluster {
             agents: HashMap::new(),
             procs: HashMap::new(),
             insecure: false,
+            vmm_binary: None,
         }
     }
 
@@ -328,7 +332,7 @@ impl Cluster {
             }
         };
         let vmm = match self.vmm {
-            Vmm::Real => real_vmm_binary(),
+            Vmm::Real => self.vmm_binary.clone().unwrap_or_else(real_vmm_binary),
             Vmm::Fake => bin_dir().join("examples/fake_vmm"),
         };
         let tls_dir = self.root.join(name).join("tls");
@@ -359,6 +363,17 @@ impl Cluster {
             .spawn()
             .expect("spawn agent");
         self.procs.insert(name.to_string(), child);
+    }
+
+    /// Makes the agents started from now on run the test build's VMM with the misbehaviour
+    /// hooks (`novacron-vmm-testhooks`), copied as `<root>/testhooks/novacron-vmm` (the
+    /// harness counts VMM processes by that name).
+    pub fn use_testhooks_vmm(&mut self) {
+        let dir = self.root.join("testhooks");
+        std::fs::create_dir_all(&dir).expect("testhooks dir");
+        let to = dir.join("novacron-vmm");
+        std::fs::copy(crate::paths::vmm_testhooks(), &to).expect("copy the testhooks VMM");
+        self.vmm_binary = Some(to);
     }
 
     /// Issues the host certificate of agent `name` into its TLS directory

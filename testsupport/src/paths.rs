@@ -29,6 +29,18 @@ pub fn vmm() -> PathBuf {
     bin("novacron-vmm")
 }
 
+/// The VMM with the sandbox tests' misbehaviour hooks (`test-hook` requests), which the
+/// test command builds with `--features test-hooks`.
+pub fn vmm_testhooks() -> PathBuf {
+    let p = bin_dir().join("novacron-vmm-testhooks");
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build -p novacron-vmm --features test-hooks --bin novacron-vmm-testhooks` (the README test command does)",
+        p.display()
+    );
+    p
+}
+
 /// The test guest ELF.
 pub fn guest() -> PathBuf {
     PathBuf::from(novacron_images::TESTGUEST_ELF)

@@ -24,10 +24,15 @@ impl Vmm {
     /// Starts `novacron-vmm run` with `args`, serial to `dir/<name>.log`, API socket
     /// `dir/<name>.sock`.
     pub fn start(dir: &Scratch, name: &str, args: &[&str]) -> Vmm {
+        Vmm::start_bin(&vmm(), dir, name, args)
+    }
+
+    /// As [`Vmm::start`], with another VMM binary (e.g. [`crate::paths::vmm_testhooks`]).
+    pub fn start_bin(bin: &std::path::Path, dir: &Scratch, name: &str, args: &[&str]) -> Vmm {
         let serial = dir.path(&format!("{name}.log"));
         let sock = dir.path(&format!("{name}.sock"));
         let stderr = dir.path(&format!("{name}.err"));
-        let child = Command::new(vmm())
+        let child = Command::new(bin)
             .arg("run")
             .args(args)
             .arg("--serial")
@@ -127,6 +132,26 @@ impl Vmm {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// Waits up to `timeout` for the process to end and returns how it ended. Panics, with
+    /// its stderr, if it is still running at the deadline.
+    pub fn wait_status(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(st)) => return st,
+                Ok(None) => {}
+                Err(e) => panic!("cannot wait for the VMM: {e}"),
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "VMM still running {timeout:?} after it was expected to end\nstderr: {}",
+                    self.err()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits up to `timeout` for the process to exit and returns its exit code (`None` if a

@@ -39,11 +39,40 @@ pub enum Request {
     /// Stop the outgoing migration in progress and resume the guest here (refused when
     /// none runs, or once the destination has committed).
     Cancel,
+    /// Make the VMM misbehave on purpose, so that tests can show the sandbox holds. Only a
+    /// VMM built with the `test-hooks` feature obeys; every other VMM refuses it.
+    #[serde(rename = "test-hook")]
+    TestHook(TestHook),
+}
+
+/// What a `test-hook` request makes a test-hooks VMM do (`"hook"` on the wire).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "hook", rename_all = "kebab-case")]
+pub enum TestHook {
+    /// Open a file by its host path for reading and report what happened.
+    OpenHostFile {
+        /// The path to open.
+        path: PathBuf,
+    },
+    /// Make a system call that no thread's seccomp filter allows (`mount`).
+    ForbiddenSyscall,
+    /// Allocate and touch this much memory in the VMM process, and keep it.
+    GrowMemory {
+        /// MiB to add.
+        mib: u64,
+    },
 }
 
 /// Every command name, in the order the protocol documents them.
-pub const COMMANDS: [&str; 7] = [
-    "info", "pause", "resume", "shutdown", "snapshot", "migrate", "cancel",
+pub const COMMANDS: [&str; 8] = [
+    "info",
+    "pause",
+    "resume",
+    "shutdown",
+    "snapshot",
+    "migrate",
+    "cancel",
+    "test-hook",
 ];
 
 impl Request {
@@ -57,6 +86,7 @@ impl Request {
             Request::Snapshot { .. } => "snapshot",
             Request::Migrate(_) => "migrate",
             Request::Cancel => "cancel",
+            Request::TestHook(_) => "test-hook",
         }
     }
 }
@@ -216,6 +246,14 @@ pub enum RequestError {
     /// `migrate` with options that do not parse.
     #[error("invalid migrate request: {0}")]
     Migrate(String),
+    /// Another command whose fields do not parse.
+    #[error("invalid {cmd} request: {reason}")]
+    Invalid {
+        /// The command.
+        cmd: String,
+        /// Parser message.
+        reason: String,
+    },
 }
 
 /// A response line that is not a successful reply.
@@ -266,13 +304,14 @@ pub fn decode_request(line: &str) -> Result<Request, RequestError> {
     if !COMMANDS.contains(&cmd) {
         return Err(RequestError::Unknown(cmd.to_string()));
     }
-    let snapshot = cmd == "snapshot";
-    serde_json::from_value(v).map_err(|e| {
-        if snapshot {
-            RequestError::Snapshot
-        } else {
-            RequestError::Migrate(e.to_string())
-        }
+    let command = cmd.to_string();
+    serde_json::from_value(v).map_err(|e| match command.as_str() {
+        "snapshot" => RequestError::Snapshot,
+        "migrate" => RequestError::Migrate(e.to_string()),
+        _ => RequestError::Invalid {
+            cmd: command,
+            reason: e.to_string(),
+        },
     })
 }
 

@@ -159,6 +159,8 @@ pub fn serve(path: &Path, handler: Arc<dyn Handler>) -> Result<(), ApiError> {
     std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
+            // Connections run on threads started from here: they inherit this filter.
+            crate::sandbox::install_or_exit(crate::sandbox::ThreadKind::Api);
             for conn in listener.incoming().flatten() {
                 let h = handler.clone();
                 let _ = std::thread::Builder::new()

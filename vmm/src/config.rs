@@ -340,6 +340,14 @@ pub struct RunArgs {
     /// Start with the vCPUs paused.
     #[arg(long)]
     pub paused: bool,
+    /// Run without seccomp filters. For debugging only: it says so on stderr, and a guest
+    /// that escapes into this process may then make any system call.
+    #[arg(long)]
+    pub no_seccomp: bool,
+    /// Let system calls outside the seccomp filters through and log them to the kernel log
+    /// (`dmesg`, audit type=1326, with the thread's name). For writing filters only.
+    #[arg(long, conflicts_with = "no_seccomp")]
+    pub seccomp_log: bool,
 }
 
 /// Everything a VMM process is started with.

@@ -214,7 +214,10 @@ impl Machine {
             let serial = self.serial.clone();
             std::thread::Builder::new()
                 .name("stdin".into())
-                .spawn(move || forward_stdin(serial))
+                .spawn(move || {
+                    crate::sandbox::install_or_exit(crate::sandbox::ThreadKind::Device);
+                    forward_stdin(serial)
+                })
                 .map_err(|source| MachineError::Thread {
                     what: "stdin",
                     source,

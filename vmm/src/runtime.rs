@@ -455,6 +455,7 @@ impl Handler for Runtime {
             }
             Request::Snapshot { to, diff } => self.snapshot(to, *diff).map(Reply::Snapshot),
             Request::Cancel => self.cancel(),
+            Request::TestHook(hook) => crate::sandbox::hooks::run(hook),
         }
     }
 

@@ -351,6 +351,8 @@ fn kvmclock_paused(id: u8, fd: &VcpuFd) {
 /// instruction boundary (see the `control` module docs): after a port-I/O or MMIO exit the
 /// vCPU first re-enters KVM with `immediate_exit` set, so KVM completes the instruction.
 pub fn run_loop(vcpu: &Vcpu, env: &VcpuEnv) {
+    // Before the first KVM_RUN: guest code never runs on an unfiltered thread.
+    crate::sandbox::install_or_exit(crate::sandbox::ThreadKind::Vcpu);
     let ctl = &env.control;
     {
         let mut fd = vcpu.fd.lock();

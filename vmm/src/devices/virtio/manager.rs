@@ -285,6 +285,7 @@ impl DeviceManager {
             .name("virtio".into())
             .stack_size(256 << 10)
             .spawn(move || {
+                crate::sandbox::install_or_exit(crate::sandbox::ThreadKind::Device);
                 device_loop(&shared, &transports, &epoll);
                 let mut c = shared.ctl.lock();
                 c.running = false;
