@@ -15,9 +15,7 @@ use novacron_proto::controller as pb;
 use novacron_proto::controller::vm_service_client::VmServiceClient;
 use novacron_testsupport::mgmt::run_scenario as run;
 use novacron_testsupport::mgmt::*;
-
-/// `PF_USER_WORKER`: a kernel worker KVM attaches to the VM's process; it runs no user code.
-const PF_USER_WORKER: u64 = 0x4000;
+use novacron_testsupport::process::thread_sandboxes;
 
 fn vm_dir(vm: &pb::Vm) -> PathBuf {
     console(vm)
@@ -34,33 +32,6 @@ fn hook(vm: &pb::Vm, body: &str) -> String {
     writeln!(s, r#"{{"cmd":"test-hook",{body}}}"#).unwrap();
     let mut out = String::new();
     let _ = BufReader::new(s).read_line(&mut out);
-    out
-}
-
-/// `(name, Seccomp, NoNewPrivs)` of every user thread of `pid`.
-fn threads(pid: i32) -> Vec<(String, String, String)> {
-    let mut out = Vec::new();
-    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let t = t.unwrap().path();
-        let stat = std::fs::read_to_string(t.join("stat")).unwrap_or_default();
-        let flags = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(6))
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0);
-        if flags & PF_USER_WORKER != 0 {
-            continue;
-        }
-        let status = std::fs::read_to_string(t.join("status")).unwrap_or_default();
-        let field = |k: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(k))
-                .map(|v| v.trim().to_string())
-                .unwrap_or_default()
-        };
-        out.push((field("Name:"), field("Seccomp:"), field("NoNewPrivs:")));
-    }
     out
 }
 
@@ -107,29 +78,36 @@ async fn still_running(vm: &pb::Vm, pid: i32) {
 
 const GUEST: &str = "workload=rand mib=8 rate=2000 bytes=64";
 
+/// A controller and one agent running the test-hooks VMM.
+async fn cluster(tag: &str) -> Cluster {
+    let mut cl = Cluster::new(tag, Vmm::Real, &[]);
+    cl.cmdline = GUEST.into();
+    cl.use_testhooks_vmm();
+    cl.start_controller();
+    cl.start_agent("node-a", "127.0.0.2", &["--capacity-memory", "1G"]);
+    cl.wait_ready_hosts(1).await;
+    cl
+}
+
 #[test]
 fn agent_started_vmms_are_filtered_and_a_seccomp_kill_is_reported() {
     run(Duration::from_secs(180), async {
-        let mut cl = Cluster::new("sandbox-seccomp", Vmm::Real, &[]);
-        cl.cmdline = GUEST.into();
-        cl.use_testhooks_vmm();
-        cl.start_controller();
-        cl.start_agent("node-a", "127.0.0.2", &["--capacity-memory", "1G"]);
-        cl.wait_ready_hosts(1).await;
+        let cl = cluster("sandbox-seccomp").await;
         let mut c = cl.vms().await;
         let victim = create(&mut c, cl.spec("victim", 64)).await;
         let other = create(&mut c, cl.spec("other", 64)).await;
         let (vpid, opid) = (running_pid(&victim), running_pid(&other));
 
         for pid in [vpid, opid] {
-            let ts = threads(pid);
+            let ts = thread_sandboxes(pid as u32);
             assert!(ts.len() >= 3, "{ts:?}");
-            for (name, seccomp, nnp) in &ts {
-                assert_eq!(seccomp, "2", "vmm {pid} thread {name} unfiltered: {ts:?}");
+            for t in &ts {
                 assert_eq!(
-                    nnp, "1",
-                    "vmm {pid} thread {name} lacks no_new_privs: {ts:?}"
+                    t.seccomp, "2",
+                    "vmm {pid} thread {} unfiltered: {ts:?}",
+                    t.name
                 );
+                assert_eq!(t.no_new_privs, "1", "vmm {pid} thread {}: {ts:?}", t.name);
             }
         }
 
@@ -150,12 +128,7 @@ fn agent_started_vmms_are_filtered_and_a_seccomp_kill_is_reported() {
 #[test]
 fn a_vmm_that_outgrows_its_memory_limit_is_stopped_by_its_cgroup_alone() {
     run(Duration::from_secs(180), async {
-        let mut cl = Cluster::new("sandbox-oom", Vmm::Real, &[]);
-        cl.cmdline = GUEST.into();
-        cl.use_testhooks_vmm();
-        cl.start_controller();
-        cl.start_agent("node-a", "127.0.0.2", &["--capacity-memory", "1G"]);
-        cl.wait_ready_hosts(1).await;
+        let cl = cluster("sandbox-oom").await;
         let mut c = cl.vms().await;
         let hog = create(&mut c, cl.spec("hog", 64)).await;
         let other = create(&mut c, cl.spec("other", 64)).await;

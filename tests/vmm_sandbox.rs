@@ -5,6 +5,7 @@
 //! rest of the suite: it is on by default in every test.
 
 use novacron_testsupport::paths::vmm_testhooks;
+use novacron_testsupport::process::thread_sandboxes;
 use novacron_testsupport::*;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -21,38 +22,6 @@ fn request(v: &Vmm, line: &str) -> String {
     s.write_all(b"\n").unwrap();
     let mut out = String::new();
     let _ = BufReader::new(s).read_line(&mut out);
-    out
-}
-
-/// `PF_USER_WORKER` in `/proc/PID/task/TID/stat`: a kernel worker that KVM attaches to the
-/// VM's process (`kvm-nx-lpage-recovery`); it never runs user code, so it has no filter.
-const PF_USER_WORKER: u64 = 0x4000;
-
-/// `(thread name, Seccomp, NoNewPrivs)` of every user thread of `pid`.
-fn threads(pid: u32) -> Vec<(String, String, String)> {
-    let mut out = Vec::new();
-    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let t = t.unwrap().path();
-        let stat = std::fs::read_to_string(t.join("stat")).unwrap_or_default();
-        // Fields after the parenthesised name: state is field 3, flags field 9.
-        let flags = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(6))
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0);
-        if flags & PF_USER_WORKER != 0 {
-            continue;
-        }
-        let status = std::fs::read_to_string(t.join("status")).unwrap_or_default();
-        let field = |k: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(k))
-                .map(|v| v.trim().to_string())
-                .unwrap_or_default()
-        };
-        out.push((field("Name:"), field("Seccomp:"), field("NoNewPrivs:")));
-    }
     out
 }
 
@@ -93,14 +62,18 @@ fn every_thread_of_a_running_vmm_is_filtered() {
     // A connection is served on its own thread: make one exist while we look.
     let info = request(&v, r#"{"cmd":"info"}"#);
     assert!(info.contains("\"ok\":true"), "{info}");
-    let ts = threads(v.child.id());
-    let names: Vec<&str> = ts.iter().map(|t| t.0.as_str()).collect();
+    let ts = thread_sandboxes(v.child.id());
+    let names: Vec<&str> = ts.iter().map(|t| t.name.as_str()).collect();
     for want in ["vcpu0", "vcpu1", "virtio", "api"] {
         assert!(names.contains(&want), "no {want} thread: {names:?}");
     }
-    for (name, seccomp, nnp) in &ts {
-        assert_eq!(seccomp, "2", "thread {name} is not filtered: {ts:?}");
-        assert_eq!(nnp, "1", "thread {name} lacks no_new_privs: {ts:?}");
+    for t in &ts {
+        assert_eq!(t.seccomp, "2", "thread {} is not filtered: {ts:?}", t.name);
+        assert_eq!(
+            t.no_new_privs, "1",
+            "thread {} lacks no_new_privs: {ts:?}",
+            t.name
+        );
     }
     assert!(!v.err().contains("WARNING"), "{}", v.err());
 }
@@ -114,8 +87,8 @@ fn no_seccomp_says_so_and_leaves_threads_unfiltered() {
         "no warning on stderr: {}",
         v.err()
     );
-    let ts = threads(v.child.id());
-    assert!(ts.iter().all(|t| t.1 == "0"), "{ts:?}");
+    let ts = thread_sandboxes(v.child.id());
+    assert!(ts.iter().all(|t| t.seccomp == "0"), "{ts:?}");
 }
 
 #[test]

@@ -140,6 +140,17 @@ impl VmData {
             self.state = apb::VmState::Starting;
             return;
         }
+        if self.running()
+            && supervise::read_exit(&self.dir).is_none()
+            && supervise::read_supervisor_pid(&self.dir)
+                .is_some_and(|sup| procfs::alive_with_arg(sup, &self.dir))
+        {
+            // The VMM just ended and its supervisor is still at work: it reaps it, then
+            // writes the exit record (after reading the cgroup's OOM counter) or restarts it
+            // after a guest reset. Until then the state stands; "vanished" is only for a VMM
+            // whose supervisor is gone too.
+            return;
+        }
         self.pid = 0;
         self.info = None;
         self.in_doubt = false;
