@@ -35,7 +35,9 @@ pub fn thread_sandboxes(pid: u32) -> Vec<ThreadSandbox> {
     };
     for t in tasks.flatten() {
         let t = t.path();
-        let stat = std::fs::read_to_string(t.join("stat")).unwrap_or_default();
+        let Ok(stat) = std::fs::read_to_string(t.join("stat")) else {
+            continue;
+        };
         // After the parenthesised name: state is field 3, flags field 9.
         let flags = stat
             .rsplit_once(')')
@@ -45,7 +47,10 @@ pub fn thread_sandboxes(pid: u32) -> Vec<ThreadSandbox> {
         if flags & PF_USER_WORKER != 0 {
             continue;
         }
-        let status = std::fs::read_to_string(t.join("status")).unwrap_or_default();
+        let Ok(status) = std::fs::read_to_string(t.join("status")) else {
+            // The thread ended since the directory was listed.
+            continue;
+        };
         let field = |k: &str| {
             status
                 .lines()

@@ -219,9 +219,13 @@ fn run(mut args: RunArgs) -> ExitCode {
     if args.paused {
         machine.control().pause();
     }
-    // Set-up is done: from here on this thread handles what a peer or the guest sends.
-    if let Err(e) = sandbox::install(sandbox::ThreadKind::Main) {
-        return fail(e);
+    // Before this thread reads what a peer sends (an incoming stream) or a snapshot holds.
+    // A fresh boot reads nothing of the kind: it installs its filter once the vCPUs (each
+    // filtered on its own) run, so that they do not carry this broader filter too.
+    if args.incoming.is_some() || args.restore.is_some() {
+        if let Err(e) = sandbox::install(sandbox::ThreadKind::Main) {
+            return fail(e);
+        }
     }
     match &args.incoming {
         Some(addr) => {
@@ -284,6 +288,11 @@ fn run(mut args: RunArgs) -> ExitCode {
             }
             if let Err(e) = machine.start() {
                 return fail(e);
+            }
+            if args.restore.is_none() {
+                if let Err(e) = sandbox::install(sandbox::ThreadKind::Main) {
+                    return fail(e);
+                }
             }
         }
     }

@@ -259,8 +259,9 @@ pub fn ioctls(kind: ThreadKind) -> Vec<u64> {
         // Main: restores and receives (the state of the VM and every vCPU), and runs what
         // the vCPUs run. Api: snapshots and the migration sender, the same state.
         ThreadKind::Main | ThreadKind::Api => {
-            let mut io = vm_ioctls();
-            io.extend(vcpu_ioctls());
+            // vCPU requests first: KVM_RUN is the hot one (rules are checked in order).
+            let mut io = vcpu_ioctls();
+            io.extend(vm_ioctls());
             io.extend(std_ioctls());
             io.push(FICLONE());
             io

@@ -7,9 +7,10 @@
 //! Filters stack: a thread started after its parent installed a filter runs under both, so
 //! the effective rule set is the intersection. Threads spawned by the control API (the
 //! migration sender, its watchdog, the encoder workers) therefore run under the API filter
-//! plus their own. The main thread installs its filter after set-up, just before it boots,
-//! restores or receives the guest; it must allow what the threads it starts later need (the
-//! vCPUs, and the API listener of a restore), so it is the broadest.
+//! plus their own. The main thread installs its filter before it reads an incoming
+//! migration stream or a snapshot (then the vCPUs and a restore's API listener start under
+//! it, so it allows what they need and is the broadest), or, for a fresh boot, once the
+//! vCPUs run: before then it reads nothing a guest or a peer wrote.
 //!
 //! The `novacron-vmm` binary turns the sandbox on ([`enable`]) unless it runs with
 //! `--no-seccomp`, which exists for debugging (it says so on stderr) and is never what the
