@@ -124,8 +124,22 @@ const EVENTS: &[i64] = &[
     libc::SYS_epoll_ctl,
 ];
 
-/// Pausing vCPUs: the kick signal goes to each vCPU thread.
-const KICK: &[i64] = &[libc::SYS_tgkill];
+/// Pausing vCPUs: the kick signal goes to each vCPU thread, with `tgkill` restricted to
+/// this process's own threads ([`kick_rules`]).
+fn kick_rules(r: &mut Rules) -> Result<(), BackendError> {
+    // The filters are compiled inside the process they guard: this is its own pid.
+    let own = u64::from(std::process::id());
+    r.insert(
+        libc::SYS_tgkill,
+        vec![SeccompRule::new(vec![Cond::new(
+            0,
+            Len::Dword,
+            Op::Eq,
+            own,
+        )?])?],
+    );
+    Ok(())
+}
 
 /// ioctls on the VM's fd that run a migration, a snapshot or a restore.
 fn vm_ioctls() -> Vec<u64> {
@@ -194,11 +208,12 @@ pub fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
         ThreadKind::Main => {
             // Boots, restores or receives the guest, starts the vCPUs (and the API listener
             // of a restore), then waits: the union of what those threads do.
-            for set in [SPAWN, FILES, SOCKETS, EVENTS, KICK] {
+            for set in [SPAWN, FILES, SOCKETS, EVENTS] {
                 allow(&mut r, set);
             }
             // The vCPU kick handler is installed when the vCPUs start.
             allow(&mut r, &[libc::SYS_rt_sigaction]);
+            kick_rules(&mut r)?;
             clone_rules(&mut r)?;
             fcntl_rules(&mut r)?;
             socket_rules(&mut r, &[libc::AF_UNIX, libc::AF_INET, libc::AF_INET6])?;
@@ -207,7 +222,7 @@ pub fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
             // KVM_RUN and its exits: device registers, interrupts, the serial console; a
             // guest power-off or reset kicks the other vCPUs.
             allow(&mut r, EVENTS);
-            allow(&mut r, KICK);
+            kick_rules(&mut r)?;
             fcntl_rules(&mut r)?;
         }
         ThreadKind::Device => {
@@ -231,9 +246,10 @@ pub fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
         }
         ThreadKind::Api => {
             // Control connections, snapshots, the migration sender and its helpers.
-            for set in [SPAWN, FILES, SOCKETS, EVENTS, KICK] {
+            for set in [SPAWN, FILES, SOCKETS, EVENTS] {
                 allow(&mut r, set);
             }
+            kick_rules(&mut r)?;
             clone_rules(&mut r)?;
             fcntl_rules(&mut r)?;
             socket_rules(&mut r, &[libc::AF_UNIX, libc::AF_INET, libc::AF_INET6])?;

@@ -91,6 +91,37 @@ fn api_threads_start_threads_but_not_processes() {
     assert_eq!(libc::WTERMSIG(status), libc::SIGSYS);
 }
 
+/// `tgkill` reaches this process's threads only: not another process.
+#[test]
+fn the_kick_signal_reaches_only_our_own_threads() {
+    let status = in_child(|| {
+        // Compiled here, in the child: the rule names the compiling process.
+        let Ok(prog) = compile(ThreadKind::Vcpu) else {
+            return 2;
+        };
+        if seccompiler::apply_filter(&prog).is_err() {
+            return 2;
+        }
+        // SAFETY: tgkill with signal 0 only checks that the thread exists.
+        let own = unsafe {
+            libc::syscall(
+                libc::SYS_tgkill,
+                libc::getpid(),
+                libc::syscall(libc::SYS_gettid),
+                0,
+            )
+        };
+        if own != 0 {
+            return 3;
+        }
+        // SAFETY: as above, aimed at the parent test process: the filter kills first.
+        unsafe { libc::syscall(libc::SYS_tgkill, libc::getppid(), libc::getppid(), 0) };
+        4
+    });
+    assert!(libc::WIFSIGNALED(status), "status {status:#x}");
+    assert_eq!(libc::WTERMSIG(status), libc::SIGSYS);
+}
+
 #[test]
 #[ignore = "prints the allowed ioctl numbers, for comparing with strace -X verbose"]
 fn print_ioctls() {
