@@ -30,13 +30,6 @@ struct Cg {
     dirs: Vec<PathBuf>,
 }
 
-fn vm_dir(vm: &pb::Vm) -> PathBuf {
-    console(vm)
-        .parent()
-        .expect("console log in the vm dir")
-        .to_path_buf()
-}
-
 fn launch_cgroup(vm: &pb::Vm) -> Cg {
     let path = vm_dir(vm).join("launch.json");
     let j: serde_json::Value = serde_json::from_slice(
@@ -145,20 +138,6 @@ fn metrics(vm: &pb::Vm) -> novacron_proto::agent::VmMetrics {
         .unwrap_or_default()
 }
 
-async fn create(c: &mut VmServiceClient<Authed>, spec: pb::VmSpec) -> pb::Vm {
-    let name = spec.name.clone();
-    let vm = c
-        .create_vm(pb::CreateVmRequest {
-            spec: Some(spec),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("create {name}: {e}"))
-        .into_inner();
-    assert_eq!(vm.phase, pb::VmPhase::Running as i32, "{vm:?}");
-    vm
-}
-
 async fn delete(c: &mut VmServiceClient<Authed>, name: &str) {
     c.delete_vm(pb::VmActionRequest {
         vm: name.into(),
@@ -189,7 +168,7 @@ fn vmm_runs_in_its_cgroup_with_the_vms_limits() {
         cl.wait_ready_hosts(1).await;
         let mut c = cl.vms().await;
 
-        let vm = create(&mut c, cl.spec("cg-1", 64)).await;
+        let vm = create_running(&mut c, cl.spec("cg-1", 64)).await;
         wait_console(&console(&vm), "CHECK PASS", 1, guest_timeout(Vmm::Real)).await;
         let vmm_pid = running_pid(&vm);
         let cg = launch_cgroup(&vm);
@@ -265,7 +244,7 @@ fn vmm_runs_in_its_cgroup_with_the_vms_limits() {
         // A guest that resets itself: every restart of its VMM enters the same cgroup.
         let mut spec = cl.spec("cg-reset", 32);
         spec.cmdline = "workload=reset".into();
-        let rs = create(&mut c, spec).await;
+        let rs = create_running(&mut c, spec).await;
         let rcg = launch_cgroup(&rs);
         let restarted = wait_for("two resets", Duration::from_secs(60), || {
             let mut c = c.clone();
@@ -318,7 +297,7 @@ fn cpu_quota_holds_a_spinning_guest() {
         cl.wait_ready_hosts(1).await;
         let mut c = cl.vms().await;
         // `ab` increments a byte of every page of its region, forever: it spins in ring 3.
-        let vm = create(&mut c, cl.spec("spin", 32)).await;
+        let vm = create_running(&mut c, cl.spec("spin", 32)).await;
         wait_console(&console(&vm), "CHECK PASS", 1, guest_timeout(Vmm::Real)).await;
         let cg = launch_cgroup(&vm);
         if cg.v2 {
@@ -393,7 +372,7 @@ fn cpu_quota_holds_a_spinning_guest() {
             host: "node-b".into(),
             ..Default::default()
         });
-        let free = create(&mut c, spec).await;
+        let free = create_running(&mut c, spec).await;
         let launch = read(&vm_dir(&free).join("launch.json"));
         let j: serde_json::Value = serde_json::from_str(&launch).unwrap();
         assert!(j["cgroup"].is_null(), "{launch}");

@@ -7,7 +7,6 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use novacron_proto::agent as apb;
@@ -16,13 +15,6 @@ use novacron_proto::controller::vm_service_client::VmServiceClient;
 use novacron_testsupport::mgmt::run_scenario as run;
 use novacron_testsupport::mgmt::*;
 use novacron_testsupport::process::thread_sandboxes;
-
-fn vm_dir(vm: &pb::Vm) -> PathBuf {
-    console(vm)
-        .parent()
-        .expect("console log in the vm dir")
-        .to_path_buf()
-}
 
 /// Sends one `test-hook` request to the VM's VMM; returns the answer ("" if it died).
 fn hook(vm: &pb::Vm, body: &str) -> String {
@@ -38,14 +30,7 @@ fn hook(vm: &pb::Vm, body: &str) -> String {
 async fn create(c: &mut VmServiceClient<Authed>, mut spec: pb::VmSpec) -> pb::Vm {
     let name = spec.name.clone();
     spec.restart_policy = pb::RestartPolicy::Never as i32;
-    let vm = c
-        .create_vm(pb::CreateVmRequest {
-            spec: Some(spec),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("create {name}: {e}"))
-        .into_inner();
+    let vm = create_running(c, spec).await;
     wait_console(&console(&vm), "CHECK PASS", 1, guest_timeout(Vmm::Real)).await;
     get(c, &name).await
 }

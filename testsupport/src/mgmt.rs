@@ -770,6 +770,30 @@ pub async fn wait_console(path: &Path, needle: &str, n: usize, timeout: Duration
     .await
 }
 
+/// The VM's directory on its host (where its console log, `launch.json` and API socket
+/// are).
+pub fn vm_dir(vm: &pb::Vm) -> PathBuf {
+    console(vm)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Creates a VM from `spec` and asserts the controller answers it running.
+pub async fn create_running(c: &mut VmServiceClient<Authed>, spec: pb::VmSpec) -> pb::Vm {
+    let name = spec.name.clone();
+    let vm = c
+        .create_vm(pb::CreateVmRequest {
+            spec: Some(spec),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("create {name}: {e}"))
+        .into_inner();
+    assert_eq!(vm.phase, pb::VmPhase::Running as i32, "{vm:?}");
+    vm
+}
+
 /// The VMM pid a VM reports.
 pub fn pid(vm: &pb::Vm) -> i32 {
     vm.status.as_ref().map(|s| s.pid).unwrap_or(0)

@@ -146,8 +146,9 @@ impl Vmm {
             }
             if Instant::now() > deadline {
                 panic!(
-                    "VMM still running {timeout:?} after it was expected to end\nstderr: {}",
-                    self.err()
+                    "VMM still running {timeout:?} after it was expected to end\nstderr: {}\nserial:\n{}",
+                    self.err(),
+                    self.log()
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -158,22 +159,7 @@ impl Vmm {
     /// signal ended it). Panics, with its stderr and serial log, if it is still running at
     /// the deadline: a hung VMM never passes for one that exited.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(st)) => return st.code(),
-                Ok(None) => {}
-                Err(e) => panic!("cannot wait for the VMM: {e}"),
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "VMM still running {timeout:?} after it was expected to exit\nstderr: {}\nserial:\n{}",
-                    self.err(),
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_status(timeout).code()
     }
 
     /// Whether the process is still running.

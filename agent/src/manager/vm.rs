@@ -136,12 +136,13 @@ impl VmData {
             }
         }
         // Not running (any more).
-        if now < self.starting_until_ms && supervise::read_exit(&self.dir).is_none() {
+        let exit = supervise::read_exit(&self.dir);
+        if exit.is_none() && now < self.starting_until_ms {
             self.state = apb::VmState::Starting;
             return;
         }
-        if self.running()
-            && supervise::read_exit(&self.dir).is_none()
+        if exit.is_none()
+            && self.running()
             && supervise::read_supervisor_pid(&self.dir)
                 .is_some_and(|sup| procfs::alive_with_arg(sup, &self.dir))
         {
@@ -155,7 +156,7 @@ impl VmData {
         self.info = None;
         self.in_doubt = false;
         let stop_requested = self.dir.join("stop-requested").exists();
-        self.exit = supervise::read_exit(&self.dir);
+        self.exit = exit;
         if self.exit.is_some() && self.message == VANISHED {
             // The supervisor was only late writing the exit record.
             self.message.clear();

@@ -3,8 +3,9 @@
 //! `clone`, `mmap`, `mprotect`) which arguments.
 //!
 //! Every thread shares [`BASE`]: memory, futexes, time, signals, thread exit, and writing
-//! the logs and the serial console. The rest is by kind; see each `*_calls` list for what
-//! that kind does with the calls it adds.
+//! the logs and the serial console. The rest is by kind, from the sets below ([`SPAWN`],
+//! [`FILES`], [`SOCKETS`], [`EVENTS`]) and the argument rules (`*_rules`); [`rules`] says
+//! what each kind does with what it adds.
 
 use std::collections::BTreeMap;
 
@@ -52,7 +53,6 @@ const SPAWN: &[i64] = &[
     libc::SYS_clone3,
     libc::SYS_set_robust_list,
     libc::SYS_rseq,
-    libc::SYS_sched_getaffinity,
     // Installing the started thread's own, narrower filter.
     libc::SYS_seccomp,
 ];
@@ -128,17 +128,7 @@ const EVENTS: &[i64] = &[
 /// this process's own threads ([`kick_rules`]).
 fn kick_rules(r: &mut Rules) -> Result<(), BackendError> {
     // The filters are compiled inside the process they guard: this is its own pid.
-    let own = u64::from(std::process::id());
-    r.insert(
-        libc::SYS_tgkill,
-        vec![SeccompRule::new(vec![Cond::new(
-            0,
-            Len::Dword,
-            Op::Eq,
-            own,
-        )?])?],
-    );
-    Ok(())
+    one_of(r, libc::SYS_tgkill, 0, [u64::from(std::process::id())])
 }
 
 /// ioctls on the VM's fd that run a migration, a snapshot or a restore.
@@ -205,14 +195,17 @@ pub fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
     memory_rules(&mut r)?;
     prctl_rules(&mut r, kind)?;
     match kind {
-        ThreadKind::Main => {
-            // Boots, restores or receives the guest, starts the vCPUs (and the API listener
-            // of a restore), then waits: the union of what those threads do.
+        ThreadKind::Main | ThreadKind::Api => {
+            // Api: control connections, snapshots, the migration sender and its helpers.
+            // Main: boots, restores or receives the guest, starts the vCPUs (and the API
+            // listener of a restore), then waits: the union of what those threads do.
             for set in [SPAWN, FILES, SOCKETS, EVENTS] {
                 allow(&mut r, set);
             }
-            // The vCPU kick handler is installed when the vCPUs start.
-            allow(&mut r, &[libc::SYS_rt_sigaction]);
+            if kind == ThreadKind::Main {
+                // The vCPU kick handler is installed when the vCPUs start.
+                allow(&mut r, &[libc::SYS_rt_sigaction]);
+            }
             kick_rules(&mut r)?;
             clone_rules(&mut r)?;
             fcntl_rules(&mut r)?;
@@ -243,16 +236,6 @@ pub fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
                     libc::SYS_statx,
                 ],
             );
-        }
-        ThreadKind::Api => {
-            // Control connections, snapshots, the migration sender and its helpers.
-            for set in [SPAWN, FILES, SOCKETS, EVENTS] {
-                allow(&mut r, set);
-            }
-            kick_rules(&mut r)?;
-            clone_rules(&mut r)?;
-            fcntl_rules(&mut r)?;
-            socket_rules(&mut r, &[libc::AF_UNIX, libc::AF_INET, libc::AF_INET6])?;
         }
         ThreadKind::Encoder => {
             // Pages in, encoded batches out, through channels: memory and futexes only.

@@ -21,14 +21,14 @@ mod filters;
 pub mod hooks;
 mod ioctls;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use novacron_migration::threads::ThreadRole;
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
 
-/// The kinds of thread a VMM runs; each has its own filter.
+/// The kinds of thread a VMM runs; each has its own filter. The discriminants are the
+/// positions in [`ThreadKind::ALL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ThreadKind {
     /// The main thread once set-up is done: boots, restores or receives the guest, then
@@ -72,7 +72,7 @@ impl ThreadKind {
 }
 
 /// Errors of the sandbox.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SandboxError {
     /// A filter's rules could not be compiled (a bug in the rule tables).
     #[error("seccomp filter for {kind} threads does not compile: {reason}")]
@@ -98,8 +98,8 @@ static PROGRAMS: OnceLock<Result<Programs, SandboxError>> = OnceLock::new();
 
 /// The compiled filters.
 struct Programs {
-    /// One per thread kind.
-    kinds: HashMap<ThreadKind, BpfProgram>,
+    /// One per thread kind, in the order of [`ThreadKind::ALL`].
+    kinds: Vec<BpfProgram>,
     /// Answers `clone3` with `ENOSYS`, so that the C library starts threads with `clone`,
     /// whose flags a filter can check (`clone3` passes them behind a pointer). Stacked under
     /// the kind's filter on threads that start threads: the kernel takes the most
@@ -119,7 +119,7 @@ pub fn enable(on_violation: Violation) -> Result<(), SandboxError> {
         );
     }
     if let Err(e) = programs() {
-        return Err(clone_err(e));
+        return Err(e.clone());
     }
     ENABLED.store(true, Ordering::SeqCst);
     novacron_migration::threads::set_start_hook(|role| {
@@ -152,25 +152,12 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::SeqCst)
 }
 
-fn clone_err(e: &SandboxError) -> SandboxError {
-    match e {
-        SandboxError::Compile { kind, reason } => SandboxError::Compile {
-            kind,
-            reason: reason.clone(),
-        },
-        SandboxError::Install { kind, reason } => SandboxError::Install {
-            kind,
-            reason: reason.clone(),
-        },
-    }
-}
-
 fn programs() -> &'static Result<Programs, SandboxError> {
     PROGRAMS.get_or_init(|| {
-        let mut kinds = HashMap::new();
-        for kind in ThreadKind::ALL {
-            kinds.insert(kind, compile(kind)?);
-        }
+        let kinds = ThreadKind::ALL
+            .into_iter()
+            .map(compile)
+            .collect::<Result<_, _>>()?;
         Ok(Programs {
             kinds,
             no_clone3: compile_no_clone3()?,
@@ -217,13 +204,8 @@ pub fn install(kind: ThreadKind) -> Result<(), SandboxError> {
     if !enabled() {
         return Ok(());
     }
-    let progs = programs().as_ref().map_err(clone_err)?;
-    let Some(prog) = progs.kinds.get(&kind) else {
-        return Err(SandboxError::Compile {
-            kind: kind.name(),
-            reason: "no filter".into(),
-        });
-    };
+    let progs = programs().as_ref().map_err(Clone::clone)?;
+    let prog = &progs.kinds[kind as usize];
     let failed = |e: seccompiler::Error| SandboxError::Install {
         kind: kind.name(),
         reason: e.to_string(),

@@ -1,6 +1,13 @@
 use super::*;
 
 #[test]
+fn kinds_index_their_programs() {
+    for (i, kind) in ThreadKind::ALL.into_iter().enumerate() {
+        assert_eq!(kind as usize, i, "{}", kind.name());
+    }
+}
+
+#[test]
 fn every_filter_compiles() {
     for kind in ThreadKind::ALL {
         let prog = compile(kind).unwrap();
